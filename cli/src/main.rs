@@ -1,0 +1,63 @@
+//! The `bake` command line: arguments in, engine calls, rendering out.
+//!
+//! Only this crate prints, and only `main` decides the exit code:
+//! 0 success, 1 build failed, 2 usage or configuration error.
+
+mod args;
+mod commands;
+
+use std::io::{ErrorKind, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::commands::Failure;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    install_report_handler();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let code = failure.exit_code();
+            render_failure(failure);
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Diagnostics: unicode frames, colour unless NO_COLOR or not a terminal,
+/// width from COLUMNS when set (tests render at 80).
+fn install_report_handler() {
+    let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<usize>().ok());
+    let _ = miette::set_hook(Box::new(move |_| {
+        let mut opts = miette::MietteHandlerOpts::new().unicode(true).terminal_links(false).context_lines(1);
+        if let Some(w) = width {
+            opts = opts.width(w);
+        }
+        Box::new(opts.build())
+    }));
+}
+
+fn render_failure(failure: Failure) {
+    let mut err = std::io::stderr().lock();
+    let _ = match failure {
+        Failure::Load(load) => {
+            let summary = format!("bake: {load}");
+            for e in load.errors {
+                let _ = writeln!(err, "{:?}", miette::Report::new(e));
+            }
+            writeln!(err, "{summary}")
+        }
+        Failure::Usage(report) | Failure::Build(report) => writeln!(err, "{report:?}"),
+    };
+}
+
+/// Writes to stdout; a closed pipe (`bake graph | head`) is not an error.
+pub(crate) fn out(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,1 @@
+//! Build context: ignore rules, file index, hashing.

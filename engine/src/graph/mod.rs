@@ -1,0 +1,619 @@
+//! The build graph: a DAG of operations with content-hashed keys.
+//!
+//! # Nodes
+//!
+//! A workspace compiles into these operations:
+//!
+//! - `pull`: an external image, once per reference however many stages use it;
+//! - `copy` and `run`: one node per filesystem-changing instruction, chained in
+//!   stage order. Metadata instructions (`env`, `workdir`, `user`, `shell`,
+//!   `entrypoint`, `label`, ...) make no node: they are folded into the state
+//!   that later steps see and into the stage's final config;
+//! - `stage`: a stage's result, its last filesystem step plus its config;
+//! - `image`: an `image` stage exported (tags, annotations);
+//! - `artifact`: files exported from a stage to the host.
+//!
+//! Edges point from an input to the node that consumes it: base -> first
+//! step -> ... -> stage; another stage or an image -> a `copy from=`;
+//! stage -> image export / artifact.
+//!
+//! # Selection
+//!
+//! [`Plan::build`] marks as *needed* exactly the ancestors of the requested
+//! targets' nodes; everything else is *pruned* (kept in the graph so `bake
+//! graph` and `--dry-run` can show it, never run).
+//!
+//! # Keys
+//!
+//! [`Plan::compute_keys`] walks the graph in topological order and gives each
+//! node a [`Key`]: blake3 over its operation, its parameters as written
+//! (after `${ARG}` interpolation), the args it used, its parents' keys and the
+//! digests of what it reads: for a context `copy`, the digest of exactly the
+//! files it selects ([`crate::context`]); for a `pull`, the reference and its
+//! manifest digest when known. Nothing machine-specific (paths, mtimes,
+//! inodes, host names) enters a key, so keys agree across machines, and a
+//! change reaches exactly the node that reads it and its descendants.
+//!
+//! A `copy from=STAGE` is keyed here by the source stage's key. The executor
+//! narrows that to the digest of the files it actually copies (early cutoff), so
+//! a builder that rebuilds to an identical binary leaves the final image alone.
+
+mod key;
+mod render;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use miette::{Diagnostic, SourceSpan};
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use rayon::prelude::*;
+
+pub use key::{Inputs, Key};
+pub use render::{Format, describe};
+
+use crate::context::{Context, ContextError};
+use crate::lang::{
+    ArtifactId, Base, Copy, CopySource, HealthTest, InstructionKind, Member, Run, Span, StageId,
+    Workspace, did_you_mean,
+};
+use crate::reference::ImageRef;
+
+/// What a node does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Fetch an external image.
+    Pull { image: ImageRef },
+    /// Copy files into a stage's filesystem.
+    Copy { stage: StageId, index: usize, copy: Copy, state: StepState },
+    /// Run a command in a stage's filesystem.
+    Run { stage: StageId, index: usize, run: Run, state: StepState },
+    /// A stage's result: its filesystem and config.
+    Stage { stage: StageId, config: Config },
+    /// An `image` exported with its tags and annotations.
+    Image { stage: StageId },
+    /// Files exported from a stage to the host.
+    Artifact { artifact: ArtifactId },
+}
+
+impl Op {
+    /// The operation's short name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Pull { .. } => "pull",
+            Self::Copy { .. } => "copy",
+            Self::Run { .. } => "run",
+            Self::Stage { .. } => "stage",
+            Self::Image { .. } => "image",
+            Self::Artifact { .. } => "artifact",
+        }
+    }
+}
+
+/// What a filesystem step sees of the stage's state when it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepState {
+    /// `None` while still the base image's; a relative path when set
+    /// relative to an unknown base workdir.
+    pub workdir: Option<String>,
+    /// Environment set by this build (the base image's comes on top at run time).
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub shell: Option<Vec<String>>,
+}
+
+/// A stage's final image config, as far as the build sets it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub state: StepState,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub labels: BTreeMap<String, String>,
+    pub expose: Vec<String>,
+    pub volumes: Vec<String>,
+    pub stopsignal: Option<String>,
+    pub healthcheck: Option<String>,
+}
+
+/// A node of the plan.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Stable, readable id (`builder/2`, `stage:builder`, `pull:docker.io/…`).
+    pub id: String,
+    pub op: Op,
+    /// Where the user wrote it.
+    pub span: Option<Span>,
+    /// The node whose filesystem this one starts from (previous step, base
+    /// image or base stage); `None` for `scratch` and for non-filesystem nodes.
+    pub chain: Option<NodeIndex>,
+    /// Whether a requested target needs it.
+    pub needed: bool,
+    pub key: Option<Key>,
+    /// The inputs of `key`, for `bake explain`.
+    pub inputs: Inputs,
+    /// For a context `copy`: how many files the selection holds.
+    pub context_files: Option<usize>,
+}
+
+/// A compiled build graph with its selection.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub graph: DiGraph<Node, ()>,
+    /// The requested targets as given (or `default` / every image).
+    pub requested: Vec<String>,
+    /// The nodes the request names directly.
+    pub roots: Vec<NodeIndex>,
+    stage_nodes: Vec<NodeIndex>,
+}
+
+/// Options for computing keys.
+#[derive(Debug, Clone, Default)]
+pub struct KeyOptions {
+    /// Where context file indexes persist (`None`: in memory only).
+    pub index_dir: Option<PathBuf>,
+    /// Manifest digests already known for image references (by the
+    /// normalised reference), e.g. from the local store.
+    pub base_digests: BTreeMap<String, String>,
+    /// Compute keys for pruned nodes too (`bake graph`, `--dry-run`).
+    pub include_pruned: bool,
+}
+
+/// Errors while planning.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum PlanError {
+    #[error("nothing named `{name}` to build")]
+    #[diagnostic(code(bake::graph::unknown_target))]
+    UnknownTarget {
+        name: String,
+        #[help]
+        help: String,
+    },
+
+    #[error("{message}")]
+    #[diagnostic(code(bake::graph::copy_source))]
+    CopySource {
+        message: String,
+        #[source_code]
+        src: crate::lang::Src,
+        #[label("{label}")]
+        at: SourceSpan,
+        label: String,
+        #[related]
+        cause: Vec<ContextError>,
+    },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Context(#[from] ContextError),
+
+    #[error("{} while planning", crate::lang::plural(errors.len(), "error"))]
+    #[diagnostic(code(bake::graph::errors))]
+    Many {
+        #[related]
+        errors: Vec<PlanError>,
+    },
+}
+
+impl Plan {
+    /// Compiles a workspace and selects what `targets` need. An empty list
+    /// means the `default` target, or every image when there is none.
+    pub fn build(ws: &Workspace, targets: &[String]) -> Result<Self, PlanError> {
+        let mut b = Builder { ws, graph: DiGraph::new(), pulls: HashMap::new(), stage_nodes: vec![None; ws.stages.len()] };
+        for stage in 0..ws.stages.len() {
+            b.stage(stage);
+        }
+        let stage_nodes: Vec<NodeIndex> = b.stage_nodes.iter().map(|n| n.unwrap_or_default()).collect();
+        let mut graph = b.graph;
+        let mut image_nodes = HashMap::new();
+        for (stage, s) in ws.stages.iter().enumerate() {
+            if s.image.is_some() {
+                let n = graph.add_node(node(format!("image:{}", s.name), Op::Image { stage }, Some(s.span)));
+                graph.add_edge(stage_nodes[stage], n, ());
+                image_nodes.insert(stage, n);
+            }
+        }
+        let mut artifact_nodes = Vec::new();
+        for (artifact, a) in ws.artifacts.iter().enumerate() {
+            let n = graph.add_node(node(format!("artifact:{}", a.name), Op::Artifact { artifact }, Some(a.span)));
+            graph.add_edge(stage_nodes[a.from], n, ());
+            artifact_nodes.push(n);
+        }
+
+        let (requested, members) = select(ws, targets)?;
+        let mut roots = Vec::new();
+        for m in members {
+            let n = match m {
+                Member::Stage(s) => image_nodes.get(&s).copied().unwrap_or(stage_nodes[s]),
+                Member::Artifact(a) => artifact_nodes[a],
+                Member::Target(_) => continue,
+            };
+            if !roots.contains(&n) {
+                roots.push(n);
+            }
+        }
+        // Needed = the roots and all their ancestors.
+        let mut stack = roots.clone();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut graph[n].needed, true) {
+                continue;
+            }
+            stack.extend(graph.neighbors_directed(n, Direction::Incoming));
+        }
+        Ok(Self { graph, requested, roots, stage_nodes })
+    }
+
+    /// Node of a stage's result.
+    pub fn stage_node(&self, stage: StageId) -> NodeIndex {
+        self.stage_nodes[stage]
+    }
+
+    /// Nodes in an order where every node comes after its inputs.
+    pub fn topo_order(&self) -> Vec<NodeIndex> {
+        // The builder only adds edges towards later stages' nodes or along a
+        // chain, and resolution rejected cycles, so toposort cannot fail; fall
+        // back to insertion order if it ever did.
+        petgraph::algo::toposort(&self.graph, None).unwrap_or_else(|_| self.graph.node_indices().collect())
+    }
+
+    /// Nodes that `needed` selects, in topological order.
+    pub fn needed(&self) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.topo_order().into_iter().filter(|n| self.graph[*n].needed)
+    }
+
+    /// Computes every needed node's key (and pruned ones' with
+    /// `include_pruned`), hashing build contexts through their file indexes.
+    ///
+    /// Every context error is reported, each against its `copy` line.
+    pub fn compute_keys(&mut self, ws: &Workspace, options: &KeyOptions) -> Result<(), PlanError> {
+        let order = self.topo_order();
+        let wanted = |n: &Node| n.needed || options.include_pruned;
+
+        // Hash every context the selected copies read, in parallel.
+        let mut contexts: BTreeMap<PathBuf, Option<Arc<Context>>> = BTreeMap::new();
+        let mut jobs = Vec::new();
+        for &n in &order {
+            let node = &self.graph[n];
+            if let (true, Op::Copy { stage, copy, .. }) = (wanted(node), &node.op)
+                && copy.from == CopySource::Context
+            {
+                contexts.entry(ws.stages[*stage].context.clone()).or_default();
+                jobs.push(n);
+            }
+        }
+        let mut errors = Vec::new();
+        for (dir, slot) in &mut contexts {
+            match Context::open(dir, options.index_dir.as_deref()) {
+                Ok(ctx) => *slot = Some(Arc::new(ctx)),
+                Err(e) => errors.push(context_error(ws, None, dir, e)),
+            }
+        }
+        let selections: Vec<(NodeIndex, Result<([u8; 32], usize), PlanError>)> = jobs
+            .par_iter()
+            .filter_map(|&n| {
+                let Op::Copy { stage, copy, .. } = &self.graph[n].op else { return None };
+                let dir = &ws.stages[*stage].context;
+                let ctx = contexts.get(dir)?.as_ref()?;
+                let sources: Vec<&str> = copy.sources.iter().map(String::as_str).collect();
+                let exclude: Vec<&str> = copy.exclude.iter().map(String::as_str).collect();
+                let result = ctx
+                    .select(&sources, &exclude)
+                    .map(|s| (s.digest, s.len()))
+                    .map_err(|e| context_error(ws, self.graph[n].span, dir, e));
+                Some((n, result))
+            })
+            .collect();
+        let mut digests = HashMap::new();
+        for (n, result) in selections {
+            match result {
+                Ok(d) => {
+                    digests.insert(n, d);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for ctx in contexts.values().flatten() {
+            // An index that cannot be saved costs speed next time, never correctness.
+            let _ = ctx.save_index();
+        }
+        if !errors.is_empty() {
+            return Err(if errors.len() == 1 { errors.remove(0) } else { PlanError::Many { errors } });
+        }
+
+        for &n in &order {
+            if !wanted(&self.graph[n]) {
+                continue;
+            }
+            let graph = &self.graph;
+            let key_of = |idx: NodeIndex| graph[idx].key;
+            let node = &graph[n];
+            let chain_key = node.chain.and_then(key_of);
+            let mut k = key::KeyBuilder::new(node.op.kind());
+            let mut context_files = None;
+            match &node.op {
+                Op::Pull { image } => {
+                    k.field("ref", image);
+                    let digest = image.digest.clone().or_else(|| options.base_digests.get(&image.to_string()).cloned());
+                    k.field("digest", digest.as_deref().unwrap_or("unresolved"));
+                }
+                Op::Copy { stage, index, copy, state } => {
+                    k.opt("parent", chain_key);
+                    state_fields(&mut k, state);
+                    k.list("sources", &copy.sources).field("dest", &copy.dest);
+                    k.opt("chown", copy.chown.as_ref()).opt("chmod", copy.chmod.map(|m| format!("{m:o}")));
+                    k.list("exclude", &copy.exclude);
+                    match &copy.from {
+                        CopySource::Context => {
+                            let (digest, files) = digests.get(&n).copied().unwrap_or(([0; 32], 0));
+                            k.field("from", "context").field("context", Key(digest).to_hex());
+                            context_files = Some(files);
+                        }
+                        CopySource::Stage(s) => {
+                            k.field("from", format!("stage:{}", ws.stages[*s].name));
+                            k.opt("from.key", key_of(self.stage_nodes[*s]));
+                        }
+                        CopySource::Image(r) => {
+                            k.field("from", format!("image:{r}"));
+                            let pull = graph.neighbors_directed(n, Direction::Incoming).find(|p| matches!(&graph[*p].op, Op::Pull { image } if image == r));
+                            k.opt("from.key", pull.and_then(key_of));
+                        }
+                    }
+                    args_fields(&mut k, ws, *stage, *index);
+                }
+                Op::Run { stage, index, run, state } => {
+                    k.opt("parent", chain_key);
+                    state_fields(&mut k, state);
+                    k.field("script", &run.script);
+                    k.field("network", format!("{:?}", run.network).to_lowercase());
+                    k.list("env", run.env.iter().map(|(a, b)| format!("{a}={b}")));
+                    k.list("cache", run.caches.iter().map(|c| format!("{} id={} sharing={:?}", c.path, c.id, c.sharing)));
+                    k.list("secret", run.secrets.iter().map(|s| format!("{} target={} required={}", s.id, s.target, s.required)));
+                    args_fields(&mut k, ws, *stage, *index);
+                }
+                Op::Stage { stage, config } => {
+                    let s = &ws.stages[*stage];
+                    k.field("name", &s.name);
+                    k.opt("fs", chain_key);
+                    config_fields(&mut k, config);
+                    for (name, value) in &s.args_used {
+                        k.field(&format!("arg:{name}"), value);
+                    }
+                }
+                Op::Image { stage } => {
+                    let s = &ws.stages[*stage];
+                    k.opt("stage", key_of(self.stage_nodes[*stage]));
+                    if let Some(out) = &s.image {
+                        k.list("tags", out.tags.iter().map(|(t, _)| t));
+                        k.list("annotations", out.annotations.iter().map(|(a, b)| format!("{a}={b}")));
+                    }
+                }
+                Op::Artifact { artifact } => {
+                    let a = &ws.artifacts[*artifact];
+                    k.opt("stage", key_of(self.stage_nodes[a.from])).field("path", &a.path);
+                }
+            }
+            let (key, inputs) = k.finish();
+            let node = &mut self.graph[n];
+            node.key = Some(key);
+            node.inputs = inputs;
+            node.context_files = context_files;
+        }
+        Ok(())
+    }
+
+    /// Renders the graph.
+    pub fn render(&self, ws: &Workspace, format: Format) -> String {
+        render::render(self, ws, format)
+    }
+}
+
+fn node(id: String, op: Op, span: Option<Span>) -> Node {
+    Node { id, op, span, chain: None, needed: false, key: None, inputs: Vec::new(), context_files: None }
+}
+
+fn state_fields(k: &mut key::KeyBuilder, state: &StepState) {
+    k.opt("workdir", state.workdir.as_ref());
+    k.list("state.env", state.env.iter().map(|(a, b)| format!("{a}={b}")));
+    k.opt("user", state.user.as_ref());
+    k.opt("shell", state.shell.as_ref().map(|s| format!("{s:?}")));
+}
+
+fn config_fields(k: &mut key::KeyBuilder, c: &Config) {
+    state_fields(k, &c.state);
+    k.opt("entrypoint", c.entrypoint.as_ref().map(|v| format!("{v:?}")));
+    k.opt("cmd", c.cmd.as_ref().map(|v| format!("{v:?}")));
+    k.list("labels", c.labels.iter().map(|(a, b)| format!("{a}={b}")));
+    k.list("expose", &c.expose);
+    k.list("volumes", &c.volumes);
+    k.opt("stopsignal", c.stopsignal.as_ref());
+    k.opt("healthcheck", c.healthcheck.as_ref());
+}
+
+/// The args an instruction's strings used, as explain-able key fields.
+fn args_fields(k: &mut key::KeyBuilder, ws: &Workspace, stage: StageId, index: usize) {
+    if let Some(ins) = ws.stages[stage].instructions.get(index) {
+        for (name, value) in &ins.args_used {
+            k.field(&format!("arg:{name}"), value);
+        }
+    }
+}
+
+fn context_error(ws: &Workspace, span: Option<Span>, dir: &Path, e: ContextError) -> PlanError {
+    match span {
+        Some(span) => PlanError::CopySource {
+            message: e.to_string(),
+            src: ws.file(span.file).src(),
+            at: span.span,
+            label: format!("reads from the context {}", dir.display()),
+            cause: vec![e],
+        },
+        None => PlanError::Context(e),
+    }
+}
+
+/// Resolves the requested names to members (targets expanded).
+fn select(ws: &Workspace, targets: &[String]) -> Result<(Vec<String>, Vec<Member>), PlanError> {
+    let requested: Vec<String> = if !targets.is_empty() {
+        targets.to_vec()
+    } else if ws.targets.iter().any(|t| t.name == "default") {
+        vec!["default".to_owned()]
+    } else {
+        let images: Vec<String> = ws.stages.iter().filter(|s| s.image.is_some()).map(|s| s.name.clone()).collect();
+        if images.is_empty() { ws.stages.iter().map(|s| s.name.clone()).collect() } else { images }
+    };
+    let mut members = Vec::new();
+    let mut stack: Vec<Member> = Vec::new();
+    for name in &requested {
+        let Some(m) = ws.member(name) else {
+            let names = ws.member_names();
+            let help = match did_you_mean(name, names.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`? Names: {}", names.join(", ")),
+                None if names.is_empty() => "the workspace defines nothing to build".to_owned(),
+                None => format!("names: {}", names.join(", ")),
+            };
+            return Err(PlanError::UnknownTarget { name: name.clone(), help });
+        };
+        stack.push(m);
+    }
+    let mut seen = std::collections::HashSet::new();
+    stack.reverse();
+    while let Some(m) = stack.pop() {
+        if !seen.insert(m) {
+            continue;
+        }
+        match m {
+            Member::Target(t) => stack.extend(ws.targets[t].members.iter().rev().map(|(m, _)| *m)),
+            other => members.push(other),
+        }
+    }
+    Ok((requested, members))
+}
+
+/// Adds nodes for stages, resolving bases first.
+struct Builder<'w> {
+    ws: &'w Workspace,
+    graph: DiGraph<Node, ()>,
+    pulls: HashMap<ImageRef, NodeIndex>,
+    stage_nodes: Vec<Option<NodeIndex>>,
+}
+
+impl Builder<'_> {
+    fn pull(&mut self, image: &ImageRef) -> NodeIndex {
+        if let Some(n) = self.pulls.get(image) {
+            return *n;
+        }
+        let n = self.graph.add_node(node(format!("pull:{image}"), Op::Pull { image: image.clone() }, None));
+        self.pulls.insert(image.clone(), n);
+        n
+    }
+
+    /// Adds a stage's nodes (and, first, the stages it reads), returning its
+    /// result node and final config.
+    fn stage(&mut self, id: StageId) -> NodeIndex {
+        if let Some(n) = self.stage_nodes[id] {
+            return n;
+        }
+        let ws = self.ws;
+        let s = &ws.stages[id];
+        let (mut prev, mut config) = match &s.from {
+            Base::Scratch => (None, Config::default()),
+            Base::Image(r) => (Some(self.pull(r)), Config::default()),
+            Base::Stage(p) => {
+                let n = self.stage(*p);
+                let Op::Stage { config, .. } = &self.graph[n].op else { unreachable!("stage node") };
+                (Some(n), config.clone())
+            }
+        };
+        for (index, ins) in s.instructions.iter().enumerate() {
+            let state = config.state.clone();
+            let op = match &ins.kind {
+                InstructionKind::Copy(copy) => Op::Copy { stage: id, index, copy: copy.clone(), state },
+                InstructionKind::Run(run) => Op::Run { stage: id, index, run: run.clone(), state },
+                other => {
+                    apply(&mut config, other);
+                    continue;
+                }
+            };
+            let extra = match &op {
+                Op::Copy { copy: Copy { from: CopySource::Stage(src), .. }, .. } => Some(self.stage(*src)),
+                Op::Copy { copy: Copy { from: CopySource::Image(r), .. }, .. } => Some(self.pull(r)),
+                _ => None,
+            };
+            let mut step = node(format!("{}/{index}", s.name), op, Some(ins.span));
+            step.chain = prev;
+            let n = self.graph.add_node(step);
+            if let Some(p) = prev {
+                self.graph.add_edge(p, n, ());
+            }
+            if let Some(e) = extra {
+                self.graph.add_edge(e, n, ());
+            }
+            prev = Some(n);
+        }
+        let mut result = node(format!("stage:{}", s.name), Op::Stage { stage: id, config }, Some(s.span));
+        result.chain = prev;
+        let n = self.graph.add_node(result);
+        if let Some(p) = prev {
+            self.graph.add_edge(p, n, ());
+        }
+        self.stage_nodes[id] = Some(n);
+        n
+    }
+}
+
+/// Folds a metadata instruction into the config.
+fn apply(config: &mut Config, kind: &InstructionKind) {
+    match kind {
+        InstructionKind::Workdir(w) => {
+            config.state.workdir = Some(match &config.state.workdir {
+                _ if w.starts_with('/') => w.clone(),
+                Some(prev) => format!("{}/{w}", prev.trim_end_matches('/')),
+                None => w.clone(),
+            });
+        }
+        InstructionKind::Env(k, v) => {
+            config.state.env.insert(k.clone(), v.clone());
+        }
+        InstructionKind::User(u) => config.state.user = Some(u.clone()),
+        InstructionKind::Shell(s) => config.state.shell = Some(s.clone()),
+        InstructionKind::Expose(ports) => {
+            for p in ports {
+                let p = p.to_string();
+                if !config.expose.contains(&p) {
+                    config.expose.push(p);
+                }
+            }
+            config.expose.sort();
+        }
+        InstructionKind::Entrypoint(a) => {
+            config.entrypoint = Some(a.clone());
+            // As in Docker, a new entrypoint resets an inherited cmd.
+            config.cmd = None;
+        }
+        InstructionKind::Cmd(a) => config.cmd = Some(a.clone()),
+        InstructionKind::Label(k, v) => {
+            config.labels.insert(k.clone(), v.clone());
+        }
+        InstructionKind::Volume(v) => {
+            for p in v {
+                if !config.volumes.contains(p) {
+                    config.volumes.push(p.clone());
+                }
+            }
+            config.volumes.sort();
+        }
+        InstructionKind::StopSignal(s) => config.stopsignal = Some(s.clone()),
+        InstructionKind::Healthcheck(h) => {
+            let test = match &h.test {
+                HealthTest::None => "NONE".to_owned(),
+                HealthTest::Exec(a) => format!("CMD {a:?}"),
+                HealthTest::Shell(s) => format!("CMD-SHELL {s:?}"),
+            };
+            config.healthcheck = Some(format!(
+                "{test} interval={:?} timeout={:?} start-period={:?} start-interval={:?} retries={:?}",
+                h.interval_ns, h.timeout_ns, h.start_period_ns, h.start_interval_ns, h.retries
+            ));
+        }
+        InstructionKind::Copy(_) | InstructionKind::Run(_) => {}
+    }
+}

@@ -1,0 +1,401 @@
+//! The `build.kdl` language: KDL v2 in, a resolved [`Workspace`] out.
+//!
+//! Loading runs in passes, and every pass reports all the mistakes it finds
+//! before the next one starts, so a user sees every error of a workspace at
+//! once:
+//!
+//! 1. **Files** ([`parse`]): the root file and, recursively, every file its
+//!    `include` globs match (paths relative to the including file). Each file is
+//!    parsed with the `kdl` crate; syntax errors are re-wrapped with the file's
+//!    name.
+//! 2. **Args**: every `arg` of every file, `--set` overrides, defaults that
+//!    interpolate other args (cycles reported whole).
+//! 3. **Names**: stages, images, artifacts and targets share one namespace
+//!    across all files; a duplicate shows both sites.
+//! 4. **Lowering** ([`lower`]): each node is checked against its schema
+//!    ([`schema`]: argument count and types, known properties, children) and
+//!    turned into typed instructions, with `${NAME}` interpolated in every string
+//!    ([`interp`]).
+//! 5. **Resolution**: `from=` names become stage ids or image references,
+//!    target members are resolved, cycles found with Tarjan's algorithm, and the
+//!    exec-form rules for `entrypoint`/`cmd` checked against the stage chain.
+//!
+//! Every span is a byte span into its own file, kept with a [`FileId`], so the
+//! graph and the executor can point back into the user's file later (a failing
+//! `run` step is reported against its own line).
+
+mod error;
+mod interp;
+mod lower;
+mod parse;
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use miette::{NamedSource, SourceSpan};
+
+pub use error::{LangError, LoadError, Note, Src, did_you_mean};
+pub(crate) use error::plural;
+
+use crate::reference::ImageRef;
+
+/// Index of a file in [`Workspace::files`].
+pub type FileId = usize;
+/// Index of a stage in [`Workspace::stages`].
+pub type StageId = usize;
+/// Index of an artifact in [`Workspace::artifacts`].
+pub type ArtifactId = usize;
+/// Index of a target in [`Workspace::targets`].
+pub type TargetId = usize;
+
+/// A place in one of the workspace's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub file: FileId,
+    pub span: SourceSpan,
+}
+
+/// One loaded `build.kdl`.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// The file's path as given or found (absolute once canonicalised).
+    pub path: PathBuf,
+    /// The name diagnostics show: relative to the root file's folder.
+    pub name: String,
+    /// The folder relative paths in this file resolve from.
+    pub dir: PathBuf,
+    pub text: Arc<String>,
+}
+
+impl SourceFile {
+    /// This file as a miette source.
+    pub fn src(&self) -> Src {
+        NamedSource::new(self.name.clone(), Arc::clone(&self.text)).with_language("kdl")
+    }
+
+    /// 1-based line of a byte offset, for short references like `build.kdl:12`.
+    pub fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+}
+
+/// Options that change how a workspace loads.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--set NAME=VALUE` overrides, in command-line order.
+    pub set: Vec<(String, String)>,
+}
+
+/// A fully loaded and resolved workspace.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub files: Vec<SourceFile>,
+    pub args: Vec<Arg>,
+    pub stages: Vec<Stage>,
+    pub artifacts: Vec<Artifact>,
+    pub targets: Vec<Target>,
+}
+
+/// `arg NAME default=...`.
+#[derive(Debug, Clone)]
+pub struct Arg {
+    pub name: String,
+    pub span: Span,
+    /// The default, interpolated.
+    pub default: Option<String>,
+    /// The value in force: `--set`, else the default.
+    pub value: Option<String>,
+}
+
+/// Where a stage starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// An empty filesystem.
+    Scratch,
+    /// Another stage of the workspace.
+    Stage(StageId),
+    /// An external image.
+    Image(ImageRef),
+}
+
+/// `stage NAME from=BASE { ... }` or `image NAME from=BASE { ... }`.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    /// The stage's name in its declaration.
+    pub span: Span,
+    pub from: Base,
+    pub from_span: Span,
+    /// The build context folder: the file's folder, or `context=` from it.
+    pub context: PathBuf,
+    pub instructions: Vec<Instruction>,
+    /// Set for `image` nodes: what export adds.
+    pub image: Option<ImageOutput>,
+    /// Args whose values this stage's strings used, with those values.
+    pub args_used: BTreeMap<String, String>,
+}
+
+/// Export settings of an `image`.
+#[derive(Debug, Clone, Default)]
+pub struct ImageOutput {
+    pub tags: Vec<(ImageRef, Span)>,
+    pub annotations: Vec<(String, String)>,
+}
+
+/// One instruction of a stage body, in order.
+#[derive(Debug, Clone)]
+pub struct Instruction {
+    /// The whole node (used for "this `run` failed" labels).
+    pub span: Span,
+    pub kind: InstructionKind,
+    /// Args this instruction's strings used, with their values.
+    pub args_used: BTreeMap<String, String>,
+}
+
+/// What an instruction does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstructionKind {
+    Workdir(String),
+    Copy(Copy),
+    Run(Run),
+    Env(String, String),
+    User(String),
+    Expose(Vec<Port>),
+    Entrypoint(Vec<String>),
+    Cmd(Vec<String>),
+    Label(String, String),
+    Volume(Vec<String>),
+    StopSignal(String),
+    Healthcheck(Healthcheck),
+    Shell(Vec<String>),
+}
+
+impl InstructionKind {
+    /// The node name that wrote this instruction.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Self::Workdir(_) => "workdir",
+            Self::Copy(_) => "copy",
+            Self::Run(_) => "run",
+            Self::Env(..) => "env",
+            Self::User(_) => "user",
+            Self::Expose(_) => "expose",
+            Self::Entrypoint(_) => "entrypoint",
+            Self::Cmd(_) => "cmd",
+            Self::Label(..) => "label",
+            Self::Volume(_) => "volume",
+            Self::StopSignal(_) => "stopsignal",
+            Self::Healthcheck(_) => "healthcheck",
+            Self::Shell(_) => "shell",
+        }
+    }
+}
+
+/// Where a `copy` reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopySource {
+    /// The stage's build context.
+    Context,
+    /// Another stage's filesystem.
+    Stage(StageId),
+    /// An external image's filesystem.
+    Image(ImageRef),
+}
+
+/// `copy SRC... to=DEST [from=] [chown=] [chmod=] [exclude=]...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    /// Sources: context-relative (normalised, no leading `/`) for the context,
+    /// absolute paths for stages and images.
+    pub sources: Vec<String>,
+    pub dest: String,
+    pub from: CopySource,
+    pub chown: Option<String>,
+    /// Permission bits, from an octal string or integer.
+    pub chmod: Option<u32>,
+    pub exclude: Vec<String>,
+}
+
+/// `run "script" { cache ...; secret ...; network ...; env ... }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub script: String,
+    pub caches: Vec<CacheMount>,
+    pub secrets: Vec<SecretMount>,
+    pub network: Network,
+    pub env: Vec<(String, String)>,
+}
+
+/// A folder that persists between builds and is never part of a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheMount {
+    pub path: String,
+    /// Steps with the same id share the folder; defaults to the path.
+    pub id: String,
+    pub sharing: Sharing,
+}
+
+/// How concurrent steps share a cache mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+/// A secret mounted read-only for one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMount {
+    pub id: String,
+    /// Where it is mounted; `/run/secrets/ID` by default.
+    pub target: String,
+    /// Whether a build without this secret fails (the default) or skips it.
+    pub required: bool,
+}
+
+/// The network a `run` step sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network (the default, as `docker build` does).
+    #[default]
+    Host,
+    /// Loopback only.
+    None,
+}
+
+/// `expose 8080` or `expose "53/udp"`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Port {
+    pub port: u16,
+    pub protocol: String,
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol)
+    }
+}
+
+/// `healthcheck ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub test: HealthTest,
+    pub interval_ns: Option<u64>,
+    pub timeout_ns: Option<u64>,
+    pub start_period_ns: Option<u64>,
+    pub start_interval_ns: Option<u64>,
+    pub retries: Option<u32>,
+}
+
+/// What a healthcheck runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthTest {
+    /// Disable any healthcheck inherited from the base image.
+    None,
+    /// Exec form: each argument a string.
+    Exec(Vec<String>),
+    /// Run through the image's shell.
+    Shell(String),
+}
+
+/// `artifact NAME from=STAGE path=... dest=...`.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub name: String,
+    pub span: Span,
+    pub from: StageId,
+    /// Absolute path in the stage's filesystem.
+    pub path: String,
+    /// Host path, resolved from the declaring file's folder.
+    pub dest: PathBuf,
+}
+
+/// What a target member names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Member {
+    Stage(StageId),
+    Artifact(ArtifactId),
+    Target(TargetId),
+}
+
+/// `target NAME MEMBERS...`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub span: Span,
+    pub members: Vec<(Member, Span)>,
+}
+
+impl Workspace {
+    /// The file that holds a span.
+    pub fn file(&self, id: FileId) -> &SourceFile {
+        &self.files[id]
+    }
+
+    /// `file.kdl:LINE` for a span, for plain-text listings.
+    pub fn location(&self, span: Span) -> String {
+        let file = self.file(span.file);
+        format!("{}:{}", file.name, file.line_of(span.span.offset()))
+    }
+
+    /// Looks a member up by name, as target members and `bake build NAME` do.
+    pub fn member(&self, name: &str) -> Option<Member> {
+        if let Some(i) = self.stages.iter().position(|s| s.name == name) {
+            return Some(Member::Stage(i));
+        }
+        if let Some(i) = self.artifacts.iter().position(|a| a.name == name) {
+            return Some(Member::Artifact(i));
+        }
+        self.targets
+            .iter()
+            .position(|t| t.name == name)
+            .map(Member::Target)
+    }
+
+    /// Every name that `bake build NAME` accepts.
+    pub fn member_names(&self) -> Vec<&str> {
+        self.stages
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.artifacts.iter().map(|a| a.name.as_str()))
+            .chain(self.targets.iter().map(|t| t.name.as_str()))
+            .collect()
+    }
+
+    /// The stage at the root of a stage's `from` chain, and whether the chain
+    /// starts from `scratch`.
+    pub fn root_base(&self, mut stage: StageId) -> &Base {
+        // Resolution guarantees the chain has no cycle.
+        for _ in 0..=self.stages.len() {
+            match &self.stages[stage].from {
+                Base::Stage(parent) => stage = *parent,
+                base => return base,
+            }
+        }
+        &self.stages[stage].from
+    }
+}
+
+/// Loads the workspace rooted at `path` (a `build.kdl`).
+///
+/// Returns every error found, each pointing into its own file.
+pub fn load(path: &Path, options: &LoadOptions) -> Result<Workspace, LoadError> {
+    lower::load(path, options)
+}
+
+/// Loads a workspace from text, as if it were the file `name` in `dir`
+/// (used by tests, the fuzzer and the book's snippet checks). `include`
+/// resolves from `dir`.
+pub fn load_str(
+    name: &str,
+    dir: &Path,
+    text: &str,
+    options: &LoadOptions,
+) -> Result<Workspace, LoadError> {
+    lower::load_str(name, dir, text, options)
+}

@@ -1,0 +1,196 @@
+//! Reading and parsing the workspace's files, following `include`.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kdl::{KdlDocument, KdlNode};
+use miette::SourceSpan;
+
+use super::error::LangError;
+use super::{FileId, SourceFile};
+
+/// A file to read: where it is, and the `include` that asked for it.
+struct Pending {
+    path: PathBuf,
+    text: Option<String>,
+    name: Option<String>,
+}
+
+/// Parses the root file and everything it includes, transitively.
+///
+/// Returns the parsed documents by file id; files that fail to read or parse
+/// add errors and no document.
+pub(super) fn parse_workspace(
+    root: &Path,
+    root_text: Option<(String, String)>,
+    files: &mut Vec<SourceFile>,
+    errors: &mut Vec<LangError>,
+) -> Vec<(FileId, KdlDocument)> {
+    let root_dir = match root.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let root_dir = std::fs::canonicalize(&root_dir).unwrap_or(root_dir);
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut docs = Vec::new();
+    let mut queue = VecDeque::new();
+    let (text, name) = match root_text {
+        Some((name, text)) => (Some(text), Some(name)),
+        None => (None, None),
+    };
+    queue.push_back(Pending { path: root.to_path_buf(), text, name });
+
+    while let Some(pending) = queue.pop_front() {
+        let canonical = std::fs::canonicalize(&pending.path).unwrap_or_else(|_| pending.path.clone());
+        if !seen.insert(canonical.clone()) {
+            continue;
+        }
+        let text = match pending.text {
+            Some(text) => text,
+            None => match std::fs::read_to_string(&pending.path) {
+                Ok(text) => text,
+                Err(source) => {
+                    errors.push(LangError::Read { path: pending.path, source });
+                    continue;
+                }
+            },
+        };
+        let name = pending.name.unwrap_or_else(|| display_name(&canonical, &root_dir));
+        let dir = canonical.parent().map_or_else(|| root_dir.clone(), Path::to_path_buf);
+        let id = files.len();
+        files.push(SourceFile { path: canonical, name, dir: dir.clone(), text: Arc::new(text) });
+        let file = &files[id];
+        match KdlDocument::parse_v2(&file.text) {
+            Ok(doc) => {
+                for node in doc.nodes().iter().filter(|n| n.name().value() == "include") {
+                    for path in includes(file, node, errors) {
+                        queue.push_back(Pending { path, text: None, name: None });
+                    }
+                }
+                docs.push((id, doc));
+            }
+            Err(err) => errors.extend(syntax_errors(file, &err)),
+        }
+    }
+    docs
+}
+
+/// The name a file gets in diagnostics: relative to the root's folder.
+fn display_name(path: &Path, root_dir: &Path) -> String {
+    path.strip_prefix(root_dir).unwrap_or(path).display().to_string()
+}
+
+/// KDL's parse errors, re-wrapped with the file's name.
+fn syntax_errors(file: &SourceFile, err: &kdl::KdlError) -> Vec<LangError> {
+    let errors: Vec<LangError> = err
+        .diagnostics
+        .iter()
+        .map(|d| LangError::Syntax {
+            message: d.message.clone().unwrap_or_else(|| "invalid KDL".to_owned()),
+            src: file.src(),
+            at: clamp(d.span, file.text.len()),
+            label: d.label.clone().unwrap_or_else(|| "here".to_owned()),
+            help: d.help.clone().or_else(|| Some("build.kdl is KDL v2: strings are quoted, properties are `key=value`, children go in `{ }`".to_owned())),
+        })
+        .collect();
+    if errors.is_empty() {
+        vec![LangError::Syntax {
+            message: "invalid KDL".to_owned(),
+            src: file.src(),
+            at: SourceSpan::from(0..0),
+            label: "somewhere in this file".to_owned(),
+            help: None,
+        }]
+    } else {
+        errors
+    }
+}
+
+/// Keeps a span inside the text, so a label never points past the end.
+fn clamp(span: SourceSpan, len: usize) -> SourceSpan {
+    let start = span.offset().min(len);
+    let end = (span.offset() + span.len()).min(len);
+    SourceSpan::from(start..end)
+}
+
+/// The files one `include` node names.
+fn includes(file: &SourceFile, node: &KdlNode, errors: &mut Vec<LangError>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in node.entries() {
+        let at = entry.span();
+        let error = |problem: &str, label: &str, help: Option<&str>| LangError::Include {
+            pattern: entry.value().as_string().map_or_else(|| entry.value().to_string(), str::to_owned),
+            problem: problem.to_owned(),
+            src: file.src(),
+            at,
+            label: label.to_owned(),
+            help: help.map(str::to_owned),
+        };
+        if entry.name().is_some() {
+            errors.push(error("takes no properties", "remove this property", Some("write `include \"services/*/build.kdl\"`")));
+            continue;
+        }
+        let Some(pattern) = entry.value().as_string() else {
+            errors.push(error("must be a string", "expected a quoted path or glob", None));
+            continue;
+        };
+        if pattern.contains("${") {
+            errors.push(error("cannot use args", "include paths are read before args", Some("write the path literally")));
+            continue;
+        }
+        let full = file.dir.join(pattern);
+        let is_glob = pattern.contains(['*', '?', '[']);
+        let Some(full_str) = full.to_str() else {
+            errors.push(error("is not valid UTF-8", "here", None));
+            continue;
+        };
+        let matches: Vec<PathBuf> = match glob::glob(full_str) {
+            Ok(paths) => paths.filter_map(Result::ok).collect(),
+            Err(e) => {
+                errors.push(error(&format!("is not a valid glob: {}", e.msg), "here", None));
+                continue;
+            }
+        };
+        let mut found = Vec::new();
+        for path in matches {
+            if path.is_dir() {
+                let inner = path.join("build.kdl");
+                if inner.is_file() {
+                    found.push(inner);
+                } else if !is_glob {
+                    errors.push(error("names a folder without a build.kdl", "no build.kdl in this folder", None));
+                }
+            } else if path.is_file() {
+                found.push(path);
+            } else if !is_glob {
+                // A device or fifo (`/dev/zero`, `/dev/stdin`) would never end.
+                errors.push(error("is not a regular file", "not a file", None));
+            }
+        }
+        if found.is_empty() && !matches!(errors.last(), Some(LangError::Include { at: a, .. }) if *a == at) {
+            let (problem, label) = if is_glob {
+                ("matches no file", "nothing matches this glob")
+            } else {
+                ("does not exist", "no such file")
+            };
+            errors.push(error(problem, label, Some("paths in `include` are relative to the folder of the file that includes them")));
+        }
+        out.extend(found);
+    }
+    if node.entries().is_empty() {
+        errors.push(LangError::ArgumentCount {
+            node: "include".to_owned(),
+            expected: "at least 1 path or glob".to_owned(),
+            found: 0,
+            src: file.src(),
+            at: node.name().span(),
+            label: "nothing to include".to_owned(),
+            help: Some("write `include \"services/*/build.kdl\"`".to_owned()),
+        });
+    }
+    if let Some(children) = node.children() {
+        errors.push(LangError::UnexpectedChildren { node: "include".to_owned(), src: file.src(), at: children.span() });
+    }
+    out
+}

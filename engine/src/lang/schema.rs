@@ -1,0 +1,296 @@
+//! The shape of every node: arguments, properties and children.
+//!
+//! One table describes the language; [`check`] validates a node against it
+//! and reports argument counts, value types, unknown or repeated properties
+//! and unexpected children the same way for every node. Lowering then reads
+//! values knowing their shape is right.
+
+use std::collections::HashMap;
+
+use kdl::{KdlEntry, KdlNode, KdlValue};
+
+use super::SourceFile;
+use super::error::{LangError, suggest};
+
+/// The type a value must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Str,
+    Int,
+    Bool,
+    /// A string, integer or boolean, used as a string.
+    Scalar,
+    /// A string or an integer (ports, signals, users).
+    StrOrInt,
+}
+
+impl Kind {
+    fn accepts(self, value: &KdlValue) -> bool {
+        match self {
+            Self::Str => value.is_string(),
+            Self::Int => value.is_integer(),
+            Self::Bool => value.is_bool(),
+            Self::Scalar => value.is_string() || value.is_integer() || value.is_bool(),
+            Self::StrOrInt => value.is_string() || value.is_integer(),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Str => "a string",
+            Self::Int => "an integer",
+            Self::Bool => "#true or #false",
+            Self::Scalar => "a string, number or boolean",
+            Self::StrOrInt => "a string or an integer",
+        }
+    }
+}
+
+/// What a value is, for "found ..." messages.
+pub(super) fn found(value: &KdlValue) -> &'static str {
+    match value {
+        KdlValue::String(_) => "a string",
+        KdlValue::Integer(_) => "an integer",
+        KdlValue::Float(_) => "a decimal number",
+        KdlValue::Bool(_) => "a boolean",
+        KdlValue::Null => "#null",
+    }
+}
+
+/// A property a node accepts.
+#[derive(Debug)]
+pub(super) struct Prop {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub required: bool,
+    /// May be given several times (`exclude`).
+    pub repeat: bool,
+}
+
+const fn prop(name: &'static str, kind: Kind) -> Prop {
+    Prop { name, kind, required: false, repeat: false }
+}
+
+const fn required(name: &'static str, kind: Kind) -> Prop {
+    Prop { name, kind, required: true, repeat: false }
+}
+
+/// The shape of one node.
+#[derive(Debug)]
+pub(super) struct Spec {
+    pub name: &'static str,
+    pub min: usize,
+    pub max: Option<usize>,
+    /// Kinds of the positional arguments; the last one repeats.
+    pub args: &'static [Kind],
+    /// What the arguments are, for messages ("1 path", "a name and a value").
+    pub args_doc: &'static str,
+    pub props: &'static [Prop],
+    /// Node names allowed in a children block; `None` when a block is not allowed.
+    pub children: Option<&'static [&'static str]>,
+    pub example: &'static str,
+}
+
+use Kind::{Bool, Int, Scalar, Str, StrOrInt};
+
+const STAGE_BODY: &[&str] = &[
+    "workdir", "copy", "run", "env", "user", "expose", "entrypoint", "cmd", "label", "volume",
+    "stopsignal", "healthcheck", "shell",
+];
+const IMAGE_BODY: &[&str] = &[
+    "workdir", "copy", "run", "env", "user", "expose", "entrypoint", "cmd", "label", "volume",
+    "stopsignal", "healthcheck", "shell", "tag", "annotation",
+];
+const RUN_BODY: &[&str] = &["cache", "secret", "network", "env"];
+
+/// Nodes at the top of a file.
+pub(super) const TOP: &[Spec] = &[
+    Spec { name: "arg", min: 1, max: Some(1), args: &[Str], args_doc: "1 name", props: &[prop("default", Scalar)], children: None, example: "arg \"VERSION\" default=\"dev\"" },
+    Spec { name: "stage", min: 1, max: Some(1), args: &[Str], args_doc: "1 name", props: &[required("from", Str), prop("context", Str)], children: Some(STAGE_BODY), example: "stage \"builder\" from=\"golang:1.19\" { ... }" },
+    Spec { name: "image", min: 1, max: Some(1), args: &[Str], args_doc: "1 name", props: &[required("from", Str), prop("context", Str)], children: Some(IMAGE_BODY), example: "image \"app\" from=\"scratch\" { ... }" },
+    Spec { name: "artifact", min: 1, max: Some(1), args: &[Str], args_doc: "1 name", props: &[required("from", Str), required("path", Str), required("dest", Str)], children: None, example: "artifact \"app-bin\" from=\"builder\" path=\"/out/app\" dest=\"dist/app\"" },
+    Spec { name: "target", min: 2, max: None, args: &[Str], args_doc: "a name and at least 1 member", props: &[], children: None, example: "target \"default\" \"app\"" },
+    Spec { name: "include", min: 1, max: None, args: &[Str], args_doc: "at least 1 path or glob", props: &[], children: None, example: "include \"services/*/build.kdl\"" },
+];
+
+/// Nodes inside `stage` and `image`.
+pub(super) const BODY: &[Spec] = &[
+    Spec { name: "workdir", min: 1, max: Some(1), args: &[Str], args_doc: "1 path", props: &[], children: None, example: "workdir \"/src\"" },
+    Spec { name: "copy", min: 1, max: None, args: &[Str], args_doc: "at least 1 source", props: &[required("to", Str), prop("from", Str), prop("chown", StrOrInt), prop("chmod", StrOrInt), Prop { name: "exclude", kind: Str, required: false, repeat: true }], children: None, example: "copy \"go.mod\" \"go.sum\" to=\"./\"" },
+    Spec { name: "run", min: 1, max: Some(1), args: &[Str], args_doc: "1 script", props: &[], children: Some(RUN_BODY), example: "run \"make\" { cache \"/root/.cache\" }" },
+    Spec { name: "env", min: 2, max: Some(2), args: &[Str, Scalar], args_doc: "a name and a value", props: &[], children: None, example: "env \"CGO_ENABLED\" \"0\"" },
+    Spec { name: "user", min: 1, max: Some(1), args: &[StrOrInt], args_doc: "1 user", props: &[], children: None, example: "user \"65532:65532\"" },
+    Spec { name: "expose", min: 1, max: None, args: &[StrOrInt], args_doc: "at least 1 port", props: &[], children: None, example: "expose 8080 \"53/udp\"" },
+    Spec { name: "entrypoint", min: 0, max: None, args: &[Str], args_doc: "the program and its arguments", props: &[], children: None, example: "entrypoint \"/app\" \"-port\" \"8080\"" },
+    Spec { name: "cmd", min: 0, max: None, args: &[Str], args_doc: "the program and its arguments", props: &[], children: None, example: "cmd \"/app\" \"-port\" \"8080\"" },
+    Spec { name: "label", min: 2, max: Some(2), args: &[Str, Scalar], args_doc: "a key and a value", props: &[], children: None, example: "label \"org.opencontainers.image.version\" \"1.0\"" },
+    Spec { name: "volume", min: 1, max: None, args: &[Str], args_doc: "at least 1 path", props: &[], children: None, example: "volume \"/data\"" },
+    Spec { name: "stopsignal", min: 1, max: Some(1), args: &[StrOrInt], args_doc: "1 signal", props: &[], children: None, example: "stopsignal \"SIGTERM\"" },
+    Spec { name: "healthcheck", min: 0, max: None, args: &[Str], args_doc: "the program and its arguments", props: &[prop("shell", Str), prop("none", Bool), prop("interval", Str), prop("timeout", Str), prop("start-period", Str), prop("start-interval", Str), prop("retries", Int)], children: None, example: "healthcheck \"/app\" \"-healthcheck\" interval=\"30s\"" },
+    Spec { name: "shell", min: 1, max: None, args: &[Str], args_doc: "the shell and its arguments", props: &[], children: None, example: "shell \"/bin/bash\" \"-eo\" \"pipefail\" \"-c\"" },
+    Spec { name: "tag", min: 1, max: None, args: &[Str], args_doc: "at least 1 image reference", props: &[], children: None, example: "tag \"registry.example.com/acme/app:1.0\"" },
+    Spec { name: "annotation", min: 2, max: Some(2), args: &[Str, Scalar], args_doc: "a key and a value", props: &[], children: None, example: "annotation \"org.opencontainers.image.source\" \"https://example.com\"" },
+];
+
+/// Nodes inside `run`.
+pub(super) const RUN: &[Spec] = &[
+    Spec { name: "cache", min: 1, max: Some(1), args: &[Str], args_doc: "1 path", props: &[prop("id", Str), prop("sharing", Str)], children: None, example: "cache \"/root/go/pkg/mod\"" },
+    Spec { name: "secret", min: 1, max: Some(1), args: &[Str], args_doc: "1 secret id", props: &[prop("target", Str), prop("required", Bool)], children: None, example: "secret \"npmrc\" target=\"/root/.npmrc\"" },
+    Spec { name: "network", min: 1, max: Some(1), args: &[Str], args_doc: "\"none\" or \"host\"", props: &[], children: None, example: "network \"none\"" },
+    Spec { name: "env", min: 2, max: Some(2), args: &[Str, Scalar], args_doc: "a name and a value", props: &[], children: None, example: "env \"DEBIAN_FRONTEND\" \"noninteractive\"" },
+];
+
+/// Finds the spec for a node name among `specs`, or reports it as unknown.
+pub(super) fn lookup<'s>(
+    specs: &'s [Spec],
+    allowed: &[&str],
+    node: &KdlNode,
+    context: &'static str,
+    file: &SourceFile,
+    errors: &mut Vec<LangError>,
+) -> Option<&'s Spec> {
+    let name = node.name().value();
+    if let Some(spec) = specs.iter().find(|s| s.name == name && allowed.contains(&s.name)) {
+        return Some(spec);
+    }
+    let mut help = suggest(name, &format!("{context} nodes"), allowed);
+    if context == "stage" && (name == "tag" || name == "annotation") {
+        help = format!("`{name}` belongs in an `image`, which is a stage that is exported; {help}");
+    }
+    errors.push(LangError::UnknownNode {
+        name: name.to_owned(),
+        context,
+        src: file.src(),
+        at: node.name().span(),
+        help,
+    });
+    None
+}
+
+/// A node whose shape matched its spec.
+pub(super) struct Checked<'a> {
+    pub args: Vec<&'a KdlEntry>,
+    props: HashMap<&'static str, Vec<&'a KdlEntry>>,
+}
+
+impl<'a> Checked<'a> {
+    /// The (last) value of a property.
+    pub(super) fn prop(&self, name: &str) -> Option<&'a KdlEntry> {
+        self.props.get(name).and_then(|v| v.last().copied())
+    }
+
+    /// Every value of a repeatable property.
+    pub(super) fn props(&self, name: &str) -> &[&'a KdlEntry] {
+        self.props.get(name).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Validates a node against its spec. Returns `None` (after reporting) when
+/// the node cannot be lowered.
+pub(super) fn check<'a>(
+    spec: &Spec,
+    node: &'a KdlNode,
+    file: &SourceFile,
+    errors: &mut Vec<LangError>,
+) -> Option<Checked<'a>> {
+    let before = errors.len();
+    let mut args = Vec::new();
+    let mut props: HashMap<&'static str, Vec<&'a KdlEntry>> = HashMap::new();
+    for entry in node.entries() {
+        match entry.name() {
+            None => {
+                let index = args.len();
+                args.push(entry);
+                let kind = spec.args.get(index).or(spec.args.last()).copied().unwrap_or(Str);
+                if !kind.accepts(entry.value()) {
+                    errors.push(wrong_type(
+                        format!("argument {} of `{}`", index + 1, spec.name),
+                        kind,
+                        entry,
+                        file,
+                    ));
+                }
+            }
+            Some(key) => {
+                let Some(p) = spec.props.iter().find(|p| p.name == key.value()) else {
+                    let valid: Vec<&str> = spec.props.iter().map(|p| p.name).collect();
+                    errors.push(LangError::UnknownProperty {
+                        node: spec.name.to_owned(),
+                        name: key.value().to_owned(),
+                        src: file.src(),
+                        at: entry.span(),
+                        help: if valid.is_empty() {
+                            format!("`{}` takes no properties; for example: {}", spec.name, spec.example)
+                        } else {
+                            suggest(key.value(), &format!("properties of `{}`", spec.name), &valid)
+                        },
+                    });
+                    continue;
+                };
+                if !p.kind.accepts(entry.value()) {
+                    errors.push(wrong_type(format!("`{}=` of `{}`", p.name, spec.name), p.kind, entry, file));
+                }
+                let seen = props.entry(p.name).or_default();
+                if let (false, Some(first)) = (p.repeat, seen.first()) {
+                    errors.push(LangError::DuplicateProperty {
+                        name: format!("{}=", p.name),
+                        src: file.src(),
+                        first: first.span(),
+                        second: entry.span(),
+                    });
+                }
+                seen.push(entry);
+            }
+        }
+    }
+    let count_ok = args.len() >= spec.min && spec.max.is_none_or(|max| args.len() <= max);
+    if !count_ok {
+        let (at, label) = match args.get(spec.max.unwrap_or(usize::MAX)) {
+            Some(extra) => (extra.span(), "unexpected from here on".to_owned()),
+            None => (node.name().span(), format!("needs {}", spec.args_doc)),
+        };
+        errors.push(LangError::ArgumentCount {
+            node: spec.name.to_owned(),
+            expected: spec.args_doc.to_owned(),
+            found: args.len(),
+            src: file.src(),
+            at,
+            label,
+            help: Some(format!("for example: {}", spec.example)),
+        });
+    }
+    for p in spec.props.iter().filter(|p| p.required && !props.contains_key(p.name)) {
+        errors.push(LangError::MissingProperty {
+            node: spec.name.to_owned(),
+            name: p.name,
+            src: file.src(),
+            at: node.name().span(),
+            help: Some(format!("for example: {}", spec.example)),
+        });
+    }
+    if let (None, Some(children)) = (spec.children, node.children()) {
+        errors.push(LangError::UnexpectedChildren {
+            node: spec.name.to_owned(),
+            src: file.src(),
+            at: children.span(),
+        });
+    }
+    (errors.len() == before).then_some(Checked { args, props })
+}
+
+fn wrong_type(what: String, kind: Kind, entry: &KdlEntry, file: &SourceFile) -> LangError {
+    let help = match entry.value() {
+        KdlValue::Float(_) => Some("quote it: a decimal number loses trailing zeros (`1.10` is `1.1`), so versions are strings".to_owned()),
+        KdlValue::Integer(_) | KdlValue::Bool(_) if kind == Kind::Str => Some("quote it to make it a string".to_owned()),
+        KdlValue::Null => Some("`#null` is not a value bake uses here".to_owned()),
+        _ => None,
+    };
+    LangError::WrongType {
+        what,
+        expected: kind.describe(),
+        found: found(entry.value()),
+        src: file.src(),
+        at: entry.span(),
+        help,
+    }
+}

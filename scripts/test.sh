@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every check CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Tools the checks need: the toolchain's own components.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked
