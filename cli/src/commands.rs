@@ -19,12 +19,14 @@ pub(crate) enum Failure {
     Usage(Report),
     /// The build failed (exit 1).
     Build(Report),
+    /// Several build errors, each rendered on its own, then a summary (exit 1).
+    BuildMany(Vec<Report>, String),
 }
 
 impl Failure {
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            Self::Build(_) => 1,
+            Self::Build(_) | Self::BuildMany(..) => 1,
             Self::Load(_) | Self::Usage(_) => 2,
         }
     }
@@ -34,6 +36,10 @@ impl From<PlanError> for Failure {
     fn from(e: PlanError) -> Self {
         match e {
             PlanError::UnknownTarget { .. } => Self::Usage(Report::new(e)),
+            PlanError::Many { errors } => {
+                let summary = format!("bake: {} while planning", count(errors.len(), "error"));
+                Self::BuildMany(errors.into_iter().map(Report::new).collect(), summary)
+            }
             _ => Self::Build(Report::new(e)),
         }
     }
@@ -50,19 +56,26 @@ enum CliError {
         source: std::io::Error,
     },
     #[error("no {} in {}", file.display(), dir.display())]
-    #[diagnostic(code(bake::cli::no_build_file), help("run bake in a folder with a build.kdl, or name one with -f FILE or -C DIR"))]
+    #[diagnostic(
+        code(bake::cli::no_build_file),
+        help("run bake in a folder with a build.kdl, or name one with -f FILE or -C DIR")
+    )]
     NoBuildFile { file: PathBuf, dir: PathBuf },
     #[error("cannot write output")]
     #[diagnostic(code(bake::cli::output))]
     Output(#[source] std::io::Error),
     #[error("building images is not available yet: this version of bake plans builds but does not run them")]
-    #[diagnostic(code(bake::cli::not_yet), help("pass --dry-run to see the plan: every node, its key, needed or pruned"))]
+    #[diagnostic(
+        code(bake::cli::not_yet),
+        help("pass --dry-run to see the plan: every node, its key, needed or pruned")
+    )]
     BuildNotAvailable,
 }
 
 pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
     if let Some(dir) = &cli.directory {
-        std::env::set_current_dir(dir).map_err(|source| Failure::Usage(Report::new(CliError::Directory { dir: dir.clone(), source })))?;
+        std::env::set_current_dir(dir)
+            .map_err(|source| Failure::Usage(Report::new(CliError::Directory { dir: dir.clone(), source })))?;
     }
     match cli.command {
         Command::Check(load) => check(&cli.file, &load),

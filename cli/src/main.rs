@@ -49,6 +49,12 @@ fn render_failure(failure: Failure) {
             }
             writeln!(err, "{summary}")
         }
+        Failure::BuildMany(reports, summary) => {
+            for report in reports {
+                let _ = writeln!(err, "{report:?}");
+            }
+            writeln!(err, "{summary}")
+        }
         Failure::Usage(report) | Failure::Build(report) => writeln!(err, "{report:?}"),
     };
 }

@@ -22,11 +22,15 @@ fn sandbox() -> &'static PathBuf {
 pub fn pipeline(text: &str) {
     let dir = sandbox();
     let options = LoadOptions { set: vec![("FUZZ".to_owned(), "x".to_owned())] };
-    let Ok(ws) = load_str("build.kdl", dir, text, &options) else { return };
+    let Ok(ws) = load_str("build.kdl", dir, text, &options) else {
+        return;
+    };
     let mut names: Vec<Vec<String>> = vec![Vec::new()];
     names.extend(ws.member_names().into_iter().map(|n| vec![n.to_owned()]));
     for targets in names {
-        let Ok(mut plan) = Plan::build(&ws, &targets) else { continue };
+        let Ok(mut plan) = Plan::build(&ws, &targets) else {
+            continue;
+        };
         let _ = plan.render(&ws, crate::graph::Format::Dot);
         // Hash only contexts inside the sandbox: `context="/"` would walk the host.
         if ws.stages.iter().all(|s| s.context.starts_with(dir)) {

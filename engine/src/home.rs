@@ -56,10 +56,8 @@ mod tests {
     use std::ffi::OsString;
 
     fn home(vars: &[(&str, &str)]) -> Option<PathBuf> {
-        let vars: Vec<(String, OsString)> =
-            vars.iter().map(|(k, v)| ((*k).to_owned(), OsString::from(v))).collect();
-        Home::from_vars(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
-            .map(|h| h.root)
+        let vars: Vec<(String, OsString)> = vars.iter().map(|(k, v)| ((*k).to_owned(), OsString::from(v))).collect();
+        Home::from_vars(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())).map(|h| h.root)
     }
 
     #[test]

@@ -62,30 +62,20 @@ impl ImageRef {
             None => (rest, None),
         };
         let (registry, path) = match name.split_once('/') {
-            Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
+            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
                 check_registry(first)?;
                 (first.to_owned(), path.to_owned())
             }
             _ => (DEFAULT_REGISTRY.to_owned(), name.to_owned()),
         };
         check_repository(&path)?;
-        let repository = if registry == DEFAULT_REGISTRY && !path.contains('/') {
-            format!("library/{path}")
-        } else {
-            path
-        };
+        let repository =
+            if registry == DEFAULT_REGISTRY && !path.contains('/') { format!("library/{path}") } else { path };
         let tag = match (tag, &digest) {
             (None, None) => Some("latest".to_owned()),
             (tag, _) => tag,
         };
-        Ok(Self {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
+        Ok(Self { registry, repository, tag, digest })
     }
 
     /// Whether a string reads like an image reference rather than a bare name:
@@ -109,14 +99,10 @@ impl fmt::Display for ImageRef {
 }
 
 fn check_digest(digest: &str) -> Result<(), RefError> {
-    let ok = digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(RefError::BadDigest(digest.to_owned()))
-    }
+    let ok = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    if ok { Ok(()) } else { Err(RefError::BadDigest(digest.to_owned())) }
 }
 
 fn check_tag(tag: &str) -> Result<(), RefError> {
@@ -124,14 +110,8 @@ fn check_tag(tag: &str) -> Result<(), RefError> {
     let ok = !bytes.is_empty()
         && bytes.len() <= 128
         && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(RefError::BadTag(tag.to_owned()))
-    }
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok { Ok(()) } else { Err(RefError::BadTag(tag.to_owned())) }
 }
 
 fn check_registry(host: &str) -> Result<(), RefError> {
@@ -140,17 +120,11 @@ fn check_registry(host: &str) -> Result<(), RefError> {
         None => (host, None),
     };
     let name_ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
         && !name.starts_with(['.', '-'])
         && !name.ends_with(['.', '-']);
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    if name_ok && port_ok {
-        Ok(())
-    } else {
-        Err(RefError::BadRegistry(host.to_owned()))
-    }
+    if name_ok && port_ok { Ok(()) } else { Err(RefError::BadRegistry(host.to_owned())) }
 }
 
 fn check_repository(path: &str) -> Result<(), RefError> {
@@ -159,8 +133,7 @@ fn check_repository(path: &str) -> Result<(), RefError> {
         !b.is_empty()
             && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
             && b[b.len() - 1].is_ascii_lowercase() | b[b.len() - 1].is_ascii_digit()
-            && b.iter()
-                .all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'.' | b'_' | b'-'))
+            && b.iter().all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'.' | b'_' | b'-'))
             && !c.contains("..")
             && !c.contains("---")
     };
@@ -190,10 +163,7 @@ mod tests {
         assert_eq!(norm("registry.example.com/acme/app:1.0"), "registry.example.com/acme/app:1.0");
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(norm(&format!("busybox@{d}")), format!("docker.io/library/busybox@{d}"));
-        assert_eq!(
-            norm(&format!("busybox:1.36@{d}")),
-            format!("docker.io/library/busybox:1.36@{d}")
-        );
+        assert_eq!(norm(&format!("busybox:1.36@{d}")), format!("docker.io/library/busybox:1.36@{d}"));
     }
 
     #[test]

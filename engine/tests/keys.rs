@@ -65,7 +65,8 @@ fn keys(dir: &Path, index: &Path, set: &[(&str, &str)]) -> Keys {
     let options = LoadOptions { set: set.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect() };
     let ws = lang::load(&dir.join("build.kdl"), &options).expect("load");
     let mut plan = Plan::build(&ws, &[]).expect("plan");
-    let key_options = KeyOptions { index_dir: Some(index.to_path_buf()), include_pruned: true, ..KeyOptions::default() };
+    let key_options =
+        KeyOptions { index_dir: Some(index.to_path_buf()), include_pruned: true, ..KeyOptions::default() };
     plan.compute_keys(&ws, &key_options).expect("keys");
     let mut keys = BTreeMap::new();
     let mut descendants = BTreeMap::new();

@@ -55,16 +55,20 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn missing_copy_source_points_at_the_copy() {
+fn context_errors_point_at_the_source_that_failed() {
     let home = tempfile::tempdir().expect("tempdir");
     let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
     std::fs::write(
-        dir.path().join("build.kdl"),
-        "stage \"s\" from=\"busybox\" {\n    copy \"missing.txt\" to=\"/\"\n}\n",
+        p.join("build.kdl"),
+        "stage \"s\" from=\"busybox\" {\n    copy \"main.go\" \"mian.go\" to=\"/\"\n    copy \"app.log\" to=\"/\"\n    copy \"src\" to=\"/\" exclude=\"[x\"\n}\n",
     )
     .expect("write");
-    let run = bake(dir.path(), home.path(), &["build", "--dry-run"]);
+    std::fs::write(p.join("main.go"), "package main\n").expect("write");
+    std::fs::write(p.join("app.log"), "log\n").expect("write");
+    std::fs::create_dir(p.join("src")).expect("mkdir");
+    std::fs::write(p.join(".dockerignore"), "*.log\n").expect("write");
+    let run = bake(p, home.path(), &["build", "--dry-run"]);
     assert_eq!(run.code, 1, "{}", run.render());
-    assert!(run.stderr.contains("build.kdl:2"), "{}", run.stderr);
-    assert!(run.stderr.contains("missing.txt"), "{}", run.stderr);
+    settings().bind(|| insta::assert_snapshot!("context-errors", run.render()));
 }

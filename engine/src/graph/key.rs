@@ -117,12 +117,40 @@ mod tests {
     #[test]
     fn encoding_is_unambiguous() {
         // Moving a byte between adjacent fields changes the key.
-        assert_ne!(key(|b| { b.field("a", "xy").field("b", "z"); }), key(|b| { b.field("a", "x").field("b", "yz"); }));
+        assert_ne!(
+            key(|b| {
+                b.field("a", "xy").field("b", "z");
+            }),
+            key(|b| {
+                b.field("a", "x").field("b", "yz");
+            })
+        );
         // A list of one "a,b" differs from a list of "a" and "b".
-        assert_ne!(key(|b| { b.list("l", ["a,b"]); }), key(|b| { b.list("l", ["a", "b"]); }));
+        assert_ne!(
+            key(|b| {
+                b.list("l", ["a,b"]);
+            }),
+            key(|b| {
+                b.list("l", ["a", "b"]);
+            })
+        );
         // Absent differs from empty.
-        assert_ne!(key(|b| { b.opt("o", None::<&str>); }), key(|b| { b.opt("o", Some("")); }));
+        assert_ne!(
+            key(|b| {
+                b.opt("o", None::<&str>);
+            }),
+            key(|b| {
+                b.opt("o", Some(""));
+            })
+        );
         // Stable across runs: a fixed vector.
-        assert_eq!(key(|b| { b.field("a", "1"); }), key(|b| { b.field("a", "1"); }));
+        assert_eq!(
+            key(|b| {
+                b.field("a", "1");
+            }),
+            key(|b| {
+                b.field("a", "1");
+            })
+        );
     }
 }

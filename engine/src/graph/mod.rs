@@ -55,8 +55,8 @@ pub use render::{Format, describe};
 
 use crate::context::{Context, ContextError};
 use crate::lang::{
-    ArtifactId, Base, Copy, CopySource, HealthTest, InstructionKind, Member, Run, Span, StageId,
-    Workspace, did_you_mean,
+    ArtifactId, Base, Copy, CopySource, HealthTest, InstructionKind, Member, Run, Span, StageId, Workspace,
+    did_you_mean,
 };
 use crate::reference::ImageRef;
 
@@ -147,6 +147,9 @@ pub struct Plan {
     stage_nodes: Vec<NodeIndex>,
 }
 
+/// A context copy's selection digest and entry count.
+type SelectionSummary = ([u8; 32], usize);
+
 /// Options for computing keys.
 #[derive(Debug, Clone, Default)]
 pub struct KeyOptions {
@@ -179,8 +182,8 @@ pub enum PlanError {
         #[label("{label}")]
         at: SourceSpan,
         label: String,
-        #[related]
-        cause: Vec<ContextError>,
+        #[help]
+        help: Option<String>,
     },
 
     #[error(transparent)]
@@ -199,7 +202,8 @@ impl Plan {
     /// Compiles a workspace and selects what `targets` need. An empty list
     /// means the `default` target, or every image when there is none.
     pub fn build(ws: &Workspace, targets: &[String]) -> Result<Self, PlanError> {
-        let mut b = Builder { ws, graph: DiGraph::new(), pulls: HashMap::new(), stage_nodes: vec![None; ws.stages.len()] };
+        let mut b =
+            Builder { ws, graph: DiGraph::new(), pulls: HashMap::new(), stage_nodes: vec![None; ws.stages.len()] };
         for stage in 0..ws.stages.len() {
             b.stage(stage);
         }
@@ -288,10 +292,12 @@ impl Plan {
                 Err(e) => errors.push(context_error(ws, None, dir, e)),
             }
         }
-        let selections: Vec<(NodeIndex, Result<([u8; 32], usize), PlanError>)> = jobs
+        let selections: Vec<(NodeIndex, Result<SelectionSummary, PlanError>)> = jobs
             .par_iter()
             .filter_map(|&n| {
-                let Op::Copy { stage, copy, .. } = &self.graph[n].op else { return None };
+                let Op::Copy { stage, copy, .. } = &self.graph[n].op else {
+                    return None;
+                };
                 let dir = &ws.stages[*stage].context;
                 let ctx = contexts.get(dir)?.as_ref()?;
                 let sources: Vec<&str> = copy.sources.iter().map(String::as_str).collect();
@@ -299,7 +305,7 @@ impl Plan {
                 let result = ctx
                     .select(&sources, &exclude)
                     .map(|s| (s.digest, s.len()))
-                    .map_err(|e| context_error(ws, self.graph[n].span, dir, e));
+                    .map_err(|e| context_error(ws, self.graph[n].span.map(|s| (copy, s)), dir, e));
                 Some((n, result))
             })
             .collect();
@@ -354,7 +360,9 @@ impl Plan {
                         }
                         CopySource::Image(r) => {
                             k.field("from", format!("image:{r}"));
-                            let pull = graph.neighbors_directed(n, Direction::Incoming).find(|p| matches!(&graph[*p].op, Op::Pull { image } if image == r));
+                            let pull = graph
+                                .neighbors_directed(n, Direction::Incoming)
+                                .find(|p| matches!(&graph[*p].op, Op::Pull { image } if image == r));
                             k.opt("from.key", pull.and_then(key_of));
                         }
                     }
@@ -366,8 +374,14 @@ impl Plan {
                     k.field("script", &run.script);
                     k.field("network", format!("{:?}", run.network).to_lowercase());
                     k.list("env", run.env.iter().map(|(a, b)| format!("{a}={b}")));
-                    k.list("cache", run.caches.iter().map(|c| format!("{} id={} sharing={:?}", c.path, c.id, c.sharing)));
-                    k.list("secret", run.secrets.iter().map(|s| format!("{} target={} required={}", s.id, s.target, s.required)));
+                    k.list(
+                        "cache",
+                        run.caches.iter().map(|c| format!("{} id={} sharing={:?}", c.path, c.id, c.sharing)),
+                    );
+                    k.list(
+                        "secret",
+                        run.secrets.iter().map(|s| format!("{} target={} required={}", s.id, s.target, s.required)),
+                    );
                     args_fields(&mut k, ws, *stage, *index);
                 }
                 Op::Stage { stage, config } => {
@@ -438,16 +452,31 @@ fn args_fields(k: &mut key::KeyBuilder, ws: &Workspace, stage: StageId, index: u
     }
 }
 
-fn context_error(ws: &Workspace, span: Option<Span>, dir: &Path, e: ContextError) -> PlanError {
-    match span {
-        Some(span) => PlanError::CopySource {
-            message: e.to_string(),
-            src: ws.file(span.file).src(),
-            at: span.span,
-            label: format!("reads from the context {}", dir.display()),
-            cause: vec![e],
-        },
-        None => PlanError::Context(e),
+fn context_error(ws: &Workspace, copy: Option<(&Copy, Span)>, dir: &Path, e: ContextError) -> PlanError {
+    let Some((copy, span)) = copy else {
+        return PlanError::Context(e);
+    };
+    // Point at the source the error is about, when it names one.
+    let source = match &e {
+        ContextError::NoMatch { source_path, .. } | ContextError::Escape { source_path } => Some(source_path.as_str()),
+        ContextError::Pattern { pattern, .. } => Some(pattern.as_str()),
+        _ => None,
+    };
+    let at = source
+        .and_then(|s| copy.sources.iter().position(|c| c == s))
+        .and_then(|i| copy.source_spans.get(i).copied())
+        .unwrap_or(span);
+    let label = match &e {
+        ContextError::NoMatch { .. } => "not in the build context".to_owned(),
+        ContextError::Pattern { .. } => "bad pattern".to_owned(),
+        _ => format!("reads from the context {}", dir.display()),
+    };
+    PlanError::CopySource {
+        message: e.to_string(),
+        src: ws.file(at.file).src(),
+        at: at.span,
+        label,
+        help: e.help().map(|h| h.to_string()),
     }
 }
 

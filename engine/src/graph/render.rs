@@ -28,11 +28,21 @@ pub fn describe(node: &Node, ws: &Workspace) -> String {
             };
             format!("{}: copy {}{from} -> {}", stage_name(*stage), copy.sources.join(" "), copy.dest)
         }
-        Op::Run { stage, run, .. } => format!("{}: run {}", stage_name(*stage), short(&run.script, 60)),
+        Op::Run { stage, run, .. } => {
+            format!("{}: run {}", stage_name(*stage), short(&run.script, 60))
+        }
         Op::Stage { stage, .. } => format!("stage {}", stage_name(*stage)),
         Op::Image { stage } => {
-            let tags = ws.stages[*stage].image.as_ref().map(|o| o.tags.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
-            if tags.is_empty() { format!("image {}", stage_name(*stage)) } else { format!("image {} ({tags})", stage_name(*stage)) }
+            let tags = ws.stages[*stage]
+                .image
+                .as_ref()
+                .map(|o| o.tags.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            if tags.is_empty() {
+                format!("image {}", stage_name(*stage))
+            } else {
+                format!("image {} ({tags})", stage_name(*stage))
+            }
         }
         Op::Artifact { artifact } => {
             let a = &ws.artifacts[*artifact];

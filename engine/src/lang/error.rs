@@ -202,7 +202,12 @@ pub enum LangError {
     },
 
     #[error("{kind} `{name}` is defined twice")]
-    #[diagnostic(code(bake::lang::duplicate_name), help("names of args, stages, images, artifacts and targets are unique across the workspace, included files too"))]
+    #[diagnostic(
+        code(bake::lang::duplicate_name),
+        help(
+            "names of args, stages, images, artifacts and targets are unique across the workspace, included files too"
+        )
+    )]
     DuplicateName {
         kind: &'static str,
         name: String,
@@ -217,7 +222,10 @@ pub enum LangError {
     },
 
     #[error("{kind} cycle: {cycle}")]
-    #[diagnostic(code(bake::lang::cycle), help("nothing can depend on itself, directly or through others: break the cycle"))]
+    #[diagnostic(
+        code(bake::lang::cycle),
+        help("nothing can depend on itself, directly or through others: break the cycle")
+    )]
     Cycle {
         kind: &'static str,
         cycle: String,
@@ -246,7 +254,7 @@ pub enum LangError {
     #[error("copy source `{source_path}` leaves the build context")]
     #[diagnostic(
         code(bake::lang::context_escape),
-        help("copy sources are relative to the context folder {context}; to read files above it, set `context=` on the stage")
+        help("copy sources are relative to {context}; to read files above it, set `context=` on the stage")
     )]
     ContextEscape {
         source_path: String,
@@ -283,11 +291,7 @@ pub struct LoadError {
 
 /// `1 error`, `2 errors`.
 pub(crate) fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("{n} {word}")
-    } else {
-        format!("{n} {word}s")
-    }
+    if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") }
 }
 
 /// The closest candidate to `name`, if one is close enough to be a likely typo.
@@ -303,11 +307,7 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
 
 /// A help text: "did you mean" when something is close, then the valid choices.
 pub(crate) fn suggest(name: &str, what: &str, valid: &[&str]) -> String {
-    let list = if valid.is_empty() {
-        format!("there are no {what}")
-    } else {
-        format!("{what}: {}", valid.join(", "))
-    };
+    let list = if valid.is_empty() { format!("there are no {what}") } else { format!("{what}: {}", valid.join(", ")) };
     match did_you_mean(name, valid.iter().copied()) {
         Some(close) => format!("did you mean `{close}`? {list}"),
         None => list,

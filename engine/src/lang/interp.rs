@@ -9,7 +9,11 @@
 pub(super) enum Piece<'a> {
     Text(&'a str),
     /// `${name}`, with the byte range of the whole `${name}` in the input.
-    Arg { name: &'a str, start: usize, end: usize },
+    Arg {
+        name: &'a str,
+        start: usize,
+        end: usize,
+    },
 }
 
 /// A malformed `${...}`: byte range in the input and what is wrong.

@@ -1,6 +1,7 @@
 //! Lowering KDL documents into a resolved [`Workspace`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
@@ -11,9 +12,9 @@ use super::error::{LangError, LoadError, Note, did_you_mean, suggest};
 use super::interp::{Piece, is_name, pieces};
 use super::schema::{self, Checked, Spec};
 use super::{
-    Arg, Artifact, Base, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput,
-    Instruction, InstructionKind, LoadOptions, Member, Network, Port, Run, SecretMount, Sharing,
-    SourceFile, Span, Stage, StageId, Target, Workspace,
+    Arg, Artifact, Base, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput, Instruction,
+    InstructionKind, LoadOptions, Member, Network, Port, Run, SecretMount, Sharing, SourceFile, Span, Stage, StageId,
+    Target, Workspace,
 };
 use crate::reference::ImageRef;
 
@@ -21,20 +22,11 @@ pub(super) fn load(path: &Path, options: &LoadOptions) -> Result<Workspace, Load
     load_inner(path, None, options)
 }
 
-pub(super) fn load_str(
-    name: &str,
-    dir: &Path,
-    text: &str,
-    options: &LoadOptions,
-) -> Result<Workspace, LoadError> {
+pub(super) fn load_str(name: &str, dir: &Path, text: &str, options: &LoadOptions) -> Result<Workspace, LoadError> {
     load_inner(&dir.join(name), Some((name.to_owned(), text.to_owned())), options)
 }
 
-fn load_inner(
-    root: &Path,
-    root_text: Option<(String, String)>,
-    options: &LoadOptions,
-) -> Result<Workspace, LoadError> {
+fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOptions) -> Result<Workspace, LoadError> {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     let docs = super::parse::parse_workspace(root, root_text, &mut files, &mut errors);
@@ -117,12 +109,8 @@ struct Names {
 
 impl Names {
     fn new(decls: &[Decl<'_>]) -> Self {
-        let mut names = Self {
-            stages: HashMap::new(),
-            artifacts: HashMap::new(),
-            targets: HashMap::new(),
-            kinds: HashMap::new(),
-        };
+        let mut names =
+            Self { stages: HashMap::new(), artifacts: HashMap::new(), targets: HashMap::new(), kinds: HashMap::new() };
         for d in decls {
             let table = match d.kind {
                 DeclKind::Stage | DeclKind::Image => &mut names.stages,
@@ -145,7 +133,9 @@ impl Names {
 /// The state of an arg while values are resolved.
 #[derive(Debug, Clone)]
 enum ArgState {
-    Pending { default: Option<(String, Span)> },
+    Pending {
+        default: Option<(String, Span)>,
+    },
     Resolving,
     Value(String),
     /// Declared without a default and not `--set`.
@@ -170,6 +160,17 @@ impl<'f> Cx<'f> {
         &self.files[id]
     }
 
+    /// A stage's context as the user would name it: relative to the file
+    /// that declares the stage when it is inside its folder.
+    fn context_name(&self, id: FileId, context: &Path) -> String {
+        let file = self.file(id);
+        match context.strip_prefix(&file.dir) {
+            Ok(rel) if rel.as_os_str().is_empty() => format!("the folder of {}", file.name),
+            Ok(rel) => format!("the context folder `{}` (from the folder of {})", rel.display(), file.name),
+            Err(_) => format!("the context folder {}", context.display()),
+        }
+    }
+
     // ---- pass 2: args -------------------------------------------------------
 
     fn collect_args(&mut self, docs: &[(FileId, KdlDocument)], options: &LoadOptions) -> Vec<Arg> {
@@ -179,12 +180,19 @@ impl<'f> Cx<'f> {
         for (file_id, doc) in docs {
             let file = self.file(*file_id);
             for node in doc.nodes().iter().filter(|n| n.name().value() == "arg") {
-                let Some(checked) = schema::check(spec, node, file, &mut self.errors) else { continue };
+                let Some(checked) = schema::check(spec, node, file, &mut self.errors) else {
+                    continue;
+                };
                 let name_entry = checked.args[0];
                 let name = name_entry.value().as_string().unwrap_or_default().to_owned();
                 let span = Span { file: *file_id, span: name_entry.span() };
                 if !is_name(&name) {
-                    self.invalid(span, format!("`{name}` is not a valid arg name"), "not a valid name", Some("an arg name is letters, digits and `_`, not starting with a digit"));
+                    self.invalid(
+                        span,
+                        format!("`{name}` is not a valid arg name"),
+                        "not a valid name",
+                        Some("an arg name is letters, digits and `_`, not starting with a digit"),
+                    );
                     continue;
                 }
                 if let Some(first) = sites.get(&name) {
@@ -205,10 +213,7 @@ impl<'f> Cx<'f> {
                 Some((state, _)) => *state = ArgState::Value(value.clone()),
                 None => {
                     let known: Vec<&str> = order.iter().map(|(n, ..)| n.as_str()).collect();
-                    self.errors.push(LangError::UnknownSet {
-                        name: name.clone(),
-                        help: suggest(name, "args", &known),
-                    });
+                    self.errors.push(LangError::UnknownSet { name: name.clone(), help: suggest(name, "args", &known) });
                 }
             }
         }
@@ -227,7 +232,9 @@ impl<'f> Cx<'f> {
     /// The value of an arg, resolving defaults that use other args. Returns
     /// `Value`, `NoValue` or `Broken`.
     fn resolve_arg(&mut self, name: &str, stack: &mut Vec<(String, Span)>) -> ArgState {
-        let Some((state, span)) = self.args.get(name).cloned() else { return ArgState::Broken };
+        let Some((state, span)) = self.args.get(name).cloned() else {
+            return ArgState::Broken;
+        };
         match state {
             ArgState::Resolving => {
                 let start = stack.iter().position(|(n, _)| n == name).unwrap_or(0);
@@ -302,8 +309,13 @@ impl<'f> Cx<'f> {
                         let mut known: Vec<&str> = self.args.keys().map(String::as_str).collect();
                         known.sort_unstable();
                         let mut help = suggest(name, "args", &known);
-                        help.push_str(&format!(". A shell variable is written $${{{name}}} or ${name}"));
-                        self.errors.push(LangError::UnknownArg { name: name.to_owned(), src: self.file(span.file).src(), at, help });
+                        let _ = write!(help, ". A shell variable is written $${{{name}}} or ${name}");
+                        self.errors.push(LangError::UnknownArg {
+                            name: name.to_owned(),
+                            src: self.file(span.file).src(),
+                            at,
+                            help,
+                        });
                         ok = false;
                         continue;
                     }
@@ -318,7 +330,12 @@ impl<'f> Cx<'f> {
                                 .map(|d| self.note(d, format!("arg `{name}` is declared here"), "no default"))
                                 .into_iter()
                                 .collect();
-                            self.errors.push(LangError::ArgWithoutValue { name: name.to_owned(), src: self.file(span.file).src(), at, declared });
+                            self.errors.push(LangError::ArgWithoutValue {
+                                name: name.to_owned(),
+                                src: self.file(span.file).src(),
+                                at,
+                                declared,
+                            });
                             ok = false;
                         }
                         _ => ok = false,
@@ -369,7 +386,11 @@ impl<'f> Cx<'f> {
         let elsewhere = if same_file {
             Vec::new()
         } else {
-            vec![self.note(first, format!("`{name}` is first defined in {}", self.file(first.file).name), "first defined here")]
+            vec![self.note(
+                first,
+                format!("`{name}` is first defined in {}", self.file(first.file).name),
+                "first defined here",
+            )]
         };
         self.errors.push(LangError::DuplicateName {
             kind,
@@ -413,7 +434,9 @@ impl<'f> Cx<'f> {
             let file = self.file(*file_id);
             let top: Vec<&str> = schema::TOP.iter().map(|s| s.name).collect();
             for node in doc.nodes() {
-                let Some(spec) = schema::lookup(schema::TOP, &top, node, "top-level", file, &mut self.errors) else { continue };
+                let Some(spec) = schema::lookup(schema::TOP, &top, node, "top-level", file, &mut self.errors) else {
+                    continue;
+                };
                 let kind = match spec.name {
                     "stage" => DeclKind::Stage,
                     "image" => DeclKind::Image,
@@ -433,11 +456,21 @@ impl<'f> Cx<'f> {
                 };
                 let name = self.interpolate(raw, span);
                 if name == "scratch" {
-                    self.invalid(span, "`scratch` is reserved".to_owned(), "means the empty image", Some("pick another name"));
+                    self.invalid(
+                        span,
+                        "`scratch` is reserved".to_owned(),
+                        "means the empty image",
+                        Some("pick another name"),
+                    );
                     continue;
                 }
                 if !valid_name(&name) {
-                    self.invalid(span, format!("`{name}` is not a valid {} name", kind.noun()), "not a valid name", Some("names start with a letter or digit and use letters, digits, `.`, `_` and `-`"));
+                    self.invalid(
+                        span,
+                        format!("`{name}` is not a valid {} name", kind.noun()),
+                        "not a valid name",
+                        Some("names start with a letter or digit and use letters, digits, `.`, `_` and `-`"),
+                    );
                     continue;
                 }
                 if let Some((first, first_kind)) = sites.get(&name) {
@@ -488,7 +521,12 @@ impl<'f> Cx<'f> {
                 let raw = self.string(file_id, entry);
                 let dir = file.dir.join(&raw);
                 if !dir.is_dir() {
-                    self.invalid(Span { file: file_id, span: entry.span() }, format!("context `{raw}` is not a folder"), "no such folder", Some("`context=` is relative to the folder of this build.kdl"));
+                    self.invalid(
+                        Span { file: file_id, span: entry.span() },
+                        format!("context `{raw}` is not a folder"),
+                        "no such folder",
+                        Some("`context=` is relative to the folder of this build.kdl"),
+                    );
                 }
                 normalize_host(&dir)
             }
@@ -499,8 +537,13 @@ impl<'f> Cx<'f> {
         let mut image = (decl.kind == DeclKind::Image).then(ImageOutput::default);
         let stage_args = std::mem::take(&mut self.used);
         for node in decl.node.iter_children() {
-            let Some(body_spec) = schema::lookup(schema::BODY, allowed, node, decl.kind.noun(), file, &mut self.errors) else { continue };
-            let Some(checked) = schema::check(body_spec, node, file, &mut self.errors) else { continue };
+            let Some(body_spec) = schema::lookup(schema::BODY, allowed, node, decl.kind.noun(), file, &mut self.errors)
+            else {
+                continue;
+            };
+            let Some(checked) = schema::check(body_spec, node, file, &mut self.errors) else {
+                continue;
+            };
             let span = Span { file: file_id, span: node.span() };
             match (body_spec.name, image.as_mut()) {
                 ("tag", Some(out)) => {
@@ -509,7 +552,12 @@ impl<'f> Cx<'f> {
                         let at = Span { file: file_id, span: entry.span() };
                         match ImageRef::parse(&raw) {
                             Ok(r) => out.tags.push((r, at)),
-                            Err(e) => self.invalid(at, format!("`{raw}` is not a valid image reference"), &e.to_string(), Some("a tag looks like `registry.example.com/team/app:1.0`")),
+                            Err(e) => self.invalid(
+                                at,
+                                format!("`{raw}` is not a valid image reference"),
+                                &e.to_string(),
+                                Some("a tag looks like `registry.example.com/team/app:1.0`"),
+                            ),
                         }
                     }
                 }
@@ -532,16 +580,7 @@ impl<'f> Cx<'f> {
         for ins in &instructions {
             args_used.extend(ins.args_used.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        Some(Stage {
-            name,
-            span: decl.span,
-            from: from?,
-            from_span,
-            context,
-            instructions,
-            image,
-            args_used,
-        })
+        Some(Stage { name, span: decl.span, from: from?, from_span, context, instructions, image, args_used })
     }
 
     fn lower_instruction(
@@ -558,7 +597,7 @@ impl<'f> Cx<'f> {
         Some(match spec.name {
             "workdir" => InstructionKind::Workdir(self.string(file, c.args[0])),
             "copy" => InstructionKind::Copy(self.lower_copy(c, file, context, names)?),
-            "run" => InstructionKind::Run(self.lower_run(c, node, file)?),
+            "run" => InstructionKind::Run(self.lower_run(c, node, file)),
             "env" => {
                 let (name, value) = (self.string(file, c.args[0]), self.string(file, c.args[1]));
                 self.check_env_name(&name, at(c.args[0]));
@@ -567,7 +606,12 @@ impl<'f> Cx<'f> {
             "user" => {
                 let user = self.string(file, c.args[0]);
                 if user.is_empty() || user.contains(char::is_whitespace) {
-                    self.invalid(at(c.args[0]), format!("`{user}` is not a user"), "expected a name or uid, with an optional group", Some("for example: user \"65532:65532\" or user \"nobody\""));
+                    self.invalid(
+                        at(c.args[0]),
+                        format!("`{user}` is not a user"),
+                        "expected a name or uid, with an optional group",
+                        Some("for example: user \"65532:65532\" or user \"nobody\""),
+                    );
                 }
                 InstructionKind::User(user)
             }
@@ -577,7 +621,12 @@ impl<'f> Cx<'f> {
                     let raw = self.string(file, e);
                     match parse_port(&raw) {
                         Some(p) => ports.push(p),
-                        None => self.invalid(at(e), format!("`{raw}` is not a port"), "expected a port from 1 to 65535, optionally with /tcp, /udp or /sctp", Some("for example: expose 8080 \"53/udp\"")),
+                        None => self.invalid(
+                            at(e),
+                            format!("`{raw}` is not a port"),
+                            "expected a port from 1 to 65535, optionally with /tcp, /udp or /sctp",
+                            Some("for example: expose 8080 \"53/udp\""),
+                        ),
                     }
                 }
                 InstructionKind::Expose(ports)
@@ -608,7 +657,12 @@ impl<'f> Cx<'f> {
                 match parse_signal(&raw) {
                     Some(sig) => InstructionKind::StopSignal(sig),
                     None => {
-                        self.invalid(at(c.args[0]), format!("`{raw}` is not a signal"), "unknown signal", Some("use a name like \"SIGTERM\" or \"SIGINT\", or a number from 1 to 64"));
+                        self.invalid(
+                            at(c.args[0]),
+                            format!("`{raw}` is not a signal"),
+                            "unknown signal",
+                            Some("use a name like \"SIGTERM\" or \"SIGINT\", or a number from 1 to 64"),
+                        );
                         return None;
                     }
                 }
@@ -635,38 +689,61 @@ impl<'f> Cx<'f> {
             }
         };
         let mut sources = Vec::new();
+        let mut source_spans = Vec::new();
         for entry in &c.args {
             let raw = self.string(file, entry);
             let span = Span { file, span: entry.span() };
             if raw.is_empty() {
-                self.invalid(span, "a copy source cannot be empty".to_owned(), "empty", Some("write \".\" for the whole context"));
+                self.invalid(
+                    span,
+                    "a copy source cannot be empty".to_owned(),
+                    "empty",
+                    Some("write \".\" for the whole context"),
+                );
                 continue;
             }
             if from == CopySource::Context {
                 match normalize_relative(&raw) {
-                    Some(path) => sources.push(path),
+                    Some(path) => {
+                        sources.push(path);
+                        source_spans.push(span);
+                    }
                     None if self.suppressed(span) => {}
                     None => self.errors.push(LangError::ContextEscape {
                         source_path: raw,
-                        context: context.display().to_string(),
+                        context: self.context_name(file, context),
                         src: self.file(file).src(),
                         at: span.span,
                     }),
                 }
             } else {
                 sources.push(normalize_absolute(&raw));
+                source_spans.push(span);
             }
         }
         let to = c.prop("to")?;
         let dest = self.string(file, to);
         if dest.is_empty() {
-            self.invalid(Span { file, span: to.span() }, "`to=` cannot be empty".to_owned(), "empty", Some("write `to=\".\"` for the working directory"));
+            self.invalid(
+                Span { file, span: to.span() },
+                "`to=` cannot be empty".to_owned(),
+                "empty",
+                Some("write `to=\".\"` for the working directory"),
+            );
         }
         let chown = c.prop("chown").map(|e| {
             let v = self.string(file, e);
-            let ok = !v.is_empty() && !v.contains(char::is_whitespace) && v.split(':').count() <= 2 && v.split(':').all(|p| !p.is_empty());
+            let ok = !v.is_empty()
+                && !v.contains(char::is_whitespace)
+                && v.split(':').count() <= 2
+                && v.split(':').all(|p| !p.is_empty());
             if !ok {
-                self.invalid(Span { file, span: e.span() }, format!("`{v}` is not an owner"), "expected user or user:group", Some("for example: chown=\"65532:65532\""));
+                self.invalid(
+                    Span { file, span: e.span() },
+                    format!("`{v}` is not an owner"),
+                    "expected user or user:group",
+                    Some("for example: chown=\"65532:65532\""),
+                );
             }
             v
         });
@@ -683,27 +760,43 @@ impl<'f> Cx<'f> {
                 match mode.filter(|m| *m <= 0o7777) {
                     Some(m) => Some(m),
                     None => {
-                        self.invalid(Span { file, span: e.span() }, "`chmod=` is not a file mode".to_owned(), "expected octal permissions up to 7777", Some("for example: chmod=\"0755\" or chmod=0o755"));
+                        self.invalid(
+                            Span { file, span: e.span() },
+                            "`chmod=` is not a file mode".to_owned(),
+                            "expected octal permissions up to 7777",
+                            Some("for example: chmod=\"0755\" or chmod=0o755"),
+                        );
                         None
                     }
                 }
             }
         };
         let exclude = c.props("exclude").iter().map(|e| self.string(file, e)).collect();
-        Some(Copy { sources, dest, from, chown, chmod, exclude })
+        Some(Copy { sources, source_spans, dest, from, chown, chmod, exclude })
     }
 
-    fn lower_run(&mut self, c: &Checked<'_>, node: &KdlNode, file: FileId) -> Option<Run> {
+    fn lower_run(&mut self, c: &Checked<'_>, node: &KdlNode, file: FileId) -> Run {
         let script = self.string(file, c.args[0]);
         if script.trim().is_empty() {
-            self.invalid(Span { file, span: c.args[0].span() }, "a `run` script cannot be empty".to_owned(), "empty", None);
+            self.invalid(
+                Span { file, span: c.args[0].span() },
+                "a `run` script cannot be empty".to_owned(),
+                "empty",
+                None,
+            );
         }
         let f = self.file(file);
         let mut run = Run { script, caches: Vec::new(), secrets: Vec::new(), network: Network::Host, env: Vec::new() };
         let mut network_seen: Option<SourceSpan> = None;
         for child in node.iter_children() {
-            let Some(spec) = schema::lookup(schema::RUN, &["cache", "secret", "network", "env"], child, "run", f, &mut self.errors) else { continue };
-            let Some(cc) = schema::check(spec, child, f, &mut self.errors) else { continue };
+            let Some(spec) =
+                schema::lookup(schema::RUN, &["cache", "secret", "network", "env"], child, "run", f, &mut self.errors)
+            else {
+                continue;
+            };
+            let Some(cc) = schema::check(spec, child, f, &mut self.errors) else {
+                continue;
+            };
             let at = Span { file, span: cc.args[0].span() };
             match spec.name {
                 "cache" => {
@@ -718,7 +811,12 @@ impl<'f> Cx<'f> {
                         Some((s, _)) if s == "private" => Sharing::Private,
                         Some((s, _)) if s == "locked" => Sharing::Locked,
                         Some((s, span)) => {
-                            self.invalid(Span { file, span }, format!("`{s}` is not a sharing mode"), "expected shared, private or locked", None);
+                            self.invalid(
+                                Span { file, span },
+                                format!("`{s}` is not a sharing mode"),
+                                "expected shared, private or locked",
+                                None,
+                            );
                             Sharing::Shared
                         }
                     };
@@ -726,26 +824,49 @@ impl<'f> Cx<'f> {
                 }
                 "secret" => {
                     let id = self.string(file, cc.args[0]);
-                    if id.is_empty() || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-')) {
-                        self.invalid(at, format!("`{id}` is not a secret id"), "use letters, digits, `.`, `_` and `-`", None);
+                    if id.is_empty()
+                        || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+                    {
+                        self.invalid(
+                            at,
+                            format!("`{id}` is not a secret id"),
+                            "use letters, digits, `.`, `_` and `-`",
+                            None,
+                        );
                     }
-                    let target = cc.prop("target").map_or_else(|| format!("/run/secrets/{id}"), |e| self.string(file, e));
+                    let target =
+                        cc.prop("target").map_or_else(|| format!("/run/secrets/{id}"), |e| self.string(file, e));
                     if !target.starts_with('/') {
-                        self.invalid(at, format!("secret target `{target}` is not absolute"), "must start with /", None);
+                        self.invalid(
+                            at,
+                            format!("secret target `{target}` is not absolute"),
+                            "must start with /",
+                            None,
+                        );
                     }
                     let required = cc.prop("required").and_then(|e| e.value().as_bool()).unwrap_or(true);
                     run.secrets.push(SecretMount { id, target, required });
                 }
                 "network" => {
                     if let Some(first) = network_seen {
-                        self.errors.push(LangError::DuplicateProperty { name: "network".to_owned(), src: self.file(file).src(), first, second: child.span() });
+                        self.errors.push(LangError::DuplicateProperty {
+                            name: "network".to_owned(),
+                            src: self.file(file).src(),
+                            first,
+                            second: child.span(),
+                        });
                     }
                     network_seen = Some(child.span());
                     run.network = match self.string(file, cc.args[0]).as_str() {
                         "host" => Network::Host,
                         "none" => Network::None,
                         other => {
-                            self.invalid(at, format!("`{other}` is not a network mode"), "expected \"none\" or \"host\"", None);
+                            self.invalid(
+                                at,
+                                format!("`{other}` is not a network mode"),
+                                "expected \"none\" or \"host\"",
+                                None,
+                            );
                             Network::Host
                         }
                     };
@@ -757,7 +878,7 @@ impl<'f> Cx<'f> {
                 }
             }
         }
-        Some(run)
+        run
     }
 
     fn lower_healthcheck(&mut self, c: &Checked<'_>, node: &KdlNode, file: FileId) -> Option<Healthcheck> {
@@ -787,7 +908,12 @@ impl<'f> Cx<'f> {
             let raw = self.string(file, e);
             let parsed = parse_duration(&raw);
             if parsed.is_none() {
-                self.invalid(Span { file, span: e.span() }, format!("`{raw}` is not a duration"), "expected a duration like 30s, 1m30s or 500ms", None);
+                self.invalid(
+                    Span { file, span: e.span() },
+                    format!("`{raw}` is not a duration"),
+                    "expected a duration like 30s, 1m30s or 500ms",
+                    None,
+                );
             }
             parsed
         };
@@ -800,7 +926,12 @@ impl<'f> Cx<'f> {
             Some(e) => {
                 let r = e.value().as_integer().and_then(|i| u32::try_from(i).ok());
                 if r.is_none() {
-                    self.invalid(Span { file, span: e.span() }, "`retries=` must be a whole number".to_owned(), "expected 0 or more", None);
+                    self.invalid(
+                        Span { file, span: e.span() },
+                        "`retries=` must be a whole number".to_owned(),
+                        "expected 0 or more",
+                        None,
+                    );
                 }
                 r
             }
@@ -821,9 +952,20 @@ impl<'f> Cx<'f> {
         let dest_entry = c.prop("dest")?;
         let dest_raw = self.string(file_id, dest_entry);
         if dest_raw.is_empty() {
-            self.invalid(Span { file: file_id, span: dest_entry.span() }, "`dest=` cannot be empty".to_owned(), "empty", None);
+            self.invalid(
+                Span { file: file_id, span: dest_entry.span() },
+                "`dest=` cannot be empty".to_owned(),
+                "empty",
+                None,
+            );
         }
-        Some(Artifact { name: decl.name.clone(), span: decl.span, from, path, dest: normalize_host(&file.dir.join(dest_raw)) })
+        Some(Artifact {
+            name: decl.name.clone(),
+            span: decl.span,
+            from,
+            path,
+            dest: normalize_host(&file.dir.join(dest_raw)),
+        })
     }
 
     fn lower_target(&mut self, decl: &Decl<'_>, names: &Names) -> Option<Target> {
@@ -875,7 +1017,12 @@ impl<'f> Cx<'f> {
             return Some(Resolved::Stage(*id));
         }
         if let Some(kind) = names.kinds.get(raw) {
-            self.invalid(span, format!("`{raw}` is {} {}, not a stage", article(kind.noun()), kind.noun()), "not a stage", Some("`from=` names a stage, an image reference or `scratch`"));
+            self.invalid(
+                span,
+                format!("`{raw}` is {} {}, not a stage", article(kind.noun()), kind.noun()),
+                "not a stage",
+                Some("`from=` names a stage, an image reference or `scratch`"),
+            );
             return None;
         }
         let stages = names.stage_names();
@@ -902,7 +1049,10 @@ impl<'f> Cx<'f> {
                     span,
                     format!("`{raw}` is neither a stage nor a valid image reference"),
                     &e.to_string(),
-                    Some(&format!("a {what} is a stage name ({}), `scratch`, or an image like `debian:bookworm-slim`", if stages.is_empty() { "none defined".to_owned() } else { stages.join(", ") })),
+                    Some(&format!(
+                        "a {what} is a stage name ({}), `scratch`, or an image like `debian:bookworm-slim`",
+                        if stages.is_empty() { "none defined".to_owned() } else { stages.join(", ") }
+                    )),
                 );
                 None
             }
@@ -930,7 +1080,12 @@ impl<'f> Cx<'f> {
 
     fn check_env_name(&mut self, name: &str, at: Span) {
         if name.is_empty() || name.contains('=') || name.contains(char::is_whitespace) {
-            self.invalid(at, format!("`{name}` is not an environment variable name"), "no `=`, spaces, or empty names", None);
+            self.invalid(
+                at,
+                format!("`{name}` is not an environment variable name"),
+                "no `=`, spaces, or empty names",
+                None,
+            );
         }
     }
 
@@ -956,7 +1111,7 @@ impl<'f> Cx<'f> {
         let words: Vec<String> = program.split_whitespace().map(|w| format!("{w:?}")).collect();
         let mut split = words.join(" ");
         for a in &args[1..] {
-            split.push_str(&format!(" {a:?}"));
+            let _ = write!(split, " {a:?}");
         }
         self.errors.push(LangError::ExecForm {
             message: format!("`{node}` is exec form: the program `{program}` contains whitespace"),
@@ -983,7 +1138,8 @@ impl<'f> Cx<'f> {
         }
         let stage_names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
         for cycle in find_cycles(stages.len(), &edges) {
-            let members: Vec<(String, Span)> = cycle.iter().map(|(n, span)| (stage_names[*n].to_owned(), *span)).collect();
+            let members: Vec<(String, Span)> =
+                cycle.iter().map(|(n, span)| (stage_names[*n].to_owned(), *span)).collect();
             let back = members[0].0.clone();
             self.cycle_error("stage", &members, &back);
         }
@@ -996,7 +1152,8 @@ impl<'f> Cx<'f> {
             }
         }
         for cycle in find_cycles(targets.len(), &edges) {
-            let members: Vec<(String, Span)> = cycle.iter().map(|(n, span)| (targets[*n].name.clone(), *span)).collect();
+            let members: Vec<(String, Span)> =
+                cycle.iter().map(|(n, span)| (targets[*n].name.clone(), *span)).collect();
             let back = members[0].0.clone();
             self.cycle_error("target", &members, &back);
         }
@@ -1071,18 +1228,18 @@ fn article(noun: &str) -> &'static str {
 /// Finds every cycle (one per strongly connected component), each as nodes
 /// with the span of the edge that leads to the next one.
 fn find_cycles(n: usize, edges: &[(usize, usize, Span)]) -> Vec<Vec<(usize, Span)>> {
-    let mut graph: DiGraph<(), Span, u32> = DiGraph::with_capacity(n, edges.len());
-    for _ in 0..n {
-        graph.add_node(());
-    }
+    let mut graph: DiGraph<(), Span> = DiGraph::with_capacity(n, edges.len());
+    let nodes: Vec<_> = (0..n).map(|_| graph.add_node(())).collect();
     for (a, b, span) in edges {
-        graph.add_edge((*a as u32).into(), (*b as u32).into(), *span);
+        graph.add_edge(nodes[*a], nodes[*b], *span);
     }
     let self_loops: HashMap<usize, Span> = edges.iter().filter(|(a, b, _)| a == b).map(|(a, _, s)| (*a, *s)).collect();
     let mut cycles = Vec::new();
     for scc in petgraph::algo::tarjan_scc(&graph) {
         let members: std::collections::HashSet<usize> = scc.iter().map(|i| i.index()).collect();
-        let Some(&start) = members.iter().min() else { continue };
+        let Some(&start) = members.iter().min() else {
+            continue;
+        };
         if members.len() == 1 {
             if let Some(span) = self_loops.get(&start) {
                 cycles.push(vec![(start, *span)]);
@@ -1093,7 +1250,8 @@ fn find_cycles(n: usize, edges: &[(usize, usize, Span)]) -> Vec<Vec<(usize, Span
         let mut prev: HashMap<usize, (usize, Span)> = HashMap::new();
         let mut queue = std::collections::VecDeque::from([start]);
         'bfs: while let Some(cur) = queue.pop_front() {
-            let mut outgoing: Vec<&(usize, usize, Span)> = edges.iter().filter(|(a, b, _)| *a == cur && members.contains(b)).collect();
+            let mut outgoing: Vec<&(usize, usize, Span)> =
+                edges.iter().filter(|(a, b, _)| *a == cur && members.contains(b)).collect();
             outgoing.sort_by_key(|(_, b, _)| *b);
             for (_, next, span) in outgoing {
                 if *next == start {
@@ -1109,7 +1267,9 @@ fn find_cycles(n: usize, edges: &[(usize, usize, Span)]) -> Vec<Vec<(usize, Span
         let mut path = Vec::new();
         let mut cur = start;
         for _ in 0..=members.len() {
-            let Some(&(p, span)) = prev.get(&cur) else { break };
+            let Some(&(p, span)) = prev.get(&cur) else {
+                break;
+            };
             path.push((p, span));
             cur = p;
             if cur == start {
@@ -1199,9 +1359,9 @@ fn parse_port(raw: &str) -> Option<Port> {
 }
 
 const SIGNALS: &[&str] = &[
-    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE",
-    "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ",
-    "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM", "TERM",
+    "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO",
+    "PWR", "SYS",
 ];
 
 /// A signal name (`SIGTERM`, `TERM`, `SIGRTMIN+3`) or number, normalised to

@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 use miette::{NamedSource, SourceSpan};
 
-pub use error::{LangError, LoadError, Note, Src, did_you_mean};
 pub(crate) use error::plural;
+pub use error::{LangError, LoadError, Note, Src, did_you_mean};
 
 use crate::reference::ImageRef;
 
@@ -211,6 +211,8 @@ pub struct Copy {
     /// Sources: context-relative (normalised, no leading `/`) for the context,
     /// absolute paths for stages and images.
     pub sources: Vec<String>,
+    /// Where each source is written, index for index.
+    pub source_spans: Vec<Span>,
     pub dest: String,
     pub from: CopySource,
     pub chown: Option<String>,
@@ -351,10 +353,7 @@ impl Workspace {
         if let Some(i) = self.artifacts.iter().position(|a| a.name == name) {
             return Some(Member::Artifact(i));
         }
-        self.targets
-            .iter()
-            .position(|t| t.name == name)
-            .map(Member::Target)
+        self.targets.iter().position(|t| t.name == name).map(Member::Target)
     }
 
     /// Every name that `bake build NAME` accepts.
@@ -391,11 +390,6 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Workspace, LoadError> 
 /// Loads a workspace from text, as if it were the file `name` in `dir`
 /// (used by tests, the fuzzer and the book's snippet checks). `include`
 /// resolves from `dir`.
-pub fn load_str(
-    name: &str,
-    dir: &Path,
-    text: &str,
-    options: &LoadOptions,
-) -> Result<Workspace, LoadError> {
+pub fn load_str(name: &str, dir: &Path, text: &str, options: &LoadOptions) -> Result<Workspace, LoadError> {
     lower::load_str(name, dir, text, options)
 }

@@ -91,7 +91,12 @@ fn syntax_errors(file: &SourceFile, err: &kdl::KdlError) -> Vec<LangError> {
             src: file.src(),
             at: clamp(d.span, file.text.len()),
             label: d.label.clone().unwrap_or_else(|| "here".to_owned()),
-            help: d.help.clone().or_else(|| Some("build.kdl is KDL v2: strings are quoted, properties are `key=value`, children go in `{ }`".to_owned())),
+            help: d.help.clone().or_else(|| {
+                Some(
+                    "build.kdl is KDL v2: strings are quoted, properties are `key=value`, children go in `{ }`"
+                        .to_owned(),
+                )
+            }),
         })
         .collect();
     if errors.is_empty() {
@@ -128,7 +133,11 @@ fn includes(file: &SourceFile, node: &KdlNode, errors: &mut Vec<LangError>) -> V
             help: help.map(str::to_owned),
         };
         if entry.name().is_some() {
-            errors.push(error("takes no properties", "remove this property", Some("write `include \"services/*/build.kdl\"`")));
+            errors.push(error(
+                "takes no properties",
+                "remove this property",
+                Some("write `include \"services/*/build.kdl\"`"),
+            ));
             continue;
         }
         let Some(pattern) = entry.value().as_string() else {
@@ -136,7 +145,11 @@ fn includes(file: &SourceFile, node: &KdlNode, errors: &mut Vec<LangError>) -> V
             continue;
         };
         if pattern.contains("${") {
-            errors.push(error("cannot use args", "include paths are read before args", Some("write the path literally")));
+            errors.push(error(
+                "cannot use args",
+                "include paths are read before args",
+                Some("write the path literally"),
+            ));
             continue;
         }
         let full = file.dir.join(pattern);
@@ -174,7 +187,11 @@ fn includes(file: &SourceFile, node: &KdlNode, errors: &mut Vec<LangError>) -> V
             } else {
                 ("does not exist", "no such file")
             };
-            errors.push(error(problem, label, Some("paths in `include` are relative to the folder of the file that includes them")));
+            errors.push(error(
+                problem,
+                label,
+                Some("paths in `include` are relative to the folder of the file that includes them"),
+            ));
         }
         out.extend(found);
     }

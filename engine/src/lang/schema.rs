@@ -94,50 +94,313 @@ pub(super) struct Spec {
 use Kind::{Bool, Int, Scalar, Str, StrOrInt};
 
 const STAGE_BODY: &[&str] = &[
-    "workdir", "copy", "run", "env", "user", "expose", "entrypoint", "cmd", "label", "volume",
-    "stopsignal", "healthcheck", "shell",
+    "workdir",
+    "copy",
+    "run",
+    "env",
+    "user",
+    "expose",
+    "entrypoint",
+    "cmd",
+    "label",
+    "volume",
+    "stopsignal",
+    "healthcheck",
+    "shell",
 ];
 const IMAGE_BODY: &[&str] = &[
-    "workdir", "copy", "run", "env", "user", "expose", "entrypoint", "cmd", "label", "volume",
-    "stopsignal", "healthcheck", "shell", "tag", "annotation",
+    "workdir",
+    "copy",
+    "run",
+    "env",
+    "user",
+    "expose",
+    "entrypoint",
+    "cmd",
+    "label",
+    "volume",
+    "stopsignal",
+    "healthcheck",
+    "shell",
+    "tag",
+    "annotation",
 ];
 const RUN_BODY: &[&str] = &["cache", "secret", "network", "env"];
 
 /// Nodes at the top of a file.
 pub(super) const TOP: &[Spec] = &[
-    Spec { name: "arg", min: 1, max: Some(1), args: &[Str], args_doc: "1 name", props: &[prop("default", Scalar)], children: None, example: "arg \"VERSION\" default=\"dev\"" },
-    Spec { name: "stage", min: 1, max: Some(1), args: &[Str], args_doc: "1 name", props: &[required("from", Str), prop("context", Str)], children: Some(STAGE_BODY), example: "stage \"builder\" from=\"golang:1.19\" { ... }" },
-    Spec { name: "image", min: 1, max: Some(1), args: &[Str], args_doc: "1 name", props: &[required("from", Str), prop("context", Str)], children: Some(IMAGE_BODY), example: "image \"app\" from=\"scratch\" { ... }" },
-    Spec { name: "artifact", min: 1, max: Some(1), args: &[Str], args_doc: "1 name", props: &[required("from", Str), required("path", Str), required("dest", Str)], children: None, example: "artifact \"app-bin\" from=\"builder\" path=\"/out/app\" dest=\"dist/app\"" },
-    Spec { name: "target", min: 2, max: None, args: &[Str], args_doc: "a name and at least 1 member", props: &[], children: None, example: "target \"default\" \"app\"" },
-    Spec { name: "include", min: 1, max: None, args: &[Str], args_doc: "at least 1 path or glob", props: &[], children: None, example: "include \"services/*/build.kdl\"" },
+    Spec {
+        name: "arg",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 name",
+        props: &[prop("default", Scalar)],
+        children: None,
+        example: "arg \"VERSION\" default=\"dev\"",
+    },
+    Spec {
+        name: "stage",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 name",
+        props: &[required("from", Str), prop("context", Str)],
+        children: Some(STAGE_BODY),
+        example: "stage \"builder\" from=\"golang:1.19\" { ... }",
+    },
+    Spec {
+        name: "image",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 name",
+        props: &[required("from", Str), prop("context", Str)],
+        children: Some(IMAGE_BODY),
+        example: "image \"app\" from=\"scratch\" { ... }",
+    },
+    Spec {
+        name: "artifact",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 name",
+        props: &[required("from", Str), required("path", Str), required("dest", Str)],
+        children: None,
+        example: "artifact \"app-bin\" from=\"builder\" path=\"/out/app\" dest=\"dist/app\"",
+    },
+    Spec {
+        name: "target",
+        min: 2,
+        max: None,
+        args: &[Str],
+        args_doc: "a name and at least 1 member",
+        props: &[],
+        children: None,
+        example: "target \"default\" \"app\"",
+    },
+    Spec {
+        name: "include",
+        min: 1,
+        max: None,
+        args: &[Str],
+        args_doc: "at least 1 path or glob",
+        props: &[],
+        children: None,
+        example: "include \"services/*/build.kdl\"",
+    },
 ];
 
 /// Nodes inside `stage` and `image`.
 pub(super) const BODY: &[Spec] = &[
-    Spec { name: "workdir", min: 1, max: Some(1), args: &[Str], args_doc: "1 path", props: &[], children: None, example: "workdir \"/src\"" },
-    Spec { name: "copy", min: 1, max: None, args: &[Str], args_doc: "at least 1 source", props: &[required("to", Str), prop("from", Str), prop("chown", StrOrInt), prop("chmod", StrOrInt), Prop { name: "exclude", kind: Str, required: false, repeat: true }], children: None, example: "copy \"go.mod\" \"go.sum\" to=\"./\"" },
-    Spec { name: "run", min: 1, max: Some(1), args: &[Str], args_doc: "1 script", props: &[], children: Some(RUN_BODY), example: "run \"make\" { cache \"/root/.cache\" }" },
-    Spec { name: "env", min: 2, max: Some(2), args: &[Str, Scalar], args_doc: "a name and a value", props: &[], children: None, example: "env \"CGO_ENABLED\" \"0\"" },
-    Spec { name: "user", min: 1, max: Some(1), args: &[StrOrInt], args_doc: "1 user", props: &[], children: None, example: "user \"65532:65532\"" },
-    Spec { name: "expose", min: 1, max: None, args: &[StrOrInt], args_doc: "at least 1 port", props: &[], children: None, example: "expose 8080 \"53/udp\"" },
-    Spec { name: "entrypoint", min: 0, max: None, args: &[Str], args_doc: "the program and its arguments", props: &[], children: None, example: "entrypoint \"/app\" \"-port\" \"8080\"" },
-    Spec { name: "cmd", min: 0, max: None, args: &[Str], args_doc: "the program and its arguments", props: &[], children: None, example: "cmd \"/app\" \"-port\" \"8080\"" },
-    Spec { name: "label", min: 2, max: Some(2), args: &[Str, Scalar], args_doc: "a key and a value", props: &[], children: None, example: "label \"org.opencontainers.image.version\" \"1.0\"" },
-    Spec { name: "volume", min: 1, max: None, args: &[Str], args_doc: "at least 1 path", props: &[], children: None, example: "volume \"/data\"" },
-    Spec { name: "stopsignal", min: 1, max: Some(1), args: &[StrOrInt], args_doc: "1 signal", props: &[], children: None, example: "stopsignal \"SIGTERM\"" },
-    Spec { name: "healthcheck", min: 0, max: None, args: &[Str], args_doc: "the program and its arguments", props: &[prop("shell", Str), prop("none", Bool), prop("interval", Str), prop("timeout", Str), prop("start-period", Str), prop("start-interval", Str), prop("retries", Int)], children: None, example: "healthcheck \"/app\" \"-healthcheck\" interval=\"30s\"" },
-    Spec { name: "shell", min: 1, max: None, args: &[Str], args_doc: "the shell and its arguments", props: &[], children: None, example: "shell \"/bin/bash\" \"-eo\" \"pipefail\" \"-c\"" },
-    Spec { name: "tag", min: 1, max: None, args: &[Str], args_doc: "at least 1 image reference", props: &[], children: None, example: "tag \"registry.example.com/acme/app:1.0\"" },
-    Spec { name: "annotation", min: 2, max: Some(2), args: &[Str, Scalar], args_doc: "a key and a value", props: &[], children: None, example: "annotation \"org.opencontainers.image.source\" \"https://example.com\"" },
+    Spec {
+        name: "workdir",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 path",
+        props: &[],
+        children: None,
+        example: "workdir \"/src\"",
+    },
+    Spec {
+        name: "copy",
+        min: 1,
+        max: None,
+        args: &[Str],
+        args_doc: "at least 1 source",
+        props: &[
+            required("to", Str),
+            prop("from", Str),
+            prop("chown", StrOrInt),
+            prop("chmod", StrOrInt),
+            Prop { name: "exclude", kind: Str, required: false, repeat: true },
+        ],
+        children: None,
+        example: "copy \"go.mod\" \"go.sum\" to=\"./\"",
+    },
+    Spec {
+        name: "run",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 script",
+        props: &[],
+        children: Some(RUN_BODY),
+        example: "run \"make\" { cache \"/root/.cache\" }",
+    },
+    Spec {
+        name: "env",
+        min: 2,
+        max: Some(2),
+        args: &[Str, Scalar],
+        args_doc: "a name and a value",
+        props: &[],
+        children: None,
+        example: "env \"CGO_ENABLED\" \"0\"",
+    },
+    Spec {
+        name: "user",
+        min: 1,
+        max: Some(1),
+        args: &[StrOrInt],
+        args_doc: "1 user",
+        props: &[],
+        children: None,
+        example: "user \"65532:65532\"",
+    },
+    Spec {
+        name: "expose",
+        min: 1,
+        max: None,
+        args: &[StrOrInt],
+        args_doc: "at least 1 port",
+        props: &[],
+        children: None,
+        example: "expose 8080 \"53/udp\"",
+    },
+    Spec {
+        name: "entrypoint",
+        min: 0,
+        max: None,
+        args: &[Str],
+        args_doc: "the program and its arguments",
+        props: &[],
+        children: None,
+        example: "entrypoint \"/app\" \"-port\" \"8080\"",
+    },
+    Spec {
+        name: "cmd",
+        min: 0,
+        max: None,
+        args: &[Str],
+        args_doc: "the program and its arguments",
+        props: &[],
+        children: None,
+        example: "cmd \"/app\" \"-port\" \"8080\"",
+    },
+    Spec {
+        name: "label",
+        min: 2,
+        max: Some(2),
+        args: &[Str, Scalar],
+        args_doc: "a key and a value",
+        props: &[],
+        children: None,
+        example: "label \"org.opencontainers.image.version\" \"1.0\"",
+    },
+    Spec {
+        name: "volume",
+        min: 1,
+        max: None,
+        args: &[Str],
+        args_doc: "at least 1 path",
+        props: &[],
+        children: None,
+        example: "volume \"/data\"",
+    },
+    Spec {
+        name: "stopsignal",
+        min: 1,
+        max: Some(1),
+        args: &[StrOrInt],
+        args_doc: "1 signal",
+        props: &[],
+        children: None,
+        example: "stopsignal \"SIGTERM\"",
+    },
+    Spec {
+        name: "healthcheck",
+        min: 0,
+        max: None,
+        args: &[Str],
+        args_doc: "the program and its arguments",
+        props: &[
+            prop("shell", Str),
+            prop("none", Bool),
+            prop("interval", Str),
+            prop("timeout", Str),
+            prop("start-period", Str),
+            prop("start-interval", Str),
+            prop("retries", Int),
+        ],
+        children: None,
+        example: "healthcheck \"/app\" \"-healthcheck\" interval=\"30s\"",
+    },
+    Spec {
+        name: "shell",
+        min: 1,
+        max: None,
+        args: &[Str],
+        args_doc: "the shell and its arguments",
+        props: &[],
+        children: None,
+        example: "shell \"/bin/bash\" \"-eo\" \"pipefail\" \"-c\"",
+    },
+    Spec {
+        name: "tag",
+        min: 1,
+        max: None,
+        args: &[Str],
+        args_doc: "at least 1 image reference",
+        props: &[],
+        children: None,
+        example: "tag \"registry.example.com/acme/app:1.0\"",
+    },
+    Spec {
+        name: "annotation",
+        min: 2,
+        max: Some(2),
+        args: &[Str, Scalar],
+        args_doc: "a key and a value",
+        props: &[],
+        children: None,
+        example: "annotation \"org.opencontainers.image.source\" \"https://example.com\"",
+    },
 ];
 
 /// Nodes inside `run`.
 pub(super) const RUN: &[Spec] = &[
-    Spec { name: "cache", min: 1, max: Some(1), args: &[Str], args_doc: "1 path", props: &[prop("id", Str), prop("sharing", Str)], children: None, example: "cache \"/root/go/pkg/mod\"" },
-    Spec { name: "secret", min: 1, max: Some(1), args: &[Str], args_doc: "1 secret id", props: &[prop("target", Str), prop("required", Bool)], children: None, example: "secret \"npmrc\" target=\"/root/.npmrc\"" },
-    Spec { name: "network", min: 1, max: Some(1), args: &[Str], args_doc: "\"none\" or \"host\"", props: &[], children: None, example: "network \"none\"" },
-    Spec { name: "env", min: 2, max: Some(2), args: &[Str, Scalar], args_doc: "a name and a value", props: &[], children: None, example: "env \"DEBIAN_FRONTEND\" \"noninteractive\"" },
+    Spec {
+        name: "cache",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 path",
+        props: &[prop("id", Str), prop("sharing", Str)],
+        children: None,
+        example: "cache \"/root/go/pkg/mod\"",
+    },
+    Spec {
+        name: "secret",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 secret id",
+        props: &[prop("target", Str), prop("required", Bool)],
+        children: None,
+        example: "secret \"npmrc\" target=\"/root/.npmrc\"",
+    },
+    Spec {
+        name: "network",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "\"none\" or \"host\"",
+        props: &[],
+        children: None,
+        example: "network \"none\"",
+    },
+    Spec {
+        name: "env",
+        min: 2,
+        max: Some(2),
+        args: &[Str, Scalar],
+        args_doc: "a name and a value",
+        props: &[],
+        children: None,
+        example: "env \"DEBIAN_FRONTEND\" \"noninteractive\"",
+    },
 ];
 
 /// Finds the spec for a node name among `specs`, or reports it as unknown.
@@ -203,12 +466,7 @@ pub(super) fn check<'a>(
                 args.push(entry);
                 let kind = spec.args.get(index).or(spec.args.last()).copied().unwrap_or(Str);
                 if !kind.accepts(entry.value()) {
-                    errors.push(wrong_type(
-                        format!("argument {} of `{}`", index + 1, spec.name),
-                        kind,
-                        entry,
-                        file,
-                    ));
+                    errors.push(wrong_type(format!("argument {} of `{}`", index + 1, spec.name), kind, entry, file));
                 }
             }
             Some(key) => {
@@ -269,19 +527,19 @@ pub(super) fn check<'a>(
         });
     }
     if let (None, Some(children)) = (spec.children, node.children()) {
-        errors.push(LangError::UnexpectedChildren {
-            node: spec.name.to_owned(),
-            src: file.src(),
-            at: children.span(),
-        });
+        errors.push(LangError::UnexpectedChildren { node: spec.name.to_owned(), src: file.src(), at: children.span() });
     }
     (errors.len() == before).then_some(Checked { args, props })
 }
 
 fn wrong_type(what: String, kind: Kind, entry: &KdlEntry, file: &SourceFile) -> LangError {
     let help = match entry.value() {
-        KdlValue::Float(_) => Some("quote it: a decimal number loses trailing zeros (`1.10` is `1.1`), so versions are strings".to_owned()),
-        KdlValue::Integer(_) | KdlValue::Bool(_) if kind == Kind::Str => Some("quote it to make it a string".to_owned()),
+        KdlValue::Float(_) => Some(
+            "quote it: a decimal number loses trailing zeros (`1.10` is `1.1`), so versions are strings".to_owned(),
+        ),
+        KdlValue::Integer(_) | KdlValue::Bool(_) if kind == Kind::Str => {
+            Some("quote it to make it a string".to_owned())
+        }
         KdlValue::Null => Some("`#null` is not a value bake uses here".to_owned()),
         _ => None,
     };
