@@ -3,13 +3,22 @@
 //!
 //! ```text
 //! $BAKE_HOME/
-//!   index/     context file indexes, one per context folder (see `context`)
+//!   index/      context file indexes, one per context folder (see `context`)
+//!   store/      the content-addressed store: blobs, images, cache entries (see `store`)
+//!   snapshots/  layers unpacked once per diffID (see `snapshot`)
+//!   tmp/        scratch space on the same filesystem, for atomic renames
 //! ```
+//!
+//! bake's configuration file (registry mirrors, insecure registries, store
+//! size cap) is `BAKE_CONFIG`, else `$XDG_CONFIG_HOME/bake/config.kdl`, else
+//! `~/.config/bake/config.kdl`.
 
 use std::path::{Path, PathBuf};
 
 /// The environment variable that moves bake's local state.
 pub const BAKE_HOME: &str = "BAKE_HOME";
+/// The environment variable that names bake's configuration file.
+pub const BAKE_CONFIG: &str = "BAKE_CONFIG";
 
 /// bake's state folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +57,36 @@ impl Home {
     pub fn index_dir(&self) -> PathBuf {
         self.root.join("index")
     }
+
+    /// The content-addressed store.
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("store")
+    }
+
+    /// Unpacked layers.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// Scratch space on the home's filesystem.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}
+
+/// The configuration file named by the environment (it may not exist).
+pub fn config_path() -> Option<PathBuf> {
+    config_path_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+}
+
+fn config_path_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    if let Some(path) = var(BAKE_CONFIG) {
+        return Some(PathBuf::from(path));
+    }
+    if let Some(config) = var("XDG_CONFIG_HOME") {
+        return Some(PathBuf::from(config).join("bake/config.kdl"));
+    }
+    var("HOME").map(|home| PathBuf::from(home).join(".config/bake/config.kdl"))
 }
 
 #[cfg(test)]
@@ -66,5 +105,15 @@ mod tests {
         assert_eq!(home(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]), Some("/x/bake".into()));
         assert_eq!(home(&[("HOME", "/h")]), Some("/h/.cache/bake".into()));
         assert_eq!(home(&[]), None);
+    }
+
+    #[test]
+    fn config_precedence() {
+        let path = |vars: &[(&str, &str)]| {
+            config_path_from(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v)))
+        };
+        assert_eq!(path(&[("BAKE_CONFIG", "/c.kdl"), ("HOME", "/h")]), Some("/c.kdl".into()));
+        assert_eq!(path(&[("XDG_CONFIG_HOME", "/x"), ("HOME", "/h")]), Some("/x/bake/config.kdl".into()));
+        assert_eq!(path(&[("HOME", "/h")]), Some("/h/.config/bake/config.kdl".into()));
     }
 }

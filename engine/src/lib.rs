@@ -27,4 +27,5 @@ pub mod fuzz;
 pub mod graph;
 pub mod home;
 pub mod lang;
+pub mod oci;
 pub mod reference;
