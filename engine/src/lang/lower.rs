@@ -633,7 +633,9 @@ impl<'f> Cx<'f> {
             }
             "entrypoint" | "cmd" | "shell" => {
                 let args = strings(self);
-                if let (Some(program), Some(entry)) = (args.first(), c.args.first()) {
+                // A `cmd` names a program only when no entrypoint is set, which
+                // the chain decides (see `check_exec_forms`).
+                if let (Some(program), Some(entry), false) = (args.first(), c.args.first(), spec.name == "cmd") {
                     self.check_program(spec.name, program, &args, at(entry));
                 }
                 match spec.name {
@@ -750,8 +752,17 @@ impl<'f> Cx<'f> {
         let chmod = match c.prop("chmod") {
             None => None,
             Some(e) => {
+                // Modes are octal, as in `chmod 755`: an integer written in
+                // decimal digits is read as octal; `0o755` is octal already.
                 let mode = match e.value() {
-                    KdlValue::Integer(i) => u32::try_from(*i).ok(),
+                    KdlValue::Integer(i) => {
+                        let repr = e.format().map(|f| f.value_repr.trim().to_owned()).unwrap_or_default();
+                        if repr.is_empty() || repr.starts_with("0o") {
+                            u32::try_from(*i).ok()
+                        } else {
+                            u32::from_str_radix(&i.to_string(), 8).ok()
+                        }
+                    }
                     _ => {
                         let v = self.string(file, e);
                         u32::from_str_radix(&v, 8).ok().filter(|_| !v.is_empty())
@@ -1195,6 +1206,13 @@ impl<'f> Cx<'f> {
                                 entrypoint = !args.is_empty();
                             }
                             let program_applies = is_entry || !entrypoint;
+                            if here
+                                && !is_entry
+                                && program_applies
+                                && let Some(program) = args.first()
+                            {
+                                self.check_program("cmd", program, args, ins.span);
+                            }
                             if here && program_applies && !has_path && args.first().is_some_and(|p| !p.contains('/')) {
                                 let program = &args[0];
                                 self.errors.push(LangError::ExecForm {
