@@ -8,6 +8,12 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
+# System packages, and the fixture base images' root filesystems (the tests
+# have no Docker Hub): both are no-ops in well under a second once done.
+export BAKE_FIXTURES=${BAKE_FIXTURES:-/var/cache/bake-fixtures}
+./scripts/install-deps.sh
+./scripts/fixtures.sh
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --all-targets --locked

@@ -27,8 +27,33 @@ pub(crate) enum Command {
     Check(LoadArgs),
     /// Print the build graph.
     Graph(GraphArgs),
-    /// Build targets (today: show the plan with --dry-run).
+    /// Build targets: images into the local store, artifacts to the host.
     Build(BuildArgs),
+    /// List the images in the local store.
+    Images,
+    /// Inspect or clean the local store.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheCommand {
+    /// Show how much the store holds: blobs, images, cache entries, snapshots.
+    Du,
+    /// Remove what no image or cache entry needs; with --max-size, first
+    /// evict least-recently-used cache entries down to that size.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PruneArgs {
+    /// Evict least-recently-used cache entries until the store fits, e.g. 10GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Remove every cache entry (images stay).
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Options every command that loads the workspace takes.
@@ -70,8 +95,63 @@ pub(crate) struct BuildArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Push every tag of the built images.
+    #[arg(long)]
+    pub push: bool,
+
+    /// Also write the images elsewhere: type=oci,dest=FILE.tar |
+    /// type=oci-dir,dest=DIR | type=docker,dest=FILE.tar | type=local,dest=DIR
+    /// (repeatable).
+    #[arg(long, short = 'o', value_name = "SPEC", value_parser = parse_output)]
+    pub output: Vec<bake_engine::exec::Output>,
+
+    /// Run every step, ignoring recorded results.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Layer compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    pub compression: CompressionArg,
+
+    /// Timestamp of every file and config in the images (seconds since 1970).
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS", default_value_t = 0)]
+    pub source_date_epoch: i64,
+
     #[command(flatten)]
     pub load: LoadArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
+}
+
+fn parse_output(s: &str) -> Result<bake_engine::exec::Output, String> {
+    s.parse()
+}
+
+/// `10GiB`, `500MB`, `1024` (bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size like 10GiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit `{other}`: use B, KB, MB, GB, KiB, MiB, GiB")),
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok((n * mult) as u64)
 }
 
 fn parse_set(s: &str) -> Result<(String, String), String> {

@@ -4,12 +4,16 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use bake_engine::config::Config;
+use bake_engine::exec::{BuildOptions, Engine, Event, ExecError};
 use bake_engine::graph::{Format, KeyOptions, Plan, PlanError, describe};
 use bake_engine::home::Home;
 use bake_engine::lang::{self, LoadError, LoadOptions, Workspace};
+use bake_engine::oci::Compression;
+use bake_engine::store::{PruneOptions, Store};
 use miette::{Diagnostic, Report};
 
-use crate::args::{BuildArgs, Cli, Command, GraphArgs, GraphFormat, LoadArgs};
+use crate::args::{BuildArgs, CacheCommand, Cli, Command, CompressionArg, GraphArgs, GraphFormat, LoadArgs, PruneArgs};
 
 /// Why a command failed, which decides the exit code.
 pub(crate) enum Failure {
@@ -64,12 +68,12 @@ enum CliError {
     #[error("cannot write output")]
     #[diagnostic(code(bake::cli::output))]
     Output(#[source] std::io::Error),
-    #[error("building images is not available yet: this version of bake plans builds but does not run them")]
-    #[diagnostic(
-        code(bake::cli::not_yet),
-        help("pass --dry-run to see the plan: every node, its key, needed or pruned")
-    )]
-    BuildNotAvailable,
+    #[error("no home folder for bake's store: set BAKE_HOME or HOME")]
+    #[diagnostic(code(bake::cli::no_home))]
+    NoHome,
+    #[error("cannot start the async runtime")]
+    #[diagnostic(code(bake::cli::runtime))]
+    Runtime(#[source] std::io::Error),
 }
 
 pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
@@ -81,6 +85,9 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check(load) => check(&cli.file, &load),
         Command::Graph(args) => graph(&cli.file, &args),
         Command::Build(args) => build(&cli.file, &args),
+        Command::Images => images(),
+        Command::Cache(CacheCommand::Du) => cache_du(),
+        Command::Cache(CacheCommand::Prune(args)) => cache_prune(&args),
     }
 }
 
@@ -134,11 +141,31 @@ fn graph(file: &Path, args: &GraphArgs) -> Result<(), Failure> {
 
 fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
     let ws = load(file, &args.load)?;
-    let mut plan = Plan::build(&ws, &args.targets)?;
-    if !args.dry_run {
-        return Err(Failure::Usage(Report::new(CliError::BuildNotAvailable)));
+    if args.dry_run {
+        return dry_run(&ws, args);
     }
-    plan.compute_keys(&ws, &key_options(true))?;
+    let engine = engine()?;
+    let options = BuildOptions {
+        no_cache: args.no_cache,
+        push: args.push,
+        outputs: args.output.clone(),
+        epoch: args.source_date_epoch,
+        compression: match args.compression {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::None => Compression::None,
+        },
+    };
+    let started = std::time::Instant::now();
+    let render = |e: Event| crate::render::plain(&e);
+    let report = runtime()?.block_on(engine.build(&ws, &args.targets, &options, &render)).map_err(exec_failure)?;
+    crate::render::summary(&report, started.elapsed());
+    Ok(())
+}
+
+fn dry_run(ws: &Workspace, args: &BuildArgs) -> Result<(), Failure> {
+    let mut plan = Plan::build(ws, &args.targets)?;
+    plan.compute_keys(ws, &key_options(true))?;
     let order = plan.topo_order();
     let needed = order.iter().filter(|n| plan.graph[**n].needed).count();
     let mut out = format!("plan for {}: {needed} of {} nodes needed\n", plan.requested.join(", "), order.len());
@@ -147,11 +174,96 @@ fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
         let key = node.key.map_or_else(|| "-".repeat(12), |k| k.short());
         let state = if node.needed { "needed" } else { "pruned" };
         let at = node.span.map(|s| format!("  ({})", ws.location(s))).unwrap_or_default();
-        let _ = writeln!(out, "  {state}  {key}  {:<8} {}{at}", node.op.kind(), describe(node, &ws));
+        let _ = writeln!(out, "  {state}  {key}  {:<8} {}{at}", node.op.kind(), describe(node, ws));
     }
     print(&out)
 }
 
+fn home() -> Result<Home, Failure> {
+    Home::from_env().ok_or_else(|| Failure::Usage(Report::new(CliError::NoHome)))
+}
+
+fn engine() -> Result<Engine, Failure> {
+    let config =
+        Config::load(bake_engine::home::config_path().as_deref()).map_err(|e| Failure::Usage(Report::new(e)))?;
+    Engine::open(home()?, &config).map_err(exec_failure)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Usage(Report::new(CliError::Runtime(e))))
+}
+
+/// Build errors: what the user wrote is a usage error only when it is a
+/// planning mistake about names; everything else failed the build.
+fn exec_failure(e: ExecError) -> Failure {
+    match e {
+        ExecError::Plan(p) => Failure::from(p),
+        other => Failure::Build(Report::new(other)),
+    }
+}
+
+fn store() -> Result<Store, Failure> {
+    Store::open(&home()?.store_dir()).map_err(|e| Failure::Build(Report::new(e)))
+}
+
+fn images() -> Result<(), Failure> {
+    let store = store()?;
+    let images = store.images().map_err(|e| Failure::Build(Report::new(e)))?;
+    let mut out = format!("{:<50} {:<19} {:>10} {:>12}  {}\n", "NAME", "DIGEST", "SIZE", "UNCOMPRESSED", "CREATED");
+    for (name, image) in images {
+        let digest = image.manifest.to_string();
+        let short = digest.get(..19).unwrap_or(&digest);
+        let uncompressed = if image.uncompressed_size == 0 { "-".to_owned() } else { human(image.uncompressed_size) };
+        let _ = writeln!(out, "{name:<50} {short:<19} {:>10} {uncompressed:>12}  {}", human(image.size), image.created);
+    }
+    print(&out)
+}
+
+fn cache_du() -> Result<(), Failure> {
+    let store = store()?;
+    let u = store.usage().map_err(|e| Failure::Build(Report::new(e)))?;
+    print(&format!(
+        "{} holding {}: {}, {}\n  {} kept only by cache entries (cache prune --all frees it)\n  {} kept by nothing (cache prune frees it)\n",
+        count(u.blobs, "blob"),
+        human(u.blob_bytes),
+        count(u.images, "image"),
+        count_as(u.cache_entries, "cache entry", "cache entries"),
+        human(u.cache_only_bytes),
+        human(u.unreferenced_bytes),
+    ))
+}
+
+fn cache_prune(args: &PruneArgs) -> Result<(), Failure> {
+    let store = store()?;
+    let options = PruneOptions { max_size: args.max_size, all_cache: args.all, ..PruneOptions::default() };
+    let r = store.prune(&options).map_err(|e| Failure::Build(Report::new(e)))?;
+    print(&format!(
+        "removed {} and {}, freed {}\n",
+        count(r.blobs_removed, "blob"),
+        count_as(r.cache_entries_removed, "cache entry", "cache entries"),
+        human(r.bytes_freed)
+    ))
+}
+
+/// Bytes for people: `12.3 MB`.
+pub(crate) fn human(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.2} GB", b / 1e9),
+    }
+}
+
 fn count(n: usize, word: &str) -> String {
-    if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") }
+    count_as(n, word, &format!("{word}s"))
+}
+
+fn count_as(n: usize, one: &str, many: &str) -> String {
+    if n == 1 { format!("{n} {one}") } else { format!("{n} {many}") }
 }

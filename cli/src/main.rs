@@ -5,6 +5,7 @@
 
 mod args;
 mod commands;
+mod render;
 
 use std::io::{ErrorKind, Write};
 use std::process::ExitCode;

@@ -19,9 +19,7 @@ fn compile(root: &Path) -> usize {
 }
 
 fn benches(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path();
-    common::monorepo::generate(root, 200, 5, 100_000);
+    let root = &common::monorepo::cached(200, 5, 100_000);
     let ws = lang::load(&root.join("build.kdl"), &LoadOptions::default()).expect("load");
     assert_eq!(ws.files.len(), 201);
     assert_eq!(ws.stages.len(), 1000);
@@ -30,8 +28,8 @@ fn benches(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("compile_1000_stages", |b| b.iter(|| black_box(compile(root))));
 
-    let index = root.join(".bake-index");
-    let options = KeyOptions { index_dir: Some(index), ..KeyOptions::default() };
+    let index = tempfile::tempdir().expect("index tempdir");
+    let options = KeyOptions { index_dir: Some(index.path().to_path_buf()), ..KeyOptions::default() };
     let mut plan = Plan::build(&ws, &[]).expect("plan");
     plan.compute_keys(&ws, &options).expect("cold keys");
     group.bench_function("plan_warm_100k_files", |b| {

@@ -21,11 +21,18 @@
 //! The engine never prints and never exits: it returns values and typed errors,
 //! and the CLI renders them.
 
+pub mod config;
 pub mod context;
+pub mod exec;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod graph;
 pub mod home;
+pub mod image;
 pub mod lang;
+pub mod layer;
 pub mod oci;
 pub mod reference;
+pub mod registry;
+pub mod snapshot;
+pub mod store;

@@ -18,7 +18,9 @@ fn corpus_and_fixtures_never_panic() {
     inputs.sort();
     let mut ran = 0;
     for path in &inputs {
-        let Ok(bytes) = std::fs::read(path) else { continue };
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
         if let Ok(text) = std::str::from_utf8(&bytes) {
             bake_engine::fuzz::pipeline(text);
             ran += 1;

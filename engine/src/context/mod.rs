@@ -37,7 +37,7 @@
 //! builds never see half an index. A file that vanishes or keeps changing
 //! while it is read is an error naming it; the next build starts over.
 
-mod ignore;
+pub(crate) mod ignore;
 mod index;
 mod walk;
 
@@ -173,8 +173,11 @@ pub struct Selected {
     /// Permission bits (`mode & 0o7777`).
     pub mode: u32,
     pub size: u64,
-    /// Content digest, for files.
+    /// Content digest (blake3), for files.
     pub digest: Option<[u8; 32]>,
+    /// Inode and link count, to keep hardlinked files hardlinked.
+    pub ino: u64,
+    pub nlink: u64,
 }
 
 impl Context {
@@ -300,6 +303,8 @@ impl Context {
                 mode,
                 size: e.stat.size,
                 digest,
+                ino: e.stat.ino,
+                nlink: e.nlink,
             });
         }
         Ok(Selection { digest: *h.finalize().as_bytes(), entries })

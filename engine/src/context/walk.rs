@@ -36,6 +36,8 @@ pub(crate) struct Entry {
     pub(crate) path: String,
     pub(crate) kind: EntryKind,
     pub(crate) stat: Stat,
+    /// Hard link count (not part of the index: it only finds hardlinks).
+    pub(crate) nlink: u64,
     /// Files only: set from the index when the stat data matches, else when
     /// first selected.
     pub(crate) hashed: OnceLock<Hashed>,
@@ -114,7 +116,7 @@ impl Walk<'_> {
                 // Sockets, FIFOs and devices have no content to copy.
                 continue;
             };
-            entries.push(Entry { path, kind, stat: stat(&meta), hashed: OnceLock::new() });
+            entries.push(Entry { path, kind, stat: stat(&meta), nlink: meta.nlink(), hashed: OnceLock::new() });
         }
         let nested: Vec<Result<Vec<Entry>, ContextError>> = subdirs.par_iter().map(|d| self.dir(d)).collect();
         for n in nested {

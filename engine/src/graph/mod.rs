@@ -53,7 +53,7 @@ use rayon::prelude::*;
 pub use key::{Inputs, Key};
 pub use render::{Format, describe};
 
-use crate::context::{Context, ContextError};
+use crate::context::{Context, ContextError, Selection};
 use crate::lang::{
     ArtifactId, Base, Copy, CopySource, HealthTest, InstructionKind, Member, Run, Span, StageId, Workspace,
     did_you_mean,
@@ -145,10 +145,16 @@ pub struct Plan {
     /// The nodes the request names directly.
     pub roots: Vec<NodeIndex>,
     stage_nodes: Vec<NodeIndex>,
+    /// What each context `copy` reads, once keys are computed.
+    pub reads: HashMap<NodeIndex, ContextRead>,
 }
 
-/// A context copy's selection digest and entry count.
-type SelectionSummary = ([u8; 32], usize);
+/// What a context `copy` reads: the context's folder and the selection.
+#[derive(Debug, Clone)]
+pub struct ContextRead {
+    pub root: PathBuf,
+    pub selection: Arc<Selection>,
+}
 
 /// Options for computing keys.
 #[derive(Debug, Clone, Default)]
@@ -244,7 +250,7 @@ impl Plan {
             }
             stack.extend(graph.neighbors_directed(n, Direction::Incoming));
         }
-        Ok(Self { graph, requested, roots, stage_nodes })
+        Ok(Self { graph, requested, roots, stage_nodes, reads: HashMap::new() })
     }
 
     /// Node of a stage's result.
@@ -292,7 +298,7 @@ impl Plan {
                 Err(e) => errors.push(context_error(ws, None, dir, e)),
             }
         }
-        let selections: Vec<(NodeIndex, Result<SelectionSummary, PlanError>)> = jobs
+        let selections: Vec<(NodeIndex, Result<ContextRead, PlanError>)> = jobs
             .par_iter()
             .filter_map(|&n| {
                 let Op::Copy { stage, copy, .. } = &self.graph[n].op else {
@@ -304,16 +310,16 @@ impl Plan {
                 let exclude: Vec<&str> = copy.exclude.iter().map(String::as_str).collect();
                 let result = ctx
                     .select(&sources, &exclude)
-                    .map(|s| (s.digest, s.len()))
+                    .map(|s| ContextRead { root: ctx.root().to_path_buf(), selection: Arc::new(s) })
                     .map_err(|e| context_error(ws, self.graph[n].span.map(|s| (copy, s)), dir, e));
                 Some((n, result))
             })
             .collect();
-        let mut digests = HashMap::new();
+        self.reads.clear();
         for (n, result) in selections {
             match result {
-                Ok(d) => {
-                    digests.insert(n, d);
+                Ok(read) => {
+                    self.reads.insert(n, read);
                 }
                 Err(e) => errors.push(e),
             }
@@ -350,7 +356,8 @@ impl Plan {
                     k.list("exclude", &copy.exclude);
                     match &copy.from {
                         CopySource::Context => {
-                            let (digest, files) = digests.get(&n).copied().unwrap_or(([0; 32], 0));
+                            let (digest, files) =
+                                self.reads.get(&n).map_or(([0; 32], 0), |r| (r.selection.digest, r.selection.len()));
                             k.field("from", "context").field("context", Key(digest).to_hex());
                             context_files = Some(files);
                         }

@@ -38,6 +38,7 @@ use miette::{NamedSource, SourceSpan};
 
 pub(crate) use error::plural;
 pub use error::{LangError, LoadError, Note, Src, did_you_mean};
+pub(crate) use lower::normalize_absolute as clean_absolute;
 
 use crate::reference::ImageRef;
 

@@ -1,0 +1,3 @@
+//! Fixtures shared by the benches.
+
+pub(crate) mod monorepo;

@@ -1,0 +1,674 @@
+//! bake's configuration file: registry mirrors, insecure registries and the
+//! store's size cap.
+//!
+//! The file is KDL v2, like `build.kdl`, at the path [`crate::home::config_path`]
+//! names (`BAKE_CONFIG`, else `$XDG_CONFIG_HOME/bake/config.kdl`, else
+//! `~/.config/bake/config.kdl`). A missing file is the default configuration:
+//! no mirrors, no insecure registries, no size cap.
+//!
+//! ```kdl
+//! // Pull docker.io images through this mirror first; fall back to docker.io itself.
+//! registry "docker.io" {
+//!     mirror "mirror.example.com"
+//! }
+//! // Speak plain HTTP to this registry.
+//! registry "myreg.internal:5000" insecure=#true
+//! store max-size="20GiB"
+//! ```
+//!
+//! - `registry HOST [insecure=#true] { mirror HOST... }`: settings for one
+//!   registry, named as image references name it (`docker.io`,
+//!   `registry.example.com:5000`). `index.docker.io` and `registry-1.docker.io`
+//!   mean `docker.io`. A mirror serves the same repository paths as the
+//!   registry it mirrors (`docker.io/library/busybox` is looked up as
+//!   `HOST/library/busybox`); mirrors are tried in order, then the registry.
+//! - Registries on loopback addresses (`localhost`, `127.0.0.0/8`, `[::1]`) are
+//!   always spoken to over plain HTTP, as Docker does, with no setting needed.
+//!   Every other registry uses HTTPS unless it is marked `insecure=#true`.
+//! - `store max-size=SIZE`: a cap for the local store, as bytes (`1000000`) or
+//!   with a unit: `KB`/`MB`/`GB`/`TB` are powers of 1000, `KiB`/`MiB`/`GiB`/`TiB`
+//!   powers of 1024.
+//!
+//! Every mistake in the file is reported at once, each pointing at what the
+//! user wrote, with a "did you mean" for misspelt names.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
+use miette::{Diagnostic, NamedSource, SourceSpan};
+
+use crate::lang::did_you_mean;
+use crate::reference::{DEFAULT_REGISTRY, ImageRef};
+
+/// bake's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Per-registry settings, by normalised registry host (`docker.io`,
+    /// `localhost:5000`).
+    pub registries: BTreeMap<String, RegistryConfig>,
+    /// The store's size cap in bytes, from `store max-size=`.
+    pub store_max_size: Option<u64>,
+    /// The file this configuration was read from; `None` for the default
+    /// configuration (no file).
+    pub path: Option<PathBuf>,
+}
+
+/// Settings for one registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Mirrors to pull from first, in order, as `host[:port]`.
+    pub mirrors: Vec<String>,
+    /// Speak plain HTTP to this registry.
+    pub insecure: bool,
+}
+
+/// The source of the configuration file, as diagnostics show it.
+pub type Src = NamedSource<Arc<String>>;
+
+/// Why the configuration file cannot be used.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ConfigError {
+    #[error("cannot read bake's config file {}", path.display())]
+    #[diagnostic(code(bake::config::read), help("check that the file is readable, or point BAKE_CONFIG elsewhere"))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{} in bake's config file {name}", crate::lang::plural(errors.len(), "error"))]
+    #[diagnostic(code(bake::config::invalid))]
+    Invalid {
+        name: String,
+        #[related]
+        errors: Vec<ConfigProblem>,
+    },
+}
+
+/// One mistake in the configuration file.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ConfigProblem {
+    #[error("{message}")]
+    #[diagnostic(code(bake::config::syntax))]
+    Syntax {
+        message: String,
+        #[source_code]
+        src: Src,
+        #[label("{label}")]
+        at: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("`{name}` is not a {context} setting")]
+    #[diagnostic(code(bake::config::unknown_node))]
+    UnknownNode {
+        name: String,
+        context: &'static str,
+        #[source_code]
+        src: Src,
+        #[label("unknown setting")]
+        at: SourceSpan,
+        #[help]
+        help: String,
+    },
+
+    #[error("`{node}` has no property `{name}`")]
+    #[diagnostic(code(bake::config::unknown_property))]
+    UnknownProperty {
+        node: &'static str,
+        name: String,
+        #[source_code]
+        src: Src,
+        #[label("unknown property")]
+        at: SourceSpan,
+        #[help]
+        help: String,
+    },
+
+    #[error("{message}")]
+    #[diagnostic(code(bake::config::invalid_value))]
+    InvalidValue {
+        message: String,
+        #[source_code]
+        src: Src,
+        #[label("{label}")]
+        at: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("{what} is given twice")]
+    #[diagnostic(code(bake::config::duplicate), help("merge the two into one"))]
+    Duplicate {
+        what: String,
+        #[source_code]
+        src: Src,
+        #[label("first here")]
+        first: SourceSpan,
+        #[label("again here")]
+        second: SourceSpan,
+    },
+}
+
+const TOP_NODES: &[&str] = &["registry", "store"];
+const REGISTRY_PROPS: &[&str] = &["insecure"];
+const REGISTRY_CHILDREN: &[&str] = &["mirror"];
+const STORE_PROPS: &[&str] = &["max-size"];
+
+impl Config {
+    /// Reads the configuration file at `path`, or at [`crate::home::config_path`]
+    /// when `path` is `None`. A file that does not exist is the default
+    /// configuration.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path.map(Path::to_path_buf).or_else(crate::home::config_path) else {
+            return Ok(Config::default());
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let mut config = Self::from_str(&path.display().to_string(), &text)?;
+        config.path = Some(path);
+        Ok(config)
+    }
+
+    /// Parses a configuration from text; `name` is the file name diagnostics show.
+    pub fn from_str(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let src: Src = NamedSource::new(name, Arc::new(text.to_owned())).with_language("kdl");
+        let mut errors = Vec::new();
+        let config = match KdlDocument::parse_v2(text) {
+            Ok(doc) => Parser { src: &src, errors: &mut errors }.document(&doc),
+            Err(err) => {
+                errors.extend(syntax_errors(&src, text.len(), &err));
+                Config::default()
+            }
+        };
+        if errors.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { name: name.to_owned(), errors }) }
+    }
+
+    /// The settings for a registry host, if the file has any. Docker Hub's
+    /// aliases (`index.docker.io`, `registry-1.docker.io`) find `docker.io`.
+    pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
+        self.registries.get(normalize_registry(host))
+    }
+
+    /// Whether bake speaks plain HTTP to `host`: a loopback address, or a
+    /// registry marked `insecure=#true`.
+    pub fn plain_http(&self, host: &str) -> bool {
+        is_loopback(host) || self.registry(host).is_some_and(|r| r.insecure)
+    }
+
+    /// The mirrors configured for a registry, in order (empty when none).
+    pub fn mirrors(&self, host: &str) -> &[String] {
+        self.registry(host).map_or(&[], |r| r.mirrors.as_slice())
+    }
+}
+
+/// Docker Hub's host aliases, normalised to `docker.io`.
+pub fn normalize_registry(host: &str) -> &str {
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => DEFAULT_REGISTRY,
+        other => other,
+    }
+}
+
+/// Whether a registry host is a loopback address, which Docker (and bake)
+/// speak to over plain HTTP: `localhost`, `127.0.0.0/8` and `[::1]`, with or
+/// without a port.
+pub fn is_loopback(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(inside, _)| inside)
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Parses a size: bytes (`1000000`), or a number with a unit (`20GiB`, `1.5 GB`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    if number.is_empty() {
+        return Err("a size starts with a number".to_owned());
+    }
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1000u64.pow(2),
+        "g" | "gb" => 1000u64.pow(3),
+        "t" | "tb" => 1000u64.pow(4),
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        _ => return Err(format!("`{unit}` is not a size unit: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if fraction.contains('.') || (whole.is_empty() && fraction.is_empty()) {
+        return Err(format!("`{number}` is not a number"));
+    }
+    let whole: u64 =
+        if whole.is_empty() { 0 } else { whole.parse().map_err(|_| "the size is too large".to_owned())? };
+    let mut bytes = whole.checked_mul(multiplier).ok_or_else(|| "the size is too large".to_owned())?;
+    // Up to 9 decimals, exactly: `1.5GB` is 1_500_000_000 bytes.
+    if !fraction.is_empty() {
+        if fraction.len() > 9 {
+            return Err("use at most 9 decimals".to_owned());
+        }
+        let digits: u64 = fraction.parse().map_err(|_| format!("`{number}` is not a number"))?;
+        let scale = 10u64.pow(u32::try_from(fraction.len()).unwrap_or(9));
+        let part = u128::from(digits) * u128::from(multiplier) / u128::from(scale);
+        bytes = u64::try_from(part)
+            .ok()
+            .and_then(|p| bytes.checked_add(p))
+            .ok_or_else(|| "the size is too large".to_owned())?;
+    }
+    Ok(bytes)
+}
+
+/// Walks the document, collecting settings and every mistake.
+struct Parser<'a> {
+    src: &'a Src,
+    errors: &'a mut Vec<ConfigProblem>,
+}
+
+impl Parser<'_> {
+    fn document(&mut self, doc: &KdlDocument) -> Config {
+        let mut config = Config::default();
+        // Where each registry and the store were configured, for duplicates.
+        let mut registry_sites: BTreeMap<String, SourceSpan> = BTreeMap::new();
+        let mut store_site: Option<SourceSpan> = None;
+        for node in doc.nodes() {
+            match node.name().value() {
+                "registry" => {
+                    if let Some((host, at, settings)) = self.registry(node) {
+                        if let Some(first) = registry_sites.get(&host) {
+                            self.errors.push(ConfigProblem::Duplicate {
+                                what: format!("registry `{host}`"),
+                                src: self.src.clone(),
+                                first: *first,
+                                second: at,
+                            });
+                        } else {
+                            registry_sites.insert(host.clone(), at);
+                            if let Some(settings) = settings {
+                                config.registries.insert(host, settings);
+                            }
+                        }
+                    }
+                }
+                "store" => {
+                    if let Some(first) = store_site {
+                        self.errors.push(ConfigProblem::Duplicate {
+                            what: "`store`".to_owned(),
+                            src: self.src.clone(),
+                            first,
+                            second: node.name().span(),
+                        });
+                    }
+                    store_site = Some(node.name().span());
+                    if let Some(size) = self.store(node) {
+                        config.store_max_size = Some(size);
+                    }
+                }
+                other => self.unknown_node(node, other, "top-level", TOP_NODES),
+            }
+        }
+        config
+    }
+
+    /// `registry HOST [insecure=BOOL] { mirror HOST... }`: the host, where it
+    /// is written, and the settings when they have no mistake.
+    fn registry(&mut self, node: &KdlNode) -> Option<(String, SourceSpan, Option<RegistryConfig>)> {
+        let before = self.errors.len();
+        let mut settings = RegistryConfig::default();
+        let mut host = None;
+        let mut args = 0;
+        for entry in node.entries() {
+            match entry.name().map(|n| n.value()) {
+                None => {
+                    args += 1;
+                    if args == 1 {
+                        host = self.host(entry, "a registry").map(|h| (h, entry.span()));
+                    } else {
+                        self.invalid(
+                            entry,
+                            "`registry` takes one registry host".to_owned(),
+                            "unexpected",
+                            Some("write one `registry` node per registry".to_owned()),
+                        );
+                    }
+                }
+                Some("insecure") => match entry.value() {
+                    KdlValue::Bool(b) => settings.insecure = *b,
+                    _ => self.invalid(
+                        entry,
+                        "`insecure=` must be #true or #false".to_owned(),
+                        "expected #true or #false",
+                        None,
+                    ),
+                },
+                Some(other) => self.unknown_property(entry, "registry", other, REGISTRY_PROPS),
+            }
+        }
+        if args == 0 {
+            self.errors.push(ConfigProblem::InvalidValue {
+                message: "`registry` needs a registry host".to_owned(),
+                src: self.src.clone(),
+                at: node.name().span(),
+                label: "which registry?".to_owned(),
+                help: Some("for example: registry \"docker.io\" { mirror \"mirror.example.com\" }".to_owned()),
+            });
+        }
+        for child in node.children().map(KdlDocument::nodes).unwrap_or_default() {
+            match child.name().value() {
+                "mirror" => {
+                    if child.entries().is_empty() {
+                        self.errors.push(ConfigProblem::InvalidValue {
+                            message: "`mirror` needs a registry host".to_owned(),
+                            src: self.src.clone(),
+                            at: child.name().span(),
+                            label: "which mirror?".to_owned(),
+                            help: Some("for example: mirror \"mirror.example.com\"".to_owned()),
+                        });
+                    }
+                    for entry in child.entries() {
+                        if let Some(name) = entry.name() {
+                            self.unknown_property(entry, "mirror", name.value(), &[]);
+                        } else if let Some(mirror) = self.host(entry, "a mirror") {
+                            settings.mirrors.push(mirror);
+                        }
+                    }
+                    if let Some(children) = child.children() {
+                        self.errors.push(ConfigProblem::InvalidValue {
+                            message: "`mirror` takes no children block".to_owned(),
+                            src: self.src.clone(),
+                            at: children.span(),
+                            label: "remove this block".to_owned(),
+                            help: None,
+                        });
+                    }
+                }
+                other => self.unknown_node(child, other, "registry", REGISTRY_CHILDREN),
+            }
+        }
+        let ok = self.errors.len() == before;
+        host.map(|(h, at)| (h, at, ok.then_some(settings)))
+    }
+
+    /// `store max-size=SIZE`.
+    fn store(&mut self, node: &KdlNode) -> Option<u64> {
+        let mut size = None;
+        for entry in node.entries() {
+            match entry.name().map(|n| n.value()) {
+                Some("max-size") => {
+                    let parsed = match entry.value() {
+                        KdlValue::String(s) => parse_size(s),
+                        KdlValue::Integer(i) => u64::try_from(*i).map_err(|_| "a size cannot be negative".to_owned()),
+                        _ => Err("a size is a string like \"20GiB\" or a number of bytes".to_owned()),
+                    };
+                    match parsed {
+                        Ok(bytes) => size = Some(bytes),
+                        Err(reason) => self.invalid(
+                            entry,
+                            format!("`max-size=` is not a valid size: {reason}"),
+                            "not a size",
+                            Some("for example: store max-size=\"20GiB\"".to_owned()),
+                        ),
+                    }
+                }
+                Some(other) => self.unknown_property(entry, "store", other, STORE_PROPS),
+                None => self.invalid(
+                    entry,
+                    "`store` takes properties only".to_owned(),
+                    "unexpected argument",
+                    Some("for example: store max-size=\"20GiB\"".to_owned()),
+                ),
+            }
+        }
+        if let Some(children) = node.children() {
+            self.errors.push(ConfigProblem::InvalidValue {
+                message: "`store` takes no children block".to_owned(),
+                src: self.src.clone(),
+                at: children.span(),
+                label: "remove this block".to_owned(),
+                help: Some("for example: store max-size=\"20GiB\"".to_owned()),
+            });
+        }
+        size
+    }
+
+    /// A registry host argument: `host[:port]`, normalised. An `https://`
+    /// prefix (as Docker's `registry-mirrors` lists write them) is accepted.
+    fn host(&mut self, entry: &KdlEntry, what: &str) -> Option<String> {
+        let Some(text) = entry.value().as_string() else {
+            self.invalid(entry, format!("{what} must be a quoted host name"), "expected a string", None);
+            return None;
+        };
+        if text.starts_with("http://") {
+            self.invalid(
+                entry,
+                format!("{what} is named by its host, not a URL"),
+                "not a host",
+                Some(
+                    "write the host (\"host:port\"); to speak plain HTTP to it, add `registry \"host:port\" insecure=#true`"
+                        .to_owned(),
+                ),
+            );
+            return None;
+        }
+        let host = text.strip_prefix("https://").unwrap_or(text);
+        let host = host.strip_suffix('/').unwrap_or(host);
+        // A host is what an image reference would read as its registry.
+        let ok = ImageRef::parse(&format!("{host}/x")).is_ok_and(|r| r.registry == host);
+        if !ok {
+            let help = if host.contains('/') {
+                "a registry is a host with an optional port (\"mirror.example.com:5000\"), without a path"
+            } else {
+                "a registry host has a `.` or a `:port`, or is `localhost` (\"registry.example.com\", \"localhost:5000\")"
+            };
+            self.invalid(
+                entry,
+                format!("`{text}` is not a registry host"),
+                "not a registry host",
+                Some(help.to_owned()),
+            );
+            return None;
+        }
+        Some(normalize_registry(host).to_owned())
+    }
+
+    fn invalid(&mut self, entry: &KdlEntry, message: String, label: &str, help: Option<String>) {
+        self.errors.push(ConfigProblem::InvalidValue {
+            message,
+            src: self.src.clone(),
+            at: entry.span(),
+            label: label.to_owned(),
+            help,
+        });
+    }
+
+    fn unknown_node(&mut self, node: &KdlNode, name: &str, context: &'static str, valid: &[&str]) {
+        let list = format!("{context} settings: {}", valid.join(", "));
+        let help = match did_you_mean(name, valid.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`? {list}"),
+            None => list,
+        };
+        self.errors.push(ConfigProblem::UnknownNode {
+            name: name.to_owned(),
+            context,
+            src: self.src.clone(),
+            at: node.name().span(),
+            help,
+        });
+    }
+
+    fn unknown_property(&mut self, entry: &KdlEntry, node: &'static str, name: &str, valid: &[&str]) {
+        let help = if valid.is_empty() {
+            format!("`{node}` takes no properties")
+        } else {
+            let list = format!("properties of `{node}`: {}", valid.join(", "));
+            match did_you_mean(name, valid.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`? {list}"),
+                None => list,
+            }
+        };
+        self.errors.push(ConfigProblem::UnknownProperty {
+            node,
+            name: name.to_owned(),
+            src: self.src.clone(),
+            at: entry.span(),
+            help,
+        });
+    }
+}
+
+/// KDL's parse errors, re-wrapped with the file's name.
+fn syntax_errors(src: &Src, len: usize, err: &kdl::KdlError) -> Vec<ConfigProblem> {
+    let clamp = |span: SourceSpan| {
+        let start = span.offset().min(len);
+        SourceSpan::from(start..(span.offset() + span.len()).min(len))
+    };
+    let mut errors: Vec<ConfigProblem> =
+        err.diagnostics
+            .iter()
+            .map(|d| ConfigProblem::Syntax {
+                message: d.message.clone().unwrap_or_else(|| "invalid KDL".to_owned()),
+                src: src.clone(),
+                at: clamp(d.span),
+                label: d.label.clone().unwrap_or_else(|| "here".to_owned()),
+                help: d.help.clone().or_else(|| {
+                    Some("bake's config is KDL v2: strings are quoted, properties are `key=value`".to_owned())
+                }),
+            })
+            .collect();
+    if errors.is_empty() {
+        errors.push(ConfigProblem::Syntax {
+            message: "invalid KDL".to_owned(),
+            src: src.clone(),
+            at: SourceSpan::from(0..0),
+            label: "somewhere in this file".to_owned(),
+            help: None,
+        });
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(err: &ConfigError) -> String {
+        let mut out = String::new();
+        let handler =
+            miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor()).with_width(80);
+        handler.render_report(&mut out, err).expect("render");
+        out
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = r#"
+            registry "docker.io" { mirror "localhost:5000" "https://mirror.example.com/"; }
+            registry "myreg.internal:5000" insecure=#true
+            store max-size="20GiB"
+        "#;
+        let config = Config::from_str("config.kdl", text).expect("valid");
+        assert_eq!(config.mirrors("docker.io"), ["localhost:5000", "mirror.example.com"]);
+        assert_eq!(config.mirrors("index.docker.io"), ["localhost:5000", "mirror.example.com"]);
+        assert!(config.plain_http("myreg.internal:5000"));
+        assert!(!config.plain_http("myreg.internal:5001"));
+        assert!(config.plain_http("localhost:5000"));
+        assert!(config.plain_http("127.0.0.1:41234"));
+        assert!(config.plain_http("[::1]:5000"));
+        assert!(!config.plain_http("docker.io"));
+        assert_eq!(config.store_max_size, Some(20 << 30));
+        assert_eq!(Config::from_str("c", "").expect("empty"), Config::default());
+    }
+
+    #[test]
+    fn a_missing_file_is_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::load(Some(&dir.path().join("nope.kdl"))).expect("default");
+        assert_eq!(config, Config::default());
+        let path = dir.path().join("config.kdl");
+        std::fs::write(&path, "store max-size=1000\n").expect("write");
+        let config = Config::load(Some(&path)).expect("loads");
+        assert_eq!(config.store_max_size, Some(1000));
+        assert_eq!(config.path.as_deref(), Some(path.as_path()));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("20gib"), Ok(20 << 30));
+        assert_eq!(parse_size("7KB"), Ok(7000));
+        assert_eq!(parse_size(".5KiB"), Ok(512));
+        assert!(parse_size("GB").is_err());
+        assert!(parse_size("1.2.3GB").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        assert!(parse_size(".").is_err());
+    }
+
+    #[test]
+    fn loopback() {
+        for host in ["localhost", "localhost:5000", "LOCALHOST:1", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000", "[::1]"]
+        {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["docker.io", "10.0.0.1:5000", "localhost.example.com", "[::2]:5000", "128.0.0.1"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn every_mistake_at_once() {
+        let text = r#"registy "docker.io"
+registry "docker.io" insecur=#true { mirorr "x.example.com"; }
+registry "index.docker.io"
+registry "notahost" { mirror "http://plain.example.com" "a.example.com/path" }
+registry
+store max-size="20 parsecs"
+"#;
+        let err = Config::from_str("config.kdl", text).expect_err("invalid");
+        let ConfigError::Invalid { errors, .. } = &err else { panic!("{err:?}") };
+        let out = render(&err);
+        assert_eq!(errors.len(), 9, "{out}");
+        for needle in [
+            "did you mean `registry`?",
+            "did you mean `insecure`?",
+            "did you mean `mirror`?",
+            "registry `docker.io` is given twice",
+            "`notahost` is not a registry host",
+            "not a URL",
+            "without a path",
+            "`registry` needs a registry host",
+            "`parsecs` is not a size unit",
+        ] {
+            assert!(out.contains(needle) || format!("{errors:?}").contains(needle), "missing {needle:?} in\n{out}");
+        }
+        // Labels point into the file.
+        assert!(out.contains("config.kdl:1:1"), "{out}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let err = Config::from_str("config.kdl", "registry \"docker.io\" {\n").expect_err("invalid");
+        let out = render(&err);
+        assert!(out.contains("config.kdl"), "{out}");
+        assert!(matches!(&err, ConfigError::Invalid { errors, .. } if !errors.is_empty()));
+    }
+}

@@ -1,0 +1,406 @@
+//! What can go wrong talking to a registry, and how oci-client's errors map
+//! onto it.
+
+use miette::Diagnostic;
+use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
+
+use crate::store::StoreError;
+
+/// Errors from pulling or pushing images.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum RegistryError {
+    #[error("registry {registry} is unreachable: {reason}")]
+    #[diagnostic(
+        code(bake::registry::unreachable),
+        help(
+            "check the registry's address and the network; a registry that speaks plain HTTP (and is not on \
+             localhost) needs `registry \"{registry}\" insecure=#true` in bake's config file"
+        )
+    )]
+    Unreachable {
+        registry: String,
+        reason: String,
+        #[source]
+        source: Option<Box<OciDistributionError>>,
+    },
+
+    #[error("registry {registry} failed: HTTP {status} {message}")]
+    #[diagnostic(code(bake::registry::server), help("the registry had a problem; try again later"))]
+    Server { registry: String, status: u16, message: String },
+
+    #[error("registry {registry} refused access to {reference}: not logged in")]
+    #[diagnostic(code(bake::registry::unauthorized), help("{help}"))]
+    Unauthorized { registry: String, reference: String, help: String },
+
+    #[error("registry {registry} denied access to {reference}")]
+    #[diagnostic(
+        code(bake::registry::denied),
+        help("the account you logged in with may not {action} this repository; check its name and your permissions")
+    )]
+    Denied { registry: String, reference: String, action: &'static str },
+
+    #[error("{reference} was not found")]
+    #[diagnostic(code(bake::registry::not_found), help("check the repository name and the tag or digest"))]
+    NotFound { reference: String },
+
+    #[error("registry {registry} rejected {what}: {message}")]
+    #[diagnostic(code(bake::registry::rejected))]
+    Rejected { registry: String, what: String, message: String },
+
+    #[error("{reference} has no linux/amd64 image")]
+    #[diagnostic(code(bake::registry::no_platform), help("it has images for: {available}"))]
+    NoPlatform { reference: String, available: String },
+
+    #[error("{what} from {registry} does not match its digest: expected {expected}, got {actual}")]
+    #[diagnostic(
+        code(bake::registry::digest_mismatch),
+        help("the registry (or a mirror, or a proxy on the way) served other content than was asked for")
+    )]
+    DigestMismatch { registry: String, what: String, expected: String, actual: String },
+
+    #[error("{reference} is a {media_type}, which bake cannot use as an image")]
+    #[diagnostic(code(bake::registry::unsupported), help("{help}"))]
+    Unsupported { reference: String, media_type: String, help: String },
+
+    #[error("{reference}: invalid {what}: {reason}")]
+    #[diagnostic(code(bake::registry::invalid_document))]
+    Invalid { reference: String, what: &'static str, reason: String },
+
+    #[error("registry {registry} broke the distribution protocol: {message}")]
+    #[diagnostic(code(bake::registry::protocol))]
+    Protocol { registry: String, message: String },
+
+    #[error("blob {digest} of image {image} is neither in the local store nor in {reference}")]
+    #[diagnostic(
+        code(bake::registry::missing_blob),
+        help("the local store lost part of the image; build it again (or pull its base image again)")
+    )]
+    MissingBlob { digest: String, image: String, reference: String },
+
+    #[error("image {digest} to push is not in the local store")]
+    #[diagnostic(code(bake::registry::missing_image), help("build it first"))]
+    MissingImage { digest: String },
+
+    #[error("cannot push {media_type} {digest}: bake pushes image manifests")]
+    #[diagnostic(code(bake::registry::push_unsupported))]
+    PushUnsupported { digest: String, media_type: String },
+
+    #[error("could not get {reference} from any source")]
+    #[diagnostic(
+        code(bake::registry::sources),
+        help("bake tried the mirrors configured for {registry}, then {registry} itself")
+    )]
+    AllSources {
+        reference: String,
+        registry: String,
+        #[related]
+        errors: Vec<RegistryError>,
+    },
+
+    #[error("cannot set up the HTTP client for {registry}")]
+    #[diagnostic(code(bake::registry::client))]
+    Client {
+        registry: String,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] StoreError),
+
+    #[error("cannot write a blob to the local store")]
+    #[diagnostic(code(bake::registry::store_write), help("check the free space and permissions of the store folder"))]
+    StoreWrite {
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("a registry transfer task failed: {0}")]
+    #[diagnostic(code(bake::registry::internal))]
+    Internal(String),
+}
+
+impl RegistryError {
+    /// Whether trying again may help: the registry could not be reached, or
+    /// answered 5xx / 429.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::Server { .. })
+    }
+
+    /// Whether the registry (and every mirror tried) could not be reached at
+    /// all. The executor treats this as a warning for caches.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::AllSources { errors, .. } => !errors.is_empty() && errors.iter().all(Self::is_unreachable),
+            _ => false,
+        }
+    }
+
+    /// Whether the image (or a blob) does not exist where it was looked for
+    /// (for mirrors, at the registry itself).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Self::NotFound { .. } => true,
+            Self::AllSources { errors, .. } => errors.last().is_some_and(Self::is_not_found),
+            _ => false,
+        }
+    }
+
+    /// Whether the error is the local store's rather than the registry's.
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Self::Store(_) | Self::StoreWrite { .. } | Self::Internal(_))
+    }
+}
+
+/// What a request was about, to name it in errors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    /// The host as bake names it (`docker.io`, `localhost:5000`).
+    pub registry: &'a str,
+    /// What was asked for (`localhost:5000/app:v1`, a blob in a repository).
+    pub reference: &'a str,
+    /// Pushing or pulling, for "denied" messages.
+    pub push: bool,
+    /// Whether the request went without credentials.
+    pub anonymous: bool,
+    /// Why credentials found for the registry could not be used.
+    pub credential_note: Option<&'a str>,
+}
+
+/// Maps an oci-client error to a bake error.
+pub(crate) fn classify(err: OciDistributionError, ctx: Ctx<'_>) -> RegistryError {
+    let registry = ctx.registry.to_owned();
+    match err {
+        OciDistributionError::RequestError(e) => match e.status() {
+            Some(status) => from_status(status.as_u16(), e.to_string(), ctx),
+            None => unreachable_error(ctx, describe_chain(&e), OciDistributionError::RequestError(e)),
+        },
+        OciDistributionError::IoError(e) => from_io(e, ctx),
+        OciDistributionError::UnauthorizedError { .. } => unauthorized(ctx),
+        OciDistributionError::AuthenticationFailure(reason) => {
+            let mut e = unauthorized(ctx);
+            if let RegistryError::Unauthorized { help, .. } = &mut e {
+                let reason = reason.trim();
+                if !reason.is_empty() {
+                    *help = format!("{help} (the token service said: {})", truncate(reason, 200));
+                }
+            }
+            e
+        }
+        OciDistributionError::ServerError { code, message, .. } => from_status(code, message, ctx),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let message = envelope.errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
+            match envelope.errors.first().map(|e| &e.code) {
+                Some(OciErrorCode::Unauthorized) => unauthorized(ctx),
+                Some(OciErrorCode::Denied) => denied(ctx),
+                Some(OciErrorCode::Toomanyrequests) => RegistryError::Server { registry, status: 429, message },
+                Some(
+                    OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+                    | OciErrorCode::NotFound,
+                ) => RegistryError::NotFound { reference: ctx.reference.to_owned() },
+                _ => RegistryError::Rejected {
+                    registry,
+                    what: ctx.reference.to_owned(),
+                    message: if message.is_empty() { envelope.to_string() } else { message },
+                },
+            }
+        }
+        OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
+            RegistryError::DigestMismatch { registry, what: ctx.reference.to_owned(), expected, actual }
+        }
+        other => RegistryError::Protocol { registry, message: other.to_string() },
+    }
+}
+
+/// An error while reading a body: a digest mismatch found by oci-client's
+/// verifying stream, or a connection that broke off.
+pub(crate) fn from_io(e: std::io::Error, ctx: Ctx<'_>) -> RegistryError {
+    if let Some(DigestError::VerificationError { expected, actual }) =
+        e.get_ref().and_then(|inner| inner.downcast_ref::<DigestError>())
+    {
+        return RegistryError::DigestMismatch {
+            registry: ctx.registry.to_owned(),
+            what: ctx.reference.to_owned(),
+            expected: expected.clone(),
+            actual: actual.clone(),
+        };
+    }
+    let reason = match e.get_ref() {
+        Some(inner) => describe_chain(inner),
+        None => e.to_string(),
+    };
+    unreachable_error(ctx, format!("the transfer broke off ({reason})"), OciDistributionError::IoError(e))
+}
+
+/// An error with its innermost cause, which says what happened: reqwest's
+/// "error sending request for url (…)" becomes "…: Connection refused".
+fn describe_chain(e: &dyn std::error::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let inner = cause.to_string();
+    let outer = e.to_string();
+    if inner == outer { outer } else { format!("{outer}: {inner}") }
+}
+
+fn unreachable_error(ctx: Ctx<'_>, reason: String, source: OciDistributionError) -> RegistryError {
+    RegistryError::Unreachable { registry: ctx.registry.to_owned(), reason, source: Some(Box::new(source)) }
+}
+
+fn from_status(status: u16, message: String, ctx: Ctx<'_>) -> RegistryError {
+    match status {
+        401 => unauthorized(ctx),
+        403 => denied(ctx),
+        404 => RegistryError::NotFound { reference: ctx.reference.to_owned() },
+        500..=599 if let Some(rejection) = rejection(&message) => RegistryError::Rejected {
+            registry: ctx.registry.to_owned(),
+            what: ctx.reference.to_owned(),
+            message: rejection,
+        },
+        408 | 429 | 500..=599 => {
+            RegistryError::Server { registry: ctx.registry.to_owned(), status, message: truncate(message.trim(), 300) }
+        }
+        _ => RegistryError::Rejected {
+            registry: ctx.registry.to_owned(),
+            what: ctx.reference.to_owned(),
+            message: format!("HTTP {status} {}", truncate(message.trim(), 300)),
+        },
+    }
+}
+
+/// The registry's own verdict in a 5xx body, when it is a final one.
+/// distribution answers some invalid manifests with 500 and an error list
+/// that holds `UNKNOWN` next to the real reason (`MANIFEST_BLOB_UNKNOWN`);
+/// retrying those cannot help.
+fn rejection(body: &str) -> Option<String> {
+    let envelope: OciEnvelope = serde_json::from_str(body).ok()?;
+    let reasons: Vec<String> = envelope
+        .errors
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestBlobUnknown
+                    | OciErrorCode::ManifestInvalid
+                    | OciErrorCode::ManifestUnverified
+                    | OciErrorCode::BlobUnknown
+                    | OciErrorCode::NameInvalid
+                    | OciErrorCode::TagInvalid
+                    | OciErrorCode::DigestInvalid
+                    | OciErrorCode::SizeInvalid
+                    | OciErrorCode::Unsupported
+            )
+        })
+        .map(|e| match e.detail.as_str() {
+            Some(detail) if !detail.is_empty() => format!("{} ({detail})", e.message),
+            _ => e.message.clone(),
+        })
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+fn unauthorized(ctx: Ctx<'_>) -> RegistryError {
+    let login = match ctx.registry {
+        // `docker login` takes no argument for Docker Hub.
+        crate::reference::DEFAULT_REGISTRY => "run `docker login`".to_owned(),
+        registry => format!("run `docker login {registry}`"),
+    };
+    let help = match (ctx.anonymous, ctx.credential_note) {
+        (true, Some(note)) => format!("{login}; {note}"),
+        (true, None) => format!("{login}: bake reads the credentials Docker stores (~/.docker/config.json)"),
+        (false, _) => format!("the registry refused the credentials Docker stored for it; {login} again"),
+    };
+    RegistryError::Unauthorized { registry: ctx.registry.to_owned(), reference: ctx.reference.to_owned(), help }
+}
+
+fn denied(ctx: Ctx<'_>) -> RegistryError {
+    RegistryError::Denied {
+        registry: ctx.registry.to_owned(),
+        reference: ctx.reference.to_owned(),
+        action: if ctx.push { "push to" } else { "pull from" },
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Ctx<'static> {
+        Ctx {
+            registry: "r.example.com",
+            reference: "r.example.com/a:1",
+            push: false,
+            anonymous: true,
+            credential_note: None,
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_typed_errors() {
+        let server = |code| OciDistributionError::ServerError { code, url: "u".into(), message: "m".into() };
+        assert!(matches!(classify(server(401), ctx()), RegistryError::Unauthorized { .. }));
+        assert!(matches!(classify(server(403), ctx()), RegistryError::Denied { .. }));
+        assert!(matches!(classify(server(404), ctx()), RegistryError::NotFound { .. }));
+        assert!(classify(server(503), ctx()).is_transient());
+        let verdict = OciDistributionError::ServerError {
+            code: 500,
+            url: "u".into(),
+            message: r#"{"errors":[{"code":"UNKNOWN","message":"unknown error"},
+                {"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:ab"}]}"#
+                .into(),
+        };
+        let e = classify(verdict, ctx());
+        assert!(
+            matches!(&e, RegistryError::Rejected { message, .. } if message == "blob unknown to registry (sha256:ab)"),
+            "{e:?}"
+        );
+        assert!(classify(server(429), ctx()).is_transient());
+        assert!(!classify(server(400), ctx()).is_transient());
+        let e = classify(OciDistributionError::UnauthorizedError { url: "u".into() }, ctx());
+        let RegistryError::Unauthorized { help, .. } = &e else { panic!("{e:?}") };
+        assert!(help.contains("docker login r.example.com"), "{help}");
+        let hub = Ctx { registry: "docker.io", ..ctx() };
+        let RegistryError::Unauthorized { help, .. } = classify(server(401), hub) else { panic!() };
+        assert!(help.starts_with("run `docker login`"), "{help}");
+    }
+
+    #[test]
+    fn digest_errors_inside_io_errors_are_mismatches() {
+        let inner = DigestError::VerificationError { expected: "sha256:a".into(), actual: "sha256:b".into() };
+        let e = from_io(std::io::Error::other(inner), ctx());
+        assert!(matches!(e, RegistryError::DigestMismatch { .. }), "{e:?}");
+        let e = from_io(std::io::Error::other("reset"), ctx());
+        assert!(e.is_unreachable(), "{e:?}");
+    }
+
+    #[test]
+    fn unreachable_through_every_source() {
+        let down = || RegistryError::Unreachable { registry: "a".into(), reason: "refused".into(), source: None };
+        let all =
+            RegistryError::AllSources { reference: "x".into(), registry: "a".into(), errors: vec![down(), down()] };
+        assert!(all.is_unreachable());
+        let mixed = RegistryError::AllSources {
+            reference: "x".into(),
+            registry: "a".into(),
+            errors: vec![down(), RegistryError::NotFound { reference: "x".into() }],
+        };
+        assert!(!mixed.is_unreachable());
+        assert!(mixed.is_not_found());
+    }
+}

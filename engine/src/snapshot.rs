@@ -1,0 +1,426 @@
+//! Snapshots: every layer unpacked once per diffID, and merged views of a
+//! stack of them.
+//!
+//! # Layout
+//!
+//! `$BAKE_HOME/snapshots/<diffID hex>/` holds one layer's files exactly as an
+//! overlayfs lower directory expects them: a removed path (`.wh.NAME` in the
+//! tar) is a character device 0:0 named `NAME`, and a replaced directory
+//! (`.wh..wh..opq`) carries the `trusted.overlay.opaque=y` xattr. So the same
+//! folders serve as overlay lowers for `run` steps and, through
+//! [`MergedView`], as the read-only filesystem a `copy from=` reads.
+//!
+//! A layer is unpacked into a temporary folder beside its final place and
+//! renamed into it when complete, so a snapshot that exists is whole: an
+//! interrupted unpack leaves only a temporary folder, which the next unpack
+//! of that layer ignores, and two builds unpacking one layer at once both
+//! succeed (the second rename finds the first's result and drops its own).
+//!
+//! # Merged views
+//!
+//! [`MergedView`] answers "what is at this path" and "what is in this folder"
+//! for a stack of snapshots the way overlayfs would: the topmost layer that
+//! has a name decides; a whiteout hides the name in every layer below; an
+//! opaque directory hides the directory's contents below it. Symbolic links
+//! in the middle of a path are resolved inside the view, never on the host.
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
+
+use crate::layer::{LayerError, LayerInfo, UnpackOptions};
+use crate::oci::{Compression, media};
+use crate::store::{Store, StoreError};
+
+/// How many symbolic links one lookup may follow.
+const MAX_LINKS: usize = 40;
+
+/// Errors while preparing or reading snapshots.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum SnapshotError {
+    #[error("cannot prepare the snapshot folder {}", path.display())]
+    #[diagnostic(code(bake::snapshot::io))]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("layer {digest} has an unknown media type `{media_type}`")]
+    #[diagnostic(code(bake::snapshot::media_type))]
+    MediaType { digest: String, media_type: String },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] StoreError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Layer(#[from] LayerError),
+
+    #[error("too many levels of symbolic links at {path}")]
+    #[diagnostic(code(bake::snapshot::link_loop))]
+    LinkLoop { path: String },
+}
+
+/// The snapshot folder of a home.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    dir: PathBuf,
+    store: Store,
+}
+
+impl Snapshots {
+    pub fn new(dir: PathBuf, store: Store) -> Self {
+        Self { dir, store }
+    }
+
+    /// The folder holding `layer` unpacked, unpacking it (once) if needed.
+    pub fn unpacked(&self, layer: &LayerInfo) -> Result<PathBuf, SnapshotError> {
+        let path = self.dir.join(layer.diff_id.digest());
+        if path.is_dir() {
+            return Ok(path);
+        }
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| SnapshotError::Io { path: p, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let compression = media::layer_compression(&layer.media_type).ok_or_else(|| SnapshotError::MediaType {
+            digest: layer.digest.to_string(),
+            media_type: layer.media_type.clone(),
+        })?;
+        let tmp = tempfile::Builder::new().prefix(".unpack-").tempdir_in(&self.dir).map_err(io(&self.dir))?;
+        let root = tmp.path().join("fs");
+        std::fs::create_dir(&root).map_err(io(&root))?;
+        let blob = self.store.open_blob(&layer.digest)?;
+        let name = layer.digest.to_string();
+        let options = UnpackOptions { name: &name, compression, expected_diff_id: Some(&layer.diff_id) };
+        crate::layer::unpack(std::io::BufReader::with_capacity(1 << 20, blob), &root, &options)?;
+        match std::fs::rename(&root, &path) {
+            Ok(()) => Ok(path),
+            // Another build finished the same layer first: theirs is as good.
+            Err(_) if path.is_dir() => Ok(path),
+            Err(e) => Err(SnapshotError::Io { path, source: e }),
+        }
+    }
+
+    /// A merged view of `layers` (bottom first), unpacking what is missing.
+    pub fn view(&self, layers: &[LayerInfo]) -> Result<MergedView, SnapshotError> {
+        let lowers = layers.iter().map(|l| self.unpacked(l)).collect::<Result<Vec<_>, _>>()?;
+        Ok(MergedView { lowers })
+    }
+
+    /// Removes snapshots whose diffID is not in `keep`; returns bytes freed
+    /// (approximately: file sizes).
+    pub fn prune(&self, keep: &std::collections::HashSet<String>) -> Result<u64, SnapshotError> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Ok(0) };
+        let mut freed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                continue;
+            }
+            let path = entry.path();
+            freed += du(&path);
+            make_writable(&path);
+            std::fs::remove_dir_all(&path).map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
+        }
+        Ok(freed)
+    }
+}
+
+fn du(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path).map_or(0, |rd| rd.flatten().map(|e| du(&e.path())).sum())
+}
+
+/// Read-only folders (mode 0555 in a layer) must be writable to be removed.
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.is_dir()
+    {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+        if let Ok(rd) = std::fs::read_dir(path) {
+            for e in rd.flatten() {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+/// What a path is in a merged view.
+#[derive(Debug)]
+pub struct Found {
+    /// The path inside the view, normalised, after following links.
+    pub path: String,
+    /// Where its data lives on the host (in one snapshot).
+    pub real: PathBuf,
+    pub meta: Metadata,
+    /// For a directory: the snapshot folders that contribute to it, top first.
+    dir_layers: Vec<usize>,
+}
+
+/// A stack of snapshot folders seen as one filesystem.
+#[derive(Debug, Clone, Default)]
+pub struct MergedView {
+    /// Bottom first.
+    lowers: Vec<PathBuf>,
+}
+
+impl MergedView {
+    /// A view of explicit folders (bottom first).
+    pub fn new(lowers: Vec<PathBuf>) -> Self {
+        Self { lowers }
+    }
+
+    /// The snapshot folders, bottom first.
+    pub fn lowers(&self) -> &[PathBuf] {
+        &self.lowers
+    }
+
+    /// Looks a path up, following symbolic links in its parent folders (inside
+    /// the view), and in its last component too when `follow` is set.
+    pub fn find(&self, path: &str, follow: bool) -> Result<Option<Found>, SnapshotError> {
+        let mut pending: Vec<String> = components(path).into_iter().rev().collect();
+        let mut resolved: Vec<String> = Vec::new();
+        let mut dir_layers: Vec<usize> = (0..self.lowers.len()).rev().collect();
+        let mut links = 0;
+        let mut current: Option<Found> = Some(self.root(&dir_layers));
+        while let Some(name) = pending.pop() {
+            if name == ".." {
+                // Step up by resolving the remaining parents again from the
+                // root (`..` of the root is the root, as in the kernel).
+                resolved.pop();
+                pending.extend(resolved.drain(..).rev());
+                dir_layers = (0..self.lowers.len()).rev().collect();
+                current = Some(self.root(&dir_layers));
+                continue;
+            }
+            let rel = join(&resolved, &name);
+            let Some(found) = self.lookup(&rel, &dir_layers)? else { return Ok(None) };
+            let last = pending.is_empty();
+            if found.meta.file_type().is_symlink() && (!last || follow) {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(SnapshotError::LinkLoop { path: path.to_owned() });
+                }
+                let target = std::fs::read_link(&found.real)
+                    .map_err(|source| SnapshotError::Io { path: found.real.clone(), source })?;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                    dir_layers = (0..self.lowers.len()).rev().collect();
+                }
+                pending.extend(components(&target).into_iter().rev());
+                continue;
+            }
+            if !last && !found.meta.is_dir() {
+                return Ok(None);
+            }
+            resolved.push(name);
+            dir_layers.clone_from(&found.dir_layers);
+            current = Some(found);
+        }
+        Ok(current.map(|mut f| {
+            f.path = resolved.join("/");
+            f
+        }))
+    }
+
+    fn root(&self, layers: &[usize]) -> Found {
+        let top = layers.first().copied();
+        let real = top.map_or_else(|| PathBuf::from("/nonexistent"), |l| self.lowers[l].clone());
+        // The root of a view always exists; describe it with the top layer's
+        // folder (or `/` for an empty view).
+        let meta = std::fs::metadata(&real).or_else(|_| std::fs::metadata("/")).ok();
+        Found {
+            path: String::new(),
+            real,
+            meta: meta.unwrap_or_else(|| unreachable!("/ exists")),
+            dir_layers: layers.to_vec(),
+        }
+    }
+
+    /// One name in the folder whose contributing layers are `layers`.
+    fn lookup(&self, rel: &str, layers: &[usize]) -> Result<Option<Found>, SnapshotError> {
+        let mut top: Option<(PathBuf, Metadata)> = None;
+        let mut dir_layers = Vec::new();
+        for &l in layers {
+            let real = self.lowers[l].join(rel);
+            let meta = match std::fs::symlink_metadata(&real) {
+                Ok(m) => m,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                    continue;
+                }
+                Err(source) => return Err(SnapshotError::Io { path: real, source }),
+            };
+            if is_whiteout(&meta) {
+                break;
+            }
+            match &top {
+                None => {
+                    let is_dir = meta.is_dir();
+                    top = Some((real.clone(), meta));
+                    if !is_dir {
+                        break;
+                    }
+                    dir_layers.push(l);
+                }
+                Some(_) if meta.is_dir() => dir_layers.push(l),
+                // A non-directory below a directory is hidden by it.
+                Some(_) => break,
+            }
+            if is_opaque(&real) {
+                break;
+            }
+        }
+        Ok(top.map(|(real, meta)| Found { path: rel.to_owned(), real, meta, dir_layers }))
+    }
+
+    /// The merged contents of a folder found with [`Self::find`], by name.
+    pub fn children(&self, dir: &Found) -> Result<BTreeMap<String, Found>, SnapshotError> {
+        let mut seen: BTreeMap<String, Option<Found>> = BTreeMap::new();
+        for &l in &dir.dir_layers {
+            let folder = self.lowers[l].join(&dir.path);
+            let entries = match std::fs::read_dir(&folder) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(SnapshotError::Io { path: folder, source }),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|source| SnapshotError::Io { path: folder.clone(), source })?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if seen.contains_key(&name) {
+                    continue;
+                }
+                let rel = if dir.path.is_empty() { name.clone() } else { format!("{}/{name}", dir.path) };
+                let below: Vec<usize> = dir.dir_layers.iter().copied().skip_while(|&x| x != l).collect();
+                seen.insert(name, self.lookup(&rel, &below)?);
+            }
+        }
+        Ok(seen.into_iter().filter_map(|(k, v)| v.map(|f| (k, f))).collect())
+    }
+
+    /// Every entry below a folder, depth first in name order, with its path
+    /// relative to that folder.
+    pub fn walk(&self, dir: &Found, out: &mut Vec<(String, Found)>) -> Result<(), SnapshotError> {
+        self.walk_into(dir, "", out)
+    }
+
+    fn walk_into(&self, dir: &Found, prefix: &str, out: &mut Vec<(String, Found)>) -> Result<(), SnapshotError> {
+        for (name, child) in self.children(dir)? {
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let is_dir = child.meta.is_dir();
+            out.push((rel.clone(), child));
+            if is_dir {
+                let Some((_, child)) = out.last() else { continue };
+                let child = Found {
+                    path: child.path.clone(),
+                    real: child.real.clone(),
+                    meta: child.meta.clone(),
+                    dir_layers: child.dir_layers.clone(),
+                };
+                self.walk_into(&child, &rel, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a small file (such as `/etc/passwd`) from the view.
+    pub fn read_to_string(&self, path: &str) -> Result<Option<String>, SnapshotError> {
+        let Some(found) = self.find(path, true)? else { return Ok(None) };
+        if !found.meta.is_file() {
+            return Ok(None);
+        }
+        std::fs::read_to_string(&found.real).map(Some).map_err(|source| SnapshotError::Io { path: found.real, source })
+    }
+}
+
+/// An overlay whiteout: a character device 0:0.
+pub fn is_whiteout(meta: &Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// An overlay opaque directory.
+pub fn is_opaque(path: &Path) -> bool {
+    matches!(xattr::get(path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
+}
+
+fn components(path: &str) -> Vec<String> {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_owned).collect()
+}
+
+fn join(parents: &[String], name: &str) -> String {
+    if parents.is_empty() { name.to_owned() } else { format!("{}/{name}", parents.join("/")) }
+}
+
+/// Compression of a layer from its media type, for callers that only have
+/// the descriptor.
+pub fn compression_of(media_type: &str) -> Option<Compression> {
+    media::layer_compression(media_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(root: &Path, files: &[(&str, &str)]) -> PathBuf {
+        for (path, text) in files {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        }
+        root.to_path_buf()
+    }
+
+    fn whiteout(path: &Path) {
+        nix::sys::stat::mknod(path, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0).expect("mknod");
+    }
+
+    fn names(view: &MergedView, dir: &str) -> Vec<String> {
+        let found = view.find(dir, true).expect("find").expect("exists");
+        view.children(&found).expect("children").into_keys().collect()
+    }
+
+    #[test]
+    fn upper_layers_win_whiteouts_hide_opaque_dirs_replace() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let l0 = layer(&t.path().join("0"), &[("etc/a", "a0"), ("etc/b", "b0"), ("opt/x/1", "1"), ("keep/k", "k")]);
+        let l1 = layer(&t.path().join("1"), &[("etc/a", "a1"), ("opt/x/2", "2")]);
+        whiteout(&l1.join("etc/b"));
+        xattr::set(l1.join("opt/x"), "trusted.overlay.opaque", b"y").expect("xattr");
+        let view = MergedView::new(vec![l0, l1]);
+        assert_eq!(view.read_to_string("/etc/a").expect("read").as_deref(), Some("a1"));
+        assert!(view.find("/etc/b", false).expect("find").is_none());
+        assert_eq!(names(&view, "/etc"), ["a"]);
+        assert_eq!(names(&view, "/opt/x"), ["2"]);
+        assert_eq!(names(&view, "/"), ["etc", "keep", "opt"]);
+        let root = view.find("/", false).expect("find").expect("root");
+        let mut all = Vec::new();
+        view.walk(&root, &mut all).expect("walk");
+        let paths: Vec<&str> = all.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["etc", "etc/a", "keep", "keep/k", "opt", "opt/x", "opt/x/2"]);
+    }
+
+    #[test]
+    fn links_resolve_inside_the_view_only() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let l0 = layer(&t.path().join("0"), &[("real/file", "data"), ("etc/passwd", "inside")]);
+        std::os::unix::fs::symlink("/real", l0.join("abs")).expect("link");
+        std::os::unix::fs::symlink("../../../../etc", l0.join("real/up")).expect("link");
+        let view = MergedView::new(vec![l0]);
+        assert_eq!(view.read_to_string("/abs/file").expect("read").as_deref(), Some("data"));
+        // `..` stops at the view's root: this is the view's /etc, not the host's.
+        assert_eq!(view.read_to_string("/real/up/passwd").expect("read").as_deref(), Some("inside"));
+        let link = view.find("/abs", false).expect("find").expect("exists");
+        assert!(link.meta.file_type().is_symlink());
+    }
+}

@@ -1,0 +1,202 @@
+//! Images end to end: bake builds, real tools check. A real Docker engine
+//! loads and runs what bake wrote, skopeo and umoci read its OCI output, and
+//! a real registry (Debian's docker-registry) takes its pushes.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{bake, root};
+use crate::registry::TestRegistry;
+
+/// A context with busybox (a static binary) and a build.kdl.
+fn project(build: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy("/bin/busybox", dir.path().join("busybox")).expect("busybox-static is installed");
+    std::fs::create_dir_all(dir.path().join("www/css")).expect("mkdir");
+    std::fs::write(dir.path().join("www/index.html"), "<h1>hello</h1>\n").expect("write");
+    std::fs::write(dir.path().join("www/css/site.css"), "h1 { color: red }\n").expect("write");
+    std::fs::write(dir.path().join("build.kdl"), build).expect("write");
+    dir
+}
+
+const HELLO: &str = r#"
+image "hello" from="scratch" {
+    copy "busybox" to="/bin/busybox" chmod=755
+    copy "www" to="/srv/www/"
+    workdir "/srv/www"
+    env "GREETING" "hello from bake"
+    entrypoint "/bin/busybox"
+    cmd "sh" "-c" "echo $GREETING; cat index.html; ls -ln /srv/www"
+    tag "bake-test/hello:e2e"
+}
+"#;
+
+/// Runs a command, asserting it succeeds; returns stdout.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Docker engine answering on the default socket, started if needed.
+fn docker() {
+    run(Command::new(root().join("scripts/dockerd.sh")).arg("start"));
+}
+
+fn digest_of(stderr: &str, image: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{image} sha256:")).map(|rest| rest.split(' ').next().unwrap_or("").to_owned())
+        })
+        .unwrap_or_else(|| panic!("no digest for {image} in:\n{stderr}"))
+}
+
+#[test]
+fn scratch_image_runs_under_docker_and_is_valid_oci() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let p = project(HELLO);
+    let out = p.path();
+    let run_bake = bake(
+        out,
+        home.path(),
+        &[
+            "build",
+            "-o",
+            "type=docker,dest=docker.tar",
+            "-o",
+            "type=oci,dest=oci.tar",
+            "-o",
+            "type=oci-dir,dest=layout",
+        ],
+    );
+    assert_eq!(run_bake.code, 0, "{}", run_bake.render());
+
+    // Docker loads and runs it.
+    docker();
+    run(Command::new("docker").args(["load", "-i"]).arg(out.join("docker.tar")));
+    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/hello:e2e"]));
+    assert!(said.contains("hello from bake"), "{said}");
+    assert!(said.contains("<h1>hello</h1>"), "{said}");
+    // Copied files belong to root, whatever owned them on the host.
+    assert!(said.contains(" 0        0 ") || said.contains(" 0 0 "), "{said}");
+
+    // skopeo reads the OCI archive; umoci unpacks the layout.
+    let inspect =
+        run(Command::new("skopeo").arg("inspect").arg(format!("oci-archive:{}", out.join("oci.tar").display())));
+    let doc: serde_json::Value = serde_json::from_str(&inspect).expect("skopeo json");
+    assert_eq!(doc["Digest"].as_str(), Some(format!("sha256:{}", digest_of(&run_bake.stderr, "hello")).as_str()));
+    assert_eq!(doc["Layers"].as_array().map(Vec::len), Some(2));
+    let bundle = out.join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:e2e", out.join("layout").display()))
+        .arg(&bundle));
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/srv/www/css/site.css")).expect("css"),
+        "h1 { color: red }\n"
+    );
+}
+
+#[test]
+fn same_inputs_give_the_same_digest_in_fresh_stores_whatever_the_mtimes() {
+    let a = project(HELLO);
+    let b = project(HELLO);
+    // Different mtimes (and inodes, and paths) for b's files.
+    for f in ["busybox", "www/index.html", "www/css/site.css", "www/css", "www"] {
+        let file = std::fs::File::open(b.path().join(f)).expect("open");
+        file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_hours(24 * 400)).expect("touch");
+    }
+    let (home_a, home_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let one = bake(a.path(), home_a.path(), &["build", "-o", "type=oci,dest=out.tar"]);
+    let two = bake(b.path(), home_b.path(), &["build", "-o", "type=oci,dest=out.tar"]);
+    assert_eq!(one.code, 0, "{}", one.render());
+    assert_eq!(two.code, 0, "{}", two.render());
+    assert_eq!(digest_of(&one.stderr, "hello"), digest_of(&two.stderr, "hello"));
+    let bytes = |d: &Path| std::fs::read(d.join("out.tar")).expect("read");
+    assert!(bytes(a.path()) == bytes(b.path()), "the OCI archives differ");
+
+    // An unchanged rebuild runs nothing and gives the same image.
+    let again = bake(a.path(), home_a.path(), &["build"]);
+    assert_eq!(again.code, 0, "{}", again.render());
+    assert!(again.stderr.contains("0 steps run"), "{}", again.stderr);
+    assert_eq!(digest_of(&again.stderr, "hello"), digest_of(&one.stderr, "hello"));
+}
+
+#[test]
+fn copies_from_stages_and_images_push_and_pull_back() {
+    let registry = TestRegistry::start();
+    let addr = &registry.addr;
+    let home = tempfile::tempdir().expect("tempdir");
+    let build = format!(
+        r#"
+stage "tools" from="scratch" {{
+    copy "busybox" to="/bin/"
+    copy "www" to="/www" exclude="**/*.css"
+}}
+
+image "base" from="scratch" {{
+    copy "/bin/busybox" from="tools" to="/bin/busybox"
+    tag "{addr}/bake/base:1"
+}}
+
+image "site" from="{addr}/bake/base:1" {{
+    copy "/www" from="tools" to="/srv/"
+    copy "/bin/busybox" from="{addr}/bake/base:1" to="/usr/bin/box"
+    user "1000:1000"
+    entrypoint "/bin/busybox" "ls" "-R" "/srv"
+    tag "{addr}/bake/site:1" "{addr}/bake/site:latest"
+}}
+"#
+    );
+    let p = project(&build);
+    // The base image is pushed first, then built upon from the registry.
+    let base = bake(p.path(), home.path(), &["build", "--push", "base"]);
+    assert_eq!(base.code, 0, "{}", base.render());
+    let site = bake(p.path(), home.path(), &["build", "--push", "site"]);
+    assert_eq!(site.code, 0, "{}", site.render());
+    let digest = digest_of(&site.stderr, "site");
+
+    let inspect = run(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{addr}/bake/site:latest")));
+    let doc: serde_json::Value = serde_json::from_str(&inspect).expect("json");
+    assert_eq!(doc["Digest"].as_str(), Some(format!("sha256:{digest}").as_str()));
+    assert_eq!(doc["Layers"].as_array().map(Vec::len), Some(3), "base layer + two copies");
+
+    // Pull it back into a fresh store and run it.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let again = project(&format!("image \"again\" from=\"{addr}/bake/site:1\" {{\n    label \"x\" \"y\"\n}}\n"));
+    let pulled = bake(again.path(), fresh.path(), &["build", "-o", "type=docker,dest=again.tar"]);
+    assert_eq!(pulled.code, 0, "{}", pulled.render());
+    docker();
+    run(Command::new("docker").args(["load", "-i"]).arg(again.path().join("again.tar")));
+    let listing = run(Command::new("docker").args(["run", "--rm", "--network", "host", "again:latest"]));
+    assert!(listing.contains("index.html"), "{listing}");
+    assert!(!listing.contains("site.css"), "excluded by the copy: {listing}");
+}
+
+#[test]
+fn a_missing_path_in_a_stage_points_at_the_copy() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let p = project(
+        r#"
+stage "a" from="scratch" {
+    copy "www" to="/www"
+}
+image "b" from="scratch" {
+    copy "/nope" from="a" to="/"
+}
+"#,
+    );
+    let run = bake(p.path(), home.path(), &["build"]);
+    assert_eq!(run.code, 1, "{}", run.render());
+    assert!(run.stderr.contains("`/nope` does not exist in stage `a`"), "{}", run.stderr);
+    assert!(run.stderr.contains("build.kdl:6"), "{}", run.stderr);
+}
