@@ -10,6 +10,7 @@ use bake_engine::graph::{Format, KeyOptions, Plan, PlanError, describe};
 use bake_engine::home::Home;
 use bake_engine::lang::{self, LoadError, LoadOptions, Workspace};
 use bake_engine::oci::Compression;
+use bake_engine::snapshot::Snapshots;
 use bake_engine::store::{PruneOptions, Store};
 use miette::{Diagnostic, Report};
 
@@ -237,14 +238,17 @@ fn cache_du() -> Result<(), Failure> {
 }
 
 fn cache_prune(args: &PruneArgs) -> Result<(), Failure> {
+    let home = home()?;
     let store = store()?;
     let options = PruneOptions { max_size: args.max_size, all_cache: args.all, ..PruneOptions::default() };
     let r = store.prune(&options).map_err(|e| Failure::Build(Report::new(e)))?;
+    let snapshots = Snapshots::new(home.snapshots_dir(), store).prune().map_err(|e| Failure::Build(Report::new(e)))?;
     print(&format!(
-        "removed {} and {}, freed {}\n",
+        "removed {} and {}, freed {} in the store and {} of unpacked layers\n",
         count(r.blobs_removed, "blob"),
         count_as(r.cache_entries_removed, "cache entry", "cache entries"),
-        human(r.bytes_freed)
+        human(r.bytes_freed),
+        human(snapshots)
     ))
 }
 

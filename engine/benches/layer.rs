@@ -50,6 +50,7 @@ fn main() {
 
     let dir = tree.display().to_string();
     let mut variants = vec![
+        Variant::bake("bake tar", Compression::None),
         Variant::bake("bake gzip -6", Compression::Gzip),
         Variant::bake("bake zstd -3", Compression::Zstd),
         Variant::shell("tar | gzip -6", &format!("tar -C '{dir}' -cf - . | gzip -6 | wc -c")),
@@ -148,7 +149,9 @@ fn pack(root: &Path, compression: Compression) -> u64 {
     walk(root, "", &mut entries);
     layer::sort_entries_by(&mut entries, |(e, _)| e);
     let options = LayerOptions { compression, ..LayerOptions::default() };
-    let mut writer = LayerWriter::new(io::sink(), &options);
+    let threads = std::env::var("BAKE_BENCH_THREADS").ok().and_then(|t| t.parse().ok());
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let mut writer = LayerWriter::with_threads(io::sink(), &options, threads);
     for (entry, source) in &entries {
         match source {
             Some(path) => {
@@ -284,17 +287,17 @@ fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
 /// ELF-like: 4 KiB chunks of code-like words, string tables, zero padding
 /// and noise.
 fn binary(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let opcodes: Vec<u32> = (0..48).map(|_| u32::try_from(rng.next() >> 32).unwrap_or(0) & 0xffff_ff00).collect();
+    let opcodes: Vec<u32> = (0..24).map(|_| u32::try_from(rng.next() >> 32).unwrap_or(0) & 0xffff_ff00).collect();
     let mut out = Vec::with_capacity(len + 4096);
     while out.len() < len {
         match rng.below(20) {
-            0..=8 => {
+            0..=9 => {
                 for _ in 0..1024 {
-                    let word = opcodes[rng.index(opcodes.len())] | u32::try_from(rng.below(16)).unwrap_or(0);
+                    let word = opcodes[rng.index(opcodes.len())] | u32::try_from(rng.below(4)).unwrap_or(0);
                     out.extend_from_slice(&word.to_le_bytes());
                 }
             }
-            9..=12 => {
+            10..=14 => {
                 let mut strings = text(rng, 4096);
                 for b in &mut strings {
                     if *b == b' ' || *b == b'\n' {
@@ -303,7 +306,7 @@ fn binary(rng: &mut Rng, len: usize) -> Vec<u8> {
                 }
                 out.extend_from_slice(&strings);
             }
-            13..=14 => out.resize(out.len() + 4096, 0),
+            15..=17 => out.resize(out.len() + 4096, 0),
             _ => out.extend((0..512).flat_map(|_| rng.next().to_le_bytes())),
         }
     }

@@ -335,7 +335,7 @@ impl Parser<'_> {
         let mut host = None;
         let mut args = 0;
         for entry in node.entries() {
-            match entry.name().map(|n| n.value()) {
+            match entry.name().map(kdl::KdlIdentifier::value) {
                 None => {
                     args += 1;
                     if args == 1 {
@@ -410,7 +410,7 @@ impl Parser<'_> {
     fn store(&mut self, node: &KdlNode) -> Option<u64> {
         let mut size = None;
         for entry in node.entries() {
-            match entry.name().map(|n| n.value()) {
+            match entry.name().map(kdl::KdlIdentifier::value) {
                 Some("max-size") => {
                     let parsed = match entry.value() {
                         KdlValue::String(s) => parse_size(s),

@@ -100,6 +100,10 @@ impl Snapshots {
         let name = layer.digest.to_string();
         let options = UnpackOptions { name: &name, compression, expected_diff_id: Some(&layer.diff_id) };
         crate::layer::unpack(std::io::BufReader::with_capacity(1 << 20, blob), &root, &options)?;
+        // Which blob this snapshot came from, so a prune can tell when it is
+        // no longer needed.
+        let marker = self.dir.join(format!("{}.layer", layer.diff_id.digest()));
+        std::fs::write(&marker, layer.digest.to_string()).map_err(io(&marker))?;
         match std::fs::rename(&root, &path) {
             Ok(()) => Ok(path),
             // Another build finished the same layer first: theirs is as good.
@@ -114,20 +118,36 @@ impl Snapshots {
         Ok(MergedView { lowers })
     }
 
-    /// Removes snapshots whose diffID is not in `keep`; returns bytes freed
-    /// (approximately: file sizes).
-    pub fn prune(&self, keep: &std::collections::HashSet<String>) -> Result<u64, SnapshotError> {
+    /// Removes the snapshots whose layer blob the store no longer holds (after
+    /// a prune), and leftovers of interrupted unpacks; returns the bytes freed.
+    pub fn prune(&self) -> Result<u64, SnapshotError> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Ok(0) };
         let mut freed = 0;
         for entry in entries.flatten() {
+            let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if keep.contains(&name) {
+            let orphan = if let Some(tmp) = name.strip_prefix(".unpack-") {
+                // An unpack in progress elsewhere has a fresh folder; an
+                // interrupted one leaves an old one.
+                !tmp.is_empty()
+                    && entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > std::time::Duration::from_hours(1))
+            } else if let Some(dir) = name.strip_suffix(".layer") {
+                !self.dir.join(dir).is_dir()
+            } else {
+                let layer = std::fs::read_to_string(self.dir.join(format!("{name}.layer"))).ok();
+                layer.and_then(|d| crate::oci::Digest::try_from(d.trim()).ok()).is_none_or(|d| !self.store.has_blob(&d))
+            };
+            if !orphan {
                 continue;
             }
-            let path = entry.path();
             freed += du(&path);
             make_writable(&path);
-            std::fs::remove_dir_all(&path).map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
+            let _ = std::fs::remove_file(self.dir.join(format!("{name}.layer")));
         }
         Ok(freed)
     }

@@ -200,3 +200,93 @@ image "b" from="scratch" {
     assert!(run.stderr.contains("`/nope` does not exist in stage `a`"), "{}", run.stderr);
     assert!(run.stderr.contains("build.kdl:6"), "{}", run.stderr);
 }
+
+/// The busybox fixture's build.kdl (its rootfs made offline by
+/// scripts/fixtures.sh, which the test script runs first).
+fn busybox_fixture() -> std::path::PathBuf {
+    let cache =
+        std::env::var_os("BAKE_FIXTURES").map_or_else(|| "/var/cache/bake-fixtures".into(), std::path::PathBuf::from);
+    let file = cache.join("busybox/build.kdl");
+    if !file.is_file() {
+        run(Command::new(root().join("scripts/fixtures.sh")).args(["build", "busybox"]).env("BAKE_FIXTURES", &cache));
+    }
+    file
+}
+
+#[test]
+fn short_names_pull_through_a_docker_io_mirror() {
+    let registry = TestRegistry::start();
+    let addr = registry.addr.clone();
+    // bake makes the busybox base image itself and pushes it as the mirror's
+    // library/busybox.
+    let publisher = tempfile::tempdir().expect("tempdir");
+    let fixture = busybox_fixture();
+    let fixture_dir = fixture.parent().expect("folder");
+    let publish = crate::harness::bake(
+        fixture_dir,
+        publisher.path(),
+        &["-f", "build.kdl", "build", "--push", "--set", &format!("REGISTRY={addr}")],
+    );
+    assert_eq!(publish.code, 0, "{}", publish.render());
+
+    // A fresh store, with a config that serves docker.io from the mirror.
+    let home = tempfile::tempdir().expect("tempdir");
+    let config = home.path().join("config.kdl");
+    std::fs::write(&config, format!("registry \"docker.io\" {{\n    mirror \"{addr}\"\n}}\n")).expect("write");
+    let p = project(
+        r#"
+image "greeter" from="busybox" {
+    copy "www" to="/www"
+    cmd "sh" "-c" "echo greetings from $(cat /www/index.html)"
+    tag "bake-test/greeter:e2e"
+}
+"#,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
+        .args(["build", "-o", "type=docker,dest=greeter.tar"])
+        .current_dir(p.path())
+        .env("BAKE_HOME", home.path())
+        .env("BAKE_CONFIG", &config)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run bake");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("pull     docker.io/library/busybox:latest"), "{stderr}");
+    docker();
+    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("greeter.tar")));
+    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/greeter:e2e"]));
+    assert!(said.contains("greetings from <h1>hello</h1>"), "{said}");
+}
+
+#[test]
+fn images_cache_du_and_prune() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let p = project(HELLO);
+    let first = bake(p.path(), home.path(), &["build"]);
+    assert_eq!(first.code, 0, "{}", first.render());
+    let digest = digest_of(&first.stderr, "hello");
+
+    let images = bake(p.path(), home.path(), &["images"]);
+    assert_eq!(images.code, 0, "{}", images.render());
+    assert!(images.stdout.starts_with("NAME"), "{}", images.stdout);
+    for name in ["hello ", "docker.io/bake-test/hello:e2e "] {
+        let line = images.stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{}", images.stdout));
+        assert!(line.contains(&digest[..12]), "{line}");
+        assert!(line.contains("1970-01-01T00:00:00Z"), "{line}");
+    }
+
+    let du = bake(p.path(), home.path(), &["cache", "du"]);
+    assert_eq!(du.code, 0, "{}", du.render());
+    assert!(du.stdout.contains("2 images") && du.stdout.contains("3 cache entries"), "{}", du.stdout);
+
+    // Dropping the cache keeps the images; the next build runs every step
+    // again and makes the same image.
+    let prune = bake(p.path(), home.path(), &["cache", "prune", "--all"]);
+    assert_eq!(prune.code, 0, "{}", prune.render());
+    assert!(prune.stdout.contains("3 cache entries"), "{}", prune.stdout);
+    let again = bake(p.path(), home.path(), &["build"]);
+    assert_eq!(again.code, 0, "{}", again.render());
+    assert!(again.stderr.contains("3 steps run, 0 cached"), "{}", again.stderr);
+    assert_eq!(digest_of(&again.stderr, "hello"), digest);
+}

@@ -288,6 +288,8 @@ pub struct Engine {
     pub store: Store,
     pub snapshots: Snapshots,
     pub registry: Registry,
+    /// The store's size cap from the config: enforced after each build.
+    pub max_size: Option<u64>,
 }
 
 impl Engine {
@@ -296,7 +298,7 @@ impl Engine {
         let store = Store::open(&home.store_dir())?;
         let snapshots = Snapshots::new(home.snapshots_dir(), store.clone());
         let registry = Registry::new(config, store.clone())?;
-        Ok(Self { home, store, snapshots, registry })
+        Ok(Self { home, store, snapshots, registry, max_size: config.store_max_size })
     }
 
     /// Builds `targets` of `ws` (empty: the default target).
@@ -322,6 +324,18 @@ impl Engine {
         tokio::task::block_in_place(|| plan.compute_keys(ws, &key_options))?;
         tokio::task::block_in_place(|| build.nodes(&plan))?;
         build.exports(&plan).await?;
+        if let Some(max_size) = self.max_size {
+            let options = crate::store::PruneOptions { max_size: Some(max_size), ..Default::default() };
+            let pruned = tokio::task::block_in_place(|| -> Result<(), ExecError> {
+                self.store.prune(&options)?;
+                self.snapshots.prune()?;
+                Ok(())
+            });
+            // The build succeeded; a store that stays too big is worth a word, not a failure.
+            if let Err(e) = pruned {
+                events.event(Event::Warning { message: format!("could not trim the store to its size cap: {e}") });
+            }
+        }
         Ok(build.report)
     }
 }

@@ -147,7 +147,7 @@ impl Endpoints {
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(15)),
             // Between two reads of a response, not for a whole transfer.
-            read_timeout: Some(Duration::from_secs(120)),
+            read_timeout: Some(Duration::from_mins(2)),
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         };

@@ -10,18 +10,13 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum RegistryError {
     #[error("registry {registry} is unreachable: {reason}")]
-    #[diagnostic(
-        code(bake::registry::unreachable),
-        help(
-            "check the registry's address and the network; a registry that speaks plain HTTP (and is not on \
-             localhost) needs `registry \"{registry}\" insecure=#true` in bake's config file"
-        )
-    )]
+    #[diagnostic(code(bake::registry::unreachable), help("{}", unreachable_help(registry)))]
     Unreachable {
         registry: String,
+        /// What failed, in a few words ("Connection refused (os error 111)").
         reason: String,
-        #[source]
-        source: Option<Box<OciDistributionError>>,
+        /// oci-client's error, whose chain `reason` sums up.
+        cause: Option<Box<OciDistributionError>>,
     },
 
     #[error("registry {registry} failed: HTTP {status} {message}")]
@@ -174,7 +169,7 @@ pub(crate) fn classify(err: OciDistributionError, ctx: Ctx<'_>) -> RegistryError
     let registry = ctx.registry.to_owned();
     match err {
         OciDistributionError::RequestError(e) => match e.status() {
-            Some(status) => from_status(status.as_u16(), e.to_string(), ctx),
+            Some(status) => from_status(status.as_u16(), &e.to_string(), ctx),
             None => unreachable_error(ctx, describe_chain(&e), OciDistributionError::RequestError(e)),
         },
         OciDistributionError::IoError(e) => from_io(e, ctx),
@@ -189,7 +184,7 @@ pub(crate) fn classify(err: OciDistributionError, ctx: Ctx<'_>) -> RegistryError
             }
             e
         }
-        OciDistributionError::ServerError { code, message, .. } => from_status(code, message, ctx),
+        OciDistributionError::ServerError { code, message, .. } => from_status(code, &message, ctx),
         OciDistributionError::RegistryError { envelope, .. } => {
             let message = envelope.errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
             match envelope.errors.first().map(|e| &e.code) {
@@ -236,28 +231,41 @@ pub(crate) fn from_io(e: std::io::Error, ctx: Ctx<'_>) -> RegistryError {
     unreachable_error(ctx, format!("the transfer broke off ({reason})"), OciDistributionError::IoError(e))
 }
 
-/// An error with its innermost cause, which says what happened: reqwest's
-/// "error sending request for url (…)" becomes "…: Connection refused".
+/// The innermost cause of an error, which says what happened: reqwest's
+/// "error sending request for url (…)" is "Connection refused" at heart.
 fn describe_chain(e: &dyn std::error::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
         cause = next;
     }
-    let inner = cause.to_string();
-    let outer = e.to_string();
-    if inner == outer { outer } else { format!("{outer}: {inner}") }
+    cause.to_string()
 }
 
-fn unreachable_error(ctx: Ctx<'_>, reason: String, source: OciDistributionError) -> RegistryError {
-    RegistryError::Unreachable { registry: ctx.registry.to_owned(), reason, source: Some(Box::new(source)) }
+fn unreachable_error(ctx: Ctx<'_>, reason: String, cause: OciDistributionError) -> RegistryError {
+    RegistryError::Unreachable { registry: ctx.registry.to_owned(), reason, cause: Some(Box::new(cause)) }
 }
 
-fn from_status(status: u16, message: String, ctx: Ctx<'_>) -> RegistryError {
+fn unreachable_help(registry: &str) -> String {
+    if registry == crate::reference::DEFAULT_REGISTRY {
+        "check the network; to pull Docker Hub images through another registry, add \
+         `registry \"docker.io\" { mirror \"HOST\" }` to bake's config file"
+            .to_owned()
+    } else if crate::config::is_loopback(registry) {
+        format!("is a registry running on {registry}? (bake speaks plain HTTP to loopback registries)")
+    } else {
+        format!(
+            "check the registry's name and the network; if {registry} speaks plain HTTP, add \
+             `registry \"{registry}\" insecure=#true` to bake's config file"
+        )
+    }
+}
+
+fn from_status(status: u16, message: &str, ctx: Ctx<'_>) -> RegistryError {
     match status {
         401 => unauthorized(ctx),
         403 => denied(ctx),
         404 => RegistryError::NotFound { reference: ctx.reference.to_owned() },
-        500..=599 if let Some(rejection) = rejection(&message) => RegistryError::Rejected {
+        500..=599 if let Some(rejection) = rejection(message) => RegistryError::Rejected {
             registry: ctx.registry.to_owned(),
             what: ctx.reference.to_owned(),
             message: rejection,
@@ -391,7 +399,7 @@ mod tests {
 
     #[test]
     fn unreachable_through_every_source() {
-        let down = || RegistryError::Unreachable { registry: "a".into(), reason: "refused".into(), source: None };
+        let down = || RegistryError::Unreachable { registry: "a".into(), reason: "refused".into(), cause: None };
         let all =
             RegistryError::AllSources { reference: "x".into(), registry: "a".into(), errors: vec![down(), down()] };
         assert!(all.is_unreachable());

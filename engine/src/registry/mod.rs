@@ -13,11 +13,11 @@
 //! whichever source served it, so a digest-pinned reference means exactly
 //! that image. Raw bytes go into the store as served, never re-serialized,
 //! so digests hold; the parsed manifest has its Docker media types converted
-//! to OCI's (see [`manifest`]). A digest-pinned reference whose documents are
+//! to OCI's (see `manifest.rs`). A digest-pinned reference whose documents are
 //! all in the store resolves without the network.
 //!
 //! [`Registry::pull`] then fetches the layers the store lacks, a few at a
-//! time, each streamed to a store writer on a blocking thread (see [`sink`]),
+//! time, each streamed to a store writer on a blocking thread (see `sink.rs`),
 //! checked against its size as it arrives and against its digest by
 //! oci-client and again by the store's commit. A layer that its source fails
 //! to serve is asked of the other sources.
@@ -53,7 +53,7 @@
 //! registry is [`RegistryError::Unreachable`], naming it. Credentials come
 //! from Docker's `config.json` (`auths`, `credsStore`, `credHelpers`).
 //! Loopback registries and those marked `insecure` in the config file are
-//! spoken to over plain HTTP, the others over HTTPS (see [`endpoint`]).
+//! spoken to over plain HTTP, the others over HTTPS (see `endpoint.rs`).
 
 mod endpoint;
 mod error;
@@ -303,13 +303,15 @@ impl Registry {
             };
             endpoint.authorize(&endpoint.reference(repository, None, None), true, &inner.retry).await?;
         }
-        let endpoints = &endpoints;
+        // Every host of the plan got its endpoint just above.
+        let endpoint_of =
+            |host: &str| endpoints.get(host).ok_or_else(|| RegistryError::Internal(format!("no endpoint for {host}")));
 
         // 1. Blobs. The repositories of one blob go one after the other, so
         //    the first upload can be mounted into the rest.
         futures_util::stream::iter(&plan.blobs)
             .map(|blob| async move {
-                let endpoint = &endpoints[&blob.host];
+                let endpoint = endpoint_of(&blob.host)?;
                 for repository in &blob.repositories {
                     self.push_blob(endpoint, repository, blob, progress).await?;
                 }
@@ -321,15 +323,15 @@ impl Registry {
 
         // 2. Manifests by digest: validated by the registry, published nowhere.
         for manifest in &plan.manifests {
-            let endpoint = &endpoints[&manifest.host];
-            let target = endpoint.reference(&manifest.repository, None, Some(&manifest.digest.to_string()));
+            let endpoint = endpoint_of(&manifest.host)?;
+            let target = endpoint.reference(&manifest.repository, None, Some(manifest.digest.as_ref()));
             self.push_manifest(endpoint, &target, manifest).await?;
         }
 
         // 3. Tags.
         let mut pushed = Vec::new();
         for manifest in &plan.manifests {
-            let endpoint = &endpoints[&manifest.host];
+            let endpoint = endpoint_of(&manifest.host)?;
             for tag in &manifest.tags {
                 let target = endpoint.reference(&manifest.repository, tag.tag.as_deref(), None);
                 self.push_manifest(endpoint, &target, manifest).await?;
@@ -426,7 +428,7 @@ impl Registry {
                 .map_err(|available| RegistryError::NoPlatform { reference: r.to_string(), available })?;
             self.store_document(&raw, &digest)?;
             digest = entry.digest().clone();
-            let child = endpoint.reference(&r.repository, None, Some(&digest.to_string()));
+            let child = endpoint.reference(&r.repository, None, Some(digest.as_ref()));
             raw = self.fetch_manifest(&endpoint, &child, &what).await?;
             let actual = digest_of(&raw);
             if actual != digest {
@@ -768,6 +770,15 @@ impl Registry {
                 .map(|d| (d.digest().clone(), d.size()))
                 .collect();
             for tag in &image.tags {
+                if let Some(pinned) = &tag.digest
+                    && *pinned != image.manifest.to_string()
+                {
+                    return Err(RegistryError::Invalid {
+                        reference: tag.to_string(),
+                        what: "push target",
+                        reason: format!("it pins {pinned}, but the image to push is {}", image.manifest),
+                    });
+                }
                 let host = normalize_registry(&tag.registry).to_owned();
                 let repository = tag.repository.clone();
                 if repositories.insert((host.clone(), repository.clone())) {

@@ -96,7 +96,7 @@ mod tests {
         let result = fast(3)
             .run(|| async {
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                    Err(RegistryError::Unreachable { registry: "r".into(), reason: "refused".into(), source: None })
+                    Err(RegistryError::Unreachable { registry: "r".into(), reason: "refused".into(), cause: None })
                 } else {
                     Ok(7)
                 }
