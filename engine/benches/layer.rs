@@ -4,13 +4,15 @@
 //! The tree is generated (so every machine packs the same bytes) and shaped
 //! like `/usr/lib`: 250 packages, each with source-like text, ELF-like
 //! binaries (code-like words, string tables, zero padding, noise), some
-//! incompressible data and tiny files; about 14,000 files, 500 MB. It is
-//! written once under cargo's bench scratch folder and reused.
+//! incompressible data and tiny files; about 14,000 files, 500 MB, which
+//! gzip -6 shrinks to about 0.42. It is written once under cargo's bench
+//! scratch folder and reused.
 //!
-//! Every variant walks the tree, reads every file (from the page cache after
-//! the first round) and counts the compressed bytes; bake also computes both
-//! digests, as it always does. Throughput is content bytes (10⁶ per MB) per
-//! second, the median of [`ROUNDS`] rounds.
+//! Every variant walks the tree, reads every file (from the page cache: one
+//! `tar` pass warms it) and counts the compressed bytes; bake also computes
+//! both digests, as it always does. `bake tar` (no compression) shows what
+//! walking, reading and hashing cost. Throughput is content bytes (10⁶ per
+//! MB) per second, the median of [`ROUNDS`] rounds.
 //!
 //! This is a hand-rolled harness, not criterion: criterion needs at least 10
 //! samples per variant, and single-threaded `gzip -6` takes ~17 s per sample
@@ -62,50 +64,69 @@ fn main() {
     variants.push(Variant::shell("tar | zstd -3 -T0", &format!("tar -C '{dir}' -cf - . | zstd -3 -T0 -c | wc -c")));
     variants.retain(|v| filters.is_empty() || filters.iter().any(|f| v.name.contains(f.as_str())));
 
-    // A warm-up pass fills the page cache and checks every variant works.
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+    // Read the tree once, so every variant starts from the page cache.
+    Variant::shell("warm-up", &format!("tar -C '{dir}' -cf - . | wc -c")).run(&tree);
+    // Per variant and round: wall time and CPU time (every thread and child).
+    let mut samples: Vec<Vec<(Duration, f64)>> = vec![Vec::new(); variants.len()];
     let mut sizes = vec![0u64; variants.len()];
-    for round in 0..=rounds {
+    for round in 1..=rounds {
         for (i, variant) in variants.iter().enumerate() {
+            let cpu = cpu_seconds();
             let start = Instant::now();
-            let size = variant.run(&tree);
+            sizes[i] = variant.run(&tree);
             let elapsed = start.elapsed();
-            if round > 0 {
-                samples[i].push(elapsed);
-            }
-            sizes[i] = size;
-            eprintln!("round {round}: {:<18} {:>7.2} s", variant.name, elapsed.as_secs_f64());
+            let cpu = cpu_seconds() - cpu;
+            samples[i].push((elapsed, cpu));
+            eprintln!("round {round}: {:<18} {:>7.2} s {cpu:>7.2} CPU s", variant.name, elapsed.as_secs_f64());
         }
     }
 
+    let speed = |d: Duration| mb(content_bytes) / d.as_secs_f64();
     let mut table = String::new();
-    let _ = writeln!(table, "\n{:<18} {:>9} {:>9} {:>9} {:>9} {:>7}", "", "median", "min", "max", "MB", "ratio");
-    let _ = writeln!(table, "{:<18} {:>9} {:>9} {:>9} {:>9} {:>7}", "variant", "MB/s", "MB/s", "MB/s", "out", "out/in");
-    let mut medians = Vec::new();
-    for ((variant, times), size) in variants.iter().zip(&mut samples).zip(&sizes) {
+    let _ = writeln!(
+        table,
+        "\n{:<18} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "", "median", "min", "max", "CPU s", "MB", "ratio"
+    );
+    let _ = writeln!(
+        table,
+        "{:<18} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "variant", "MB/s", "MB/s", "MB/s", "median", "out", "out/in"
+    );
+    for ((variant, runs), size) in variants.iter().zip(&samples).zip(&sizes) {
+        let mut times: Vec<Duration> = runs.iter().map(|r| r.0).collect();
         times.sort();
-        let speed = |d: &Duration| mb(content_bytes) / d.as_secs_f64();
-        let median = speed(&times[times.len() / 2]);
-        medians.push((variant.name, median));
-        let (fastest, slowest) = (speed(&times[0]), speed(&times[times.len() - 1]));
+        let (median, fastest, slowest) = (speed(median_of(&times)), speed(times[0]), speed(times[times.len() - 1]));
+        let mut cpu: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        cpu.sort_by(f64::total_cmp);
         let ratio = mb(*size) / mb(content_bytes);
         let _ = writeln!(
             table,
-            "{:<18} {median:>9.1} {slowest:>9.1} {fastest:>9.1} {:>9.1} {ratio:>7.3}",
+            "{:<18} {median:>8.1} {slowest:>8.1} {fastest:>8.1} {:>8.2} {:>8.1} {ratio:>7.3}",
             variant.name,
+            median_of(&cpu),
             mb(*size)
         );
     }
-    let speed_of = |name: &str| medians.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+    // Speed ratios: of the medians, and the median of each round's ratio (the
+    // two runs of a pair are close in time, so they share the machine's load).
+    let _ = writeln!(table, "\n{:<36} {:>9} {:>9}", "speed ratio", "medians", "paired");
+    let find = |name: &str| variants.iter().position(|v| v.name == name);
     for (bake, cli) in [
         ("bake gzip -6", "tar | gzip -6"),
         ("bake gzip -6", "tar | pigz -6"),
         ("bake zstd -3", "tar | zstd -3"),
         ("bake zstd -3", "tar | zstd -3 -T0"),
     ] {
-        if let (Some(b), Some(c)) = (speed_of(bake), speed_of(cli)) {
-            let _ = writeln!(table, "{bake} / {cli}: {:.2}x", b / c);
-        }
+        let (Some(b), Some(c)) = (find(bake), find(cli)) else { continue };
+        let wall = |i: usize| samples[i].iter().map(|r| r.0).collect::<Vec<_>>();
+        let (mut bt, mut ct) = (wall(b), wall(c));
+        let mut paired: Vec<f64> = bt.iter().zip(&ct).map(|(b, c)| c.as_secs_f64() / b.as_secs_f64()).collect();
+        paired.sort_by(f64::total_cmp);
+        bt.sort();
+        ct.sort();
+        let of_medians = median_of(&ct).as_secs_f64() / median_of(&bt).as_secs_f64();
+        let _ = writeln!(table, "{:<36} {of_medians:>8.2}x {:>8.2}x", format!("{bake} / {cli}"), median_of(&paired));
     }
     print!("{table}");
     io::stdout().flush().expect("stdout");
@@ -193,6 +214,20 @@ fn tree_bytes(dir: &Path) -> u64 {
     let mut entries = Vec::new();
     walk(dir, "", &mut entries);
     entries.iter().map(|(e, _)| if let EntryKind::File { size } = e.kind { size } else { 0 }).sum()
+}
+
+fn median_of<T: Copy>(sorted: &[T]) -> T {
+    sorted[sorted.len() / 2]
+}
+
+/// CPU seconds used so far by this process's threads and its waited-for
+/// children (the shell pipelines), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+    // utime, stime, cutime, cstime, in clock ticks (100 per second on Linux).
+    let ticks: u32 = fields[11..15].iter().map(|f| f.parse::<u32>().expect("ticks")).sum();
+    f64::from(ticks) / 100.0
 }
 
 fn has(tool: &str) -> bool {

@@ -290,3 +290,83 @@ fn images_cache_du_and_prune() {
     assert!(again.stderr.contains("3 steps run, 0 cached"), "{}", again.stderr);
     assert_eq!(digest_of(&again.stderr, "hello"), digest);
 }
+
+/// A tar member with a raw name (the `tar` crate refuses to write `..`).
+fn raw_member(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, content: &[u8]) {
+    let mut block = [0u8; 512];
+    block[..name.len()].copy_from_slice(name.as_bytes());
+    block[100..107].copy_from_slice(b"0000644");
+    block[108..115].copy_from_slice(b"0000000");
+    block[116..123].copy_from_slice(b"0000000");
+    block[124..135].copy_from_slice(format!("{:011o}", content.len()).as_bytes());
+    block[136..147].copy_from_slice(b"00000000000");
+    block[156] = kind;
+    block[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    block[148..156].copy_from_slice(b"        ");
+    let sum: u32 = block.iter().map(|b| u32::from(*b)).sum();
+    block[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    out.extend_from_slice(&block);
+    out.extend_from_slice(content);
+    out.resize(out.len().next_multiple_of(512), 0);
+}
+
+fn sha256(path: &Path) -> String {
+    run(Command::new("sha256sum").arg(path)).split(' ').next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_hostile_base_layer_is_refused_naming_layer_and_entry() {
+    let registry = TestRegistry::start();
+    let addr = &registry.addr;
+    // An OCI layout whose only layer climbs out of where it is unpacked.
+    let layout = tempfile::tempdir().expect("tempdir");
+    let blobs = layout.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir");
+    let mut tar = Vec::new();
+    raw_member(&mut tar, "x", b'0', "", b"fine\n");
+    raw_member(&mut tar, "../../bake-evil", b'0', "", b"escaped\n");
+    tar.extend_from_slice(&[0; 1024]);
+    let tar_path = layout.path().join("layer.tar");
+    std::fs::write(&tar_path, &tar).expect("write");
+    let diff_id = sha256(&tar_path);
+    run(Command::new("gzip").args(["-n", "-k"]).arg(&tar_path));
+    let gz = layout.path().join("layer.tar.gz");
+    let layer = sha256(&gz);
+    let layer_size = std::fs::metadata(&gz).expect("gz").len();
+    std::fs::rename(&gz, blobs.join(&layer)).expect("move");
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["sha256:{diff_id}"]}}}}"#
+    );
+    std::fs::write(blobs.join("config"), &config).expect("write");
+    let config_digest = sha256(&blobs.join("config"));
+    std::fs::rename(blobs.join("config"), blobs.join(&config_digest)).expect("move");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer}","size":{layer_size}}}]}}"#,
+        config.len()
+    );
+    std::fs::write(blobs.join("manifest"), &manifest).expect("write");
+    let manifest_digest = sha256(&blobs.join("manifest"));
+    std::fs::rename(blobs.join("manifest"), blobs.join(&manifest_digest)).expect("move");
+    std::fs::write(layout.path().join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("write");
+    std::fs::write(
+        layout.path().join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_digest}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"evil"}}}}]}}"#,
+            manifest.len()
+        ),
+    )
+    .expect("write");
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:evil", layout.path().display()))
+        .arg(format!("docker://{addr}/bake/evil:1")));
+
+    let home = tempfile::tempdir().expect("tempdir");
+    let p = project(&format!("image \"victim\" from=\"scratch\" {{\n    copy \"/x\" from=\"{addr}/bake/evil:1\" to=\"/x\"\n}}\n"));
+    let build = bake(p.path(), home.path(), &["build"]);
+    assert_eq!(build.code, 1, "{}", build.render());
+    assert!(build.stderr.contains(&layer[..12]), "the error names the layer:\n{}", build.stderr);
+    assert!(build.stderr.contains("../../bake-evil"), "the error names the entry:\n{}", build.stderr);
+    let escaped = Command::new("find").arg(home.path()).args(["-name", "bake-evil"]).output().expect("find");
+    assert!(escaped.stdout.is_empty(), "written outside: {}", String::from_utf8_lossy(&escaped.stdout));
+}

@@ -290,7 +290,8 @@ impl<W: Write> LayerWriter<W> {
         let mut copied = 0u64;
         if let Some(content) = content {
             if self.copy_buf.is_empty() {
-                self.copy_buf = vec![0; 128 * 1024];
+                // As big as the tar buffer, so content passes through it uncopied.
+                self.copy_buf = vec![0; TAR_BUFFER];
             }
             while copied < size {
                 let want = usize::try_from(size - copied).unwrap_or(usize::MAX).min(self.copy_buf.len());

@@ -106,19 +106,38 @@ impl Store {
     pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         let digest = digest_of(bytes);
         let path = self.blob_path(&digest)?;
-        {
-            let _lock = self.lock_shared()?;
-            if let Ok(meta) = fs::metadata(&path)
-                && meta.len() == bytes.len() as u64
-                && (meta.len() > SMALL_BLOB || fs::read(&path).is_ok_and(|stored| stored == bytes))
-            {
-                touch(&path, SystemTime::now());
+        let len = bytes.len() as u64;
+        if len > SMALL_BLOB {
+            // Not under the lock: the fsync could hold up a prune.
+            if fs::metadata(&path).is_ok_and(|m| m.len() == len) && self.has_blob(&digest) {
                 return Ok(digest);
             }
+            let mut writer = self.blob_writer()?;
+            writer.write_all(bytes).map_err(io_err(&self.inner.tmp))?;
+            return writer.commit(Some(&digest)).map(|(d, _)| d);
         }
-        let mut writer = self.blob_writer()?;
-        writer.write_all(bytes).map_err(io_err(&self.inner.tmp))?;
-        writer.commit(Some(&digest)).map(|(d, _)| d)
+        // A small blob is written whole under the shared lock, like a
+        // record: a prune cannot see its temporary file, so it needs no
+        // lock of its own.
+        let _lock = self.lock_shared()?;
+        let now = SystemTime::now();
+        if fs::metadata(&path).is_ok_and(|m| m.len() == len) && fs::read(&path).is_ok_and(|stored| stored == bytes) {
+            touch(&path, now);
+            return Ok(digest);
+        }
+        let tmp = &self.inner.tmp;
+        let mut file = tempfile::Builder::new()
+            .prefix("blob-")
+            .permissions(fs::Permissions::from_mode(0o444))
+            .tempfile_in(tmp)
+            .map_err(io_err(tmp))?;
+        file.write_all(bytes).map_err(io_err(file.path()))?;
+        file.as_file().set_modified(now).map_err(io_err(file.path()))?;
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        file.persist(&path).map_err(|e| StoreError::Io { path: path.clone(), source: e.error })?;
+        Ok(digest)
     }
 
     /// A writer that streams a blob into the store.

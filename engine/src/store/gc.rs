@@ -156,7 +156,9 @@ impl Store {
         for entry in &entries[evict..] {
             live.extend(entry.closure.iter().cloned());
         }
-        let mut emptied = BTreeSet::new();
+        // Fan-out folders stay, empty or not (see the module docs): an rmdir
+        // cost 2.6 ms against 21 µs for an unlink here, and tidying them made
+        // pruning 5,000 blobs take 13 s instead of 0.6 s.
         for (digest, blob) in &blobs {
             if live.contains(digest) {
                 report.bytes_kept += blob.len;
@@ -164,18 +166,6 @@ impl Store {
                 remove(&blob.path)?;
                 report.blobs_removed += 1;
                 report.bytes_freed += blob.len;
-                if let Some(parent) = blob.path.parent() {
-                    emptied.insert(parent.to_path_buf());
-                }
-            }
-        }
-        // Fan-out folders left empty (creating one again is under the
-        // shared lock, so this cannot race a commit).
-        for dir in emptied.iter().rev() {
-            if fs::remove_dir(dir).is_ok()
-                && let Some(parent) = dir.parent()
-            {
-                let _ = fs::remove_dir(parent);
             }
         }
 
@@ -200,12 +190,16 @@ impl Store {
         Ok(report)
     }
 
-    /// Makes the blobs an image reaches safe to record: small ones are
-    /// verified and fsynced (large ones were fsynced when written), and the
-    /// folders naming them are fsynced.
+    /// Makes the blobs an image reaches safe to record: every manifest it
+    /// reaches has its config and layers (an index may lack platforms);
+    /// small blobs are verified and fsynced (large ones were fsynced when
+    /// written), and the folders naming them are fsynced.
     pub(super) fn make_durable(&self, manifest: &Digest) -> Result<(), StoreError> {
         let mut graph = Graph::new(self, Lookup::Disk);
         let closure = graph.closure([manifest]);
+        if let Some(digest) = graph.missing.first() {
+            return Err(StoreError::MissingBlob { digest: digest.clone() });
+        }
         let mut dirs = BTreeSet::new();
         for digest in &closure {
             let path = self.blob_path(digest)?;
@@ -339,6 +333,9 @@ enum Lookup<'a> {
 struct Refs {
     /// Config and layers: kept, never read.
     leaves: Vec<Digest>,
+    /// Leaves that may legitimately be absent: foreign layers, fetched
+    /// from their `urls` instead of the registry.
+    optional: Vec<Digest>,
     /// An index's manifests: kept and followed.
     manifests: Vec<Digest>,
 }
@@ -348,11 +345,13 @@ struct Graph<'a> {
     store: &'a Store,
     lookup: Lookup<'a>,
     refs: HashMap<Digest, Refs>,
+    /// Configs and layers that stored manifests name but the store lacks.
+    missing: Vec<Digest>,
 }
 
 impl<'a> Graph<'a> {
     fn new(store: &'a Store, lookup: Lookup<'a>) -> Self {
-        Self { store, lookup, refs: HashMap::new() }
+        Self { store, lookup, refs: HashMap::new(), missing: Vec::new() }
     }
 
     fn len(&self, digest: &Digest) -> Option<u64> {
@@ -378,6 +377,8 @@ impl<'a> Graph<'a> {
             for leaf in &refs.leaves {
                 if self.len(leaf).is_some() {
                     out.insert(leaf.clone());
+                } else if !refs.optional.contains(leaf) {
+                    self.missing.push(leaf.clone());
                 }
             }
             stack.extend(refs.manifests);
@@ -422,15 +423,18 @@ impl<'a> Graph<'a> {
 /// but without a digest, so it references nothing.)
 fn manifest_refs(doc: &serde_json::Value) -> Refs {
     let digest = |v: &serde_json::Value| v.get("digest")?.as_str()?.parse::<Digest>().ok();
-    let list = |key: &str| -> Vec<Digest> {
-        doc.get(key)
-            .and_then(serde_json::Value::as_array)
-            .map(|a| a.iter().filter_map(digest).collect())
-            .unwrap_or_default()
+    let items = |key: &str| doc.get(key).and_then(serde_json::Value::as_array).map_or(&[][..], Vec::as_slice);
+    let foreign = |v: &serde_json::Value| {
+        v.get("urls").is_some()
+            || v.get("mediaType").and_then(serde_json::Value::as_str).is_some_and(|m| m.contains("foreign"))
     };
     let mut leaves: Vec<Digest> = doc.get("config").and_then(digest).into_iter().collect();
-    leaves.extend(list("layers"));
-    Refs { leaves, manifests: list("manifests") }
+    leaves.extend(items("layers").iter().filter_map(digest));
+    Refs {
+        leaves,
+        optional: items("layers").iter().filter(|l| foreign(l)).filter_map(digest).collect(),
+        manifests: items("manifests").iter().filter_map(digest).collect(),
+    }
 }
 
 /// Reads until `buf` is full or the file ends.

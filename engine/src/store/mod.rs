@@ -65,7 +65,9 @@
 //!   prune keeps every blob younger than [`PruneOptions::grace`] *and
 //!   everything reachable from it* (a young manifest keeps its config and
 //!   layers). So a process has `grace` (10 minutes by default) from obtaining
-//!   a blob to recording an image or cache entry that names it.
+//!   a blob to recording an image or cache entry that names it. One that
+//!   overruns it gets an error, not a broken image: [`Store::set_image`]
+//!   refuses a manifest whose config or layers are gone.
 //! - **The lock.** `lock` is a `flock`ed file. Short operations that make a
 //!   blob live (commit, the existence checks, writing a record, a cache hit)
 //!   hold it shared for a few microseconds; [`Store::prune`] holds it
@@ -73,10 +75,12 @@
 //!   touch" and "mark, then sweep" therefore never interleave. Streaming a
 //!   blob does not hold the lock, so a prune never waits for a download.
 //!
-//! Each temporary file is `flock`ed by its writer for as long as the writer
-//! lives (the temporary file is created under the shared store lock, so a
-//! prune never sees it unlocked). A prune deletes the temporary files it can
-//! lock: their writers are gone. A process killed by SIGKILL drops its locks
+//! A [`BlobWriter`]'s temporary file is `flock`ed by the writer for as long
+//! as it lives (it is created under the shared store lock, so a prune never
+//! sees it unlocked). Records and [`Store::put_blob`]'s small blobs are
+//! written whole under the shared store lock, so a prune never sees their
+//! temporary files at all. A prune therefore deletes every temporary file it
+//! can lock: its writer is gone. A process killed by SIGKILL drops its locks
 //! with its file descriptors, so nothing stays locked.
 //!
 //! # SIGKILL and power loss
@@ -117,8 +121,10 @@
 //!    evicted least recently used first, with a reference count per blob, so
 //!    evicting an entry frees exactly the blobs no other root keeps, until
 //!    the blobs left fit in `max_size` (or no entry is left).
-//! 4. Evicted entries are deleted first, then every unmarked blob older
-//!    than `grace`, then the temporary files no live writer holds.
+//! 4. Evicted entries are deleted first, then every unmarked blob (young
+//!    ones are marked), then the temporary files no live writer holds. The
+//!    fan-out folders stay, as cacache leaves them: there are at most 65,536,
+//!    and on ext4 an rmdir costs a hundred unlinks.
 //!
 //! A prune killed half way has deleted a subset of the garbage; entries go
 //! before their blobs, so it never leaves a live entry pointing at nothing.
