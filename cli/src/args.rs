@@ -38,7 +38,7 @@ pub(crate) enum Command {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CacheCommand {
-    /// Show how much the store holds: blobs, images, cache entries, snapshots.
+    /// Show how much the store holds: blobs, images, cache entries.
     Du,
     /// Remove what no image or cache entry needs; with --max-size, first
     /// evict least-recently-used cache entries down to that size.
@@ -47,8 +47,9 @@ pub(crate) enum CacheCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct PruneArgs {
-    /// Evict least-recently-used cache entries until the store fits, e.g. 10GiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// Evict least-recently-used cache entries until the store fits, e.g. 10GiB
+    /// (default: `store max-size=` from the config file, if set).
+    #[arg(long, value_name = "SIZE", value_parser = bake_engine::config::parse_size)]
     pub max_size: Option<u64>,
 
     /// Remove every cache entry (images stay).
@@ -114,8 +115,13 @@ pub(crate) struct BuildArgs {
     pub compression: CompressionArg,
 
     /// Timestamp of every file and config in the images (seconds since 1970).
-    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS", default_value_t = 0)]
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(i64).range(0..))]
     pub source_date_epoch: i64,
+
+    /// Ask the registry for every tagged base image, even those in the store.
+    #[arg(long)]
+    pub pull: bool,
 
     #[command(flatten)]
     pub load: LoadArgs,
@@ -130,28 +136,6 @@ pub(crate) enum CompressionArg {
 
 fn parse_output(s: &str) -> Result<bake_engine::exec::Output, String> {
     s.parse()
-}
-
-/// `10GiB`, `500MB`, `1024` (bytes).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size like 10GiB"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit `{other}`: use B, KB, MB, GB, KiB, MiB, GiB")),
-    };
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Ok((n * mult) as u64)
 }
 
 fn parse_set(s: &str) -> Result<(String, String), String> {

@@ -101,8 +101,17 @@ fn load(file: &Path, args: &LoadArgs) -> Result<Workspace, Failure> {
     lang::load(file, &options).map_err(Failure::Load)
 }
 
-fn key_options(include_pruned: bool) -> KeyOptions {
-    KeyOptions { index_dir: Home::from_env().map(|h| h.index_dir()), include_pruned, ..KeyOptions::default() }
+/// Keys as a build would compute them, with the base image digests the store
+/// already knows (no network).
+fn key_options(plan: &Plan, include_pruned: bool) -> KeyOptions {
+    let home = Home::from_env();
+    let base_digests = home
+        .as_ref()
+        .filter(|h| h.store_dir().is_dir())
+        .and_then(|h| Store::open(&h.store_dir()).ok())
+        .map(|store| bake_engine::exec::local_base_digests(&store, plan))
+        .unwrap_or_default();
+    KeyOptions { index_dir: home.map(|h| h.index_dir()), include_pruned, base_digests, ..KeyOptions::default() }
 }
 
 fn print(text: &str) -> Result<(), Failure> {
@@ -135,7 +144,7 @@ fn graph(file: &Path, args: &GraphArgs) -> Result<(), Failure> {
         GraphFormat::Json => Format::Json,
     };
     if format == Format::Json {
-        plan.compute_keys(&ws, &key_options(true))?;
+        plan.compute_keys(&ws, &key_options(&plan, true))?;
     }
     print(&plan.render(&ws, format))
 }
@@ -151,6 +160,7 @@ fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
         push: args.push,
         outputs: args.output.clone(),
         epoch: args.source_date_epoch,
+        pull: args.pull,
         compression: match args.compression {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
@@ -166,7 +176,7 @@ fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
 
 fn dry_run(ws: &Workspace, args: &BuildArgs) -> Result<(), Failure> {
     let mut plan = Plan::build(ws, &args.targets)?;
-    plan.compute_keys(ws, &key_options(true))?;
+    plan.compute_keys(ws, &key_options(&plan, true))?;
     let order = plan.topo_order();
     let needed = order.iter().filter(|n| plan.graph[**n].needed).count();
     let mut out = format!("plan for {}: {needed} of {} nodes needed\n", plan.requested.join(", "), order.len());
@@ -227,7 +237,7 @@ fn cache_du() -> Result<(), Failure> {
     let store = store()?;
     let u = store.usage().map_err(|e| Failure::Build(Report::new(e)))?;
     print(&format!(
-        "{} holding {}: {}, {}\n  {} kept only by cache entries (cache prune --all frees it)\n  {} kept by nothing (cache prune frees it)\n",
+        "{} holding {}: {}, {}\n  {} kept only by cache entries (cache prune --all frees it)\n  {} kept by nothing (cache prune frees it once it is 10 minutes old)\n",
         count(u.blobs, "blob"),
         human(u.blob_bytes),
         count(u.images, "image"),
@@ -240,7 +250,15 @@ fn cache_du() -> Result<(), Failure> {
 fn cache_prune(args: &PruneArgs) -> Result<(), Failure> {
     let home = home()?;
     let store = store()?;
-    let options = PruneOptions { max_size: args.max_size, all_cache: args.all, ..PruneOptions::default() };
+    let max_size = match args.max_size {
+        Some(size) => Some(size),
+        None => {
+            let config = Config::load(bake_engine::home::config_path().as_deref())
+                .map_err(|e| Failure::Usage(Report::new(e)))?;
+            config.store_max_size
+        }
+    };
+    let options = PruneOptions { max_size, all_cache: args.all, ..PruneOptions::default() };
     let r = store.prune(&options).map_err(|e| Failure::Build(Report::new(e)))?;
     let snapshots = Snapshots::new(home.snapshots_dir(), store).prune().map_err(|e| Failure::Build(Report::new(e)))?;
     print(&format!(
@@ -264,7 +282,7 @@ pub(crate) fn human(bytes: u64) -> String {
     }
 }
 
-fn count(n: usize, word: &str) -> String {
+pub(crate) fn count(n: usize, word: &str) -> String {
     count_as(n, word, &format!("{word}s"))
 }
 

@@ -33,18 +33,18 @@ pub(crate) fn summary(report: &BuildReport, elapsed: Duration) {
         let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(", ")) };
         let _ = writeln!(
             err,
-            "{} {} {} in {} layers{tags}",
+            "{} {} {} in {}{tags}",
             image.name,
             image.digest,
             human(image.record.size),
-            image.layers
+            crate::commands::count(image.layers, "layer")
         );
     }
     let _ = writeln!(
         err,
-        "built in {:.2}s: {} steps run, {} cached",
+        "built in {:.2}s: {} run, {} cached",
         elapsed.as_secs_f64(),
-        report.executed,
+        crate::commands::count(report.executed, "step"),
         report.cached
     );
 }

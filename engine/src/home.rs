@@ -6,7 +6,6 @@
 //!   index/      context file indexes, one per context folder (see `context`)
 //!   store/      the content-addressed store: blobs, images, cache entries (see `store`)
 //!   snapshots/  layers unpacked once per diffID (see `snapshot`)
-//!   tmp/        scratch space on the same filesystem, for atomic renames
 //! ```
 //!
 //! bake's configuration file (registry mirrors, insecure registries, store
@@ -66,11 +65,6 @@ impl Home {
     /// Unpacked layers.
     pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
-    }
-
-    /// Scratch space on the home's filesystem.
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
     }
 }
 

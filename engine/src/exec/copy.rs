@@ -141,7 +141,10 @@ impl Copier<'_, '_> {
         for item in items.values_mut() {
             item.entry.uid = uid;
             item.entry.gid = gid;
-            if let Some(mode) = copy.chmod {
+            // Link permissions mean nothing on Linux; BuildKit leaves them too.
+            if let Some(mode) = copy.chmod
+                && !matches!(item.entry.kind, EntryKind::Symlink { .. })
+            {
                 item.entry.mode = mode;
             }
         }
@@ -182,9 +185,14 @@ impl Copier<'_, '_> {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
         };
-        let passwd = view.read_to_string("/etc/passwd")?.unwrap_or_default();
+        let passwd = if user.parse::<u32>().is_ok() {
+            String::new()
+        } else {
+            view.read_to_string("/etc/passwd")?.unwrap_or_default()
+        };
         let (uid, primary) = match user.parse::<u32>() {
-            Ok(uid) => (uid, lookup(&passwd, |f| f.get(2) == Some(&user)).and_then(|f| f.get(3)?.parse().ok())),
+            // As Docker: a numeric user alone is also the group.
+            Ok(uid) => (uid, None),
             Err(_) => {
                 let fields = lookup(&passwd, |f| f.first() == Some(&user)).ok_or_else(|| {
                     self.error(

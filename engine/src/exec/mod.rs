@@ -102,7 +102,7 @@ pub enum ExecError {
     #[diagnostic(code(bake::exec::context_changed), help("something edited the file during the build; build again"))]
     ContextChanged { path: PathBuf },
 
-    #[error("cannot read {}", path.display())]
+    #[error("cannot access {}", path.display())]
     #[diagnostic(code(bake::exec::io))]
     Io {
         path: PathBuf,
@@ -177,6 +177,8 @@ pub struct BuildOptions {
     /// `SOURCE_DATE_EPOCH`: every timestamp in layers and configs.
     pub epoch: i64,
     pub compression: Compression,
+    /// Ask the registry for every tagged base image, even one in the store.
+    pub pull: bool,
 }
 
 /// What the engine reports while it works.
@@ -272,9 +274,9 @@ pub struct BuiltImage {
 #[derive(Debug, Clone, Default)]
 pub struct BuildReport {
     pub images: Vec<BuiltImage>,
-    /// Steps that ran.
+    /// `copy` and `run` steps that ran.
     pub executed: usize,
-    /// Steps whose result came from the cache.
+    /// `copy` and `run` steps whose result came from the cache.
     pub cached: usize,
     pub pushed: Vec<Pushed>,
     /// Artifacts written: name and destination.
@@ -310,6 +312,7 @@ impl Engine {
         events: &dyn Events,
     ) -> Result<BuildReport, ExecError> {
         let mut plan = Plan::build(ws, targets)?;
+        refuse_runs(ws, &plan)?;
         let mut build = Build {
             engine: self,
             ws,
@@ -320,7 +323,13 @@ impl Engine {
             report: BuildReport::default(),
         };
         let base_digests = build.bases(&plan).await?;
-        let key_options = KeyOptions { index_dir: Some(self.home.index_dir()), base_digests, include_pruned: false };
+        let key_options = KeyOptions {
+            index_dir: Some(self.home.index_dir()),
+            base_digests,
+            include_pruned: false,
+            compression: options.compression,
+            epoch: options.epoch,
+        };
         tokio::task::block_in_place(|| plan.compute_keys(ws, &key_options))?;
         tokio::task::block_in_place(|| build.nodes(&plan))?;
         build.exports(&plan).await?;
@@ -369,7 +378,9 @@ impl Build<'_> {
     async fn base(&self, image: &ImageRef) -> Result<(Digest, FsResult), ExecError> {
         let name = image.to_string();
         let store = &self.engine.store;
-        if let Some(record) = store.image(&name)?
+        let pinned = image.digest.is_some();
+        if (pinned || !self.options.pull)
+            && let Some(record) = store.image(&name)?
             && image.digest.as_ref().is_none_or(|d| *d == record.manifest.to_string())
             && let Ok(result) = fs_result(store, &record.manifest)
             && result.layers.iter().all(|l| store.has_blob(&l.digest))
@@ -411,21 +422,29 @@ impl Build<'_> {
                 && let Some(entry) = self.engine.store.cache(&key)?
                 && let Ok(result) = serde_json::from_value::<FsResult>(entry.value)
             {
-                self.report.cached += 1;
-                self.events.event(Event::Cached { node: node.id.clone(), description });
+                let step = !matches!(node.op, Op::Stage { .. });
+                if step {
+                    self.report.cached += 1;
+                    self.events.event(Event::Cached { node: node.id.clone(), description });
+                }
                 self.results.insert(n, Arc::new(result));
                 continue;
             }
             let started = Instant::now();
-            self.events.event(Event::Started { node: node.id.clone(), description });
+            let step = !matches!(node.op, Op::Stage { .. });
+            if step {
+                self.events.event(Event::Started { node: node.id.clone(), description });
+            }
             let result = self.execute(plan, n)?;
             let mut blobs: Vec<Digest> = result.layers.iter().map(|l| l.digest.clone()).collect();
             blobs.push(result.config.clone());
             let value = serde_json::to_value(&result).unwrap_or_default();
             self.engine.store.put_cache(&key, &CacheEntry { value, blobs })?;
-            self.report.executed += 1;
-            let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.events.event(Event::Finished { node: node.id.clone(), millis });
+            if step {
+                self.report.executed += 1;
+                let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                self.events.event(Event::Finished { node: node.id.clone(), millis });
+            }
             self.results.insert(n, Arc::new(result));
         }
         Ok(())
@@ -527,8 +546,13 @@ impl Build<'_> {
         let mut exports = Vec::new();
         let mut artifacts = Vec::new();
         for n in plan.needed() {
+            let requested_stage = matches!(&plan.graph[n].op, Op::Stage { stage, .. } if plan.roots.contains(&n) && self.ws.stages[*stage].image.is_none());
             match &plan.graph[n].op {
-                Op::Image { stage } => {
+                Op::Image { stage } | Op::Stage { stage, .. }
+                    if requested_stage || matches!(plan.graph[n].op, Op::Image { .. }) =>
+                {
+                    // A stage built on its own is kept (and exported) as an
+                    // image named after it, with no tags.
                     let s = &self.ws.stages[*stage];
                     let result = self.result(plan.stage_node(*stage))?;
                     let mut config = ImageConfig::from_json(&store.read_blob(&result.config)?)
@@ -631,6 +655,45 @@ impl Build<'_> {
         }
         Ok(())
     }
+}
+
+/// `run` steps need the sandbox, which this version does not have: say so
+/// before pulling or building anything.
+fn refuse_runs(ws: &Workspace, plan: &Plan) -> Result<(), ExecError> {
+    let runs: Vec<Span> = plan
+        .needed()
+        .filter(|n| matches!(plan.graph[*n].op, Op::Run { .. }))
+        .filter_map(|n| plan.graph[n].span)
+        .collect();
+    let Some(first) = runs.first() else { return Ok(()) };
+    Err(ExecError::step(
+        ws,
+        *first,
+        format!(
+            "`run` steps cannot be executed by this version of bake yet ({} in this build)",
+            crate::lang::plural(runs.len(), "run step")
+        ),
+        "needs the sandbox",
+        Some(
+            "only stages built with `copy` can be built today; build another target, or wait for the sandbox"
+                .to_owned(),
+        ),
+    ))
+}
+
+/// Manifest digests of the base images the store already has, for keys
+/// computed without building (`--dry-run`, `bake graph`).
+pub fn local_base_digests(store: &Store, plan: &Plan) -> BTreeMap<String, String> {
+    plan.graph
+        .node_indices()
+        .filter_map(|n| match &plan.graph[n].op {
+            Op::Pull { image } => {
+                let digest = store.image(&image.to_string()).ok().flatten()?.manifest;
+                Some((image.to_string(), digest.to_string()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The filesystem an image manifest in the store describes.

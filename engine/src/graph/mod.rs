@@ -166,6 +166,11 @@ pub struct KeyOptions {
     pub base_digests: BTreeMap<String, String>,
     /// Compute keys for pruned nodes too (`bake graph`, `--dry-run`).
     pub include_pruned: bool,
+    /// How layers and configs are written: part of every key whose output
+    /// they shape, so a build with another compression or
+    /// `SOURCE_DATE_EPOCH` never reuses results made with the old ones.
+    pub compression: crate::oci::Compression,
+    pub epoch: i64,
 }
 
 /// Errors while planning.
@@ -412,6 +417,9 @@ impl Plan {
                     let a = &ws.artifacts[*artifact];
                     k.opt("stage", key_of(self.stage_nodes[a.from])).field("path", &a.path);
                 }
+            }
+            if !matches!(node.op, Op::Pull { .. }) {
+                k.field("layers", format!("{:?} epoch={}", options.compression, options.epoch).to_lowercase());
             }
             let (key, inputs) = k.finish();
             let node = &mut self.graph[n];

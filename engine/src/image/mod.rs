@@ -93,7 +93,12 @@ pub fn write_manifest(
         manifest: digest.clone(),
         media_type: media::OCI_MANIFEST.to_owned(),
         size,
-        uncompressed_size: layers.iter().map(|l| l.uncompressed_size).sum(),
+        // Unknown (0) when a pulled layer's size is not known yet.
+        uncompressed_size: if layers.iter().any(|l| l.uncompressed_size == 0) {
+            0
+        } else {
+            layers.iter().map(|l| l.uncompressed_size).sum()
+        },
         created: created.to_owned(),
     };
     Ok(Manifest {

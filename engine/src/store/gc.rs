@@ -139,21 +139,21 @@ impl Store {
         let pinned = graph.closure(images.iter().map(|(_, r)| &r.manifest).chain(young));
 
         entries.sort_by(|a, b| a.last_used.cmp(&b.last_used).then_with(|| a.path.cmp(&b.path)));
-        let evict = if options.all_cache {
-            entries.len()
+        let evicted = if options.all_cache {
+            vec![true; entries.len()]
         } else if let Some(max) = options.max_size {
             evictions(&blobs, &pinned, &entries, max)
         } else {
-            0
+            vec![false; entries.len()]
         };
-        for entry in &entries[..evict] {
+        for (entry, _) in entries.iter().zip(&evicted).filter(|(_, e)| **e) {
             remove(&entry.path)?;
             report.cache_entries_removed += 1;
         }
 
         // Sweep.
         let mut live = pinned;
-        for entry in &entries[evict..] {
+        for (entry, _) in entries.iter().zip(&evicted).filter(|(_, e)| !**e) {
             live.extend(entry.closure.iter().cloned());
         }
         // Fan-out folders stay, empty or not (see the module docs): an rmdir
@@ -266,10 +266,15 @@ impl Store {
     }
 }
 
-/// How many of `entries` (least recently used first) must go for the blobs
+/// Which of `entries` (least recently used first) must go for the blobs
 /// left to fit in `max`. Each blob counts the entries that reach it; it is
 /// freed when the last one goes, unless an image or young blob pins it.
-fn evictions(blobs: &HashMap<Digest, BlobInfo>, pinned: &HashSet<Digest>, entries: &[Root], max: u64) -> usize {
+/// Entries are evicted in order until the rest fits (or none is left); then
+/// the evicted entries whose every blob stays anyway are kept after all:
+/// dropping them would free nothing and only cost a rebuild. (So when
+/// images and young blobs alone exceed `max`, only the entries that hold
+/// something else go.)
+fn evictions(blobs: &HashMap<Digest, BlobInfo>, pinned: &HashSet<Digest>, entries: &[Root], max: u64) -> Vec<bool> {
     let len = |d: &Digest| blobs.get(d).map_or(0, |b| b.len);
     let mut refs: HashMap<&Digest, usize> = HashMap::new();
     for entry in entries {
@@ -279,9 +284,13 @@ fn evictions(blobs: &HashMap<Digest, BlobInfo>, pinned: &HashSet<Digest>, entrie
     }
     let mut kept: u64 = pinned.iter().map(len).sum::<u64>()
         + refs.keys().filter(|d| !pinned.contains(**d)).map(|d| len(d)).sum::<u64>();
-    let mut evicted = 0;
-    while kept > max && evicted < entries.len() {
-        for d in &entries[evicted].closure {
+    let mut evicted = vec![false; entries.len()];
+    for (entry, gone) in entries.iter().zip(evicted.iter_mut()) {
+        if kept <= max {
+            break;
+        }
+        *gone = true;
+        for d in &entry.closure {
             if let Some(n) = refs.get_mut(d) {
                 *n -= 1;
                 if *n == 0 && !pinned.contains(d) {
@@ -289,7 +298,12 @@ fn evictions(blobs: &HashMap<Digest, BlobInfo>, pinned: &HashSet<Digest>, entrie
                 }
             }
         }
-        evicted += 1;
+    }
+    let stays = |d: &Digest| pinned.contains(d) || refs.get(d).is_some_and(|n| *n > 0);
+    for (entry, gone) in entries.iter().zip(evicted.iter_mut()) {
+        if *gone && entry.closure.iter().all(stays) {
+            *gone = false;
+        }
     }
     evicted
 }

@@ -120,7 +120,10 @@
 //! 3. With `all_cache`, every cache entry goes. With `max_size`, entries are
 //!    evicted least recently used first, with a reference count per blob, so
 //!    evicting an entry frees exactly the blobs no other root keeps, until
-//!    the blobs left fit in `max_size` (or no entry is left).
+//!    the blobs left fit in `max_size` (or no entry is left). Evicted entries
+//!    whose blobs all stay anyway are then kept: dropping them would free
+//!    nothing (so when images and young blobs alone exceed `max_size`, the
+//!    entries they cover survive).
 //! 4. Evicted entries are deleted first, then every unmarked blob (young
 //!    ones are marked), then the temporary files no live writer holds. The
 //!    fan-out folders stay, as cacache leaves them: there are at most 65,536,

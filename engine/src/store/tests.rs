@@ -302,11 +302,15 @@ fn lru_counts_shared_and_pinned_blobs_once() {
     assert_eq!((report.cache_entries_removed, report.bytes_freed, report.bytes_kept), (1, 500, max));
     assert!(!store.has_blob(&own1) && store.has_blob(&own2) && store.has_blob(&shared));
 
-    // A cap below what images need evicts every entry and keeps the images.
+    // A cap below what images need evicts the entries that hold something
+    // else, and keeps those whose blobs the images keep anyway.
+    store.put_cache(&key(3), &CacheEntry { value: 3.into(), blobs: vec![m.clone()] }).expect("3");
     let report = store.prune(&PruneOptions { max_size: Some(0), ..no_grace() }).expect("prune");
-    assert_eq!(report.cache_entries_removed, 1);
+    assert_eq!((report.cache_entries_removed, report.bytes_freed), (1, 500));
     assert!(store.has_blob(&shared) && store.has_blob(&img_config) && store.has_blob(&m));
     assert!(!store.has_blob(&own2));
+    assert!(store.cache(&key(3)).expect("entry 3").is_some(), "evicting it would free nothing");
+    assert_eq!(store.cache(&key(2)).expect("entry 2"), None);
 }
 
 #[test]
@@ -477,4 +481,20 @@ fn unsupported_digests() {
     let mut w = store.blob_writer().expect("writer");
     w.write_all(b"x").expect("write");
     assert!(matches!(w.commit(Some(&sha512)), Err(StoreError::DigestMismatch { .. })));
+}
+
+/// Two entries share a blob that has to go: both go, though evicting the
+/// first alone freed nothing.
+#[test]
+fn lru_evicts_entries_that_share_a_blob_together() {
+    let (_d, store) = store();
+    let x = store.put_blob(&blob(1, 1000)).expect("x");
+    let y = store.put_blob(&blob(2, 100)).expect("y");
+    store.put_cache(&key(1), &CacheEntry { value: 1.into(), blobs: vec![x.clone()] }).expect("1");
+    store.put_cache(&key(2), &CacheEntry { value: 2.into(), blobs: vec![x.clone()] }).expect("2");
+    store.put_cache(&key(3), &CacheEntry { value: 3.into(), blobs: vec![y.clone()] }).expect("3");
+    let report = store.prune(&PruneOptions { max_size: Some(500), ..no_grace() }).expect("prune");
+    assert_eq!((report.cache_entries_removed, report.bytes_freed, report.bytes_kept), (2, 1000, 100));
+    assert!(!store.has_blob(&x) && store.has_blob(&y));
+    assert!(store.cache(&key(3)).expect("3").is_some());
 }
