@@ -4,9 +4,13 @@
 //! way through the engine:
 //!
 //! ```text
-//! build.kdl ──lang::load──▶ Workspace ──graph::plan──▶ Plan ──exec──▶ images
-//!                 │                          │
-//!                 └── diagnostics            └── context: ignore rules, file index, digests
+//! build.kdl ──lang::load──▶ Workspace ──Plan::build──▶ Plan ──Engine::build──▶ images
+//!                 │                         │                   │
+//!                 └── diagnostics           └── context:        ├── store: blobs, images, cache entries
+//!                                               digests,        ├── registry: pull, push
+//!                                               file index      ├── snapshot: layers unpacked once
+//!                                                               ├── layer: deterministic tars, safe unpack
+//!                                                               └── image: configs, manifests, outputs
 //! ```
 //!
 //! - [`lang`] parses `build.kdl` (KDL v2) and every file it includes into a typed,
@@ -17,9 +21,21 @@
 //!   unchanged tree is only stat'ed.
 //! - [`graph`] compiles the workspace into a DAG of operations, prunes what the
 //!   requested targets do not need, and gives every node a content-hashed key.
+//! - [`exec`] runs a plan: base images made local, cached results reused by
+//!   key, the rest executed, images written to the store, outputs and
+//!   registries.
+//! - [`store`] is the local content-addressed store (cacache layout): blobs by
+//!   sha256, image records by name, node results by key, garbage collection.
+//! - [`registry`] speaks to OCI registries (oci-client): resolve, pull, push,
+//!   mirrors, credentials; [`config`] is bake's own configuration file.
+//! - [`layer`] writes deterministic layer tarballs and unpacks pulled ones
+//!   safely; [`snapshot`] keeps each layer unpacked once, overlay-ready, and
+//!   reads stacks of them as one filesystem.
+//! - [`image`] assembles image configs and manifests and writes OCI layouts and
+//!   `docker load` archives; [`oci`] holds what they all share.
 //!
 //! The engine never prints and never exits: it returns values and typed errors,
-//! and the CLI renders them.
+//! and sends progress as [`exec::Event`]s that the CLI renders.
 
 pub mod config;
 pub mod context;

@@ -48,8 +48,12 @@
 //!
 //! # Reading
 //!
-//! [`entries`] decompresses a blob, hashes the tar stream into its `diff_id`
-//! and yields normalised [`Entry`]s: `./` prefixes dropped, OCI whiteouts
+//! [`entries`] decompresses a blob (gzip with any number of members, zstd with
+//! any number of frames), hashes the tar stream into its `diff_id` and parses it with
+//! a small strict reader of bake's own that reads tar as Go's archive/tar does
+//! (the `tar` crate's reader cannot read binary xattr values that contain a
+//! newline, such as some file capabilities: see `archive.rs`). It yields
+//! normalised [`Entry`]s: `./` prefixes dropped, OCI whiteouts
 //! (`.wh.NAME`, `.wh..wh..opq`) turned into [`EntryKind::Whiteout`] and
 //! [`EntryKind::Opaque`], aufs metadata (`.wh..wh.*`) and the root entry
 //! skipped. A path that is absolute or contains `..` is an error, whatever

@@ -1,0 +1,71 @@
+//! What bake and its sandbox helper say to each other over the helper's
+//! stdin (a Unix socket): one JSON request in, one JSON report out.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The helper's one job.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Envelope {
+    /// bake's pid: a helper whose parent is already someone else exits.
+    pub(crate) parent: u32,
+    pub(crate) request: Request,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// Can this machine run steps, and with which backend, for uppers in `dir`?
+    Probe { dir: PathBuf },
+    Run(Box<WireSpec>),
+}
+
+/// A [`super::RunSpec`] on the wire, with the backend already chosen.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireSpec {
+    pub(crate) lowers: Vec<PathBuf>,
+    pub(crate) upper: PathBuf,
+    pub(crate) work: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: String,
+    pub(crate) user: Option<String>,
+    pub(crate) hostname: String,
+    pub(crate) new_network: bool,
+    pub(crate) mounts: Vec<super::Mount>,
+    pub(crate) copy: bool,
+}
+
+/// The helper's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Report {
+    /// The step ran; its exit code (128 + signal when a signal killed it).
+    Exited(i32),
+    /// bake asked the helper to stop; everything is gone.
+    Cancelled,
+    Failed(Failure),
+    /// `None`: overlayfs works. `Some(reason)`: it does not, use the copy backend.
+    Probed { overlay: Option<String> },
+}
+
+/// Why a step could not start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Failure {
+    /// A kernel call that sets up the sandbox failed (`what` names it).
+    Kernel { what: String, errno: i32 },
+    User { user: String, reason: String },
+    Target { target: String, reason: String },
+    NotFound { program: String },
+    Exec { program: String, errno: i32 },
+    Io { what: String, message: String },
+}
+
+impl Failure {
+    pub(crate) fn kernel(what: impl Into<String>, errno: nix::errno::Errno) -> Self {
+        Self::Kernel { what: what.into(), errno: errno as i32 }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, e: &std::io::Error) -> Self {
+        Self::Io { what: what.into(), message: e.to_string() }
+    }
+}
