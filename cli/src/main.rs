@@ -15,6 +15,10 @@ use clap::Parser;
 use crate::commands::Failure;
 
 fn main() -> ExitCode {
+    // The sandbox helper: bake re-executes itself for every `run` step.
+    if std::env::args_os().nth(1).is_some_and(|a| a == bake_engine::sandbox::HELPER_ARG) {
+        std::process::exit(bake_engine::sandbox::helper_main());
+    }
     let cli = args::Cli::parse();
     install_report_handler();
     match commands::run(cli) {

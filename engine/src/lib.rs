@@ -50,5 +50,6 @@ pub mod layer;
 pub mod oci;
 pub mod reference;
 pub mod registry;
+pub mod sandbox;
 pub mod snapshot;
 pub mod store;

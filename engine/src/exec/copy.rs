@@ -256,7 +256,7 @@ impl Copier<'_, '_> {
             LayerOptions { compression: self.build.options.compression, level: None, epoch: self.build.options.epoch };
         let mut layer = LayerWriter::new(store.blob_writer()?, &options);
         let mut sorted: Vec<Item> = items.into_values().collect();
-        sorted.sort_by(|a, b| a.entry.path.split('/').cmp(b.entry.path.split('/')));
+        crate::layer::sort_entries_by(&mut sorted, |item| &item.entry);
         let mut linked: HashMap<(u64, u64), String> = HashMap::new();
         for mut item in sorted {
             if let Some(key) = item.link {

@@ -36,6 +36,10 @@ pub(crate) trait Sys {
     fn symlink(&self, target: &str, link: &Path) -> nix::Result<()>;
     /// Brings the loopback interface of the current network namespace up.
     fn loopback_up(&self) -> nix::Result<()>;
+    /// Default dispositions for every signal: an ignored SIGPIPE (Rust
+    /// ignores it at startup) or SIGHUP (`nohup bake`) would otherwise be
+    /// inherited through exec by the step.
+    fn default_signals(&self) -> nix::Result<()>;
     fn setgroups(&self, groups: &[Gid]) -> nix::Result<()>;
     fn setgid(&self, gid: Gid) -> nix::Result<()>;
     fn setuid(&self, uid: Uid) -> nix::Result<()>;
@@ -79,10 +83,9 @@ impl Sys for LinuxSys {
     }
 
     fn mkdir(&self, path: &Path, mode: u32) -> nix::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new().mode(mode).create(path).map_err(io_errno)?;
         // The umask may have taken bits away (sticky /dev/shm wants 1777).
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_errno)
     }
 
@@ -96,8 +99,8 @@ impl Sys for LinuxSys {
 
     #[allow(unsafe_code)]
     fn loopback_up(&self) -> nix::Result<()> {
-        use std::os::fd::AsRawFd;
         use nix::libc;
+        use std::os::fd::AsRawFd;
         // Any socket will do to address the interface; std makes one safely.
         let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(io_errno)?;
         // SAFETY: `ifreq` is plain old data (a name and a union of integers
@@ -120,6 +123,18 @@ impl Sys for LinuxSys {
         Errno::result(set).map(drop)
     }
 
+    #[allow(unsafe_code)]
+    fn default_signals(&self) -> nix::Result<()> {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        for signal in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+            // SAFETY: installing SIG_DFL runs no code of ours in a signal
+            // handler, so nothing here can be interrupted unsoundly.
+            unsafe { sigaction(signal, &default) }?;
+        }
+        Ok(())
+    }
+
     fn setgroups(&self, groups: &[Gid]) -> nix::Result<()> {
         nix::unistd::setgroups(groups)
     }
@@ -140,6 +155,7 @@ impl Sys for LinuxSys {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(io_errno)`
 fn io_errno(e: std::io::Error) -> Errno {
     e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
 }
@@ -223,6 +239,10 @@ pub(crate) mod tests {
 
         fn loopback_up(&self) -> nix::Result<()> {
             self.record("loopback_up".to_owned())
+        }
+
+        fn default_signals(&self) -> nix::Result<()> {
+            self.record("default_signals".to_owned())
         }
 
         fn setgroups(&self, groups: &[Gid]) -> nix::Result<()> {

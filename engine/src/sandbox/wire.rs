@@ -16,7 +16,9 @@ pub(crate) struct Envelope {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
     /// Can this machine run steps, and with which backend, for uppers in `dir`?
-    Probe { dir: PathBuf },
+    Probe {
+        dir: PathBuf,
+    },
     Run(Box<WireSpec>),
 }
 
@@ -45,19 +47,38 @@ pub(crate) enum Report {
     Cancelled,
     Failed(Failure),
     /// `None`: overlayfs works. `Some(reason)`: it does not, use the copy backend.
-    Probed { overlay: Option<String> },
+    Probed {
+        overlay: Option<String>,
+    },
 }
 
 /// Why a step could not start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Failure {
     /// A kernel call that sets up the sandbox failed (`what` names it).
-    Kernel { what: String, errno: i32 },
-    User { user: String, reason: String },
-    Target { target: String, reason: String },
-    NotFound { program: String },
-    Exec { program: String, errno: i32 },
-    Io { what: String, message: String },
+    Kernel {
+        what: String,
+        errno: i32,
+    },
+    User {
+        user: String,
+        reason: String,
+    },
+    Target {
+        target: String,
+        reason: String,
+    },
+    NotFound {
+        program: String,
+    },
+    Exec {
+        program: String,
+        errno: i32,
+    },
+    Io {
+        what: String,
+        message: String,
+    },
 }
 
 impl Failure {

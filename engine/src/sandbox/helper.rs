@@ -1,0 +1,429 @@
+//! The helper process: bake re-executes itself as `bake __bake-sandbox`, and
+//! this code runs there, single-threaded and without a tokio runtime, so
+//! that `fork` is sound.
+//!
+//! ```text
+//! bake (tokio) ──spawn──▶ helper (host namespaces; supervises, cleans up, reports)
+//!                            └─fork─▶ PID 1 of a new PID namespace (mounts, pivot_root, reaps)
+//!                                       └─fork─▶ the step (setgroups/setgid/setuid, execve)
+//! ```
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use super::init::{self, Bind, DEFAULT_PATH, Exec, Plan, RootFs};
+use super::rootfs;
+use super::sys::LinuxSys;
+use super::wire::{Envelope, Failure, Report, Request, WireSpec};
+use crate::snapshot::MergedView;
+
+/// The options every overlay mount gets: renamed folders are copied instead
+/// of recorded as redirects, and there are no metadata-only copy-ups or
+/// index entries, so the upper folder is a plain diff the layer code reads.
+pub(crate) const OVERLAY_FEATURES: &str = "redirect_dir=off,index=off,metacopy=off";
+
+/// A page: the longest option string `mount(2)` takes.
+const MAX_OPTIONS: usize = 4000;
+
+/// Entry point (see [`super::helper_main`]).
+pub(crate) fn main() -> i32 {
+    // Out of bake's session: a Ctrl-C in the terminal reaches bake only, and
+    // the step has no controlling terminal (as in `docker build`).
+    let _ = nix::unistd::setsid();
+    // bake dies -> the helper dies -> PID 1 dies -> the namespace dies.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let Ok(control) = std::io::stdin().as_fd().try_clone_to_owned() else { return 70 };
+    let mut control = UnixStream::from(control);
+    // The step reads nothing: its stdin is /dev/null.
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+    }
+    let mut request = Vec::new();
+    if control.read_to_end(&mut request).is_err() {
+        return 70;
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(&request) else { return 70 };
+    if nix::unistd::getppid().as_raw() != i32::try_from(envelope.parent).unwrap_or(-1) {
+        // bake died before the death signal was armed.
+        return 70;
+    }
+    let report = match envelope.request {
+        Request::Probe { dir } => probe(&dir),
+        Request::Run(spec) => run(&spec),
+    };
+    let Ok(text) = serde_json::to_vec(&report) else { return 70 };
+    if control.write_all(&text).is_err() {
+        return 70;
+    }
+    0
+}
+
+/// Can overlayfs be mounted with uppers in `dir`? Mounts a tiny overlay in a
+/// private mount namespace (this process's own: it exits right after).
+fn probe(dir: &Path) -> Report {
+    let flags =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if let Err(e) = nix::sched::unshare(flags) {
+        return Report::Failed(Failure::kernel("unshare", e));
+    }
+    if let Err(e) =
+        nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+    {
+        return Report::Failed(Failure::kernel("make the mount namespace private", e));
+    }
+    Report::Probed { overlay: try_overlay(dir).err() }
+}
+
+fn try_overlay(dir: &Path) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("cannot prepare a test folder in {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = tempfile::Builder::new().prefix(".sandbox-probe-").tempdir_in(dir).map_err(io)?;
+    let [lower, upper, work, merged] = ["l", "u", "w", "m"].map(|n| tmp.path().join(n));
+    for d in [&lower, &upper, &work, &merged] {
+        std::fs::create_dir(d).map_err(io)?;
+    }
+    std::fs::write(lower.join("gone"), "x").map_err(io)?;
+    let options =
+        format!("lowerdir={},upperdir={},workdir={},{OVERLAY_FEATURES}", escape(&lower), escape(&upper), escape(&work));
+    nix::mount::mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+        .map_err(|e| format!("overlayfs cannot use {} for upper folders: {}", dir.display(), e.desc()))?;
+    let checked = (|| {
+        std::fs::write(merged.join("new"), "y")?;
+        std::fs::remove_file(merged.join("gone"))?;
+        let whiteout = std::fs::symlink_metadata(upper.join("gone"))?;
+        let new = std::fs::read(upper.join("new"))?;
+        Ok::<bool, std::io::Error>(crate::snapshot::is_whiteout(&whiteout) && new == b"y")
+    })();
+    let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+    match checked {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("overlayfs on {} does not record deletions as whiteouts", dir.display())),
+        Err(e) => Err(format!("overlayfs on {} does not work: {e}", dir.display())),
+    }
+}
+
+/// Escapes a path for an overlay option list.
+pub(crate) fn escape(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, ':' | ',' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Everything worked out before the fork.
+struct Prepared {
+    /// `.sandbox-*` beside the upper: mountpoint, skeleton or copied root,
+    /// generated /etc files. Removed when the run ends.
+    scratch: tempfile::TempDir,
+    plan: Plan,
+    exec: Exec,
+    /// Copy backend: the root filesystem and its state before the step.
+    copy: Option<(PathBuf, super::copy::Baseline)>,
+}
+
+enum Outcome {
+    Exited(i32),
+    Cancelled,
+}
+
+fn run(spec: &WireSpec) -> Report {
+    let prepared = match prepare(spec) {
+        Ok(p) => p,
+        Err(f) => return Report::Failed(f),
+    };
+    let outcome = supervise(&prepared.plan, &prepared.exec);
+    let report = match outcome {
+        Ok(Outcome::Exited(code)) => match &prepared.copy {
+            Some((rootfs, base)) => match super::copy::diff(rootfs, base, &spec.upper) {
+                Ok(()) => Report::Exited(code),
+                Err(e) => {
+                    Report::Failed(Failure::io(format!("write the step's changes to {}", spec.upper.display()), &e))
+                }
+            },
+            None => Report::Exited(code),
+        },
+        Ok(Outcome::Cancelled) => Report::Cancelled,
+        Err(f) => Report::Failed(f),
+    };
+    drop(prepared.scratch);
+    report
+}
+
+fn io_failure(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Failure {
+    let what = what.into();
+    move |e| Failure::io(what, &e)
+}
+
+fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
+    let view = MergedView::new(spec.lowers.clone());
+    let read = |path: &str| view.read_to_string(path).ok().flatten();
+    let user =
+        super::user::resolve(spec.user.as_deref(), read("/etc/passwd").as_deref(), read("/etc/group").as_deref())
+            .map_err(|reason| Failure::User { user: spec.user.clone().unwrap_or_default(), reason })?;
+    let exec = exec_of(spec, user)?;
+
+    let parent = spec.upper.parent().unwrap_or(Path::new("/"));
+    let scratch = tempfile::Builder::new()
+        .prefix(".sandbox-")
+        .tempdir_in(parent)
+        .map_err(io_failure(format!("create a folder in {}", parent.display())))?;
+    let hosts = scratch.path().join("hosts");
+    let resolv = scratch.path().join("resolv.conf");
+    let host_text = format!("127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback {0}\n", spec.hostname);
+    std::fs::write(&hosts, host_text).map_err(io_failure("write hosts"))?;
+    std::fs::write(&resolv, std::fs::read("/etc/resolv.conf").unwrap_or_default())
+        .map_err(io_failure("write resolv.conf"))?;
+
+    // The upper's root is the container's `/`: give it the image's.
+    let root_meta = view.find("/", false).ok().flatten().filter(|_| !spec.lowers.is_empty()).map(|f| f.meta);
+    let (mode, uid, gid) = root_meta.map_or((0o755, 0, 0), |m| (m.mode() & 0o7777, m.uid(), m.gid()));
+    let upper_io = io_failure(format!("prepare {}", spec.upper.display()));
+    std::os::unix::fs::lchown(&spec.upper, Some(uid), Some(gid))
+        .and_then(|()| std::fs::set_permissions(&spec.upper, std::fs::Permissions::from_mode(mode)))
+        .map_err(upper_io)?;
+
+    // (target, is a folder, bind source, read-only)
+    let mut targets: Vec<(String, bool, Option<PathBuf>, bool)> = vec![
+        ("/dev".into(), true, None, false),
+        ("/proc".into(), true, None, false),
+        ("/etc/hosts".into(), false, Some(hosts), true),
+        ("/etc/resolv.conf".into(), false, Some(resolv), true),
+    ];
+    for m in &spec.mounts {
+        if !m.target.starts_with('/') {
+            return Err(Failure::Target { target: m.target.clone(), reason: "it is not an absolute path".into() });
+        }
+        let meta = std::fs::metadata(&m.source).map_err(|e| Failure::Target {
+            target: m.target.clone(),
+            reason: format!("its source {} cannot be read: {e}", m.source.display()),
+        })?;
+        targets.push((m.target.clone(), meta.is_dir(), Some(m.source.clone()), m.readonly));
+    }
+
+    let root = scratch.path().join("root");
+    std::fs::create_dir(&root).map_err(io_failure("create the root mountpoint"))?;
+    let (base, mirror, from_lowers) = if spec.copy {
+        let copied = super::copy::materialize(&view, &root).map_err(io_failure("copy the image's files"))?;
+        (root.clone(), None, Some(copied))
+    } else {
+        let skel = scratch.path().join("skel");
+        std::fs::create_dir(&skel).map_err(io_failure("create the mountpoint skeleton"))?;
+        (skel, Some(&view), None)
+    };
+    let mut mirrored = Vec::new();
+    let mut rel = Vec::new();
+    let mut binds = Vec::new();
+    for (target, dir, source, readonly) in targets {
+        let bad = |reason: String| Failure::Target { target: target.clone(), reason };
+        let resolved = rootfs::resolve(&view, &target).map_err(bad)?;
+        match resolved.is_dir {
+            Some(true) if !dir => return Err(bad("it is a folder in the image, and a file is mounted there".into())),
+            Some(false) if dir => return Err(bad("it is a file in the image, and a folder is mounted there".into())),
+            _ => {}
+        }
+        rootfs::create(&base, &resolved, dir, mirror, &mut mirrored)
+            .map_err(|e| bad(format!("its mountpoint cannot be created: {e}")))?;
+        match source {
+            Some(source) => binds.push(Bind { source, target: resolved.relative(), readonly }),
+            None => rel.push(resolved.relative()),
+        }
+    }
+    rootfs::finish_mirror(&mut mirrored).map_err(io_failure("prepare the mountpoint skeleton"))?;
+    let [dev, proc] = [rel.remove(0), rel.remove(0)];
+
+    let (rootfs, copy) = match from_lowers {
+        Some(copied) => {
+            let base = super::copy::baseline(&root, &copied).map_err(io_failure("record the copied files"))?;
+            (RootFs::Bind, Some((root.clone(), base)))
+        }
+        None => (overlay_options(spec, &base)?, None),
+    };
+    let mut cwd = spec.cwd.clone();
+    if !cwd.starts_with('/') {
+        cwd.insert(0, '/');
+    }
+    let plan =
+        Plan { root, rootfs, dev, proc, binds, hostname: spec.hostname.clone(), new_network: spec.new_network, cwd };
+    Ok(Prepared { scratch, plan, exec, copy })
+}
+
+/// `lowerdir=SKEL:TOP:...:BOTTOM,upperdir=...,workdir=...`; relative lower
+/// paths (and a chdir) when the absolute ones do not fit in a page.
+fn overlay_options(spec: &WireSpec, skel: &Path) -> Result<RootFs, Failure> {
+    let skel_used = std::fs::read_dir(skel).is_ok_and(|mut d| d.next().is_some());
+    let build = |lowers: &[String]| {
+        let mut all: Vec<String> = Vec::new();
+        if skel_used || spec.lowers.is_empty() {
+            all.push(escape(skel));
+        }
+        all.extend(lowers.iter().rev().cloned());
+        format!(
+            "lowerdir={},upperdir={},workdir={},{OVERLAY_FEATURES}",
+            all.join(":"),
+            escape(&spec.upper),
+            escape(&spec.work)
+        )
+    };
+    let absolute: Vec<String> = spec.lowers.iter().map(|l| escape(l)).collect();
+    let options = build(&absolute);
+    if options.len() <= MAX_OPTIONS {
+        return Ok(RootFs::Overlay { options, chdir: None });
+    }
+    // Snapshots share one folder: name them relative to it.
+    let common =
+        spec.lowers.first().and_then(|l| l.parent()).filter(|p| spec.lowers.iter().all(|l| l.parent() == Some(*p)));
+    if let Some(common) = common {
+        let relative: Vec<String> =
+            spec.lowers.iter().filter_map(|l| l.file_name()).map(|n| escape(Path::new(n))).collect();
+        let options = build(&relative);
+        if options.len() <= MAX_OPTIONS {
+            return Ok(RootFs::Overlay { options, chdir: Some(common.to_path_buf()) });
+        }
+    }
+    Err(Failure::Io {
+        what: format!("mount {} layers", spec.lowers.len()),
+        message: "the layer list is too long for one overlay mount".into(),
+    })
+}
+
+fn cstring(what: &str, text: &str) -> Result<CString, Failure> {
+    CString::new(text).map_err(|_| Failure::Io { what: what.into(), message: format!("`{text}` contains a NUL byte") })
+}
+
+fn exec_of(spec: &WireSpec, user: super::user::ExecUser) -> Result<Exec, Failure> {
+    let Some(program) = spec.args.first() else {
+        return Err(Failure::Io { what: "start the step".into(), message: "it has no command".into() });
+    };
+    let mut env = spec.env.clone();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".into(), user.home.clone()));
+    }
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let path = path.split(':').map(str::to_owned).collect();
+    let args = spec.args.iter().map(|a| cstring("pass the command's arguments", a)).collect::<Result<_, _>>()?;
+    let env =
+        env.iter().map(|(k, v)| cstring("pass the environment", &format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    Ok(Exec { user, program: program.clone(), path, args, env })
+}
+
+/// Forks PID 1 and waits for it, or kills it when bake asks (SIGTERM,
+/// SIGINT, SIGHUP).
+fn supervise(plan: &Plan, exec: &Exec) -> Result<Outcome, Failure> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().map_err(|e| Failure::kernel("block signals", e))?;
+    let (mut report_r, report_w) = std::io::pipe().map_err(io_failure("create a pipe"))?;
+    // A new PID namespace applies to the children of the caller only: the
+    // helper itself stays where it is, its next child is PID 1.
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|e| Failure::kernel("unshare the PID namespace", e))?;
+    #[allow(unsafe_code)]
+    // SAFETY: the helper is single-threaded (it runs no runtime and spawns no
+    // threads), so the child starts with consistent locks and heap.
+    let forked = unsafe { nix::unistd::fork() }.map_err(|e| Failure::kernel("fork", e))?;
+    let pid1 = match forked {
+        ForkResult::Child => {
+            drop(report_r);
+            std::process::exit(pid1(plan, exec, report_w))
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(report_w);
+    // EOF once the step has exec'd (the pipe is close-on-exec) or everyone
+    // holding it died; a setup failure arrives as JSON before that.
+    let mut said = Vec::new();
+    let _ = report_r.read_to_end(&mut said);
+    let said = said.trim_ascii();
+    if !said.is_empty() {
+        let _ = kill(pid1, Signal::SIGKILL);
+        let _ = waitpid(pid1, None);
+        let failure = serde_json::from_slice::<Failure>(said).unwrap_or_else(|_| Failure::Io {
+            what: "set up the sandbox".into(),
+            message: String::from_utf8_lossy(said).into_owned(),
+        });
+        return Err(failure);
+    }
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => match waitpid(pid1, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(Outcome::Exited(code)),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(Outcome::Exited(128 + signal as i32)),
+                Ok(_) => {}
+                Err(e) => return Err(Failure::kernel("wait for the sandbox", e)),
+            },
+            Ok(_) => {
+                // Killing PID 1 kills every process of its namespace, and it
+                // is reaped only once they are all gone; its mount namespace
+                // (every mount of the step) goes with the last of them.
+                let _ = kill(pid1, Signal::SIGKILL);
+                let _ = waitpid(pid1, None);
+                return Ok(Outcome::Cancelled);
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Failure::kernel("wait for a signal", e)),
+        }
+    }
+}
+
+/// PID 1: builds the container, forks the step, reaps everything, exits
+/// with the step's code.
+fn pid1(plan: &Plan, exec: &Exec, mut report: std::io::PipeWriter) -> i32 {
+    let _ = SigSet::empty().thread_set_mask();
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // The helper may have died before the line above armed the signal: then
+    // nobody reads the pipe and this write fails (SIGPIPE is ignored).
+    if report.write_all(b"\n").is_err() {
+        return 1;
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let fail = |mut report: std::io::PipeWriter, failure: &Failure| {
+        let _ = serde_json::to_writer(&mut report, failure);
+        1
+    };
+    if let Err(f) = init::enter(&LinuxSys, plan) {
+        return fail(report, &f);
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: PID 1 is single-threaded (forked from the single-threaded helper).
+    let forked = match unsafe { nix::unistd::fork() } {
+        Ok(f) => f,
+        Err(e) => return fail(report, &Failure::kernel("fork the step", e)),
+    };
+    let step = match forked {
+        ForkResult::Child => {
+            let failure = init::exec(&LinuxSys, exec);
+            let _ = fail(report, &failure);
+            std::process::exit(127)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(report);
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == step => return code,
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == step => return 128 + signal as i32,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return 1,
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Inside the sandbox: the mount sequence PID 1 runs before the step, and the
+//! last steps of the step's own process (user, exec). Everything goes through
+//! [`Sys`], so the order is checked by unit tests without root.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::unistd::{Gid, Uid};
+
+use super::sys::Sys;
+use super::user::ExecUser;
+use super::wire::Failure;
+
+/// Device nodes bind-mounted from the host into the container's `/dev`.
+pub(crate) const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The search path when the step's environment has none (Docker's default).
+pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What PID 1 builds, all worked out by the helper beforehand.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The folder that becomes `/`: an empty mountpoint for overlay, the
+    /// copied root filesystem for the copy backend.
+    pub(crate) root: PathBuf,
+    pub(crate) rootfs: RootFs,
+    /// Where `/dev` and `/proc` are, relative to the root, symlinks resolved.
+    pub(crate) dev: PathBuf,
+    pub(crate) proc: PathBuf,
+    /// `/etc/hosts`, `/etc/resolv.conf`, caches and secrets, in order.
+    pub(crate) binds: Vec<Bind>,
+    pub(crate) hostname: String,
+    pub(crate) new_network: bool,
+    /// The step's working folder, created when missing.
+    pub(crate) cwd: String,
+}
+
+#[derive(Debug)]
+pub(crate) enum RootFs {
+    /// Mount overlayfs with these options; `chdir` first when the lower
+    /// folders are given relative to it (long layer lists).
+    Overlay { options: String, chdir: Option<PathBuf> },
+    /// Bind the root folder onto itself (pivot_root wants a mount point).
+    Bind,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Bind {
+    pub(crate) source: PathBuf,
+    /// Relative to the root, symlinks resolved inside the container.
+    pub(crate) target: PathBuf,
+    pub(crate) readonly: bool,
+}
+
+/// The step's process image.
+#[derive(Debug)]
+pub(crate) struct Exec {
+    pub(crate) user: ExecUser,
+    /// `args[0]` as written; searched in `path` when it has no slash.
+    pub(crate) program: String,
+    pub(crate) path: Vec<String>,
+    pub(crate) args: Vec<CString>,
+    pub(crate) env: Vec<CString>,
+}
+
+fn call(what: impl Into<String>) -> impl FnOnce(Errno) -> Failure {
+    let what = what.into();
+    move |e| Failure::kernel(what, e)
+}
+
+fn mount(
+    sys: &dyn Sys,
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Failure> {
+    sys.mount(source, target, fstype, flags, data).map_err(call(format!(
+        "mount {} on {}",
+        fstype.map_or_else(|| source.map_or_else(String::new, |s| s.display().to_string()), str::to_owned),
+        target.display()
+    )))
+}
+
+/// PID 1, in a fresh PID namespace: new mount, UTS, IPC (and network)
+/// namespaces, the root filesystem, `/dev`, `/proc`, the bind mounts,
+/// `pivot_root`, the hostname, the loopback interface, the working folder.
+pub(crate) fn enter(sys: &dyn Sys, plan: &Plan) -> Result<(), Failure> {
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if plan.new_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    sys.unshare(flags).map_err(call("unshare"))?;
+    // Nothing mounted from here on may propagate back to the host.
+    mount(sys, None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    let root = plan.root.as_path();
+    match &plan.rootfs {
+        RootFs::Overlay { options, chdir } => {
+            if let Some(dir) = chdir {
+                sys.chdir(dir).map_err(call(format!("chdir {}", dir.display())))?;
+            }
+            mount(sys, Some(Path::new("overlay")), root, Some("overlay"), MsFlags::empty(), Some(options))?;
+        }
+        RootFs::Bind => mount(sys, Some(root), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?,
+    }
+    dev(sys, &root.join(&plan.dev))?;
+    let proc = root.join(&plan.proc);
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(sys, Some(Path::new("proc")), &proc, Some("proc"), hardened, None)?;
+    for bind in &plan.binds {
+        let target = root.join(&bind.target);
+        mount(sys, Some(&bind.source), &target, None, MsFlags::MS_BIND, None)?;
+        if bind.readonly {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(sys, None, &target, None, flags, None)?;
+        }
+    }
+    // pivot_root(".", "."): the old root ends up stacked on the new one and is
+    // detached at once, so no `put_old` folder is needed in the image.
+    sys.chdir(root).map_err(call(format!("chdir {}", root.display())))?;
+    sys.pivot_root(Path::new("."), Path::new(".")).map_err(call("pivot_root"))?;
+    sys.umount2(Path::new("."), MntFlags::MNT_DETACH).map_err(call("umount the old root"))?;
+    sys.chdir(Path::new("/")).map_err(call("chdir /"))?;
+    sys.sethostname(&plan.hostname).map_err(call("sethostname"))?;
+    if plan.new_network {
+        sys.loopback_up().map_err(call("bring the loopback interface up"))?;
+    }
+    // The working folder is part of the step's result (Docker creates a
+    // missing WORKDIR the same way): root-owned, 0755.
+    let cwd = Path::new(&plan.cwd);
+    let mut dir = PathBuf::from("/");
+    for part in cwd.components().skip(1) {
+        dir.push(part);
+        match sys.mkdir(&dir, 0o755) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(call(format!("create the working folder {}", dir.display()))(e)),
+        }
+    }
+    sys.chdir(cwd).map_err(call(format!("chdir {}", plan.cwd)))?;
+    Ok(())
+}
+
+/// A small `/dev` on a tmpfs: the host's harmless devices bound in, a private
+/// devpts, a shm tmpfs and the usual links.
+fn dev(sys: &dyn Sys, dev: &Path) -> Result<(), Failure> {
+    let tmpfs = Some("tmpfs");
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    mount(sys, Some(Path::new("tmpfs")), dev, tmpfs, flags, Some("mode=755,size=65536k"))?;
+    for name in DEVICES {
+        let node = dev.join(name);
+        sys.create_file(&node).map_err(call(format!("create {}", node.display())))?;
+        mount(sys, Some(&Path::new("/dev").join(name)), &node, None, MsFlags::MS_BIND, None)?;
+    }
+    let pts = dev.join("pts");
+    sys.mkdir(&pts, 0o755).map_err(call(format!("mkdir {}", pts.display())))?;
+    let data = Some("newinstance,ptmxmode=0666,mode=0620,gid=5");
+    mount(sys, Some(Path::new("devpts")), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, data)?;
+    let shm = dev.join("shm");
+    sys.mkdir(&shm, 0o1777).map_err(call(format!("mkdir {}", shm.display())))?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(sys, Some(Path::new("shm")), &shm, tmpfs, flags, Some("mode=1777,size=65536k"))?;
+    for (name, target) in
+        [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")]
+            .into_iter()
+            .chain([("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")])
+    {
+        let link = dev.join(name);
+        sys.symlink(target, &link).map_err(call(format!("symlink {}", link.display())))?;
+    }
+    Ok(())
+}
+
+/// The step's process, after PID 1 forked it: drop to the user and exec.
+/// Returns only on failure.
+pub(crate) fn exec(sys: &dyn Sys, exec: &Exec) -> Failure {
+    if let Err(e) = sys.default_signals() {
+        return Failure::kernel("reset signal handlers", e);
+    }
+    let user = &exec.user;
+    let groups: Vec<Gid> = user.groups.iter().copied().map(Gid::from_raw).collect();
+    if let Err(e) = sys.setgroups(&groups) {
+        return Failure::kernel("setgroups", e);
+    }
+    if let Err(e) = sys.setgid(Gid::from_raw(user.gid)) {
+        return Failure::kernel(format!("setgid {}", user.gid), e);
+    }
+    if let Err(e) = sys.setuid(Uid::from_raw(user.uid)) {
+        return Failure::kernel(format!("setuid {}", user.uid), e);
+    }
+    let program = exec.program.as_str();
+    let candidates: Vec<String> = if program.contains('/') {
+        vec![program.to_owned()]
+    } else {
+        exec.path.iter().map(|dir| format!("{}/{program}", if dir.is_empty() { "." } else { dir })).collect()
+    };
+    let mut denied = None;
+    for candidate in candidates {
+        let Ok(path) = CString::new(candidate) else { continue };
+        match sys.execve(&path, &exec.args, &exec.env) {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => denied = Some(Errno::EACCES),
+            // The file is there but cannot run (ENOEXEC, E2BIG, ...): say so.
+            e => return Failure::Exec { program: program.to_owned(), errno: e as i32 },
+        }
+    }
+    match denied {
+        Some(e) => Failure::Exec { program: program.to_owned(), errno: e as i32 },
+        None => Failure::NotFound { program: program.to_owned() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sys::tests::Recorder;
+    use super::*;
+
+    fn plan(rootfs: RootFs, new_network: bool) -> Plan {
+        Plan {
+            root: PathBuf::from("/t/merged"),
+            rootfs,
+            dev: PathBuf::from("dev"),
+            proc: PathBuf::from("proc"),
+            binds: vec![
+                Bind { source: "/t/hosts".into(), target: "etc/hosts".into(), readonly: true },
+                Bind { source: "/cache".into(), target: "root/.cache".into(), readonly: false },
+            ],
+            hostname: "box".into(),
+            new_network,
+            cwd: "/src/app".into(),
+        }
+    }
+
+    #[test]
+    fn mount_sequence_overlay() {
+        let sys = Recorder::default();
+        let options = "lowerdir=a:b,upperdir=/u,workdir=/w".to_owned();
+        enter(&sys, &plan(RootFs::Overlay { options, chdir: Some("/snap".into()) }, true)).expect("enter");
+        let lines = sys.lines();
+        let expected_prefix = [
+            "unshare CloneFlags(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)",
+            "mount - / - MsFlags(MS_REC | MS_PRIVATE) -",
+            "chdir /snap",
+            "mount overlay /t/merged overlay MsFlags(0x0) lowerdir=a:b,upperdir=/u,workdir=/w",
+            "mount tmpfs /t/merged/dev tmpfs MsFlags(MS_NOSUID | MS_STRICTATIME) mode=755,size=65536k",
+            "create /t/merged/dev/null",
+            "mount /dev/null /t/merged/dev/null - MsFlags(MS_BIND) -",
+        ];
+        assert_eq!(lines[..expected_prefix.len()], expected_prefix);
+        let expected_suffix = [
+            "mount proc /t/merged/proc proc MsFlags(MS_NOSUID | MS_NODEV | MS_NOEXEC) -",
+            "mount /t/hosts /t/merged/etc/hosts - MsFlags(MS_BIND) -",
+            "mount - /t/merged/etc/hosts - MsFlags(MS_RDONLY | MS_REMOUNT | MS_BIND) -",
+            "mount /cache /t/merged/root/.cache - MsFlags(MS_BIND) -",
+            "chdir /t/merged",
+            "pivot_root . .",
+            "umount2 . MntFlags(MNT_DETACH)",
+            "chdir /",
+            "sethostname box",
+            "loopback_up",
+            "mkdir /src 755",
+            "mkdir /src/app 755",
+            "chdir /src/app",
+        ];
+        assert_eq!(lines[lines.len() - expected_suffix.len()..], expected_suffix);
+        // Every device is bound before devpts, and /dev is complete before /proc.
+        let devpts = lines.iter().position(|l| l.starts_with("mount devpts")).expect("devpts");
+        for d in DEVICES {
+            let bound = lines.iter().position(|l| l.starts_with(&format!("mount /dev/{d} "))).expect("device");
+            assert!(bound < devpts);
+        }
+        assert!(lines.iter().any(|l| l == "symlink pts/ptmx /t/merged/dev/ptmx"));
+        assert!(lines.iter().any(|l| l.contains("newinstance,ptmxmode=0666")));
+    }
+
+    #[test]
+    fn copy_backend_binds_the_root_and_host_network_keeps_lo_alone() {
+        let sys = Recorder::default();
+        enter(&sys, &plan(RootFs::Bind, false)).expect("enter");
+        let lines = sys.lines();
+        assert_eq!(lines[0], "unshare CloneFlags(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC)");
+        assert_eq!(lines[2], "mount /t/merged /t/merged - MsFlags(MS_BIND | MS_REC) -");
+        assert!(!lines.iter().any(|l| l == "loopback_up"));
+    }
+
+    #[test]
+    fn a_failing_call_stops_the_sequence_and_is_named() {
+        let sys = Recorder { fail: vec![("mount overlay".into(), Errno::EINVAL)], ..Recorder::default() };
+        let options = "lowerdir=a,upperdir=/u,workdir=/w".to_owned();
+        let err = enter(&sys, &plan(RootFs::Overlay { options, chdir: None }, false)).expect_err("fails");
+        assert!(
+            matches!(&err, Failure::Kernel { what, errno } if what == "mount overlay on /t/merged" && *errno == Errno::EINVAL as i32),
+            "{err:?}"
+        );
+        assert!(sys.lines().last().is_some_and(|l| l.starts_with("mount overlay")));
+    }
+
+    fn exec_plan(program: &str) -> Exec {
+        Exec {
+            user: ExecUser { uid: 1000, gid: 1001, groups: vec![10, 20], home: "/home/app".into() },
+            program: program.into(),
+            path: vec!["/usr/bin".into(), "/bin".into()],
+            args: vec![CString::new(program).expect("arg")],
+            env: vec![],
+        }
+    }
+
+    #[test]
+    fn exec_drops_groups_then_gid_then_uid_and_searches_the_path() {
+        let sys = Recorder { fail: vec![("execve /usr/bin/sh".into(), Errno::ENOENT)], ..Recorder::default() };
+        let failure = exec(&sys, &exec_plan("sh"));
+        assert_eq!(
+            sys.lines(),
+            [
+                "default_signals",
+                "setgroups [10,20]",
+                "setgid 1001",
+                "setuid 1000",
+                "execve /usr/bin/sh [sh]",
+                "execve /bin/sh [sh]"
+            ]
+        );
+        // The fake exec "returned", which the real one never does on success.
+        assert!(matches!(failure, Failure::Exec { .. }));
+    }
+
+    #[test]
+    fn exec_reports_a_missing_program() {
+        let sys = Recorder { fail: vec![("execve".into(), Errno::ENOENT)], ..Recorder::default() };
+        assert!(matches!(exec(&sys, &exec_plan("nope")), Failure::NotFound { program } if program == "nope"));
+        let sys = Recorder { fail: vec![("execve".into(), Errno::EACCES)], ..Recorder::default() };
+        assert!(matches!(exec(&sys, &exec_plan("/x/y")), Failure::Exec { errno, .. } if errno == Errno::EACCES as i32));
+    }
+}

@@ -1,0 +1,510 @@
+//! The sandbox against the real kernel: namespaces, mounts, users, the
+//! upper folder, cancellation, a killed parent, both backends.
+//!
+//! The sandbox re-executes its own binary (`/proc/self/exe __bake-sandbox`),
+//! so this test binary has its own `main` (`harness = false`) that answers
+//! that first, then runs the tests in order. Arguments that do not start
+//! with `-` filter tests by name, as with libtest. It needs root (as CI has);
+//! without it every test is skipped with a message.
+//!
+//! The root filesystem is made from the host's static `/bin/busybox`.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bake_engine::lang::Network;
+use bake_engine::sandbox::{self, Backend, Mount, OutputStream, RunSpec, SandboxError};
+use tokio_util::sync::CancellationToken;
+
+/// How long a poll for something that must happen may take.
+const BOUND: Duration = Duration::from_secs(20);
+
+/// The busybox applets the tests use.
+const APPLETS: &[&str] = &[
+    "sh", "ls", "echo", "cat", "id", "hostname", "ps", "sleep", "touch", "rm", "mkdir", "true", "ip", "pwd", "grep",
+    "cut", "tr", "tail", "chmod", "chown", "ln", "wc", "head", "od", "stat", "test", "kill", "mount",
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(sandbox::HELPER_ARG) {
+        std::process::exit(sandbox::helper_main());
+    }
+    if args.get(1).map(String::as_str) == Some(PARENT_ARG) {
+        killable_parent(&args[2..]);
+        return ExitCode::SUCCESS;
+    }
+    let tests: &[(&str, fn())] = &[
+        ("output_and_exit_code", output_and_exit_code),
+        ("pid1_hostname_proc_dev", pid1_hostname_proc_dev),
+        ("users_from_the_image", users_from_the_image),
+        ("missing_cwd_is_created", missing_cwd_is_created),
+        ("writes_land_in_upper_overlay", writes_land_in_upper_overlay),
+        ("copy_backend_writes_the_same_upper", copy_backend_writes_the_same_upper),
+        ("network_none_has_only_loopback_up", network_none_has_only_loopback_up),
+        ("cache_persists_and_secret_is_read_only", cache_persists_and_secret_is_read_only),
+        ("setup_errors_are_typed", setup_errors_are_typed),
+        ("cancel_kills_the_tree_and_leaves_no_mount", cancel_kills_the_tree_and_leaves_no_mount),
+        ("killed_parent_takes_the_tree_down", killed_parent_takes_the_tree_down),
+        ("probe_finds_overlay", probe_finds_overlay),
+        ("measure_trivial_step", measure_trivial_step),
+    ];
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<_> =
+        tests.iter().filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str()))).collect();
+    if !nix::unistd::geteuid().is_root() {
+        println!("sandbox tests skipped: they need root (namespaces and mounts)");
+        return ExitCode::SUCCESS;
+    }
+    println!("\nrunning {} sandbox tests", selected.len());
+    let mut failed = Vec::new();
+    for (name, test) in &selected {
+        let started = Instant::now();
+        let ok = std::panic::catch_unwind(test).is_ok();
+        println!("test {name} ... {} ({:.0?})", if ok { "ok" } else { "FAILED" }, started.elapsed());
+        if !ok {
+            failed.push(*name);
+        }
+    }
+    println!(
+        "\ntest result: {}. {} passed; {} failed",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        selected.len() - failed.len(),
+        failed.len()
+    );
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures
+
+/// A temporary folder with a busybox image in two layers.
+struct Image {
+    dir: tempfile::TempDir,
+    lowers: Vec<PathBuf>,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn image() -> Image {
+    let dir = tempfile::Builder::new().prefix("bake-sandbox-test-").tempdir().unwrap();
+    let base = dir.path().join("snapshots/base");
+    std::fs::create_dir_all(base.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)).unwrap();
+    }
+    write(
+        &base.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nbuilder:x:1500:1600::/home/builder:/bin/sh\n",
+    );
+    write(&base.join("etc/group"), "root:x:0:\napp:x:1000:\nbgroup:x:1600:\nextra:x:3000:builder\n");
+    write(&base.join("data/keep"), "keep\n");
+    write(&base.join("data/modify"), "before\n");
+    write(&base.join("data/delete"), "delete me\n");
+    write(&base.join("dir/old/a"), "a\n");
+    write(&base.join("dir/old/sub/b"), "b\n");
+    // A second layer on top: changes one file, so two lowers are merged.
+    let top = dir.path().join("snapshots/top");
+    write(&top.join("data/keep"), "kept\n");
+    Image { lowers: vec![base, top], dir }
+}
+
+/// A fresh upper and work folder for one step.
+fn step_dirs(image: &Image) -> (PathBuf, PathBuf) {
+    let step = tempfile::Builder::new().prefix("step-").tempdir_in(image.dir.path()).unwrap().keep();
+    let (upper, work) = (step.join("upper"), step.join("work"));
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    (upper, work)
+}
+
+fn spec(image: &Image, script: &str) -> RunSpec {
+    let (upper, work) = step_dirs(image);
+    RunSpec {
+        lowers: image.lowers.clone(),
+        upper,
+        work,
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec![("PATH".into(), "/bin".into())],
+        cwd: "/".into(),
+        user: None,
+        hostname: "bakebox".into(),
+        network: Network::Host,
+        mounts: Vec::new(),
+    }
+}
+
+struct Ran {
+    code: Result<i32, SandboxError>,
+    out: String,
+    err: String,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn run_with(spec: &RunSpec, backend: &Backend) -> Ran {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = runtime().block_on(async {
+        let mut collect = |stream: OutputStream, bytes: &[u8]| match stream {
+            OutputStream::Stdout => out.extend_from_slice(bytes),
+            OutputStream::Stderr => err.extend_from_slice(bytes),
+        };
+        sandbox::run_with(spec, backend, &mut collect, &CancellationToken::new()).await
+    });
+    Ran { code, out: String::from_utf8_lossy(&out).into_owned(), err: String::from_utf8_lossy(&err).into_owned() }
+}
+
+fn run(spec: &RunSpec) -> Ran {
+    run_with(spec, &Backend::Overlay)
+}
+
+/// Runs and expects exit code 0; returns stdout.
+fn ok(spec: &RunSpec) -> String {
+    let ran = run(spec);
+    assert_eq!(ran.code.as_ref().ok(), Some(&0), "{:?}\nstdout: {}\nstderr: {}", ran.code, ran.out, ran.err);
+    ran.out
+}
+
+/// The upper folder as text: one line per entry, sorted.
+fn listing(upper: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let owner = format!("{:o} {}:{}", meta.mode() & 0o7777, meta.uid(), meta.gid());
+            let line = if meta.file_type().is_char_device() && meta.rdev() == 0 {
+                "whiteout".to_owned()
+            } else if meta.is_dir() {
+                let opaque = xattr::get(&path, "trusted.overlay.opaque").unwrap().is_some_and(|v| v == b"y");
+                walk(root, &path, out);
+                format!("dir {owner}{}", if opaque { " opaque" } else { "" })
+            } else if meta.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+            } else {
+                format!("file {owner} {:?}", std::fs::read_to_string(&path).unwrap())
+            };
+            out.insert(rel, line);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(upper, upper, &mut out);
+    out.into_iter().map(|(k, v)| format!("{k}: {v}")).collect()
+}
+
+/// Host processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn poll(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < BOUND, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Lines of the host's mount table that mention `dir`.
+fn host_mounts_under(dir: &Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_string_lossy();
+    table.lines().filter(|l| l.contains(dir.as_ref())).map(str::to_owned).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+fn output_and_exit_code() {
+    let image = image();
+    let ran = run(&spec(&image, "echo hi; echo err >&2; exit 3"));
+    assert_eq!(ran.code.unwrap(), 3);
+    assert_eq!(ran.out, "hi\n");
+    assert_eq!(ran.err, "err\n");
+    // Killed by a signal: 128 + the signal.
+    let ran = run(&spec(&image, "kill -9 $$"));
+    assert_eq!(ran.code.unwrap(), 137);
+}
+
+fn pid1_hostname_proc_dev() {
+    let image = image();
+    let script = "echo ppid=$PPID; echo pid=$$; echo host=$(hostname); ps -o pid,comm | wc -l; \
+                  echo x > /dev/null && echo null-ok; test -c /dev/tty && test -c /dev/full && echo devs-ok; \
+                  head -c 8 /dev/urandom | wc -c; head -c 4 /dev/zero | od -An -tx1; \
+                  test -d /dev/pts && test -L /dev/ptmx && test -c /dev/pts/ptmx && echo pts-ok; \
+                  echo s > /dev/shm/s && echo shm-ok; ls /proc/1/ns/mnt > /dev/null && echo proc-ok; \
+                  grep -c . /proc/mounts";
+    let out = ok(&spec(&image, script));
+    let lines: Vec<&str> = out.lines().collect();
+    // The shell's parent is PID 1 (the sandbox's init), the shell is PID 2.
+    assert_eq!(lines[0], "ppid=1", "{out}");
+    assert_eq!(lines[1], "pid=2", "{out}");
+    assert_eq!(lines[2], "host=bakebox");
+    // A header plus init, sh and ps.
+    let processes: usize = lines[3].trim().parse().unwrap();
+    assert!(processes <= 5, "ps shows {processes} lines:\n{out}");
+    assert_eq!(lines[4..7], ["null-ok", "devs-ok", "8"]);
+    assert_eq!(lines[7].trim(), "00 00 00 00");
+    assert_eq!(lines[8..11], ["pts-ok", "shm-ok", "proc-ok"]);
+    // Only the container's own mounts are visible: root, /dev (tmpfs, six
+    // devices, pts, shm), /proc, hosts, resolv.conf.
+    assert_eq!(lines[11], "13", "{out}");
+}
+
+fn users_from_the_image() {
+    let image = image();
+    let mut s = spec(&image, "id -u; id -g; id -G; echo $HOME");
+    s.user = Some("1000:1000".into());
+    assert_eq!(ok(&s), "1000\n1000\n1000\n/home/app\n");
+    let mut s = spec(&image, "id -u; id -g; id -G; echo $HOME");
+    s.user = Some("builder".into());
+    assert_eq!(ok(&s), "1500\n1600\n1600 3000\n/home/builder\n");
+    let mut s = spec(&image, "id -u; id -g; echo $HOME");
+    s.user = Some("builder:app".into());
+    assert_eq!(ok(&s), "1500\n1000\n/home/builder\n");
+    let s = spec(&image, "id -u; id -G; echo $HOME");
+    assert_eq!(ok(&s), "0\n0\n/root\n");
+}
+
+fn missing_cwd_is_created() {
+    let image = image();
+    let mut s = spec(&image, "pwd; touch here");
+    s.cwd = "/work/dir".into();
+    assert_eq!(ok(&s), "/work/dir\n");
+    assert_eq!(listing(&s.upper), ["work: dir 755 0:0", "work/dir: dir 755 0:0", "work/dir/here: file 644 0:0 \"\""]);
+}
+
+/// Create, modify a lower file, delete one, replace a folder, with a cache
+/// and a secret mounted where the image has nothing, touching /proc, /dev,
+/// /etc/hosts and /etc/resolv.conf on the way.
+const CHANGES: &str = "echo new > /new; echo after >> /data/modify; rm /data/delete; \
+                       rm -rf /dir/old; mkdir /dir/old; echo n > /dir/old/n; \
+                       cat /etc/hosts /etc/resolv.conf /run/secrets/x > /dev/null; ls /proc/self /dev /root/.cache > /dev/null";
+
+const EXPECTED_UPPER: &[&str] = &[
+    "data: dir 755 0:0",
+    "data/delete: whiteout",
+    "data/modify: file 644 0:0 \"before\\nafter\\n\"",
+    "dir: dir 755 0:0",
+    "dir/old: dir 755 0:0 opaque",
+    "dir/old/n: file 644 0:0 \"n\\n\"",
+    "new: file 644 0:0 \"new\\n\"",
+];
+
+fn changes_spec(image: &Image) -> RunSpec {
+    let mut s = spec(image, CHANGES);
+    let cache = image.dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let secret = image.dir.path().join("secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    s.mounts = vec![
+        Mount { source: cache, target: "/root/.cache".into(), readonly: false },
+        Mount { source: secret, target: "/run/secrets/x".into(), readonly: true },
+    ];
+    s
+}
+
+fn writes_land_in_upper_overlay() {
+    let image = image();
+    let s = changes_spec(&image);
+    ok(&s);
+    assert_eq!(listing(&s.upper), EXPECTED_UPPER);
+    // The upper's root became the image's `/`.
+    let root = std::fs::metadata(&s.upper).unwrap();
+    let image_root = std::fs::metadata(&image.lowers[1]).unwrap();
+    assert_eq!(root.mode(), image_root.mode());
+    // Nothing left beside the upper but the work folder.
+    let beside: Vec<String> = std::fs::read_dir(s.upper.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(beside.len(), 2, "{beside:?}");
+}
+
+fn copy_backend_writes_the_same_upper() {
+    let image = image();
+    let s = changes_spec(&image);
+    let ran = run_with(&s, &Backend::Copy { reason: "test".into() });
+    assert_eq!(ran.code.as_ref().ok(), Some(&0), "{:?} {}", ran.code, ran.err);
+    assert_eq!(listing(&s.upper), EXPECTED_UPPER);
+    // The same step with overlay: identical uppers, but for times.
+    let o = changes_spec(&image);
+    ok(&o);
+    assert_eq!(listing(&s.upper), listing(&o.upper));
+    // Modes, owners, links, replacing a file by a folder and back.
+    let script = "chmod 700 /data; chown 1000:1000 /data/keep; ln -s /data/keep /link; \
+                  rm /data/modify; mkdir /data/modify; rm -rf /dir/old/sub; echo f > /dir/old/sub";
+    let c = spec(&image, script);
+    assert_eq!(run_with(&c, &Backend::Copy { reason: "test".into() }).code.unwrap(), 0);
+    let o = spec(&image, script);
+    ok(&o);
+    assert_eq!(listing(&c.upper), listing(&o.upper));
+    assert!(
+        listing(&c.upper).contains(&"data/keep: file 644 1000:1000 \"kept\\n\"".to_owned()),
+        "{:?}",
+        listing(&c.upper)
+    );
+    // A step that changes nothing leaves an empty upper.
+    let n = spec(&image, "cat /data/keep > /dev/null");
+    assert_eq!(run_with(&n, &Backend::Copy { reason: "test".into() }).code.unwrap(), 0);
+    assert!(listing(&n.upper).is_empty(), "{:?}", listing(&n.upper));
+}
+
+fn network_none_has_only_loopback_up() {
+    let image = image();
+    let mut s = spec(&image, "grep : /proc/net/dev | cut -d: -f1; ip link show lo");
+    s.network = Network::None;
+    let out = ok(&s);
+    let interfaces: Vec<&str> = out.lines().take_while(|l| !l.contains("<")).map(str::trim).collect();
+    assert_eq!(interfaces, ["lo"], "{out}");
+    assert!(out.contains("<LOOPBACK,UP,LOWER_UP>"), "{out}");
+    // The host's network has more than loopback.
+    let host = ok(&spec(&image, "grep -c : /proc/net/dev"));
+    assert!(host.trim().parse::<usize>().unwrap() > 1, "{host}");
+}
+
+fn cache_persists_and_secret_is_read_only() {
+    let image = image();
+    let first = changes_spec(&image);
+    let mut s =
+        spec(&image, "echo one > /root/.cache/f; cat /run/secrets/x; echo; echo no > /run/secrets/x || echo ro");
+    s.mounts.clone_from(&first.mounts);
+    assert_eq!(ok(&s), "s3cret\nro\n");
+    assert!(listing(&s.upper).is_empty(), "{:?}", listing(&s.upper));
+    let mut again = spec(&image, "cat /root/.cache/f");
+    again.mounts.clone_from(&first.mounts);
+    assert_eq!(ok(&again), "one\n");
+    assert_eq!(std::fs::read_to_string(image.dir.path().join("cache/f")).unwrap(), "one\n");
+    assert_eq!(std::fs::read_to_string(image.dir.path().join("secret")).unwrap(), "s3cret");
+}
+
+fn setup_errors_are_typed() {
+    let image = image();
+    let mut s = spec(&image, "true");
+    s.user = Some("nobody".into());
+    assert!(matches!(run(&s).code, Err(SandboxError::User { .. })));
+    let mut s = spec(&image, "true");
+    s.args = vec!["no-such-program".into()];
+    assert!(matches!(run(&s).code, Err(SandboxError::NotFound { program }) if program == "no-such-program"));
+    let mut s = spec(&image, "true");
+    s.mounts = vec![Mount { source: image.dir.path().to_path_buf(), target: "/data/keep".into(), readonly: false }];
+    assert!(matches!(run(&s).code, Err(SandboxError::Target { .. })));
+    // A program without a slash is searched in the image's PATH.
+    let mut s = spec(&image, "true");
+    s.args = vec!["echo".into(), "found".into()];
+    assert_eq!(ok(&s), "found\n");
+}
+
+fn cancel_kills_the_tree_and_leaves_no_mount() {
+    let image = image();
+    let marker = "987654";
+    let s = spec(&image, &format!("sleep {marker} & sleep {marker}"));
+    let cancel = CancellationToken::new();
+    let rt = runtime();
+    let task = {
+        let (s, cancel) = (s.clone(), cancel.clone());
+        rt.spawn(async move { sandbox::run_with(&s, &Backend::Overlay, &mut |_, _| {}, &cancel).await })
+    };
+    poll("both sleeps to start", || processes_with(&format!("sleep {marker}")).len() == 2);
+    let cancelled = Instant::now();
+    cancel.cancel();
+    let result = rt.block_on(task).unwrap();
+    assert!(matches!(result, Err(SandboxError::Cancelled)), "{result:?}");
+    assert!(cancelled.elapsed() < Duration::from_secs(5), "cancelling took {:?}", cancelled.elapsed());
+    assert_eq!(processes_with(&format!("sleep {marker}")), Vec::<i32>::new());
+    assert_eq!(host_mounts_under(image.dir.path()), Vec::<String>::new());
+    // The scratch folder is gone too.
+    assert_eq!(std::fs::read_dir(s.upper.parent().unwrap()).unwrap().count(), 2);
+}
+
+const PARENT_ARG: &str = "__killable-parent";
+
+/// Runs `sleep MARKER` in a sandbox over `lowers`, then waits to be killed.
+fn killable_parent(args: &[String]) {
+    let (marker, upper) = (&args[0], PathBuf::from(&args[1]));
+    let spec = RunSpec {
+        lowers: args[2..].iter().map(PathBuf::from).collect(),
+        work: upper.with_file_name("work"),
+        upper,
+        args: vec!["/bin/sh".into(), "-c".into(), format!("sleep {marker} & sleep {marker}")],
+        env: vec![("PATH".into(), "/bin".into())],
+        cwd: "/".into(),
+        user: None,
+        hostname: "parent".into(),
+        network: Network::None,
+        mounts: Vec::new(),
+    };
+    let _ = runtime().block_on(sandbox::run_with(&spec, &Backend::Overlay, &mut |_, _| {}, &CancellationToken::new()));
+}
+
+fn killed_parent_takes_the_tree_down() {
+    let image = image();
+    let marker = "876543";
+    let (upper, _work) = step_dirs(&image);
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg(PARENT_ARG)
+        .arg(marker)
+        .arg(&upper)
+        .args(&image.lowers)
+        .spawn()
+        .unwrap();
+    poll("both sleeps to start", || processes_with(&format!("sleep {marker}")).len() == 2);
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    poll("the sleeps to die with their parent", || processes_with(&format!("sleep {marker}")).is_empty());
+    poll("the helper to die", || processes_with(sandbox::HELPER_ARG).is_empty());
+    assert_eq!(host_mounts_under(image.dir.path()), Vec::<String>::new());
+}
+
+fn probe_finds_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(sandbox::probe_in(dir.path()), Backend::Overlay);
+    println!("    probe(): {}", sandbox::probe());
+}
+
+fn measure_trivial_step() {
+    let image = image();
+    let rt = runtime();
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let mut s = spec(&image, "");
+        s.args = vec!["/bin/true".into()];
+        let start = Instant::now();
+        let code = rt.block_on(sandbox::run_with(&s, &Backend::Overlay, &mut |_, _| {}, &CancellationToken::new()));
+        times.push(start.elapsed());
+        assert_eq!(code.unwrap(), 0);
+    }
+    times.sort();
+    println!(
+        "    /bin/true end to end, 50 runs: median {:.2} ms (min {:.2}, max {:.2})",
+        times[25].as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[49].as_secs_f64() * 1e3
+    );
+}
