@@ -3,7 +3,7 @@
 # there already (one dpkg-query call, well under a second).
 #
 # Usage: scripts/install-deps.sh [--bench]
-#   --bench   also what the benchmarks compare against: hyperfine, buildah
+#   --bench   also what the benchmarks compare against: hyperfine, buildah, pigz
 #
 # What the packages are for:
 #   docker-registry       a real OCI registry (distribution v2) to push to and pull from
@@ -27,7 +27,7 @@ packages=(
 )
 for arg in "$@"; do
   case $arg in
-  --bench) packages+=(hyperfine buildah) ;;
+  --bench) packages+=(hyperfine buildah pigz) ;;
   -h | --help)
     sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"
     exit 0
