@@ -42,6 +42,7 @@ fn main() -> ExitCode {
     let tests: &[(&str, fn())] = &[
         ("output_and_exit_code", output_and_exit_code),
         ("pid1_hostname_proc_dev", pid1_hostname_proc_dev),
+        ("many_layers", many_layers),
         ("users_from_the_image", users_from_the_image),
         ("missing_cwd_is_created", missing_cwd_is_created),
         ("writes_land_in_upper_overlay", writes_land_in_upper_overlay),
@@ -223,6 +224,26 @@ fn processes_with(needle: &str) -> Vec<i32> {
     pids
 }
 
+/// A `sleep` argument no other test process uses.
+fn marker(n: u32) -> String {
+    format!("{}{n}", 1_000_000 + std::process::id())
+}
+
+/// `/proc/PID/stat` after the command name (which may contain spaces):
+/// state, ppid, ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+fn state_of(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
 fn poll(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -250,6 +271,11 @@ fn output_and_exit_code() {
     // Killed by a signal: 128 + the signal.
     let ran = run(&spec(&image, "kill -9 $$"));
     assert_eq!(ran.code.unwrap(), 137);
+    // `run` probes the backend itself.
+    let s = spec(&image, "echo probed");
+    let mut out = Vec::new();
+    let code = runtime().block_on(sandbox::run(&s, &mut |_, b| out.extend_from_slice(b), &CancellationToken::new()));
+    assert_eq!((code.unwrap(), out.as_slice()), (0, &b"probed\n"[..]));
 }
 
 fn pid1_hostname_proc_dev() {
@@ -258,8 +284,9 @@ fn pid1_hostname_proc_dev() {
                   echo x > /dev/null && echo null-ok; test -c /dev/tty && test -c /dev/full && echo devs-ok; \
                   head -c 8 /dev/urandom | wc -c; head -c 4 /dev/zero | od -An -tx1; \
                   test -d /dev/pts && test -L /dev/ptmx && test -c /dev/pts/ptmx && echo pts-ok; \
-                  echo s > /dev/shm/s && echo shm-ok; ls /proc/1/ns/mnt > /dev/null && echo proc-ok; \
-                  grep -c . /proc/mounts";
+                  echo s > /dev/shm/s && echo shm-ok; ls /proc/self/ns/mnt > /dev/null && test -d /proc/1 && echo proc-ok; \
+                  grep -c . /proc/mounts; mount -t tmpfs t /mnt 2>/dev/null || echo no-mount; \
+                  grep CapEff /proc/self/status";
     let out = ok(&spec(&image, script));
     let lines: Vec<&str> = out.lines().collect();
     // The shell's parent is PID 1 (the sandbox's init), the shell is PID 2.
@@ -275,6 +302,21 @@ fn pid1_hostname_proc_dev() {
     // Only the container's own mounts are visible: root, /dev (tmpfs, six
     // devices, pts, shm), /proc, hosts, resolv.conf.
     assert_eq!(lines[11], "13", "{out}");
+    // Docker's default capabilities: no CAP_SYS_ADMIN, so no mounting.
+    assert_eq!(lines[12], "no-mount");
+    assert_eq!(lines[13], "CapEff:\t00000000a80425fb", "{out}");
+}
+
+/// More layers than absolute paths fit in one mount's options.
+fn many_layers() {
+    let mut image = image();
+    for i in 0..130 {
+        let layer = image.dir.path().join(format!("snapshots/{i:064}"));
+        write(&layer.join(format!("layers/{i}")), &format!("{i}\n"));
+        image.lowers.push(layer);
+    }
+    let out = ok(&spec(&image, "ls /layers | wc -l; cat /layers/0 /layers/129 /data/keep"));
+    assert_eq!(out, "130\n0\n129\nkept\n");
 }
 
 fn users_from_the_image() {
@@ -381,7 +423,7 @@ fn network_none_has_only_loopback_up() {
     let mut s = spec(&image, "grep : /proc/net/dev | cut -d: -f1; ip link show lo");
     s.network = Network::None;
     let out = ok(&s);
-    let interfaces: Vec<&str> = out.lines().take_while(|l| !l.contains("<")).map(str::trim).collect();
+    let interfaces: Vec<&str> = out.lines().take_while(|l| !l.contains('<')).map(str::trim).collect();
     assert_eq!(interfaces, ["lo"], "{out}");
     assert!(out.contains("<LOOPBACK,UP,LOWER_UP>"), "{out}");
     // The host's network has more than loopback.
@@ -423,24 +465,27 @@ fn setup_errors_are_typed() {
 
 fn cancel_kills_the_tree_and_leaves_no_mount() {
     let image = image();
-    let marker = "987654";
-    let s = spec(&image, &format!("sleep {marker} & sleep {marker}"));
-    let cancel = CancellationToken::new();
-    let rt = runtime();
-    let task = {
-        let (s, cancel) = (s.clone(), cancel.clone());
-        rt.spawn(async move { sandbox::run_with(&s, &Backend::Overlay, &mut |_, _| {}, &cancel).await })
-    };
-    poll("both sleeps to start", || processes_with(&format!("sleep {marker}")).len() == 2);
-    let cancelled = Instant::now();
-    cancel.cancel();
-    let result = rt.block_on(task).unwrap();
-    assert!(matches!(result, Err(SandboxError::Cancelled)), "{result:?}");
-    assert!(cancelled.elapsed() < Duration::from_secs(5), "cancelling took {:?}", cancelled.elapsed());
-    assert_eq!(processes_with(&format!("sleep {marker}")), Vec::<i32>::new());
-    assert_eq!(host_mounts_under(image.dir.path()), Vec::<String>::new());
-    // The scratch folder is gone too.
-    assert_eq!(std::fs::read_dir(s.upper.parent().unwrap()).unwrap().count(), 2);
+    for (marker, backend) in [(marker(1), Backend::Overlay), (marker(2), Backend::Copy { reason: "test".into() })] {
+        let s = spec(&image, &format!("sleep {marker} & sleep {marker}"));
+        let cancel = CancellationToken::new();
+        let rt = runtime();
+        let task = {
+            let (s, cancel) = (s.clone(), cancel.clone());
+            rt.spawn(async move { sandbox::run_with(&s, &backend, &mut |_, _| {}, &cancel).await })
+        };
+        poll("both sleeps to start", || processes_with(&format!("sleep {marker}")).len() == 2);
+        let cancelled = Instant::now();
+        cancel.cancel();
+        let result = rt.block_on(task).unwrap();
+        assert!(matches!(result, Err(SandboxError::Cancelled)), "{result:?}");
+        assert!(cancelled.elapsed() < Duration::from_secs(5), "cancelling took {:?}", cancelled.elapsed());
+        assert_eq!(processes_with(&format!("sleep {marker}")), Vec::<i32>::new());
+        assert_eq!(host_mounts_under(image.dir.path()), Vec::<String>::new());
+        // The scratch folder (the copied root filesystem too) is gone, and
+        // the upper is empty.
+        assert_eq!(std::fs::read_dir(s.upper.parent().unwrap()).unwrap().count(), 2);
+        assert!(listing(&s.upper).is_empty());
+    }
 }
 
 const PARENT_ARG: &str = "__killable-parent";
@@ -465,20 +510,25 @@ fn killable_parent(args: &[String]) {
 
 fn killed_parent_takes_the_tree_down() {
     let image = image();
-    let marker = "876543";
+    let marker = marker(3);
     let (upper, _work) = step_dirs(&image);
     let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
         .arg(PARENT_ARG)
-        .arg(marker)
+        .arg(&marker)
         .arg(&upper)
         .args(&image.lowers)
         .spawn()
         .unwrap();
     poll("both sleeps to start", || processes_with(&format!("sleep {marker}")).len() == 2);
+    let parent_pid = i32::try_from(parent.id()).unwrap();
+    let helpers: Vec<i32> =
+        processes_with(sandbox::HELPER_ARG).into_iter().filter(|&p| parent_of(p) == Some(parent_pid)).collect();
+    assert_eq!(helpers.len(), 1);
     parent.kill().unwrap();
     parent.wait().unwrap();
     poll("the sleeps to die with their parent", || processes_with(&format!("sleep {marker}")).is_empty());
-    poll("the helper to die", || processes_with(sandbox::HELPER_ARG).is_empty());
+    // Dead: gone, or a zombie waiting for the host's init to reap it.
+    poll("the helper to die", || helpers.iter().all(|&p| state_of(p).is_none_or(|s| s == 'Z')));
     assert_eq!(host_mounts_under(image.dir.path()), Vec::<String>::new());
 }
 

@@ -43,6 +43,10 @@ pub(crate) fn main() -> i32 {
     let _ = nix::unistd::setsid();
     // bake dies -> the helper dies -> PID 1 dies -> the namespace dies.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // bake's SIGTERM means "cancel": it is taken with sigwait (after the
+    // fork) or seen pending (before it), never by the default action, so
+    // the scratch folder is always removed.
+    let _ = cancel_signals().thread_block();
     let Ok(control) = std::io::stdin().as_fd().try_clone_to_owned() else { return 70 };
     let mut control = UnixStream::from(control);
     // The step reads nothing: its stdin is /dev/null.
@@ -252,7 +256,7 @@ fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
             let base = super::copy::baseline(&root, &copied).map_err(io_failure("record the copied files"))?;
             (RootFs::Bind, Some((root.clone(), base)))
         }
-        None => (overlay_options(spec, &base)?, None),
+        None => (overlay_options(spec, &base, scratch.path())?, None),
     };
     let mut cwd = spec.cwd.clone();
     if !cwd.starts_with('/') {
@@ -263,43 +267,44 @@ fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
     Ok(Prepared { scratch, plan, exec, copy })
 }
 
-/// `lowerdir=SKEL:TOP:...:BOTTOM,upperdir=...,workdir=...`; relative lower
-/// paths (and a chdir) when the absolute ones do not fit in a page.
-fn overlay_options(spec: &WireSpec, skel: &Path) -> Result<RootFs, Failure> {
+/// `lowerdir=SKEL:TOP:...:BOTTOM,upperdir=...,workdir=...`. When the
+/// absolute paths do not fit in a page (an image of many layers), the
+/// lowers are named through short symlinks `0`, `1`, ... in a folder of the
+/// scratch space, which PID 1 makes its working folder before mounting.
+fn overlay_options(spec: &WireSpec, skel: &Path, scratch: &Path) -> Result<RootFs, Failure> {
     let skel_used = std::fs::read_dir(skel).is_ok_and(|mut d| d.next().is_some());
-    let build = |lowers: &[String]| {
-        let mut all: Vec<String> = Vec::new();
-        if skel_used || spec.lowers.is_empty() {
-            all.push(escape(skel));
-        }
-        all.extend(lowers.iter().rev().cloned());
+    let mut lowers: Vec<PathBuf> = Vec::new();
+    if skel_used || spec.lowers.is_empty() {
+        lowers.push(skel.to_path_buf());
+    }
+    lowers.extend(spec.lowers.iter().rev().cloned());
+    let build = |names: &[String]| {
         format!(
             "lowerdir={},upperdir={},workdir={},{OVERLAY_FEATURES}",
-            all.join(":"),
+            names.join(":"),
             escape(&spec.upper),
             escape(&spec.work)
         )
     };
-    let absolute: Vec<String> = spec.lowers.iter().map(|l| escape(l)).collect();
-    let options = build(&absolute);
+    let options = build(&lowers.iter().map(|l| escape(l)).collect::<Vec<_>>());
     if options.len() <= MAX_OPTIONS {
         return Ok(RootFs::Overlay { options, chdir: None });
     }
-    // Snapshots share one folder: name them relative to it.
-    let common =
-        spec.lowers.first().and_then(|l| l.parent()).filter(|p| spec.lowers.iter().all(|l| l.parent() == Some(*p)));
-    if let Some(common) = common {
-        let relative: Vec<String> =
-            spec.lowers.iter().filter_map(|l| l.file_name()).map(|n| escape(Path::new(n))).collect();
-        let options = build(&relative);
-        if options.len() <= MAX_OPTIONS {
-            return Ok(RootFs::Overlay { options, chdir: Some(common.to_path_buf()) });
-        }
+    let farm = scratch.join("lowers");
+    std::fs::create_dir(&farm).map_err(io_failure("create the layer links"))?;
+    let mut names = Vec::new();
+    for (i, lower) in lowers.iter().enumerate() {
+        std::os::unix::fs::symlink(lower, farm.join(i.to_string())).map_err(io_failure("create the layer links"))?;
+        names.push(i.to_string());
     }
-    Err(Failure::Io {
-        what: format!("mount {} layers", spec.lowers.len()),
-        message: "the layer list is too long for one overlay mount".into(),
-    })
+    let options = build(&names);
+    if options.len() > MAX_OPTIONS {
+        return Err(Failure::Io {
+            what: format!("mount {} layers", spec.lowers.len()),
+            message: "the layer list is too long for one overlay mount".into(),
+        });
+    }
+    Ok(RootFs::Overlay { options, chdir: Some(farm) })
 }
 
 fn cstring(what: &str, text: &str) -> Result<CString, Failure> {
@@ -325,14 +330,32 @@ fn exec_of(spec: &WireSpec, user: super::user::ExecUser) -> Result<Exec, Failure
     Ok(Exec { user, program: program.clone(), path, args, env })
 }
 
-/// Forks PID 1 and waits for it, or kills it when bake asks (SIGTERM,
-/// SIGINT, SIGHUP).
-fn supervise(plan: &Plan, exec: &Exec) -> Result<Outcome, Failure> {
+/// SIGCHLD, and the signals that mean "cancel".
+fn cancel_signals() -> SigSet {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(s);
     }
+    signals
+}
+
+/// Whether bake asked to cancel while the helper was preparing.
+fn cancel_pending() -> bool {
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut cancel = cancel_signals();
+    cancel.remove(Signal::SIGCHLD);
+    SignalFd::with_flags(&cancel, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .is_ok_and(|fd| matches!(fd.read_signal(), Ok(Some(_))))
+}
+
+/// Forks PID 1 and waits for it, or kills it when bake asks (SIGTERM,
+/// SIGINT, SIGHUP; blocked since the helper started).
+fn supervise(plan: &Plan, exec: &Exec) -> Result<Outcome, Failure> {
+    let signals = cancel_signals();
     signals.thread_block().map_err(|e| Failure::kernel("block signals", e))?;
+    if cancel_pending() {
+        return Ok(Outcome::Cancelled);
+    }
     let (mut report_r, report_w) = std::io::pipe().map_err(io_failure("create a pipe"))?;
     // A new PID namespace applies to the children of the caller only: the
     // helper itself stays where it is, its next child is PID 1.

@@ -17,6 +17,13 @@ use super::wire::Failure;
 /// Device nodes bind-mounted from the host into the container's `/dev`.
 pub(crate) const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
+/// The capabilities a step keeps: Docker's default set (CHOWN,
+/// DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
+/// NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP), so a
+/// step can do what it can do in `docker build`, and cannot mount, load
+/// modules or change the host's clock.
+pub(crate) const CAPABILITIES: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
 /// The search path when the step's environment has none (Docker's default).
 pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -180,6 +187,9 @@ pub(crate) fn exec(sys: &dyn Sys, exec: &Exec) -> Failure {
     if let Err(e) = sys.default_signals() {
         return Failure::kernel("reset signal handlers", e);
     }
+    if let Err(e) = sys.bound_capabilities(&CAPABILITIES) {
+        return Failure::kernel("drop capabilities", e);
+    }
     let user = &exec.user;
     let groups: Vec<Gid> = user.groups.iter().copied().map(Gid::from_raw).collect();
     if let Err(e) = sys.setgroups(&groups) {
@@ -316,6 +326,7 @@ mod tests {
             sys.lines(),
             [
                 "default_signals",
+                "bound_capabilities [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31]",
                 "setgroups [10,20]",
                 "setgid 1001",
                 "setuid 1000",

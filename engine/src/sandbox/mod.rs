@@ -47,9 +47,16 @@
 //! `pivot_root(".", ".")` and `umount2(".", MNT_DETACH)` (no `put_old`
 //! folder needed); `sethostname`; loopback up in a new network namespace;
 //! the working folder created (0755 root, part of the step's changes, as
-//! Docker does). No rlimits are set: root here has no CAP_SYS_RESOURCE. The
-//! calls go through the [`sys`] trait, so unit tests check this order
-//! without root.
+//! Docker does). The step's process then resets every signal to its default
+//! action, shrinks its capability bounding set to Docker's default set (no
+//! CAP_SYS_ADMIN: a step cannot mount, just as in `docker build`), and calls
+//! `setgroups`, `setgid`, `setuid`, `execve`. No rlimits are set: root here
+//! has no CAP_SYS_RESOURCE. The calls go through the `sys::Sys` trait, so
+//! unit tests check this order without root.
+//!
+//! An image with many layers does not fit one mount's option page with
+//! absolute paths; the lowers are then named through short symlinks (`0`,
+//! `1`, ...) in the scratch folder, which PID 1 enters before mounting.
 //!
 //! # The upper folder stays clean
 //!
@@ -82,6 +89,18 @@
 //!   scratch folder (`.sandbox-*` beside the upper) is then left behind.
 //! - **The future is dropped**: the helper is spawned with `kill_on_drop`,
 //!   which starts the same chain.
+//!
+//! The helper blocks SIGTERM from its first instruction, so a cancellation
+//! during its preparation (copying a root filesystem can take a while) is
+//! seen before the fork and still ends in a cleanup. One caveat of
+//! `PR_SET_PDEATHSIG`: it fires when the *thread* that spawned the helper
+//! ends. tokio's worker threads live as long as the runtime, so call [`run`]
+//! from a task, not from a `spawn_blocking` thread that may retire while the
+//! step runs.
+//!
+//! `/proc/self/exe` must answer [`HELPER_ARG`]: the `bake` binary does;
+//! a test binary that runs steps needs its own `main` that does the same
+//! (see `engine/tests/sandbox.rs`).
 //!
 //! # Backends
 //!
@@ -445,9 +464,12 @@ async fn call_async(
     let mut stderr = child.stderr.take();
     let (mut out_buf, mut err_buf) = (vec![0; 64 * 1024], vec![0; 64 * 1024]);
     let mut cancelled = false;
+    let mut status = None;
     let grace = tokio::time::sleep(Duration::MAX);
     tokio::pin!(grace);
-    while stdout.is_some() || stderr.is_some() {
+    // Until the helper has exited and both pipes are drained (every process
+    // that held them is gone with the helper's namespace).
+    while status.is_none() || stdout.is_some() || stderr.is_some() {
         tokio::select! {
             read = read_some(&mut stdout, &mut out_buf) => match read {
                 Ok(n) if n > 0 => on_output(OutputStream::Stdout, &out_buf[..n]),
@@ -457,6 +479,7 @@ async fn call_async(
                 Ok(n) if n > 0 => on_output(OutputStream::Stderr, &err_buf[..n]),
                 _ => stderr = None,
             },
+            exited = child.wait(), if status.is_none() => status = Some(exited.map_err(spawn_error)?),
             () = cancel.cancelled(), if !cancelled => {
                 cancelled = true;
                 terminate(&child);
@@ -464,14 +487,15 @@ async fn call_async(
             }
             () = &mut grace, if cancelled => {
                 let _ = child.start_kill();
+                status = Some(child.wait().await.map_err(spawn_error)?);
                 break;
             }
         }
     }
-    let status = child.wait().await.map_err(spawn_error)?;
+    let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
     let mut answer = Vec::new();
     let _ = control.read_to_end(&mut answer).await;
-    match parse_report(&answer, &status.to_string()) {
+    match parse_report(&answer, &status) {
         Err(_) if cancelled => Ok(Report::Cancelled),
         other => other,
     }

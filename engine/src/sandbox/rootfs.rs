@@ -138,13 +138,18 @@ pub(crate) fn create(
         rel.push(name);
         let path = base.join(&rel);
         let last = i + 1 == target.missing.len();
-        if last && !dir {
-            std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        let made = if last && !dir {
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map(drop)
         } else {
-            std::fs::create_dir(&path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::create_dir(&path)
+        };
+        match made {
+            // Made for an earlier target (two caches in one new folder).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() == (dir || !last) => continue,
+            other => other?,
         }
+        let mode = if last && !dir { 0o644 } else { 0o755 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
         std::os::unix::fs::lchown(&path, Some(0), Some(0))?;
         created.push(rel.to_string_lossy().into_owned());
     }
@@ -226,5 +231,11 @@ mod tests {
         let created = create(&skel, &secret, false, Some(&v), &mut mirrored).expect("create");
         assert_eq!(created, ["run/secrets", "run/secrets/x"]);
         assert!(skel.join("run/secrets/x").is_file());
+        // A second target in the same new folder, and the same one again.
+        let other = resolve(&v, "/run/secrets/y").expect("resolve");
+        let created = create(&skel, &other, false, Some(&v), &mut mirrored).expect("create");
+        assert_eq!(created, ["run/secrets/y"]);
+        assert!(create(&skel, &other, false, Some(&v), &mut mirrored).expect("again").is_empty());
+        assert!(create(&skel, &other, true, Some(&v), &mut mirrored).is_err());
     }
 }

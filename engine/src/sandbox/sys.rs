@@ -40,6 +40,9 @@ pub(crate) trait Sys {
     /// ignores it at startup) or SIGHUP (`nohup bake`) would otherwise be
     /// inherited through exec by the step.
     fn default_signals(&self) -> nix::Result<()>;
+    /// Shrinks the capability bounding set to `keep` (capability numbers):
+    /// root's capabilities after `execve` are the bounding set.
+    fn bound_capabilities(&self, keep: &[u32]) -> nix::Result<()>;
     fn setgroups(&self, groups: &[Gid]) -> nix::Result<()>;
     fn setgid(&self, gid: Gid) -> nix::Result<()>;
     fn setuid(&self, uid: Uid) -> nix::Result<()>;
@@ -131,6 +134,21 @@ impl Sys for LinuxSys {
             // SAFETY: installing SIG_DFL runs no code of ours in a signal
             // handler, so nothing here can be interrupted unsoundly.
             unsafe { sigaction(signal, &default) }?;
+        }
+        Ok(())
+    }
+
+    #[allow(unsafe_code)]
+    fn bound_capabilities(&self, keep: &[u32]) -> nix::Result<()> {
+        let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(40);
+        for cap in (0..=last).filter(|c| !keep.contains(c)) {
+            // SAFETY: PR_CAPBSET_DROP takes one integer argument and touches
+            // no memory of ours.
+            let done = unsafe { nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, nix::libc::c_ulong::from(cap), 0, 0, 0) };
+            Errno::result(done)?;
         }
         Ok(())
     }
@@ -243,6 +261,10 @@ pub(crate) mod tests {
 
         fn default_signals(&self) -> nix::Result<()> {
             self.record("default_signals".to_owned())
+        }
+
+        fn bound_capabilities(&self, keep: &[u32]) -> nix::Result<()> {
+            self.record(format!("bound_capabilities {keep:?}"))
         }
 
         fn setgroups(&self, groups: &[Gid]) -> nix::Result<()> {
