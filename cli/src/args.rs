@@ -123,6 +123,11 @@ pub(crate) struct BuildArgs {
     #[arg(long)]
     pub pull: bool,
 
+    /// A secret `run` steps may mount: id=ID,src=FILE or id=ID,env=VARIABLE
+    /// (repeatable).
+    #[arg(long, value_name = "SPEC", value_parser = parse_secret)]
+    pub secret: Vec<bake_engine::exec::Secret>,
+
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -132,6 +137,10 @@ pub(crate) enum CompressionArg {
     Gzip,
     Zstd,
     None,
+}
+
+fn parse_secret(s: &str) -> Result<bake_engine::exec::Secret, String> {
+    s.parse()
 }
 
 fn parse_output(s: &str) -> Result<bake_engine::exec::Output, String> {

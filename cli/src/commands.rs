@@ -161,6 +161,8 @@ fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
         outputs: args.output.clone(),
         epoch: args.source_date_epoch,
         pull: args.pull,
+        secrets: args.secret.clone(),
+        cancel: tokio_util::sync::CancellationToken::new(),
         compression: match args.compression {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
@@ -169,7 +171,24 @@ fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
     };
     let started = std::time::Instant::now();
     let render = |e: Event| crate::render::plain(&e);
-    let report = runtime()?.block_on(engine.build(&ws, &args.targets, &options, &render)).map_err(exec_failure)?;
+    let cancel = options.cancel.clone();
+    let report = runtime()?
+        .block_on(async {
+            // Ctrl-C or SIGTERM: running steps are killed and their mounts
+            // undone before the build returns.
+            tokio::spawn(async move {
+                let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                cancel.cancel();
+            });
+            engine.build(&ws, &args.targets, &options, &render).await
+        })
+        .map_err(exec_failure)?;
     crate::render::summary(&report, started.elapsed());
     Ok(())
 }

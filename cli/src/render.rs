@@ -16,6 +16,7 @@ pub(crate) fn plain(event: &Event) {
         Event::Started { description, .. } => format!("run      {description}"),
         Event::Cached { description, .. } => format!("cached   {description}"),
         Event::Finished { node, millis } => format!("done     {node} ({})", seconds(*millis)),
+        Event::Output { node, line } => format!("{node} | {line}"),
         Event::Image { name, digest, size } => format!("image    {name} {} ({})", short(digest), human(*size)),
         Event::Pushed { tag, digest } => format!("pushed   {tag} {}", short(digest)),
         Event::Exported { what, dest } => format!("output   {what} -> {}", dest.display()),

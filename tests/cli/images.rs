@@ -32,7 +32,7 @@ image "hello" from="scratch" {
 "#;
 
 /// Runs a command, asserting it succeeds; returns stdout.
-fn run(cmd: &mut Command) -> String {
+pub(crate) fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -44,7 +44,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// A Docker engine answering on the default socket, started if needed.
-fn docker() {
+pub(crate) fn docker() {
     run(Command::new(root().join("scripts/dockerd.sh")).arg("start"));
 }
 
@@ -203,7 +203,7 @@ image "b" from="scratch" {
 
 /// The busybox fixture's build.kdl (its rootfs made offline by
 /// scripts/fixtures.sh, which the test script runs first).
-fn busybox_fixture() -> std::path::PathBuf {
+pub(crate) fn busybox_fixture() -> std::path::PathBuf {
     let cache =
         std::env::var_os("BAKE_FIXTURES").map_or_else(|| "/var/cache/bake-fixtures".into(), std::path::PathBuf::from);
     let file = cache.join("busybox/build.kdl");

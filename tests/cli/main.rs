@@ -8,3 +8,4 @@ mod lang;
 mod plan;
 #[path = "../../engine/tests/common/registry.rs"]
 mod registry;
+mod run;

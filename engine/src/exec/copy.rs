@@ -25,7 +25,7 @@ pub(super) enum Source<'a> {
 }
 
 /// Where an entry's bytes come from.
-enum Content {
+pub(super) enum Content {
     None,
     /// A context file, with the blake3 digest and size its key used.
     Context {
@@ -37,11 +37,11 @@ enum Content {
     Snapshot(PathBuf),
 }
 
-struct Item {
-    entry: Entry,
-    content: Content,
+pub(super) struct Item {
+    pub(super) entry: Entry,
+    pub(super) content: Content,
     /// Files with several links: (device, inode), to keep them linked.
-    link: Option<(u64, u64)>,
+    pub(super) link: Option<(u64, u64)>,
 }
 
 pub(super) struct Copier<'a, 'b> {
@@ -149,7 +149,7 @@ impl Copier<'_, '_> {
             }
         }
         Self::add_parents(&mut items, &parent)?;
-        self.write(items)
+        write_layer(self.build, items.into_values().collect())
     }
 
     /// What a `from=` source path names: itself (links followed), or the
@@ -248,49 +248,47 @@ impl Copier<'_, '_> {
         }
         Ok(())
     }
+}
 
-    /// Writes the entries, in layer order, into one layer in the store.
-    fn write(&self, items: BTreeMap<String, Item>) -> Result<LayerInfo, ExecError> {
-        let store = &self.build.engine.store;
-        let options =
-            LayerOptions { compression: self.build.options.compression, level: None, epoch: self.build.options.epoch };
-        let mut layer = LayerWriter::new(store.blob_writer()?, &options);
-        let mut sorted: Vec<Item> = items.into_values().collect();
-        crate::layer::sort_entries_by(&mut sorted, |item| &item.entry);
-        let mut linked: HashMap<(u64, u64), String> = HashMap::new();
-        for mut item in sorted {
-            if let Some(key) = item.link {
-                if let Some(first) = linked.get(&key) {
-                    item.entry.kind = EntryKind::Hardlink { target: first.clone() };
-                    layer.append(&item.entry, None)?;
-                    continue;
-                }
-                linked.insert(key, item.entry.path.clone());
+/// Writes entries, in layer order, into one layer in the store.
+pub(super) fn write_layer(build: &Build<'_>, mut sorted: Vec<Item>) -> Result<LayerInfo, ExecError> {
+    let store = &build.engine.store;
+    let options = LayerOptions { compression: build.options.compression, level: None, epoch: build.options.epoch };
+    let mut layer = LayerWriter::new(store.blob_writer()?, &options);
+    crate::layer::sort_entries_by(&mut sorted, |item| &item.entry);
+    let mut linked: HashMap<(u64, u64), String> = HashMap::new();
+    for mut item in sorted {
+        if let Some(key) = item.link {
+            if let Some(first) = linked.get(&key) {
+                item.entry.kind = EntryKind::Hardlink { target: first.clone() };
+                layer.append(&item.entry, None)?;
+                continue;
             }
-            match &item.content {
-                Content::None => layer.append(&item.entry, None)?,
-                Content::Snapshot(path) => {
-                    let mut file = open(path)?;
-                    layer.append(&item.entry, Some(&mut file))?;
+            linked.insert(key, item.entry.path.clone());
+        }
+        match &item.content {
+            Content::None => layer.append(&item.entry, None)?,
+            Content::Snapshot(path) => {
+                let mut file = open(path)?;
+                layer.append(&item.entry, Some(&mut file))?;
+            }
+            Content::Context { path, digest, size } => {
+                let file = open(path)?;
+                let now = file.metadata().map_err(|source| ExecError::Io { path: path.clone(), source })?.len();
+                if now != *size {
+                    return Err(ExecError::ContextChanged { path: path.clone() });
                 }
-                Content::Context { path, digest, size } => {
-                    let file = open(path)?;
-                    let now = file.metadata().map_err(|source| ExecError::Io { path: path.clone(), source })?.len();
-                    if now != *size {
-                        return Err(ExecError::ContextChanged { path: path.clone() });
-                    }
-                    let mut reader = Blake3Reader { inner: file, hasher: blake3::Hasher::new() };
-                    layer.append(&item.entry, Some(&mut reader))?;
-                    if reader.hasher.finalize().as_bytes() != digest {
-                        return Err(ExecError::ContextChanged { path: path.clone() });
-                    }
+                let mut reader = Blake3Reader { inner: file, hasher: blake3::Hasher::new() };
+                layer.append(&item.entry, Some(&mut reader))?;
+                if reader.hasher.finalize().as_bytes() != digest {
+                    return Err(ExecError::ContextChanged { path: path.clone() });
                 }
             }
         }
-        let (writer, info) = layer.finish()?;
-        writer.commit(Some(&info.digest))?;
-        Ok(info)
     }
+    let (writer, info) = layer.finish()?;
+    writer.commit(Some(&info.digest))?;
+    Ok(info)
 }
 
 fn open(path: &Path) -> Result<std::fs::File, ExecError> {

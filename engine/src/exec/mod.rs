@@ -35,6 +35,7 @@
 //! the middle of a build fails the build instead of caching the wrong content.
 
 mod copy;
+mod run;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -83,6 +84,10 @@ pub enum ExecError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Image(#[from] ImageError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 
     /// Something the user wrote cannot be carried out.
     #[error("{message}")]
@@ -179,6 +184,52 @@ pub struct BuildOptions {
     pub compression: Compression,
     /// Ask the registry for every tagged base image, even one in the store.
     pub pull: bool,
+    /// Secrets `run` steps may mount.
+    pub secrets: Vec<Secret>,
+    /// Fires on Ctrl-C: running steps are killed, their mounts undone, and
+    /// the build returns [`ExecError::Interrupted`].
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// `--secret id=ID,src=PATH` or `--secret id=ID,env=VARIABLE`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub id: String,
+    pub source: SecretSource,
+}
+
+/// Where a secret's value comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// Never shows a secret's value (there is none in it) nor more than needed.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({})", self.id)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut id, mut source) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) if !v.is_empty() => id = Some(v.to_owned()),
+                Some(("src" | "source", v)) if !v.is_empty() => source = Some(SecretSource::File(PathBuf::from(v))),
+                Some(("env", v)) if !v.is_empty() => source = Some(SecretSource::Env(v.to_owned())),
+                _ => return Err(format!("`{part}` is not `id=...`, `src=...` or `env=...`")),
+            }
+        }
+        let id = id.ok_or("missing `id=`")?;
+        // As BuildKit: without a source, the variable named like the id.
+        let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
+        Ok(Self { id, source })
+    }
 }
 
 /// What the engine reports while it works.
@@ -201,6 +252,11 @@ pub enum Event {
     Cached {
         node: String,
         description: String,
+    },
+    /// A line a `run` step printed (stdout or stderr).
+    Output {
+        node: String,
+        line: String,
     },
     /// A step finished.
     Finished {
@@ -312,7 +368,6 @@ impl Engine {
         events: &dyn Events,
     ) -> Result<BuildReport, ExecError> {
         let mut plan = Plan::build(ws, targets)?;
-        refuse_runs(ws, &plan)?;
         let mut build = Build {
             engine: self,
             ws,
@@ -482,15 +537,17 @@ impl Build<'_> {
                 let config = self.engine.store.put_blob(&config.to_bytes())?;
                 Ok(FsResult { layers, config })
             }
-            Op::Run { .. } => {
-                let span = node.span.unwrap_or(self.ws.stages[0].span);
-                Err(ExecError::step(
-                    self.ws,
-                    span,
-                    "`run` steps cannot be executed by this version of bake yet".to_owned(),
-                    "needs the sandbox",
-                    Some("stages built with `copy` only work today; `run` comes with the sandbox".to_owned()),
-                ))
+            Op::Run { stage, index, run, .. } => {
+                let mut config = self.state_before(plan, n, *stage, *index, parent.as_deref())?;
+                let span = node.span.unwrap_or(self.ws.stages[*stage].span);
+                let layers = parent.as_ref().map(|p| p.layers.clone()).unwrap_or_default();
+                let layer = run::Step { build: self, node: &node.id, span, config: &config, parent_layers: &layers }
+                    .run(run)?;
+                config.add_layer(layer.diff_id.as_ref(), &self.created, &format!("run {}", run.script));
+                let mut layers = layers;
+                layers.push(layer);
+                let config = self.engine.store.put_blob(&config.to_bytes())?;
+                Ok(FsResult { layers, config })
             }
             Op::Stage { stage, .. } => {
                 let index = self.ws.stages[*stage].instructions.len();
@@ -655,30 +712,6 @@ impl Build<'_> {
         }
         Ok(())
     }
-}
-
-/// `run` steps need the sandbox, which this version does not have: say so
-/// before pulling or building anything.
-fn refuse_runs(ws: &Workspace, plan: &Plan) -> Result<(), ExecError> {
-    let runs: Vec<Span> = plan
-        .needed()
-        .filter(|n| matches!(plan.graph[*n].op, Op::Run { .. }))
-        .filter_map(|n| plan.graph[n].span)
-        .collect();
-    let Some(first) = runs.first() else { return Ok(()) };
-    Err(ExecError::step(
-        ws,
-        *first,
-        format!(
-            "`run` steps cannot be executed by this version of bake yet ({} in this build)",
-            crate::lang::plural(runs.len(), "run step")
-        ),
-        "needs the sandbox",
-        Some(
-            "only stages built with `copy` can be built today; build another target, or wait for the sandbox"
-                .to_owned(),
-        ),
-    ))
 }
 
 /// Manifest digests of the base images the store already has, for keys

@@ -1,0 +1,246 @@
+//! `run`: a command in the sandbox, on the stage's filesystem so far; what it
+//! changes becomes one layer.
+//!
+//! The step's filesystem is an overlay of the parent's snapshots (or the
+//! sandbox's copy fallback) with a fresh upper folder. After the command
+//! exits 0, the upper folder *is* the diff, in overlay form: a removed path is
+//! a character device 0:0 (written as `.wh.NAME`), a replaced folder carries
+//! the opaque xattr (written as `.wh..wh..opq`). Owners, modes, links and
+//! `security.capability` xattrs are kept as the command left them.
+//!
+//! `cache` folders live in `$BAKE_HOME/cache-mounts/`, one per cache id,
+//! bind-mounted into the step and never part of a layer or a key. Secrets
+//! are files bind-mounted read-only; a secret given as an environment
+//! variable is written to a 0600 file in the step's scratch folder, which is
+//! removed when the step ends. Neither reaches a layer, a key, the store or
+//! the events.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::copy::{Content, Item, write_layer};
+use super::{Build, Event, ExecError, Secret, SecretSource};
+use crate::image::ImageConfig;
+use crate::lang::{Run, Span};
+use crate::layer::{Entry, EntryKind, LayerInfo};
+use crate::sandbox::{self, Mount, OutputStream, RunSpec, SandboxError};
+
+/// Lines of output a failed step shows.
+const TAIL: usize = 20;
+
+pub(super) struct Step<'a, 'b> {
+    pub(super) build: &'a Build<'b>,
+    pub(super) node: &'a str,
+    pub(super) span: Span,
+    pub(super) config: &'a ImageConfig,
+    pub(super) parent_layers: &'a [LayerInfo],
+}
+
+impl Step<'_, '_> {
+    pub(super) fn run(&self, run: &Run) -> Result<LayerInfo, ExecError> {
+        let engine = self.build.engine;
+        let lowers =
+            self.parent_layers.iter().map(|l| engine.snapshots.unpacked(l)).collect::<Result<Vec<PathBuf>, _>>()?;
+        // The upper must be on the snapshots' filesystem (overlayfs needs
+        // upper and work on one filesystem; the copy fallback renames).
+        let tmp = engine.home.root().join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|source| ExecError::Io { path: tmp.clone(), source })?;
+        let scratch = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&tmp)
+            .map_err(|source| ExecError::Io { path: tmp.clone(), source })?;
+        let upper = scratch.path().join("upper");
+        let work = scratch.path().join("work");
+        for dir in [&upper, &work] {
+            std::fs::create_dir(dir).map_err(|source| ExecError::Io { path: dir.clone(), source })?;
+        }
+
+        let mut env = self.config.env();
+        for (k, v) in &run.env {
+            let value = crate::image::expand(v, &env);
+            match env.iter_mut().find(|(name, _)| name == k) {
+                Some(slot) => slot.1 = value,
+                None => env.push((k.clone(), value)),
+            }
+        }
+        let mut args = self.config.shell();
+        args.push(run.script.clone());
+        let mounts = self.mounts(run, scratch.path())?;
+        let spec = RunSpec {
+            lowers,
+            upper: upper.clone(),
+            work,
+            args,
+            env,
+            cwd: self.config.workdir(),
+            user: self.config.user(),
+            hostname: "bake".to_owned(),
+            network: run.network,
+            mounts,
+        };
+
+        let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL);
+        let mut partial = [String::new(), String::new()];
+        let events = self.build.events;
+        let node = self.node.to_owned();
+        let mut on_output = |stream: OutputStream, bytes: &[u8]| {
+            let slot = &mut partial[usize::from(matches!(stream, OutputStream::Stderr))];
+            slot.push_str(&String::from_utf8_lossy(bytes));
+            while let Some(end) = slot.find('\n') {
+                let line: String = slot.drain(..=end).collect();
+                let line = line.trim_end_matches(['\n', '\r']).to_owned();
+                if tail.len() == TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line.clone());
+                events.event(Event::Output { node: node.clone(), line });
+            }
+        };
+        let cancel = self.build.options.cancel.clone();
+        let result = tokio::runtime::Handle::current().block_on(sandbox::run(&spec, &mut on_output, &cancel));
+        for rest in partial.iter().filter(|p| !p.is_empty()) {
+            if tail.len() == TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(rest.clone());
+            self.build.events.event(Event::Output { node: self.node.to_owned(), line: rest.clone() });
+        }
+        let code = match result {
+            Ok(code) => code,
+            Err(SandboxError::Cancelled) => return Err(ExecError::Interrupted),
+            Err(e) => return Err(e.into()),
+        };
+        if code != 0 {
+            let shown: Vec<&str> = tail.iter().map(String::as_str).collect();
+            let help = if shown.is_empty() {
+                "the command printed nothing".to_owned()
+            } else {
+                format!("last lines of output:\n{}", shown.join("\n"))
+            };
+            return Err(ExecError::step(
+                self.build.ws,
+                self.span,
+                format!("`{}` failed with exit code {code}", one_line(&run.script)),
+                &format!("exit code {code}"),
+                Some(help),
+            ));
+        }
+        layer_from_upper(self.build, &upper)
+    }
+
+    /// Cache folders and secret files for the step.
+    fn mounts(&self, run: &Run, scratch: &Path) -> Result<Vec<Mount>, ExecError> {
+        let home = self.build.engine.home.root();
+        let mut mounts = Vec::new();
+        for cache in &run.caches {
+            let id = crate::oci::hex(&blake3::hash(cache.id.as_bytes()).as_bytes()[..16]);
+            let source = home.join("cache-mounts").join(id);
+            std::fs::create_dir_all(&source).map_err(|e| ExecError::Io { path: source.clone(), source: e })?;
+            mounts.push(Mount { source, target: cache.path.clone(), readonly: false });
+        }
+        for secret in &run.secrets {
+            let given = self.build.options.secrets.iter().find(|s: &&Secret| s.id == secret.id);
+            let source = match given.map(|s| &s.source) {
+                Some(SecretSource::File(path)) => path.clone(),
+                Some(SecretSource::Env(var)) => {
+                    let value = std::env::var_os(var).unwrap_or_default();
+                    let path = scratch.join(format!(
+                        "secret-{}",
+                        crate::oci::hex(&blake3::hash(secret.id.as_bytes()).as_bytes()[..8])
+                    ));
+                    write_private(&path, value.as_encoded_bytes())?;
+                    path
+                }
+                None if !secret.required => continue,
+                None => {
+                    return Err(ExecError::step(
+                        self.build.ws,
+                        self.span,
+                        format!("secret `{}` was not given", secret.id),
+                        "needs this secret",
+                        Some(format!(
+                            "pass it with --secret id={},src=FILE or --secret id={},env=VARIABLE, or mark it `required=#false`",
+                            secret.id, secret.id
+                        )),
+                    ));
+                }
+            };
+            mounts.push(Mount { source, target: secret.target.clone(), readonly: true });
+        }
+        Ok(mounts)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| ExecError::Io { path: path.to_path_buf(), source };
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
+    f.write_all(bytes).map_err(err)
+}
+
+fn one_line(script: &str) -> String {
+    let first = script.lines().next().unwrap_or_default().trim();
+    if script.trim().lines().count() > 1 { format!("{first} ...") } else { first.to_owned() }
+}
+
+/// The upper folder of a step as a layer.
+pub(super) fn layer_from_upper(build: &Build<'_>, upper: &Path) -> Result<LayerInfo, ExecError> {
+    let mut items = Vec::new();
+    walk(upper, "", &mut items)?;
+    write_layer(build, items)
+}
+
+fn walk(root: &Path, rel: &str, items: &mut Vec<Item>) -> Result<(), ExecError> {
+    let dir = root.join(rel);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ExecError::Io { path, source }
+    };
+    let mut names: Vec<_> = std::fs::read_dir(&dir).map_err(io(&dir))?.collect::<Result<_, _>>().map_err(io(&dir))?;
+    names.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in names {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let real = root.join(&path);
+        let meta = std::fs::symlink_metadata(&real).map_err(io(&real))?;
+        let ft = meta.file_type();
+        let mode = meta.permissions().mode() & 0o7777;
+        let entry =
+            |kind| Entry { path: path.clone(), kind, mode, uid: meta.uid(), gid: meta.gid(), xattrs: BTreeMap::new() };
+        if ft.is_char_device() && meta.rdev() == 0 {
+            items.push(Item { entry: entry(EntryKind::Whiteout), content: Content::None, link: None });
+        } else if ft.is_dir() {
+            items.push(Item { entry: entry(EntryKind::Dir), content: Content::None, link: None });
+            if crate::snapshot::is_opaque(&real) {
+                items.push(Item { entry: entry(EntryKind::Opaque), content: Content::None, link: None });
+            }
+            walk(root, &path, items)?;
+        } else if ft.is_file() {
+            let mut e = entry(EntryKind::File { size: meta.len() });
+            if let Ok(Some(cap)) = xattr::get(&real, "security.capability") {
+                e.xattrs.insert("security.capability".to_owned(), cap);
+            }
+            let link = (meta.nlink() > 1).then_some((meta.dev(), meta.ino()));
+            items.push(Item { entry: e, content: Content::Snapshot(real), link });
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&real).map_err(io(&real))?.to_string_lossy().into_owned();
+            items.push(Item { entry: entry(EntryKind::Symlink { target }), content: Content::None, link: None });
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let rdev = meta.rdev();
+            let major = u32::try_from(nix::sys::stat::major(rdev)).unwrap_or(0);
+            let minor = u32::try_from(nix::sys::stat::minor(rdev)).unwrap_or(0);
+            let kind = if ft.is_char_device() {
+                EntryKind::CharDevice { major, minor }
+            } else {
+                EntryKind::BlockDevice { major, minor }
+            };
+            items.push(Item { entry: entry(kind), content: Content::None, link: None });
+        } else if ft.is_fifo() {
+            items.push(Item { entry: entry(EntryKind::Fifo), content: Content::None, link: None });
+        }
+        // Sockets a command left behind have no place in an image.
+    }
+    Ok(())
+}

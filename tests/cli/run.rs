@@ -1,0 +1,203 @@
+//! `run` steps end to end, on the busybox fixture image (made offline by
+//! scripts/fixtures.sh and built into each test's store by bake itself).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::bake;
+use crate::images::{busybox_fixture, docker, run};
+
+/// A store that holds `docker.io/library/busybox:latest`, built by bake.
+fn home_with_busybox() -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("tempdir");
+    let fixture = busybox_fixture();
+    let built = bake(fixture.parent().expect("folder"), home.path(), &["-f", "build.kdl", "build"]);
+    assert_eq!(built.code, 0, "{}", built.render());
+    home
+}
+
+fn project(build: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("build.kdl"), build).expect("write");
+    dir
+}
+
+/// `tar -tvzf` of every layer of a docker archive after the first (the base).
+fn added_layers(archive: &Path) -> Vec<String> {
+    let out = tempfile::tempdir().expect("tempdir");
+    run(Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(out.path()));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).expect("manifest")).expect("json");
+    let layers = manifest[0]["Layers"].as_array().expect("layers").clone();
+    layers
+        .iter()
+        .skip(1)
+        .map(|l| {
+            let listing = run(Command::new("tar").arg("-tzf").arg(out.path().join(l.as_str().expect("path"))));
+            let mut lines: Vec<&str> = listing.lines().collect();
+            lines.sort_unstable();
+            lines.join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn run_steps_create_modify_and_delete_with_exact_layers() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+image "t" from="busybox" {
+    run "mkdir -p /a/b && echo hi > /a/b/f && echo x > /tmp/y && rm /etc/group && echo more >> /etc/passwd"
+    run "rm -rf /a && mkdir /a && echo new > /a/n"
+    run "touch /root/.cache/kept-out-of-layers && rm /tmp/y" {
+        cache "/root/.cache"
+    }
+    cmd "sh" "-c" "ls /a; cat /a/n; test -e /etc/group || echo no-group; tail -n 1 /etc/passwd; ls /tmp"
+    tag "bake-test/run:e2e"
+}
+"#,
+    );
+    let built = bake(p.path(), home.path(), &["build", "-o", "type=docker,dest=t.tar"]);
+    assert_eq!(built.code, 0, "{}", built.render());
+    assert_eq!(
+        added_layers(&p.path().join("t.tar")),
+        ["a/ a/b/ a/b/f etc/ etc/.wh.group etc/passwd tmp/ tmp/y", "a/ a/.wh..wh..opq a/n", "tmp/ tmp/.wh.y",]
+    );
+    docker();
+    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("t.tar")));
+    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/run:e2e"]));
+    assert_eq!(said, "n\nnew\nno-group\nmore\n");
+
+    // Unchanged: nothing runs again.
+    let again = bake(p.path(), home.path(), &["build"]);
+    assert!(again.stderr.contains("0 steps run, 3 cached"), "{}", again.stderr);
+}
+
+#[test]
+fn a_failing_run_points_at_its_line_with_exit_code_and_output() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+stage "s" from="busybox" {
+    run "echo preparing"
+    run "echo first line; echo oops >&2; exit 7"
+}
+"#,
+    );
+    let failed = bake(p.path(), home.path(), &["build", "s"]);
+    assert_eq!(failed.code, 1, "{}", failed.render());
+    for needle in ["failed with exit code 7", "build.kdl:4", "exit code 7", "first line", "oops"] {
+        assert!(failed.stderr.contains(needle), "missing {needle:?} in:\n{}", failed.stderr);
+    }
+    // The step before it was recorded; the failure was not.
+    let again = bake(p.path(), home.path(), &["build", "s"]);
+    assert!(again.stderr.contains("cached   s: run echo preparing"), "{}", again.stderr);
+    assert_eq!(again.code, 1);
+}
+
+#[test]
+fn a_secret_reaches_no_layer_store_or_output() {
+    const VALUE: &str = "s3cr3t-bake-value-7d1e";
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+image "uses-secret" from="busybox" {
+    run "test \"$(cat /run/secrets/token)\" != '' && wc -c < /run/secrets/token > /size" {
+        secret "token"
+    }
+    tag "bake-test/secret:e2e"
+}
+"#,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
+        .args(["build", "--secret", "id=token,env=BAKE_TEST_TOKEN", "-o", "type=docker,dest=image.tar"])
+        .current_dir(p.path())
+        .env("BAKE_HOME", home.path())
+        .env("BAKE_TEST_TOKEN", VALUE)
+        .output()
+        .expect("run bake");
+    let all_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all_output}");
+    assert!(!all_output.contains(VALUE), "the secret is in the output");
+    // Search the bytes of everything bake wrote: the store, snapshots, the archive.
+    let grep =
+        Command::new("grep").args(["-r", "-l", "-a", VALUE]).arg(home.path()).arg(p.path()).output().expect("grep");
+    assert!(grep.stdout.is_empty(), "secret found in: {}", String::from_utf8_lossy(&grep.stdout));
+    // The step did see it: the image holds its length.
+    docker();
+    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("image.tar")));
+    let size =
+        run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/secret:e2e", "cat", "/size"]));
+    assert_eq!(size.trim(), VALUE.len().to_string());
+
+    // A required secret that is not given is a clear error.
+    let missing = bake(p.path(), home.path(), &["build", "--no-cache"]);
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("secret `token` was not given"), "{}", missing.stderr);
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(marker))
+        .collect()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn interrupting_a_long_step_leaves_no_process_no_mount_and_a_usable_store() {
+    for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+        let home = home_with_busybox();
+        let marker = format!("4242{}", std::process::id());
+        let p = project(&format!(
+            r#"
+stage "first" from="busybox" {{
+    run "echo done > /first"
+}}
+stage "long" from="first" {{
+    run "sleep {marker} & sleep {marker}"
+}}
+"#
+        ));
+        let warm = bake(p.path(), home.path(), &["build", "first"]);
+        assert_eq!(warm.code, 0, "{}", warm.render());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bake"))
+            .args(["build", "long"])
+            .current_dir(p.path())
+            .env("BAKE_HOME", home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn bake");
+        let started = Instant::now();
+        while processes_with(&format!("sleep {marker}")).len() < 2 {
+            assert!(started.elapsed() < Duration::from_secs(60), "the step never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(1), "{signal}");
+        assert!(processes_with(&format!("sleep {marker}")).is_empty(), "{signal}: the step's processes survived");
+        assert!(mounts_under(home.path()).is_empty(), "{signal}: mounts left: {:?}", mounts_under(home.path()));
+        // The store is consistent and keeps what finished.
+        let after = bake(p.path(), home.path(), &["build", "first"]);
+        assert_eq!(after.code, 0, "{}", after.render());
+        assert!(after.stderr.contains("0 steps run, 1 cached"), "{}", after.stderr);
+    }
+}
