@@ -182,7 +182,17 @@ impl Config {
     pub fn from_str(name: &str, text: &str) -> Result<Config, ConfigError> {
         let src: Src = NamedSource::new(name, Arc::new(text.to_owned())).with_language("kdl");
         let mut errors = Vec::new();
-        let config = match KdlDocument::parse_v2(text) {
+        if let Some(at) = crate::lang::too_deep(text) {
+            let problem = ConfigProblem::Syntax {
+                message: "the file is nested too deeply".to_owned(),
+                src: src.clone(),
+                at: (at, 1).into(),
+                label: "too deep".to_owned(),
+                help: Some("the config file needs two levels at most".to_owned()),
+            };
+            return Err(ConfigError::Invalid { name: name.to_owned(), errors: vec![problem] });
+        }
+        let config = match crate::lang::parse_kdl(text) {
             Ok(doc) => Parser { src: &src, errors: &mut errors }.document(&doc),
             Err(err) => {
                 errors.extend(syntax_errors(&src, text.len(), &err));

@@ -112,6 +112,26 @@ impl Snapshots {
         }
     }
 
+    /// Takes `dir`, which already holds `layer`'s files in overlay form (a
+    /// `run` step's upper folder), as that layer's snapshot instead of
+    /// unpacking the layer again. `dir` must be on the snapshots'
+    /// filesystem; when the snapshot exists already, `dir` is left alone.
+    pub fn adopt(&self, layer: &LayerInfo, dir: &Path) -> Result<(), SnapshotError> {
+        let path = self.dir.join(layer.diff_id.digest());
+        if path.is_dir() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|source| SnapshotError::Io { path: self.dir.clone(), source })?;
+        let marker = self.dir.join(format!("{}.layer", layer.diff_id.digest()));
+        std::fs::write(&marker, layer.digest.to_string())
+            .map_err(|source| SnapshotError::Io { path: marker.clone(), source })?;
+        match std::fs::rename(dir, &path) {
+            Ok(()) => Ok(()),
+            Err(_) if path.is_dir() => Ok(()),
+            Err(source) => Err(SnapshotError::Io { path, source }),
+        }
+    }
+
     /// A merged view of `layers` (bottom first), unpacking what is missing.
     pub fn view(&self, layers: &[LayerInfo]) -> Result<MergedView, SnapshotError> {
         let lowers = layers.iter().map(|l| self.unpacked(l)).collect::<Result<Vec<_>, _>>()?;

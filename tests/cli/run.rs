@@ -201,3 +201,118 @@ stage "long" from="first" {{
         assert!(after.stderr.contains("0 steps run, 1 cached"), "{}", after.stderr);
     }
 }
+
+/// A store that holds the Debian fixture (`debian:bookworm`, `-slim`, `12`).
+fn home_with_debian() -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = busybox_fixture().parent().and_then(Path::parent).expect("fixtures").join("debian/build.kdl");
+    if !file.is_file() {
+        run(Command::new(crate::harness::root().join("scripts/fixtures.sh")).args(["build", "debian"]));
+    }
+    let built = bake(file.parent().expect("folder"), home.path(), &["-f", "build.kdl", "build"]);
+    assert_eq!(built.code, 0, "{}", built.render());
+    home
+}
+
+/// The compressed size `bake images` shows for a name, in bytes (approx.).
+fn image_size(stderr: &str, name: &str) -> f64 {
+    let line =
+        stderr.lines().find(|l| l.starts_with(&format!("image    {name} "))).unwrap_or_else(|| panic!("{stderr}"));
+    let inner = line.rsplit('(').next().unwrap_or_default().trim_end_matches(')');
+    let (n, unit) = inner.split_once(' ').expect("size");
+    let n: f64 = n.parse().expect("number");
+    n * match unit {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        _ => 1e9,
+    }
+}
+
+#[test]
+fn c_compiles_in_a_debian_builder_and_only_the_binary_ships() {
+    let home = home_with_debian();
+    let p = project(
+        r#"
+stage "builder" from="debian:bookworm" {
+    run "apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev make"
+    workdir "/src"
+    copy "hello.c" "Makefile" to="./"
+    run "make hello"
+}
+
+image "hello" from="debian:bookworm-slim" {
+    copy "/src/hello" from="builder" to="/usr/local/bin/hello"
+    entrypoint "/usr/local/bin/hello"
+    tag "bake-test/hello-c:e2e"
+}
+"#,
+    );
+    std::fs::write(
+        p.path().join("hello.c"),
+        "#include <stdio.h>\nint main(void) { puts(\"hello from C, built by bake\"); return 0; }\n",
+    )
+    .expect("write");
+    std::fs::write(p.path().join("Makefile"), "hello: hello.c\n\tcc -O2 -o hello hello.c\n").expect("write");
+    let built = bake(p.path(), home.path(), &["build", "builder", "hello", "-o", "type=docker,dest=hello.tar"]);
+    assert_eq!(built.code, 0, "{}", built.render());
+    assert!(image_size(&built.stderr, "hello") < image_size(&built.stderr, "builder"), "{}", built.stderr);
+    docker();
+    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("hello.tar")));
+    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/hello-c:e2e"]));
+    assert_eq!(said, "hello from C, built by bake\n");
+    // No compiler in the final image.
+    let which = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--entrypoint",
+            "/bin/sh",
+            "bake-test/hello-c:e2e",
+            "-c",
+            "command -v cc || echo none",
+        ])
+        .output()
+        .expect("docker");
+    assert_eq!(String::from_utf8_lossy(&which.stdout), "none\n");
+}
+
+#[test]
+fn go_builds_a_static_binary_for_a_scratch_image() {
+    let home = home_with_debian();
+    let p = project(
+        r#"
+stage "builder" from="debian:bookworm" {
+    run "apt-get update && apt-get install -y --no-install-recommends golang-go"
+    env "CGO_ENABLED" "0"
+    env "GOCACHE" "/root/.cache/go-build"
+    workdir "/src"
+    copy "go.mod" "main.go" to="./"
+    run "go build -o /out/hello ." {
+        cache "/root/.cache/go-build"
+    }
+}
+
+image "hello" from="scratch" {
+    copy "/out/hello" from="builder" to="/hello"
+    entrypoint "/hello" "-name" "scratch"
+    tag "bake-test/hello-go:e2e"
+}
+"#,
+    );
+    std::fs::write(p.path().join("go.mod"), "module example.com/hello\n\ngo 1.19\n").expect("write");
+    std::fs::write(
+        p.path().join("main.go"),
+        "package main\n\nimport (\n\t\"flag\"\n\t\"fmt\"\n)\n\nfunc main() {\n\tname := flag.String(\"name\", \"world\", \"who\")\n\tflag.Parse()\n\tfmt.Printf(\"hello, %s, from Go\\n\", *name)\n}\n",
+    )
+    .expect("write");
+    let built = bake(p.path(), home.path(), &["build", "builder", "hello", "-o", "type=docker,dest=hello.tar"]);
+    assert_eq!(built.code, 0, "{}", built.render());
+    assert!(image_size(&built.stderr, "hello") * 20.0 < image_size(&built.stderr, "builder"), "{}", built.stderr);
+    docker();
+    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("hello.tar")));
+    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/hello-go:e2e"]));
+    assert_eq!(said, "hello, scratch, from Go\n");
+}

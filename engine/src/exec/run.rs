@@ -1,5 +1,6 @@
 //! `run`: a command in the sandbox, on the stage's filesystem so far; what it
-//! changes becomes one layer.
+//! changes becomes one layer, and its upper folder becomes that layer's
+//! snapshot, so the next step does not unpack what this one just wrote.
 //!
 //! The step's filesystem is an overlay of the parent's snapshots (or the
 //! sandbox's copy fallback) with a fresh upper folder. After the command
@@ -126,7 +127,12 @@ impl Step<'_, '_> {
                 Some(help),
             ));
         }
-        layer_from_upper(self.build, &upper)
+        let layer = layer_from_upper(self.build, &upper)?;
+        // The upper folder already is this layer, unpacked and overlay-ready:
+        // keep it as the snapshot the next step stands on. If that fails the
+        // layer is simply unpacked when needed.
+        let _ = engine.snapshots.adopt(&layer, &upper);
+        Ok(layer)
     }
 
     /// Cache folders and secret files for the step.

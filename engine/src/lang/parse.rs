@@ -61,7 +61,17 @@ pub(super) fn parse_workspace(
         let id = files.len();
         files.push(SourceFile { path: canonical, name, dir: dir.clone(), text: Arc::new(text) });
         let file = &files[id];
-        match KdlDocument::parse_v2(&file.text) {
+        if let Some(at) = too_deep(&file.text) {
+            errors.push(LangError::Syntax {
+                message: format!("children are nested more than {MAX_DEPTH} levels deep"),
+                src: file.src(),
+                at: (at, 1).into(),
+                label: "too deep".to_owned(),
+                help: Some("a build.kdl needs three levels at most (stage, run, cache)".to_owned()),
+            });
+            continue;
+        }
+        match parse_kdl(&file.text) {
             Ok(doc) => {
                 for node in doc.nodes().iter().filter(|n| n.name().value() == "include") {
                     for path in includes(file, node, errors) {
@@ -74,6 +84,95 @@ pub(super) fn parse_workspace(
         }
     }
     docs
+}
+
+/// Parses KDL v2 on a thread whose stack fits any nesting the text can hold.
+///
+/// The `kdl` parser recurses once per `{` level, and on invalid input its
+/// error recovery may nest where [`too_deep`] sees a string, so no lexer of
+/// ours can bound its depth. The stack is sized from the number of `{`
+/// instead (about 22 KiB a level in a debug build); it is reserved, not
+/// committed, so a large one costs nothing unless used.
+pub(crate) fn parse_kdl(text: &str) -> Result<KdlDocument, kdl::KdlError> {
+    let braces = text.bytes().filter(|&b| b == b'{').count();
+    let stack = (8usize << 20).saturating_add(braces.saturating_mul(48 << 10));
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new().stack_size(stack).spawn_scoped(scope, || KdlDocument::parse_v2(text));
+        match spawned {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had: parse here, within the caller's stack.
+            Err(_) => KdlDocument::parse_v2(text),
+        }
+    })
+}
+
+/// Deepest `{` nesting bake parses. The `kdl` parser recurses once per
+/// level with no limit of its own, so a few hundred levels (90 on a 2 MiB
+/// thread in a debug build) overflow the stack; bake's language uses three.
+const MAX_DEPTH: usize = 32;
+
+/// The byte offset of the first `{` deeper than [`MAX_DEPTH`], counting only
+/// braces outside strings and comments.
+pub(crate) fn too_deep(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let (mut i, mut depth) = (0, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(i);
+                }
+            }
+            b'}' => depth = depth.saturating_sub(1),
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Block comments nest in KDL.
+                let mut level = 0usize;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        level += 1;
+                        i += 1;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        level -= 1;
+                        i += 1;
+                        if level == 0 {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            b'#' if matches!(b.get(i + 1), Some(b'#' | b'"')) => {
+                // A raw string: #"..."#, ##"..."##, ...
+                let hashes = b[i..].iter().take_while(|&&c| c == b'#').count();
+                if b.get(i + hashes) == Some(&b'"') {
+                    let close: Vec<u8> = std::iter::once(b'"').chain(std::iter::repeat_n(b'#', hashes)).collect();
+                    let start = i + hashes + 1;
+                    i = b[start..]
+                        .windows(close.len())
+                        .position(|w| w == close)
+                        .map_or(b.len(), |p| start + p + close.len() - 1);
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The name a file gets in diagnostics: relative to the root's folder.
@@ -210,4 +309,22 @@ fn includes(file: &SourceFile, node: &KdlNode, errors: &mut Vec<LangError>) -> V
         errors.push(LangError::UnexpectedChildren { node: "include".to_owned(), src: file.src(), at: children.span() });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_deep;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_and_comments() {
+        let deep = "x{".repeat(40);
+        assert_eq!(too_deep(&deep), Some(65));
+        assert_eq!(too_deep(&"{".repeat(33)), Some(32));
+        assert_eq!(too_deep(&"{}".repeat(100)), None);
+        let quoted = format!("run \"{}\" {{ cache \"/x\" }}", "{".repeat(100));
+        assert_eq!(too_deep(&quoted), None);
+        let raw = format!("run #\"{}\"# // {}\n/* {} /* */ */", "{".repeat(100), "{".repeat(100), "{".repeat(100));
+        assert_eq!(too_deep(&raw), None);
+        assert_eq!(too_deep("run \"a\\\"{{{\""), None);
+    }
 }
