@@ -297,10 +297,23 @@ impl Plan {
             }
         }
         let mut errors = Vec::new();
-        for (dir, slot) in &mut contexts {
-            match Context::open(dir, options.index_dir.as_deref()) {
-                Ok(ctx) => *slot = Some(Arc::new(ctx)),
-                Err(e) => errors.push(context_error(ws, None, dir, e)),
+        // Contexts are walked in parallel: a monorepo has one per service.
+        let opened: Vec<(PathBuf, Result<Context, ContextError>)> = contexts
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|dir| {
+                let ctx = Context::open(&dir, options.index_dir.as_deref());
+                (dir, ctx)
+            })
+            .collect();
+        for (dir, opened) in opened {
+            match opened {
+                Ok(ctx) => {
+                    contexts.insert(dir, Some(Arc::new(ctx)));
+                }
+                Err(e) => errors.push(context_error(ws, None, &dir, e)),
             }
         }
         let selections: Vec<(NodeIndex, Result<ContextRead, PlanError>)> = jobs

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kdl::{KdlDocument, KdlNode};
+use rayon::prelude::*;
 use miette::SourceSpan;
 
 use super::error::LangError;
@@ -41,49 +42,71 @@ pub(super) fn parse_workspace(
     };
     queue.push_back(Pending { path: root.to_path_buf(), text, name });
 
-    while let Some(pending) = queue.pop_front() {
-        let canonical = std::fs::canonicalize(&pending.path).unwrap_or_else(|_| pending.path.clone());
-        if !seen.insert(canonical.clone()) {
-            continue;
-        }
-        let text = match pending.text {
-            Some(text) => text,
-            None => match std::fs::read_to_string(&pending.path) {
-                Ok(text) => text,
-                Err(source) => {
-                    errors.push(LangError::Read { path: pending.path, source });
-                    continue;
-                }
-            },
-        };
-        let name = pending.name.unwrap_or_else(|| display_name(&canonical, &root_dir));
-        let dir = canonical.parent().map_or_else(|| root_dir.clone(), Path::to_path_buf);
-        let id = files.len();
-        files.push(SourceFile { path: canonical, name, dir: dir.clone(), text: Arc::new(text) });
-        let file = &files[id];
-        if let Some(at) = too_deep(&file.text) {
-            errors.push(LangError::Syntax {
-                message: format!("children are nested more than {MAX_DEPTH} levels deep"),
-                src: file.src(),
-                at: (at, 1).into(),
-                label: "too deep".to_owned(),
-                help: Some("a build.kdl needs three levels at most (stage, run, cache)".to_owned()),
-            });
-            continue;
-        }
-        match parse_kdl(&file.text) {
-            Ok(doc) => {
-                for node in doc.nodes().iter().filter(|n| n.name().value() == "include") {
-                    for path in includes(file, node, errors) {
-                        queue.push_back(Pending { path, text: None, name: None });
-                    }
-                }
-                docs.push((id, doc));
+    // Level by level: each level's files are read in order (so file ids and
+    // errors keep a stable order), parsed in parallel, then their includes
+    // make the next level.
+    while !queue.is_empty() {
+        let mut batch = Vec::new();
+        while let Some(pending) = queue.pop_front() {
+            let canonical = std::fs::canonicalize(&pending.path).unwrap_or_else(|_| pending.path.clone());
+            if !seen.insert(canonical.clone()) {
+                continue;
             }
-            Err(err) => errors.extend(syntax_errors(file, &err)),
+            let text = match pending.text {
+                Some(text) => text,
+                None => match std::fs::read_to_string(&pending.path) {
+                    Ok(text) => text,
+                    Err(source) => {
+                        errors.push(LangError::Read { path: pending.path, source });
+                        continue;
+                    }
+                },
+            };
+            let name = pending.name.unwrap_or_else(|| display_name(&canonical, &root_dir));
+            let dir = canonical.parent().map_or_else(|| root_dir.clone(), Path::to_path_buf);
+            batch.push(files.len());
+            files.push(SourceFile { path: canonical, name, dir, text: Arc::new(text) });
+        }
+        let parsed: Vec<(FileId, Result<KdlDocument, Parsed>)> = batch
+            .par_iter()
+            .map(|&id| {
+                let text = &files[id].text;
+                let result = match too_deep(text) {
+                    Some(at) => Err(Parsed::TooDeep(at)),
+                    None => parse_kdl(text).map_err(Parsed::Kdl),
+                };
+                (id, result)
+            })
+            .collect();
+        for (id, result) in parsed {
+            let file = &files[id];
+            match result {
+                Ok(doc) => {
+                    for node in doc.nodes().iter().filter(|n| n.name().value() == "include") {
+                        for path in includes(file, node, errors) {
+                            queue.push_back(Pending { path, text: None, name: None });
+                        }
+                    }
+                    docs.push((id, doc));
+                }
+                Err(Parsed::TooDeep(at)) => errors.push(LangError::Syntax {
+                    message: format!("children are nested more than {MAX_DEPTH} levels deep"),
+                    src: file.src(),
+                    at: (at, 1).into(),
+                    label: "too deep".to_owned(),
+                    help: Some("a build.kdl needs three levels at most (stage, run, cache)".to_owned()),
+                }),
+                Err(Parsed::Kdl(err)) => errors.extend(syntax_errors(file, &err)),
+            }
         }
     }
     docs
+}
+
+/// Why a file did not parse.
+enum Parsed {
+    TooDeep(usize),
+    Kdl(kdl::KdlError),
 }
 
 /// Parses KDL v2 on a thread whose stack fits any nesting the text can hold.
