@@ -465,6 +465,18 @@ impl Build<'_> {
     }
 
     fn nodes(&mut self, plan: &Plan) -> Result<(), ExecError> {
+        // Say once, up front, when `run` steps will use the copy fallback.
+        if plan.needed().any(|n| matches!(plan.graph[n].op, Op::Run { .. })) {
+            let tmp = self.engine.home.root().join("tmp");
+            let _ = std::fs::create_dir_all(&tmp);
+            if let crate::sandbox::Backend::Copy { reason } = crate::sandbox::probe_in(&tmp) {
+                self.events.event(Event::Warning {
+                    message: format!(
+                        "overlayfs cannot be used here ({reason}): `run` steps use the slower copy fallback"
+                    ),
+                });
+            }
+        }
         for n in plan.needed() {
             let node = &plan.graph[n];
             match &node.op {

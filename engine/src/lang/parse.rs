@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kdl::{KdlDocument, KdlNode};
-use rayon::prelude::*;
 use miette::SourceSpan;
+use rayon::prelude::*;
 
 use super::error::LangError;
 use super::{FileId, SourceFile};
