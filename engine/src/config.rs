@@ -182,20 +182,20 @@ impl Config {
     pub fn from_str(name: &str, text: &str) -> Result<Config, ConfigError> {
         let src: Src = NamedSource::new(name, Arc::new(text.to_owned())).with_language("kdl");
         let mut errors = Vec::new();
-        if let Some(at) = crate::lang::too_deep(text) {
-            let problem = ConfigProblem::Syntax {
-                message: "the file is nested too deeply".to_owned(),
-                src: src.clone(),
-                at: (at, 1).into(),
-                label: "too deep".to_owned(),
-                help: Some("the config file needs two levels at most".to_owned()),
-            };
-            return Err(ConfigError::Invalid { name: name.to_owned(), errors: vec![problem] });
-        }
-        let config = match crate::lang::parse_kdl(text) {
+        let config = match crate::lang::parse_checked(
+            text,
+            "bake's config is KDL v2: strings are quoted, properties are `key=value`",
+            "the config file needs two levels at most",
+        ) {
             Ok(doc) => Parser { src: &src, errors: &mut errors }.document(&doc),
-            Err(err) => {
-                errors.extend(syntax_errors(&src, text.len(), &err));
+            Err(problems) => {
+                errors.extend(problems.into_iter().map(|p| ConfigProblem::Syntax {
+                    message: p.message,
+                    src: src.clone(),
+                    at: p.at,
+                    label: p.label,
+                    help: p.help,
+                }));
                 Config::default()
             }
         };
@@ -541,37 +541,6 @@ impl Parser<'_> {
             help,
         });
     }
-}
-
-/// KDL's parse errors, re-wrapped with the file's name.
-fn syntax_errors(src: &Src, len: usize, err: &kdl::KdlError) -> Vec<ConfigProblem> {
-    let clamp = |span: SourceSpan| {
-        let start = span.offset().min(len);
-        SourceSpan::from(start..(span.offset() + span.len()).min(len))
-    };
-    let mut errors: Vec<ConfigProblem> =
-        err.diagnostics
-            .iter()
-            .map(|d| ConfigProblem::Syntax {
-                message: d.message.clone().unwrap_or_else(|| "invalid KDL".to_owned()),
-                src: src.clone(),
-                at: clamp(d.span),
-                label: d.label.clone().unwrap_or_else(|| "here".to_owned()),
-                help: d.help.clone().or_else(|| {
-                    Some("bake's config is KDL v2: strings are quoted, properties are `key=value`".to_owned())
-                }),
-            })
-            .collect();
-    if errors.is_empty() {
-        errors.push(ConfigProblem::Syntax {
-            message: "invalid KDL".to_owned(),
-            src: src.clone(),
-            at: SourceSpan::from(0..0),
-            label: "somewhere in this file".to_owned(),
-            help: None,
-        });
-    }
-    errors
 }
 
 #[cfg(test)]

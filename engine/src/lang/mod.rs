@@ -39,7 +39,7 @@ use miette::{NamedSource, SourceSpan};
 pub(crate) use error::plural;
 pub use error::{LangError, LoadError, Note, Src, did_you_mean};
 pub(crate) use lower::normalize_absolute as clean_absolute;
-pub(crate) use parse::{parse_kdl, too_deep};
+pub(crate) use parse::parse_checked;
 
 use crate::reference::ImageRef;
 

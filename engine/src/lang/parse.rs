@@ -67,14 +67,15 @@ pub(super) fn parse_workspace(
             batch.push(files.len());
             files.push(SourceFile { path: canonical, name, dir, text: Arc::new(text) });
         }
-        let parsed: Vec<(FileId, Result<KdlDocument, Parsed>)> = batch
+        let parsed: Vec<(FileId, Result<KdlDocument, Vec<SyntaxProblem>>)> = batch
             .par_iter()
             .map(|&id| {
                 let text = &files[id].text;
-                let result = match too_deep(text) {
-                    Some(at) => Err(Parsed::TooDeep(at)),
-                    None => parse_kdl(text).map_err(Parsed::Kdl),
-                };
+                let result = parse_checked(
+                    text,
+                    "build.kdl is KDL v2: strings are quoted, properties are `key=value`, children go in `{ }`",
+                    "a build.kdl needs three levels at most (stage, run, cache)",
+                );
                 (id, result)
             })
             .collect();
@@ -89,24 +90,17 @@ pub(super) fn parse_workspace(
                     }
                     docs.push((id, doc));
                 }
-                Err(Parsed::TooDeep(at)) => errors.push(LangError::Syntax {
-                    message: format!("children are nested more than {MAX_DEPTH} levels deep"),
+                Err(problems) => errors.extend(problems.into_iter().map(|p| LangError::Syntax {
+                    message: p.message,
                     src: file.src(),
-                    at: (at, 1).into(),
-                    label: "too deep".to_owned(),
-                    help: Some("a build.kdl needs three levels at most (stage, run, cache)".to_owned()),
-                }),
-                Err(Parsed::Kdl(err)) => errors.extend(syntax_errors(file, &err)),
+                    at: p.at,
+                    label: p.label,
+                    help: p.help,
+                })),
             }
         }
     }
     docs
-}
-
-/// Why a file did not parse.
-enum Parsed {
-    TooDeep(usize),
-    Kdl(kdl::KdlError),
 }
 
 /// Parses KDL v2 on a thread whose stack fits any nesting the text can hold.
@@ -203,35 +197,50 @@ fn display_name(path: &Path, root_dir: &Path) -> String {
     path.strip_prefix(root_dir).unwrap_or(path).display().to_string()
 }
 
-/// KDL's parse errors, re-wrapped with the file's name.
-fn syntax_errors(file: &SourceFile, err: &kdl::KdlError) -> Vec<LangError> {
-    let errors: Vec<LangError> = err
+/// A KDL syntax problem, before it is wrapped in the caller's error type
+/// with its file.
+pub(crate) struct SyntaxProblem {
+    pub(crate) message: String,
+    pub(crate) at: SourceSpan,
+    pub(crate) label: String,
+    pub(crate) help: Option<String>,
+}
+
+/// Checks nesting, parses, and turns kdl's errors into [`SyntaxProblem`]s
+/// (spans kept inside the text). `help` is shown where kdl has none, `depth`
+/// when the file nests too deeply.
+pub(crate) fn parse_checked(text: &str, help: &str, depth: &str) -> Result<KdlDocument, Vec<SyntaxProblem>> {
+    if let Some(at) = too_deep(text) {
+        return Err(vec![SyntaxProblem {
+            message: format!("children are nested more than {MAX_DEPTH} levels deep"),
+            at: (at, 1).into(),
+            label: "too deep".to_owned(),
+            help: Some(depth.to_owned()),
+        }]);
+    }
+    let err = match parse_kdl(text) {
+        Ok(doc) => return Ok(doc),
+        Err(err) => err,
+    };
+    let mut problems: Vec<SyntaxProblem> = err
         .diagnostics
         .iter()
-        .map(|d| LangError::Syntax {
+        .map(|d| SyntaxProblem {
             message: d.message.clone().unwrap_or_else(|| "invalid KDL".to_owned()),
-            src: file.src(),
-            at: clamp(d.span, file.text.len()),
+            at: clamp(d.span, text.len()),
             label: d.label.clone().unwrap_or_else(|| "here".to_owned()),
-            help: d.help.clone().or_else(|| {
-                Some(
-                    "build.kdl is KDL v2: strings are quoted, properties are `key=value`, children go in `{ }`"
-                        .to_owned(),
-                )
-            }),
+            help: d.help.clone().or_else(|| Some(help.to_owned())),
         })
         .collect();
-    if errors.is_empty() {
-        vec![LangError::Syntax {
+    if problems.is_empty() {
+        problems.push(SyntaxProblem {
             message: "invalid KDL".to_owned(),
-            src: file.src(),
             at: SourceSpan::from(0..0),
             label: "somewhere in this file".to_owned(),
             help: None,
-        }]
-    } else {
-        errors
+        });
     }
+    Err(problems)
 }
 
 /// Keeps a span inside the text, so a label never points past the end.
