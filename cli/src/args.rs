@@ -119,6 +119,10 @@ pub(crate) struct BuildArgs {
           value_parser = clap::value_parser!(i64).range(0..))]
     pub source_date_epoch: i64,
 
+    /// Steps that may run at once (default: one per core).
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub jobs: usize,
+
     /// Ask the registry for every tagged base image, even those in the store.
     #[arg(long)]
     pub pull: bool,

@@ -161,6 +161,7 @@ fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
         outputs: args.output.clone(),
         epoch: args.source_date_epoch,
         pull: args.pull,
+        jobs: args.jobs,
         secrets: args.secret.clone(),
         cancel: tokio_util::sync::CancellationToken::new(),
         compression: match args.compression {

@@ -316,3 +316,60 @@ image "hello" from="scratch" {
     let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/hello-go:e2e"]));
     assert_eq!(said, "hello, scratch, from Go\n");
 }
+
+/// `(start, end)` of a step, from the `/proc/uptime` lines it printed.
+fn interval(stderr: &str, node: &str) -> (f64, f64) {
+    let times: Vec<f64> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{node} | ")))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(times.len(), 2, "{node} in:\n{stderr}");
+    (times[0], times[1])
+}
+
+#[test]
+fn independent_steps_run_in_parallel_and_jobs_limits_them() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+stage "a" from="busybox" {
+    run "cat /proc/uptime; sleep 2; cat /proc/uptime"
+}
+stage "b" from="busybox" {
+    run "cat /proc/uptime; sleep 2; cat /proc/uptime"
+}
+target "both" "a" "b"
+"#,
+    );
+    let parallel = bake(p.path(), home.path(), &["build", "both", "--jobs", "2"]);
+    assert_eq!(parallel.code, 0, "{}", parallel.render());
+    let (a, b) = (interval(&parallel.stderr, "a/0"), interval(&parallel.stderr, "b/0"));
+    assert!(a.0 < b.1 && b.0 < a.1, "the steps did not overlap: a={a:?} b={b:?}");
+
+    let one = bake(p.path(), home.path(), &["build", "both", "--jobs", "1", "--no-cache"]);
+    assert_eq!(one.code, 0, "{}", one.render());
+    let (a, b) = (interval(&one.stderr, "a/0"), interval(&one.stderr, "b/0"));
+    assert!(a.1 <= b.0 || b.1 <= a.0, "--jobs 1 ran them together: a={a:?} b={b:?}");
+}
+
+#[test]
+fn a_failing_step_stops_the_steps_running_beside_it() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+stage "slow" from="busybox" {
+    run "sleep 30"
+}
+stage "broken" from="busybox" {
+    run "sleep 0.2; exit 3"
+}
+target "both" "slow" "broken"
+"#,
+    );
+    let started = Instant::now();
+    let failed = bake(p.path(), home.path(), &["build", "both"]);
+    assert_eq!(failed.code, 1, "{}", failed.render());
+    assert!(failed.stderr.contains("failed with exit code 3"), "{}", failed.stderr);
+    assert!(started.elapsed() < Duration::from_secs(20), "the slow step was not stopped");
+}

@@ -186,6 +186,8 @@ pub struct BuildOptions {
     pub pull: bool,
     /// Secrets `run` steps may mount.
     pub secrets: Vec<Secret>,
+    /// Steps that may run at once; 0 means one per core.
+    pub jobs: usize,
     /// Fires on Ctrl-C: running steps are killed, their mounts undone, and
     /// the build returns [`ExecError::Interrupted`].
     pub cancel: tokio_util::sync::CancellationToken,
@@ -376,6 +378,7 @@ impl Engine {
             created: crate::image::timestamp(options.epoch),
             results: HashMap::new(),
             report: BuildReport::default(),
+            cancel: options.cancel.child_token(),
         };
         let base_digests = build.bases(&plan).await?;
         let key_options = KeyOptions {
@@ -413,6 +416,9 @@ struct Build<'a> {
     created: String,
     results: HashMap<NodeIndex, Arc<FsResult>>,
     report: BuildReport,
+    /// The build's own cancellation: fired by the caller's token (Ctrl-C) or
+    /// by a failing step, to stop the steps running beside it.
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Build<'_> {
@@ -477,42 +483,103 @@ impl Build<'_> {
                 });
             }
         }
-        for n in plan.needed() {
-            let node = &plan.graph[n];
-            match &node.op {
-                Op::Pull { .. } | Op::Image { .. } | Op::Artifact { .. } => continue,
-                Op::Copy { .. } | Op::Run { .. } | Op::Stage { .. } => {}
+        let mut pending: Vec<NodeIndex> = plan
+            .needed()
+            .filter(|n| matches!(plan.graph[*n].op, Op::Copy { .. } | Op::Run { .. } | Op::Stage { .. }))
+            .collect();
+        let jobs = if self.options.jobs == 0 {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        } else {
+            self.options.jobs
+        };
+        let handle = tokio::runtime::Handle::current();
+        // In waves: every node whose inputs are all done is ready; cached ones
+        // are taken at once, the others run in parallel, `jobs` at a time.
+        while !pending.is_empty() {
+            let (ready, rest): (Vec<NodeIndex>, Vec<NodeIndex>) = pending.into_iter().partition(|&n| {
+                plan.graph.neighbors_directed(n, petgraph::Direction::Incoming).all(|p| self.results.contains_key(&p))
+            });
+            pending = rest;
+            if ready.is_empty() {
+                return Err(ExecError::Task("no step is ready to run: the graph has an unresolved input".to_owned()));
             }
-            let key = node.key.map(|k| k.to_hex()).unwrap_or_default();
-            let description = crate::graph::describe(node, self.ws);
-            if !self.options.no_cache
-                && let Some(entry) = self.engine.store.cache(&key)?
-                && let Ok(result) = serde_json::from_value::<FsResult>(entry.value)
-            {
-                let step = !matches!(node.op, Op::Stage { .. });
-                if step {
-                    self.report.cached += 1;
-                    self.events.event(Event::Cached { node: node.id.clone(), description });
+            let mut to_run = Vec::new();
+            for n in ready {
+                let node = &plan.graph[n];
+                let key = node.key.map(|k| k.to_hex()).unwrap_or_default();
+                if !self.options.no_cache
+                    && let Some(entry) = self.engine.store.cache(&key)?
+                    && let Ok(result) = serde_json::from_value::<FsResult>(entry.value)
+                {
+                    if !matches!(node.op, Op::Stage { .. }) {
+                        self.report.cached += 1;
+                        let description = crate::graph::describe(node, self.ws);
+                        self.events.event(Event::Cached { node: node.id.clone(), description });
+                    }
+                    self.results.insert(n, Arc::new(result));
+                } else {
+                    to_run.push(n);
                 }
-                self.results.insert(n, Arc::new(result));
-                continue;
             }
-            let started = Instant::now();
-            let step = !matches!(node.op, Op::Stage { .. });
-            if step {
-                self.events.event(Event::Started { node: node.id.clone(), description });
+            for chunk in to_run.chunks(jobs) {
+                let outcomes = {
+                    let this: &Self = self;
+                    std::thread::scope(|scope| {
+                        let running: Vec<_> = chunk
+                            .iter()
+                            .map(|&n| {
+                                let node = &plan.graph[n];
+                                if !matches!(node.op, Op::Stage { .. }) {
+                                    let description = crate::graph::describe(node, this.ws);
+                                    this.events.event(Event::Started { node: node.id.clone(), description });
+                                }
+                                let handle = handle.clone();
+                                scope.spawn(move || {
+                                    let _runtime = handle.enter();
+                                    let started = Instant::now();
+                                    let result = this.execute(plan, n);
+                                    if result.is_err() {
+                                        // Stop the steps running beside it.
+                                        this.cancel.cancel();
+                                    }
+                                    (n, result, started.elapsed())
+                                })
+                            })
+                            .collect();
+                        running
+                            .into_iter()
+                            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                            .collect::<Vec<_>>()
+                    })
+                };
+                let mut failure: Option<ExecError> = None;
+                for (n, result, elapsed) in outcomes {
+                    let node = &plan.graph[n];
+                    match result {
+                        Ok(result) => {
+                            let key = node.key.map(|k| k.to_hex()).unwrap_or_default();
+                            let mut blobs: Vec<Digest> = result.layers.iter().map(|l| l.digest.clone()).collect();
+                            blobs.push(result.config.clone());
+                            let value = serde_json::to_value(&result).unwrap_or_default();
+                            self.engine.store.put_cache(&key, &CacheEntry { value, blobs })?;
+                            if !matches!(node.op, Op::Stage { .. }) {
+                                self.report.executed += 1;
+                                let millis = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                                self.events.event(Event::Finished { node: node.id.clone(), millis });
+                            }
+                            self.results.insert(n, Arc::new(result));
+                        }
+                        // The step that failed is the news, not the ones it stopped.
+                        Err(e) if failure.as_ref().is_none_or(|f| matches!(f, ExecError::Interrupted)) => {
+                            failure = Some(e);
+                        }
+                        Err(_) => {}
+                    }
+                }
+                if let Some(e) = failure {
+                    return Err(e);
+                }
             }
-            let result = self.execute(plan, n)?;
-            let mut blobs: Vec<Digest> = result.layers.iter().map(|l| l.digest.clone()).collect();
-            blobs.push(result.config.clone());
-            let value = serde_json::to_value(&result).unwrap_or_default();
-            self.engine.store.put_cache(&key, &CacheEntry { value, blobs })?;
-            if step {
-                self.report.executed += 1;
-                let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                self.events.event(Event::Finished { node: node.id.clone(), millis });
-            }
-            self.results.insert(n, Arc::new(result));
         }
         Ok(())
     }

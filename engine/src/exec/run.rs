@@ -98,7 +98,7 @@ impl Step<'_, '_> {
                 events.event(Event::Output { node: node.clone(), line });
             }
         };
-        let cancel = self.build.options.cancel.clone();
+        let cancel = self.build.cancel.clone();
         let result = tokio::runtime::Handle::current().block_on(sandbox::run(&spec, &mut on_output, &cancel));
         for rest in partial.iter().filter(|p| !p.is_empty()) {
             if tail.len() == TAIL {
