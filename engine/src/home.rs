@@ -5,7 +5,10 @@
 //! $BAKE_HOME/
 //!   index/      context file indexes, one per context folder (see `context`)
 //!   store/      the content-addressed store: blobs, images, cache entries (see `store`)
-//!   snapshots/  layers unpacked once per diffID (see `snapshot`)
+//!   snapshots/     layers unpacked once per diffID (see `snapshot`)
+//!   tmp/           running `run` steps' scratch folders (upper, work), on the
+//!                  snapshots' filesystem so an upper can become a snapshot
+//!   cache-mounts/  `cache` folders of `run` steps, one per cache id
 //! ```
 //!
 //! bake's configuration file (registry mirrors, insecure registries, store
