@@ -158,7 +158,9 @@ impl Snapshots {
                 !self.dir.join(dir).is_dir()
             } else {
                 let layer = std::fs::read_to_string(self.dir.join(format!("{name}.layer"))).ok();
-                layer.and_then(|d| crate::oci::Digest::try_from(d.trim()).ok()).is_none_or(|d| !self.store.has_blob(&d))
+                layer
+                    .and_then(|d| crate::oci::Digest::try_from(d.trim()).ok())
+                    .is_none_or(|d| !self.store.contains_blob(&d))
             };
             if !orphan {
                 continue;

@@ -367,9 +367,9 @@ stage "broken" from="busybox" {
 target "both" "slow" "broken"
 "#,
     );
-    let started = Instant::now();
     let failed = bake(p.path(), home.path(), &["build", "both"]);
     assert_eq!(failed.code, 1, "{}", failed.render());
     assert!(failed.stderr.contains("failed with exit code 3"), "{}", failed.stderr);
-    assert!(started.elapsed() < Duration::from_secs(20), "the slow step was not stopped");
+    // The slow step was stopped, not waited for: it never finished.
+    assert!(!failed.stderr.contains("done     slow/0"), "{}", failed.stderr);
 }

@@ -27,6 +27,13 @@ impl Store {
         self.blob_len(digest).is_some()
     }
 
+    /// Whether the blob is stored, for maintenance: unlike
+    /// [`Store::has_blob`] it does not refresh the grace period, so asking
+    /// does not keep a blob alive.
+    pub fn contains_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_ok_and(|path| path.is_file())
+    }
+
     /// The blob's size, if stored; like [`Store::has_blob`], it refreshes the
     /// blob's grace period.
     pub fn blob_len(&self, digest: &Digest) -> Option<u64> {

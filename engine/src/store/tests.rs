@@ -498,3 +498,17 @@ fn lru_evicts_entries_that_share_a_blob_together() {
     assert!(!store.has_blob(&x) && store.has_blob(&y));
     assert!(store.cache(&key(3)).expect("3").is_some());
 }
+
+#[test]
+fn contains_blob_does_not_restart_the_grace_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let digest = store.put_blob(b"maintenance must not keep this alive").expect("put");
+    let path = store.blob_path(&digest).expect("path");
+    let old = SystemTime::now() - Duration::from_hours(1);
+    std::fs::File::options().write(true).open(&path).expect("open").set_modified(old).expect("touch");
+    assert!(store.contains_blob(&digest));
+    assert_eq!(std::fs::metadata(&path).expect("meta").modified().expect("mtime"), old);
+    assert!(store.has_blob(&digest));
+    assert!(std::fs::metadata(&path).expect("meta").modified().expect("mtime") > old);
+}
