@@ -29,6 +29,9 @@ pub(crate) enum Command {
     Graph(GraphArgs),
     /// Build targets: images into the local store, artifacts to the host.
     Build(BuildArgs),
+    /// Say why each step a build would run has to run: which input changed
+    /// since the last build. Runs nothing.
+    Explain(ExplainArgs),
     /// List the images in the local store.
     Images,
     /// Inspect or clean the local store.
@@ -132,8 +135,61 @@ pub(crate) struct BuildArgs {
     #[arg(long, value_name = "SPEC", value_parser = parse_secret)]
     pub secret: Vec<bake_engine::exec::Secret>,
 
+    /// Look results up in this registry cache before running a step:
+    /// REGISTRY/REPOSITORY[:PREFIX] (repeatable; replaces `cache-from` in
+    /// build.kdl).
+    #[arg(long, value_name = "REF", value_parser = parse_cache)]
+    pub cache_from: Vec<bake_engine::exec::CacheRef>,
+
+    /// Push every result of the build to this registry cache (repeatable;
+    /// replaces `cache-to` in build.kdl).
+    #[arg(long, value_name = "REF", value_parser = parse_cache)]
+    pub cache_to: Vec<bake_engine::exec::CacheRef>,
+
+    /// After a failure, finish the steps that do not depend on it.
+    #[arg(long)]
+    pub keep_going: bool,
+
+    /// Before building, say why each step that will run has to.
+    #[arg(long)]
+    pub explain: bool,
+
+    /// How to show progress: a live view on a terminal, plain lines for
+    /// logs, or JSON lines on stdout.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
+
     #[command(flatten)]
     pub load: LoadArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProgressArg {
+    /// `tty` when stderr is a terminal, else `plain`.
+    Auto,
+    Tty,
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExplainArgs {
+    /// Targets, stages, images or artifacts (default: the `default` target,
+    /// or every image).
+    pub targets: Vec<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+    pub format: ExplainFormat,
+
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ExplainFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -144,6 +200,10 @@ pub(crate) enum CompressionArg {
 }
 
 fn parse_secret(s: &str) -> Result<bake_engine::exec::Secret, String> {
+    s.parse()
+}
+
+fn parse_cache(s: &str) -> Result<bake_engine::exec::CacheRef, String> {
     s.parse()
 }
 

@@ -14,7 +14,10 @@ use bake_engine::snapshot::Snapshots;
 use bake_engine::store::{PruneOptions, Store};
 use miette::{Diagnostic, Report};
 
-use crate::args::{BuildArgs, CacheCommand, Cli, Command, CompressionArg, GraphArgs, GraphFormat, LoadArgs, PruneArgs};
+use crate::args::{
+    BuildArgs, CacheCommand, Cli, Command, CompressionArg, ExplainArgs, ExplainFormat, GraphArgs, GraphFormat,
+    LoadArgs, PruneArgs,
+};
 
 /// Why a command failed, which decides the exit code.
 pub(crate) enum Failure {
@@ -86,6 +89,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check(load) => check(&cli.file, &load),
         Command::Graph(args) => graph(&cli.file, &args),
         Command::Build(args) => build(&cli.file, &args),
+        Command::Explain(args) => explain(&cli.file, &args),
         Command::Images => images(),
         Command::Cache(CacheCommand::Du) => cache_du(),
         Command::Cache(CacheCommand::Prune(args)) => cache_prune(&args),
@@ -149,13 +153,8 @@ fn graph(file: &Path, args: &GraphArgs) -> Result<(), Failure> {
     print(&plan.render(&ws, format))
 }
 
-fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
-    let ws = load(file, &args.load)?;
-    if args.dry_run {
-        return dry_run(&ws, args);
-    }
-    let engine = engine()?;
-    let options = BuildOptions {
+fn build_options(args: &BuildArgs) -> BuildOptions {
+    BuildOptions {
         no_cache: args.no_cache,
         push: args.push,
         outputs: args.output.clone(),
@@ -164,34 +163,72 @@ fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
         jobs: args.jobs,
         secrets: args.secret.clone(),
         cancel: tokio_util::sync::CancellationToken::new(),
-        compression: match args.compression {
-            CompressionArg::Gzip => Compression::Gzip,
-            CompressionArg::Zstd => Compression::Zstd,
-            CompressionArg::None => Compression::None,
-        },
-    };
+        compression: compression(args.compression),
+        keep_going: args.keep_going,
+        cache_from: args.cache_from.clone(),
+        cache_to: args.cache_to.clone(),
+    }
+}
+
+fn compression(arg: CompressionArg) -> Compression {
+    match arg {
+        CompressionArg::Gzip => Compression::Gzip,
+        CompressionArg::Zstd => Compression::Zstd,
+        CompressionArg::None => Compression::None,
+    }
+}
+
+fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
+    let ws = load(file, &args.load)?;
+    if args.dry_run {
+        return dry_run(&ws, args);
+    }
+    let engine = engine()?;
+    let options = build_options(args);
     let started = std::time::Instant::now();
-    let render = |e: Event| crate::render::plain(&e);
+    let progress = crate::render::Progress::new(args.progress);
+    if args.explain {
+        let list = engine.explain(&ws, &args.targets, &options).map_err(exec_failure)?;
+        progress.explanations(&list);
+    }
+    let render = |e: Event| progress.event(e);
     let cancel = options.cancel.clone();
-    let report = runtime()?
-        .block_on(async {
-            // Ctrl-C or SIGTERM: running steps are killed and their mounts
-            // undone before the build returns.
-            tokio::spawn(async move {
-                let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                cancel.cancel();
-            });
-            engine.build(&ws, &args.targets, &options, &render).await
-        })
-        .map_err(exec_failure)?;
-    crate::render::summary(&report, started.elapsed());
+    let report = runtime()?.block_on(async {
+        // Ctrl-C or SIGTERM: running steps are killed and their mounts
+        // undone before the build returns.
+        tokio::spawn(async move {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            cancel.cancel();
+        });
+        engine.build(&ws, &args.targets, &options, &render).await
+    });
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            progress.finish();
+            return Err(exec_failure(e));
+        }
+    };
+    progress.summary(&report, started.elapsed());
     Ok(())
+}
+
+fn explain(file: &Path, args: &ExplainArgs) -> Result<(), Failure> {
+    let ws = load(file, &args.load)?;
+    let engine = engine()?;
+    let list = engine.explain(&ws, &args.targets, &BuildOptions::default()).map_err(exec_failure)?;
+    match args.format {
+        ExplainFormat::Text => print(&crate::render::explain_text(&list)),
+        ExplainFormat::Json => {
+            print(&format!("{}\n", serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".to_owned())))
+        }
+    }
 }
 
 fn dry_run(ws: &Workspace, args: &BuildArgs) -> Result<(), Failure> {
@@ -306,6 +343,6 @@ pub(crate) fn count(n: usize, word: &str) -> String {
     count_as(n, word, &format!("{word}s"))
 }
 
-fn count_as(n: usize, one: &str, many: &str) -> String {
+pub(crate) fn count_as(n: usize, one: &str, many: &str) -> String {
     if n == 1 { format!("{n} {one}") } else { format!("{n} {many}") }
 }

@@ -178,3 +178,88 @@ mod tests {
         assert!(norm("host:99999999/x").starts_with("error"));
     }
 }
+
+/// A registry cache: `registry/repository[:prefix]`, or buildx's
+/// `type=registry,ref=registry/repository[:prefix]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRef {
+    /// The repository (no tag, no digest).
+    pub repository: ImageRef,
+    /// Tags are `<prefix>-<key>`.
+    pub prefix: String,
+}
+
+impl CacheRef {
+    /// The reference of `key`'s entry.
+    pub fn entry(&self, key: &crate::graph::Key) -> ImageRef {
+        ImageRef { tag: Some(format!("{}-{}", self.prefix, key.to_hex())), digest: None, ..self.repository.clone() }
+    }
+}
+
+impl std::fmt::Display for CacheRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.repository.registry, self.repository.repository)?;
+        if self.prefix != "bake" {
+            write!(f, ":{}", self.prefix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for CacheRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let raw = if s.starts_with("type=") {
+            let mut reference = None;
+            for part in s.split(',') {
+                match part.split_once('=') {
+                    Some(("ref", v)) => reference = Some(v),
+                    // buildx options that mean nothing here: bake always
+                    // exports every result of the build.
+                    Some(("type", "registry") | ("mode" | "oci-mediatypes" | "image-manifest" | "ignore-error", _)) => {
+                    }
+                    Some(("type", other)) => {
+                        return Err(format!("cache type `{other}` is not supported: use `registry`"));
+                    }
+                    _ => return Err(format!("`{part}` is not `type=registry` or `ref=...`")),
+                }
+            }
+            reference.ok_or("missing `ref=`")?
+        } else {
+            s
+        };
+        if raw.contains('@') {
+            return Err("a cache is a repository: it cannot be pinned by digest".to_owned());
+        }
+        let parsed = ImageRef::parse(raw).map_err(|e| e.to_string())?;
+        // A tag is explicit when the last path segment has a `:`.
+        let explicit = raw.rsplit('/').next().is_some_and(|last| last.contains(':'));
+        let prefix = if explicit { parsed.tag.clone().unwrap_or_default() } else { "bake".to_owned() };
+        if prefix.is_empty() || prefix.len() > 60 {
+            return Err("the tag of a cache reference is a prefix of at most 60 characters".to_owned());
+        }
+        Ok(Self { repository: ImageRef { tag: None, digest: None, ..parsed }, prefix })
+    }
+}
+
+#[cfg(test)]
+mod cache_ref_tests {
+    use super::*;
+    use crate::graph::Key;
+
+    #[test]
+    fn cache_refs_parse() {
+        let c: CacheRef = "localhost:5000/team/cache".parse().expect("parses");
+        assert_eq!(c.prefix, "bake");
+        assert_eq!(c.repository.repository, "team/cache");
+        assert_eq!(c.to_string(), "localhost:5000/team/cache");
+        let c: CacheRef = "type=registry,ref=localhost:5000/cache:main,mode=max".parse().expect("parses");
+        assert_eq!(c.prefix, "main");
+        assert_eq!(c.to_string(), "localhost:5000/cache:main");
+        let key = Key([7; 32]);
+        assert_eq!(c.entry(&key).tag.as_deref().map(str::len), Some(5 + 64));
+        assert!("type=local,dest=x".parse::<CacheRef>().is_err());
+        assert!("localhost:5000/cache@sha256:0000".parse::<CacheRef>().is_err());
+    }
+}

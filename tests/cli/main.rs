@@ -9,3 +9,4 @@ mod plan;
 #[path = "../../engine/tests/common/registry.rs"]
 mod registry;
 mod run;
+mod schedule;

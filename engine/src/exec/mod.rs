@@ -35,11 +35,14 @@
 //! the middle of a build fails the build instead of caching the wrong content.
 
 mod copy;
+mod explain;
+mod remote;
 mod run;
+mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use miette::{Diagnostic, SourceSpan};
@@ -47,7 +50,7 @@ use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::graph::{KeyOptions, Op, Plan, PlanError};
+use crate::graph::{Key, KeyOptions, Op, Plan, PlanError};
 use crate::home::Home;
 use crate::image::{ImageConfig, ImageError, export::ExportImage};
 use crate::lang::{InstructionKind, Span, StageId, Workspace};
@@ -57,6 +60,9 @@ use crate::reference::ImageRef;
 use crate::registry::{PushImage, Pushed, Registry, RegistryError};
 use crate::snapshot::{SnapshotError, Snapshots};
 use crate::store::{CacheEntry, ImageRecord, Store, StoreError};
+
+pub use crate::reference::CacheRef;
+pub use explain::{Explanation, Reason};
 
 /// Errors while building.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -122,6 +128,14 @@ pub enum ExecError {
     #[error("a build task failed: {0}")]
     #[diagnostic(code(bake::exec::task))]
     Task(String),
+
+    /// Several steps failed (`--keep-going`).
+    #[error("{} failed", crate::lang::plural(errors.len(), "step"))]
+    #[diagnostic(code(bake::exec::failed))]
+    Failed {
+        #[related]
+        errors: Vec<ExecError>,
+    },
 }
 
 impl ExecError {
@@ -191,6 +205,13 @@ pub struct BuildOptions {
     /// Fires on Ctrl-C: running steps are killed, their mounts undone, and
     /// the build returns [`ExecError::Interrupted`].
     pub cancel: tokio_util::sync::CancellationToken,
+    /// After a failure, finish the steps that do not depend on it (and export
+    /// what they complete) instead of stopping the others.
+    pub keep_going: bool,
+    /// Registry caches to look results up in, in order.
+    pub cache_from: Vec<CacheRef>,
+    /// Registry caches to push every result of the build to.
+    pub cache_to: Vec<CacheRef>,
 }
 
 /// `--secret id=ID,src=PATH` or `--secret id=ID,env=VARIABLE`.
@@ -235,8 +256,20 @@ impl std::str::FromStr for Secret {
 }
 
 /// What the engine reports while it works.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Events arrive in order on the thread that caused them, at the moment they
+/// happen (renderers may timestamp them on receipt). They serialize as one
+/// JSON object with an `event` field naming the variant (`--progress json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// What will happen: `run` counts the steps that will run (or may, when
+    /// an early cutoff spares them), `cached` those whose result is reused.
+    Planned {
+        steps: usize,
+        run: usize,
+        cached: usize,
+    },
     /// A base image is being pulled.
     Pulling {
         image: String,
@@ -250,10 +283,16 @@ pub enum Event {
         node: String,
         description: String,
     },
-    /// A step's result came from the cache.
+    /// A step's result came from the cache: `remote` names the registry
+    /// cache it came from; `cutoff` says a parent rebuilt to an identical
+    /// result, so this step was spared.
     Cached {
         node: String,
         description: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remote: Option<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        cutoff: bool,
     },
     /// A line a `run` step printed (stdout or stderr).
     Output {
@@ -265,16 +304,41 @@ pub enum Event {
         node: String,
         millis: u64,
     },
+    /// A step failed (or was stopped because another one failed).
+    Failed {
+        node: String,
+        millis: u64,
+        message: String,
+    },
+    /// Bytes moved for a blob so far, of `total`; sent at most once per MiB
+    /// and when the blob is complete (`done == total`).
+    Transfer {
+        what: String,
+        digest: String,
+        direction: Direction,
+        done: u64,
+        total: u64,
+    },
     /// An image was written to the store.
     Image {
         name: String,
         digest: String,
         size: u64,
+        layers: usize,
+        executed: usize,
+        cached: usize,
+        /// Since the build started.
+        millis: u64,
     },
     /// A tag was pushed.
     Pushed {
         tag: String,
         digest: String,
+    },
+    /// Build results were pushed to a registry cache.
+    CacheExported {
+        reference: String,
+        entries: usize,
     },
     /// An output was written.
     Exported {
@@ -290,6 +354,14 @@ pub enum Event {
     Warning {
         message: String,
     },
+}
+
+/// Which way a blob moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Pull,
+    Push,
 }
 
 /// Receives events; must be cheap.
@@ -326,6 +398,12 @@ pub struct BuiltImage {
     pub tags: Vec<ImageRef>,
     pub record: ImageRecord,
     pub layers: usize,
+    /// Steps of this image (its stage and the stages it reads) that ran.
+    pub executed: usize,
+    /// Its steps whose result was reused.
+    pub cached: usize,
+    /// When it was ready, since the build started.
+    pub millis: u64,
 }
 
 /// What a build did.
@@ -370,16 +448,7 @@ impl Engine {
         events: &dyn Events,
     ) -> Result<BuildReport, ExecError> {
         let mut plan = Plan::build(ws, targets)?;
-        let mut build = Build {
-            engine: self,
-            ws,
-            options,
-            events,
-            created: crate::image::timestamp(options.epoch),
-            results: HashMap::new(),
-            report: BuildReport::default(),
-            cancel: options.cancel.child_token(),
-        };
+        let build = Build::new(self, ws, options, events);
         let base_digests = build.bases(&plan).await?;
         let key_options = KeyOptions {
             index_dir: Some(self.home.index_dir()),
@@ -389,8 +458,20 @@ impl Engine {
             epoch: options.epoch,
         };
         tokio::task::block_in_place(|| plan.compute_keys(ws, &key_options))?;
-        tokio::task::block_in_place(|| build.nodes(&plan))?;
-        build.exports(&plan).await?;
+        let cache = remote::RemoteCache::new(&build, ws);
+        let hits = build.lookups(&plan, &cache).await?;
+        let failures = tokio::task::block_in_place(|| build.nodes(&plan, hits, &cache))?;
+        let mut report = BuildReport::default();
+        build.exports(&plan, &mut report).await?;
+        cache.export(&build, &plan).await;
+        report.executed = build.count(|s| s == StepOutcome::Ran);
+        report.cached = build.count(|s| s != StepOutcome::Ran);
+        if failures.is_empty() {
+            tokio::task::block_in_place(|| explain::remember(&build, &plan));
+        } else {
+            let mut failures = failures;
+            return Err(if failures.len() == 1 { failures.remove(0) } else { ExecError::Failed { errors: failures } });
+        }
         if let Some(max_size) = self.max_size {
             let options = crate::store::PruneOptions { max_size: Some(max_size), ..Default::default() };
             let pruned = tokio::task::block_in_place(|| -> Result<(), ExecError> {
@@ -403,8 +484,15 @@ impl Engine {
                 events.event(Event::Warning { message: format!("could not trim the store to its size cap: {e}") });
             }
         }
-        Ok(build.report)
+        Ok(report)
     }
+}
+
+/// How a step's result was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepOutcome {
+    Ran,
+    Cached,
 }
 
 struct Build<'a> {
@@ -414,29 +502,85 @@ struct Build<'a> {
     events: &'a dyn Events,
     /// RFC 3339 of the epoch.
     created: String,
-    results: HashMap<NodeIndex, Arc<FsResult>>,
-    report: BuildReport,
+    started: Instant,
+    /// Finished nodes' results. A result may name layers that are not local
+    /// yet (a remote cache hit, a base image resolved but not pulled): see
+    /// `origins` and [`Build::materialize`].
+    results: RwLock<HashMap<NodeIndex, Arc<FsResult>>>,
+    /// Where to fetch the layers of a result that is not all local: a base
+    /// image, or a registry cache entry, pinned by digest.
+    origins: Mutex<HashMap<NodeIndex, Origin>>,
+    /// The identity each finished node passes on to the nodes after it (see
+    /// `schedule.rs`: early cutoff).
+    out_keys: Mutex<HashMap<NodeIndex, Key>>,
+    /// Keys that differ from the plan's because of an early cutoff.
+    effective: Mutex<HashMap<NodeIndex, Key>>,
+    /// How each step's result was obtained.
+    steps: Mutex<HashMap<NodeIndex, StepOutcome>>,
     /// The build's own cancellation: fired by the caller's token (Ctrl-C) or
     /// by a failing step, to stop the steps running beside it.
     cancel: tokio_util::sync::CancellationToken,
 }
 
-impl Build<'_> {
-    /// Makes every needed base image local; returns their manifest digests
-    /// by reference, for the keys.
-    async fn bases(&mut self, plan: &Plan) -> Result<BTreeMap<String, String>, ExecError> {
+/// Where a result's missing layers come from.
+#[derive(Debug, Clone)]
+struct Origin {
+    /// A digest-pinned reference.
+    image: ImageRef,
+    /// The name to show and record it under (the reference as written).
+    name: String,
+    /// A registry cache entry (its key then gets a local entry once pulled),
+    /// rather than a base image.
+    cache_key: Option<Key>,
+}
+
+/// Locks a mutex, ignoring poisoning (a panicking step is re-raised anyway).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<'a> Build<'a> {
+    fn new(engine: &'a Engine, ws: &'a Workspace, options: &'a BuildOptions, events: &'a dyn Events) -> Self {
+        Build {
+            engine,
+            ws,
+            options,
+            events,
+            created: crate::image::timestamp(options.epoch),
+            started: Instant::now(),
+            results: RwLock::new(HashMap::new()),
+            origins: Mutex::new(HashMap::new()),
+            out_keys: Mutex::new(HashMap::new()),
+            effective: Mutex::new(HashMap::new()),
+            steps: Mutex::new(HashMap::new()),
+            cancel: options.cancel.child_token(),
+        }
+    }
+
+    fn count(&self, f: impl Fn(StepOutcome) -> bool) -> usize {
+        lock(&self.steps).values().filter(|s| f(**s)).count()
+    }
+
+    fn millis_since_start(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Resolves every needed base image; returns their manifest digests by
+    /// reference, for the keys. Layers are pulled later, and only if a step
+    /// that runs needs them ([`Build::materialize`]).
+    async fn bases(&self, plan: &Plan) -> Result<BTreeMap<String, String>, ExecError> {
         let mut digests = BTreeMap::new();
         for n in plan.needed() {
             let Op::Pull { image } = &plan.graph[n].op else { continue };
-            let (digest, result) = self.base(image).await?;
+            let (digest, result) = self.base(n, image).await?;
             digests.insert(image.to_string(), digest.to_string());
-            self.results.insert(n, Arc::new(result));
+            self.set_result(n, result);
         }
         Ok(digests)
     }
 
-    /// A base image from the store, or pulled.
-    async fn base(&self, image: &ImageRef) -> Result<(Digest, FsResult), ExecError> {
+    /// A base image from the store, or resolved in its registry.
+    async fn base(&self, n: NodeIndex, image: &ImageRef) -> Result<(Digest, FsResult), ExecError> {
         let name = image.to_string();
         let store = &self.engine.store;
         let pinned = image.digest.is_some();
@@ -448,145 +592,86 @@ impl Build<'_> {
         {
             return Ok((record.manifest, result));
         }
-        self.events.event(Event::Pulling { image: name.clone() });
-        let pulled = self.engine.registry.pull(image, &crate::registry::NoProgress).await?;
-        let result = fs_result(store, &pulled.manifest_digest)?;
-        let size = store.blob_len(&pulled.manifest_digest).unwrap_or(0)
-            + store.blob_len(&result.config).unwrap_or(0)
-            + result.layers.iter().map(|l| l.size).sum::<u64>();
-        let created = ImageConfig::from_json(&store.read_blob(&result.config)?)
-            .ok()
-            .and_then(|c| c.json().get("created").and_then(|v| v.as_str()).map(str::to_owned))
-            .unwrap_or_default();
-        let record = ImageRecord {
-            manifest: pulled.manifest_digest.clone(),
-            media_type: pulled.media_type.clone(),
-            size,
-            uncompressed_size: 0,
-            created,
-        };
-        store.set_image(&name, &record)?;
-        self.events.event(Event::Pulled { image: name, digest: pulled.manifest_digest.to_string() });
-        Ok((pulled.manifest_digest, result))
+        let resolved = self.engine.registry.resolve(image).await?;
+        let result = fs_result(store, &resolved.manifest_digest)?;
+        let at = ImageRef { tag: None, digest: Some(resolved.manifest_digest.to_string()), ..image.clone() };
+        lock(&self.origins).insert(n, Origin { image: at, name, cache_key: None });
+        Ok((resolved.manifest_digest, result))
     }
 
-    fn nodes(&mut self, plan: &Plan) -> Result<(), ExecError> {
-        // Say once, up front, when `run` steps will use the copy fallback.
-        if plan.needed().any(|n| matches!(plan.graph[n].op, Op::Run { .. })) {
-            let tmp = self.engine.home.root().join("tmp");
-            let _ = std::fs::create_dir_all(&tmp);
-            if let crate::sandbox::Backend::Copy { reason } = crate::sandbox::probe_in(&tmp) {
-                self.events.event(Event::Warning {
-                    message: format!(
-                        "overlayfs cannot be used here ({reason}): `run` steps use the slower copy fallback"
-                    ),
-                });
-            }
+    fn set_result(&self, n: NodeIndex, result: FsResult) {
+        self.results.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(n, Arc::new(result));
+    }
+
+    fn has_result(&self, n: NodeIndex) -> bool {
+        self.results.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&n)
+    }
+
+    /// Makes every layer of node `n`'s result local, pulling what is missing
+    /// from its origin, or from the origins of the nodes it is built on. A
+    /// base image pulled here is recorded in the store under its name; a
+    /// registry cache entry under its key.
+    fn materialize(&self, plan: &Plan, n: NodeIndex) -> Result<(), ExecError> {
+        let result = self.result(n)?;
+        let store = &self.engine.store;
+        let missing = || result.layers.iter().find(|l| !store.has_blob(&l.digest)).map(|l| l.digest.to_string());
+        if missing().is_none() {
+            return Ok(());
         }
-        let mut pending: Vec<NodeIndex> = plan
-            .needed()
-            .filter(|n| matches!(plan.graph[*n].op, Op::Copy { .. } | Op::Run { .. } | Op::Stage { .. }))
-            .collect();
-        let jobs = if self.options.jobs == 0 {
-            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
-        } else {
-            self.options.jobs
+        let Some(origin) = lock(&self.origins).get(&n).cloned() else {
+            // The layers come from below: the base image, an earlier cache hit.
+            if let Some(below) = plan.graph[n].chain {
+                self.materialize(plan, below)?;
+            }
+            return match missing() {
+                None => Ok(()),
+                Some(layer) => Err(ExecError::Task(format!("layer {layer} is not in the store"))),
+            };
         };
+        let what = match origin.cache_key {
+            Some(_) => format!("cache {}", origin.image),
+            None => origin.name.clone(),
+        };
+        let progress = TransferEvents::new(self.events, what.clone());
         let handle = tokio::runtime::Handle::current();
-        // In waves: every node whose inputs are all done is ready; cached ones
-        // are taken at once, the others run in parallel, `jobs` at a time.
-        while !pending.is_empty() {
-            let (ready, rest): (Vec<NodeIndex>, Vec<NodeIndex>) = pending.into_iter().partition(|&n| {
-                plan.graph.neighbors_directed(n, petgraph::Direction::Incoming).all(|p| self.results.contains_key(&p))
-            });
-            pending = rest;
-            if ready.is_empty() {
-                return Err(ExecError::Task("no step is ready to run: the graph has an unresolved input".to_owned()));
+        if origin.cache_key.is_none() {
+            self.events.event(Event::Pulling { image: what.clone() });
+        }
+        let pulled = handle.block_on(async {
+            tokio::select! {
+                pulled = self.engine.registry.pull(&origin.image, &progress) => pulled.map_err(ExecError::from),
+                () = self.cancel.cancelled() => Err(ExecError::Interrupted),
             }
-            let mut to_run = Vec::new();
-            for n in ready {
-                let node = &plan.graph[n];
-                let key = node.key.map(|k| k.to_hex()).unwrap_or_default();
-                if !self.options.no_cache
-                    && let Some(entry) = self.engine.store.cache(&key)?
-                    && let Ok(result) = serde_json::from_value::<FsResult>(entry.value)
-                {
-                    if !matches!(node.op, Op::Stage { .. }) {
-                        self.report.cached += 1;
-                        let description = crate::graph::describe(node, self.ws);
-                        self.events.event(Event::Cached { node: node.id.clone(), description });
-                    }
-                    self.results.insert(n, Arc::new(result));
-                } else {
-                    to_run.push(n);
-                }
-            }
-            for chunk in to_run.chunks(jobs) {
-                let outcomes = {
-                    let this: &Self = self;
-                    std::thread::scope(|scope| {
-                        let running: Vec<_> = chunk
-                            .iter()
-                            .map(|&n| {
-                                let node = &plan.graph[n];
-                                if !matches!(node.op, Op::Stage { .. }) {
-                                    let description = crate::graph::describe(node, this.ws);
-                                    this.events.event(Event::Started { node: node.id.clone(), description });
-                                }
-                                let handle = handle.clone();
-                                scope.spawn(move || {
-                                    let _runtime = handle.enter();
-                                    let started = Instant::now();
-                                    let result = this.execute(plan, n);
-                                    if result.is_err() {
-                                        // Stop the steps running beside it.
-                                        this.cancel.cancel();
-                                    }
-                                    (n, result, started.elapsed())
-                                })
-                            })
-                            .collect();
-                        running
-                            .into_iter()
-                            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                            .collect::<Vec<_>>()
-                    })
+        })?;
+        match origin.cache_key {
+            Some(key) => record(store, &key, &result)?,
+            None => {
+                let name = &origin.name;
+                let size = store.blob_len(&pulled.manifest_digest).unwrap_or(0)
+                    + store.blob_len(&result.config).unwrap_or(0)
+                    + result.layers.iter().map(|l| l.size).sum::<u64>();
+                let created = ImageConfig::from_json(&store.read_blob(&result.config)?)
+                    .ok()
+                    .and_then(|c| c.json().get("created").and_then(|v| v.as_str()).map(str::to_owned))
+                    .unwrap_or_default();
+                let rec = ImageRecord {
+                    manifest: pulled.manifest_digest.clone(),
+                    media_type: pulled.media_type.clone(),
+                    size,
+                    uncompressed_size: 0,
+                    created,
                 };
-                let mut failure: Option<ExecError> = None;
-                for (n, result, elapsed) in outcomes {
-                    let node = &plan.graph[n];
-                    match result {
-                        Ok(result) => {
-                            let key = node.key.map(|k| k.to_hex()).unwrap_or_default();
-                            let mut blobs: Vec<Digest> = result.layers.iter().map(|l| l.digest.clone()).collect();
-                            blobs.push(result.config.clone());
-                            let value = serde_json::to_value(&result).unwrap_or_default();
-                            self.engine.store.put_cache(&key, &CacheEntry { value, blobs })?;
-                            if !matches!(node.op, Op::Stage { .. }) {
-                                self.report.executed += 1;
-                                let millis = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-                                self.events.event(Event::Finished { node: node.id.clone(), millis });
-                            }
-                            self.results.insert(n, Arc::new(result));
-                        }
-                        // The step that failed is the news, not the ones it stopped.
-                        Err(e) if failure.as_ref().is_none_or(|f| matches!(f, ExecError::Interrupted)) => {
-                            failure = Some(e);
-                        }
-                        Err(_) => {}
-                    }
-                }
-                if let Some(e) = failure {
-                    return Err(e);
-                }
+                store.set_image(name, &rec)?;
+                self.events.event(Event::Pulled { image: name.clone(), digest: pulled.manifest_digest.to_string() });
             }
         }
+        lock(&self.origins).remove(&n);
         Ok(())
     }
 
     fn execute(&self, plan: &Plan, n: NodeIndex) -> Result<FsResult, ExecError> {
         let node = &plan.graph[n];
-        let parent = node.chain.and_then(|p| self.results.get(&p)).cloned();
+        let parent = node.chain.map(|p| self.result(p)).transpose()?;
         match &node.op {
             Op::Copy { stage, index, copy, .. } => {
                 let mut config = self.state_before(plan, n, *stage, *index, parent.as_deref())?;
@@ -643,7 +728,12 @@ impl Build<'_> {
 
     /// A finished node's result.
     fn result(&self, n: NodeIndex) -> Result<Arc<FsResult>, ExecError> {
-        self.results.get(&n).cloned().ok_or_else(|| ExecError::Task(format!("node {} has no result", n.index())))
+        self.results
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&n)
+            .cloned()
+            .ok_or_else(|| ExecError::Task(format!("node {} has no result", n.index())))
     }
 
     /// The config in force just before instruction `index` of `stage`: the
@@ -677,20 +767,54 @@ impl Build<'_> {
         Ok(config)
     }
 
-    async fn exports(&mut self, plan: &Plan) -> Result<(), ExecError> {
+    /// Steps among `n` and its ancestors that ran and that were reused.
+    fn step_counts(&self, plan: &Plan, n: NodeIndex) -> (usize, usize) {
+        let steps = lock(&self.steps);
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![n];
+        let (mut ran, mut cached) = (0, 0);
+        while let Some(m) = stack.pop() {
+            if !seen.insert(m) {
+                continue;
+            }
+            if matches!(plan.graph[m].op, Op::Copy { .. } | Op::Run { .. }) {
+                match steps.get(&m) {
+                    Some(StepOutcome::Ran) => ran += 1,
+                    Some(StepOutcome::Cached) => cached += 1,
+                    None => {}
+                }
+            }
+            stack.extend(plan.graph.neighbors_directed(m, petgraph::Direction::Incoming));
+        }
+        (ran, cached)
+    }
+
+    async fn exports(&self, plan: &Plan, report: &mut BuildReport) -> Result<(), ExecError> {
         let store = &self.engine.store;
         let mut exports = Vec::new();
         let mut artifacts = Vec::new();
+        // Pushing only: layers that came from a registry cache are mounted
+        // across repositories by the registry, not downloaded and uploaded.
+        let push_only = self.options.push && self.options.outputs.is_empty();
         for n in plan.needed() {
             let requested_stage = matches!(&plan.graph[n].op, Op::Stage { stage, .. } if plan.roots.contains(&n) && self.ws.stages[*stage].image.is_none());
             match &plan.graph[n].op {
                 Op::Image { stage } | Op::Stage { stage, .. }
                     if requested_stage || matches!(plan.graph[n].op, Op::Image { .. }) =>
                 {
+                    let stage_node = plan.stage_node(*stage);
+                    // Under --keep-going, a stage whose steps failed has no result.
+                    if !self.has_result(stage_node) {
+                        continue;
+                    }
+                    let local = !push_only || lock(&self.origins).get(&stage_node).is_none();
+                    if !push_only {
+                        tokio::task::block_in_place(|| self.materialize(plan, stage_node))?;
+                    }
                     // A stage built on its own is kept (and exported) as an
                     // image named after it, with no tags.
                     let s = &self.ws.stages[*stage];
-                    let result = self.result(plan.stage_node(*stage))?;
+                    let result = self.result(stage_node)?;
                     let mut config = ImageConfig::from_json(&store.read_blob(&result.config)?)
                         .map_err(|e| ExecError::Task(format!("stage config is not JSON: {e}")))?;
                     config.set_created(&self.created);
@@ -698,21 +822,34 @@ impl Build<'_> {
                     let manifest =
                         crate::image::write_manifest(store, &config, &result.layers, &out.annotations, &self.created)?;
                     let tags: Vec<ImageRef> = out.tags.iter().map(|(t, _)| t.clone()).collect();
-                    store.set_image(&s.name, &manifest.record)?;
-                    for t in &tags {
-                        store.set_image(&t.to_string(), &manifest.record)?;
+                    // An image whose layers stay in the registry is not
+                    // recorded locally: the store only names complete images.
+                    if local {
+                        store.set_image(&s.name, &manifest.record)?;
+                        for t in &tags {
+                            store.set_image(&t.to_string(), &manifest.record)?;
+                        }
                     }
+                    let (executed, cached) = self.step_counts(plan, stage_node);
+                    let millis = self.millis_since_start();
                     self.events.event(Event::Image {
                         name: s.name.clone(),
                         digest: manifest.digest.to_string(),
                         size: manifest.record.size,
+                        layers: result.layers.len(),
+                        executed,
+                        cached,
+                        millis,
                     });
-                    self.report.images.push(BuiltImage {
+                    report.images.push(BuiltImage {
                         name: s.name.clone(),
                         digest: manifest.digest.clone(),
                         tags: tags.clone(),
                         record: manifest.record.clone(),
                         layers: result.layers.len(),
+                        executed,
+                        cached,
+                        millis,
                     });
                     exports.push((
                         ExportImage {
@@ -724,20 +861,26 @@ impl Build<'_> {
                             name: s.name.clone(),
                         },
                         result,
+                        stage_node,
                     ));
                 }
                 Op::Artifact { artifact } => {
                     let a = &self.ws.artifacts[*artifact];
-                    let result = self.result(plan.stage_node(a.from))?;
+                    let stage_node = plan.stage_node(a.from);
+                    if !self.has_result(stage_node) {
+                        continue;
+                    }
+                    tokio::task::block_in_place(|| self.materialize(plan, stage_node))?;
+                    let result = self.result(stage_node)?;
                     tokio::task::block_in_place(|| copy::export_path(self, &result, &a.path, &a.dest, a.span))?;
                     self.events.event(Event::Artifact { name: a.name.clone(), dest: a.dest.clone() });
-                    self.report.artifacts.push((a.name.clone(), a.dest.clone()));
+                    report.artifacts.push((a.name.clone(), a.dest.clone()));
                     artifacts.push((a, result));
                 }
                 _ => {}
             }
         }
-        let images: Vec<ExportImage> = exports.iter().map(|(e, _)| e.clone()).collect();
+        let images: Vec<ExportImage> = exports.iter().map(|(e, _, _)| e.clone()).collect();
         for output in &self.options.outputs {
             tokio::task::block_in_place(|| -> Result<(), ExecError> {
                 match output {
@@ -746,7 +889,7 @@ impl Build<'_> {
                     Output::Docker(dest) => crate::image::export::docker_tar(store, &images, dest)?,
                     Output::Local(dest) => {
                         let several = exports.len() + artifacts.len() > 1;
-                        for (image, result) in &exports {
+                        for (image, result, _) in &exports {
                             let to = if several { dest.join(&image.name) } else { dest.clone() };
                             copy::export_path(self, result, "/", &to, self.ws.stages[0].span)?;
                         }
@@ -769,21 +912,32 @@ impl Build<'_> {
         if self.options.push {
             let pushes: Vec<PushImage> = exports
                 .iter()
-                .filter(|(e, _)| !e.tags.is_empty())
-                .map(|(e, _)| PushImage {
+                .filter(|(e, _, _)| !e.tags.is_empty())
+                .map(|(e, _, _)| PushImage {
                     manifest: e.manifest.clone(),
                     media_type: e.media_type.clone(),
                     tags: e.tags.clone(),
                 })
                 .collect();
             if !pushes.is_empty() {
-                let pushed = self.engine.registry.push(&pushes, &crate::registry::NoProgress).await?;
+                let progress = TransferEvents::new(self.events, "push".to_owned());
+                let pushed = match self.engine.registry.push(&pushes, &progress).await {
+                    // A layer from a registry cache on another registry
+                    // cannot be mounted: fetch it, then push again.
+                    Err(RegistryError::MissingBlob { .. }) => {
+                        for (_, _, n) in &exports {
+                            tokio::task::block_in_place(|| self.materialize(plan, *n))?;
+                        }
+                        self.engine.registry.push(&pushes, &progress).await?
+                    }
+                    other => other?,
+                };
                 for p in &pushed {
                     self.events.event(Event::Pushed { tag: p.tag.to_string(), digest: p.digest.to_string() });
                 }
-                self.report.pushed = pushed;
+                report.pushed = pushed;
             }
-            for (e, _) in exports.iter().filter(|(e, _)| e.tags.is_empty()) {
+            for (e, _, _) in exports.iter().filter(|(e, _, _)| e.tags.is_empty()) {
                 self.events.event(Event::Warning {
                     message: format!("image `{}` has no `tag`, so --push has nothing to push it to", e.name),
                 });
@@ -791,6 +945,68 @@ impl Build<'_> {
         }
         Ok(())
     }
+}
+
+/// Registry transfer progress, as build events: cumulative, throttled.
+struct TransferEvents<'a> {
+    events: &'a dyn Events,
+    what: String,
+    /// Per blob: direction, size, bytes so far, bytes at the last event.
+    blobs: Mutex<HashMap<Digest, (Direction, u64, u64, u64)>>,
+}
+
+impl<'a> TransferEvents<'a> {
+    fn new(events: &'a dyn Events, what: String) -> Self {
+        Self { events, what, blobs: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl crate::registry::Progress for TransferEvents<'_> {
+    fn event(&self, event: crate::registry::TransferEvent) {
+        use crate::registry::TransferEvent as T;
+        const STEP: u64 = 1 << 20;
+        let mut blobs = lock(&self.blobs);
+        let (digest, emit) = match event {
+            T::Started { digest, size, direction } => {
+                let d = match direction {
+                    crate::registry::Direction::Pull => Direction::Pull,
+                    crate::registry::Direction::Push => Direction::Push,
+                };
+                blobs.insert(digest.clone(), (d, size, 0, 0));
+                (digest, true)
+            }
+            T::Bytes { digest, bytes } => {
+                let Some(entry) = blobs.get_mut(&digest) else { return };
+                entry.2 += bytes;
+                let emit = entry.2 - entry.3 >= STEP || entry.2 >= entry.1;
+                (digest, emit)
+            }
+            T::Skipped { .. } | T::Done { .. } => return,
+        };
+        if !emit {
+            return;
+        }
+        let Some(entry) = blobs.get_mut(&digest) else { return };
+        entry.3 = entry.2;
+        let (direction, total, done) = (entry.0, entry.1, entry.2);
+        drop(blobs);
+        self.events.event(Event::Transfer {
+            what: self.what.clone(),
+            digest: digest.to_string(),
+            direction,
+            done,
+            total,
+        });
+    }
+}
+
+/// Records `result` under `key`, with the blobs it keeps alive.
+fn record(store: &Store, key: &Key, result: &FsResult) -> Result<(), ExecError> {
+    let mut blobs: Vec<Digest> = result.layers.iter().map(|l| l.digest.clone()).collect();
+    blobs.push(result.config.clone());
+    let value = serde_json::to_value(result).unwrap_or_default();
+    store.put_cache(&key.to_hex(), &CacheEntry { value, blobs })?;
+    Ok(())
 }
 
 /// Manifest digests of the base images the store already has, for keys

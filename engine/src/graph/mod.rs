@@ -147,6 +147,8 @@ pub struct Plan {
     stage_nodes: Vec<NodeIndex>,
     /// What each context `copy` reads, once keys are computed.
     pub reads: HashMap<NodeIndex, ContextRead>,
+    /// The options the keys were computed with.
+    key_options: Option<KeyOptions>,
 }
 
 /// What a context `copy` reads: the context's folder and the selection.
@@ -255,7 +257,7 @@ impl Plan {
             }
             stack.extend(graph.neighbors_directed(n, Direction::Incoming));
         }
-        Ok(Self { graph, requested, roots, stage_nodes, reads: HashMap::new() })
+        Ok(Self { graph, requested, roots, stage_nodes, reads: HashMap::new(), key_options: None })
     }
 
     /// Node of a stage's result.
@@ -355,92 +357,108 @@ impl Plan {
                 continue;
             }
             let graph = &self.graph;
-            let key_of = |idx: NodeIndex| graph[idx].key;
-            let node = &graph[n];
-            let chain_key = node.chain.and_then(key_of);
-            let mut k = key::KeyBuilder::new(node.op.kind());
-            let mut context_files = None;
-            match &node.op {
-                Op::Pull { image } => {
-                    k.field("ref", image);
-                    let digest = image.digest.clone().or_else(|| options.base_digests.get(&image.to_string()).cloned());
-                    k.field("digest", digest.as_deref().unwrap_or("unresolved"));
-                }
-                Op::Copy { stage, index, copy, state } => {
-                    k.opt("parent", chain_key);
-                    state_fields(&mut k, state);
-                    k.list("sources", &copy.sources).field("dest", &copy.dest);
-                    k.opt("chown", copy.chown.as_ref()).opt("chmod", copy.chmod.map(|m| format!("{m:o}")));
-                    k.list("exclude", &copy.exclude);
-                    match &copy.from {
-                        CopySource::Context => {
-                            let (digest, files) =
-                                self.reads.get(&n).map_or(([0; 32], 0), |r| (r.selection.digest, r.selection.len()));
-                            k.field("from", "context").field("context", Key(digest).to_hex());
-                            context_files = Some(files);
-                        }
-                        CopySource::Stage(s) => {
-                            k.field("from", format!("stage:{}", ws.stages[*s].name));
-                            k.opt("from.key", key_of(self.stage_nodes[*s]));
-                        }
-                        CopySource::Image(r) => {
-                            k.field("from", format!("image:{r}"));
-                            let pull = graph
-                                .neighbors_directed(n, Direction::Incoming)
-                                .find(|p| matches!(&graph[*p].op, Op::Pull { image } if image == r));
-                            k.opt("from.key", pull.and_then(key_of));
-                        }
-                    }
-                    args_fields(&mut k, ws, *stage, *index);
-                }
-                Op::Run { stage, index, run, state } => {
-                    k.opt("parent", chain_key);
-                    state_fields(&mut k, state);
-                    k.field("script", &run.script);
-                    k.field("network", format!("{:?}", run.network).to_lowercase());
-                    k.list("env", run.env.iter().map(|(a, b)| format!("{a}={b}")));
-                    k.list(
-                        "cache",
-                        run.caches.iter().map(|c| format!("{} id={} sharing={:?}", c.path, c.id, c.sharing)),
-                    );
-                    k.list(
-                        "secret",
-                        run.secrets.iter().map(|s| format!("{} target={} required={}", s.id, s.target, s.required)),
-                    );
-                    args_fields(&mut k, ws, *stage, *index);
-                }
-                Op::Stage { stage, config } => {
-                    let s = &ws.stages[*stage];
-                    k.field("name", &s.name);
-                    k.opt("fs", chain_key);
-                    config_fields(&mut k, config);
-                    for (name, value) in &s.args_used {
-                        k.field(&format!("arg:{name}"), value);
-                    }
-                }
-                Op::Image { stage } => {
-                    let s = &ws.stages[*stage];
-                    k.opt("stage", key_of(self.stage_nodes[*stage]));
-                    if let Some(out) = &s.image {
-                        k.list("tags", out.tags.iter().map(|(t, _)| t));
-                        k.list("annotations", out.annotations.iter().map(|(a, b)| format!("{a}={b}")));
-                    }
-                }
-                Op::Artifact { artifact } => {
-                    let a = &ws.artifacts[*artifact];
-                    k.opt("stage", key_of(self.stage_nodes[a.from])).field("path", &a.path);
-                }
-            }
-            if !matches!(node.op, Op::Pull { .. }) {
-                k.field("layers", format!("{:?} epoch={}", options.compression, options.epoch).to_lowercase());
-            }
-            let (key, inputs) = k.finish();
+            let (key, inputs) = self.node_key(ws, n, options, &|p| graph[p].key);
+            let context_files = self.reads.get(&n).map(|r| r.selection.len());
             let node = &mut self.graph[n];
             node.key = Some(key);
             node.inputs = inputs;
             node.context_files = context_files;
         }
+        self.key_options = Some(options.clone());
         Ok(())
+    }
+
+    /// A node's key with its inputs' keys taken from `key_of`, for the
+    /// executor's early cutoff: a `copy from=STAGE` that produced the same
+    /// result as last time passes on an identity derived from that result, and
+    /// the nodes after it are keyed again with it. `None` before
+    /// [`Plan::compute_keys`].
+    pub fn key_with(&self, ws: &Workspace, n: NodeIndex, key_of: &dyn Fn(NodeIndex) -> Option<Key>) -> Option<Key> {
+        let options = self.key_options.as_ref()?;
+        Some(self.node_key(ws, n, options, key_of).0)
+    }
+
+    fn node_key(
+        &self,
+        ws: &Workspace,
+        n: NodeIndex,
+        options: &KeyOptions,
+        key_of: &dyn Fn(NodeIndex) -> Option<Key>,
+    ) -> (Key, Inputs) {
+        let graph = &self.graph;
+        let node = &graph[n];
+        let chain_key = node.chain.and_then(key_of);
+        let mut k = key::KeyBuilder::new(node.op.kind());
+        match &node.op {
+            Op::Pull { image } => {
+                k.field("ref", image);
+                let digest = image.digest.clone().or_else(|| options.base_digests.get(&image.to_string()).cloned());
+                k.field("digest", digest.as_deref().unwrap_or("unresolved"));
+            }
+            Op::Copy { stage, index, copy, state } => {
+                k.opt("parent", chain_key);
+                state_fields(&mut k, state);
+                k.list("sources", &copy.sources).field("dest", &copy.dest);
+                k.opt("chown", copy.chown.as_ref()).opt("chmod", copy.chmod.map(|m| format!("{m:o}")));
+                k.list("exclude", &copy.exclude);
+                match &copy.from {
+                    CopySource::Context => {
+                        let digest = self.reads.get(&n).map_or([0; 32], |r| r.selection.digest);
+                        k.field("from", "context").field("context", Key(digest).to_hex());
+                    }
+                    CopySource::Stage(s) => {
+                        k.field("from", format!("stage:{}", ws.stages[*s].name));
+                        k.opt("from.key", key_of(self.stage_nodes[*s]));
+                    }
+                    CopySource::Image(r) => {
+                        k.field("from", format!("image:{r}"));
+                        let pull = graph
+                            .neighbors_directed(n, Direction::Incoming)
+                            .find(|p| matches!(&graph[*p].op, Op::Pull { image } if image == r));
+                        k.opt("from.key", pull.and_then(key_of));
+                    }
+                }
+                args_fields(&mut k, ws, *stage, *index);
+            }
+            Op::Run { stage, index, run, state } => {
+                k.opt("parent", chain_key);
+                state_fields(&mut k, state);
+                k.field("script", &run.script);
+                k.field("network", format!("{:?}", run.network).to_lowercase());
+                k.list("env", run.env.iter().map(|(a, b)| format!("{a}={b}")));
+                k.list("cache", run.caches.iter().map(|c| format!("{} id={} sharing={:?}", c.path, c.id, c.sharing)));
+                k.list(
+                    "secret",
+                    run.secrets.iter().map(|s| format!("{} target={} required={}", s.id, s.target, s.required)),
+                );
+                args_fields(&mut k, ws, *stage, *index);
+            }
+            Op::Stage { stage, config } => {
+                let s = &ws.stages[*stage];
+                k.field("name", &s.name);
+                k.opt("fs", chain_key);
+                config_fields(&mut k, config);
+                for (name, value) in &s.args_used {
+                    k.field(&format!("arg:{name}"), value);
+                }
+            }
+            Op::Image { stage } => {
+                let s = &ws.stages[*stage];
+                k.opt("stage", key_of(self.stage_nodes[*stage]));
+                if let Some(out) = &s.image {
+                    k.list("tags", out.tags.iter().map(|(t, _)| t));
+                    k.list("annotations", out.annotations.iter().map(|(a, b)| format!("{a}={b}")));
+                }
+            }
+            Op::Artifact { artifact } => {
+                let a = &ws.artifacts[*artifact];
+                k.opt("stage", key_of(self.stage_nodes[a.from])).field("path", &a.path);
+            }
+        }
+        if !matches!(node.op, Op::Pull { .. }) {
+            k.field("layers", format!("{:?} epoch={}", options.compression, options.epoch).to_lowercase());
+        }
+        k.finish()
     }
 
     /// Renders the graph.

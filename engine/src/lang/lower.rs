@@ -45,6 +45,7 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
             DeclKind::Target => targets.push(cx.lower_target(decl, &names)),
         }
     }
+    let (cache_from, cache_to) = cx.lower_caches(&docs);
     let stages: Vec<Stage> = stages.into_iter().flatten().collect();
     let artifacts: Vec<Artifact> = artifacts.into_iter().flatten().collect();
     let targets: Vec<Target> = targets.into_iter().flatten().collect();
@@ -63,7 +64,7 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
     }
     let Cx { errors, .. } = cx;
     if errors.is_empty() {
-        Ok(Workspace { files, args, stages, artifacts, targets })
+        Ok(Workspace { files, args, stages, artifacts, targets, cache_from, cache_to })
     } else {
         Err(LoadError { root: root.to_path_buf(), errors })
     }
@@ -493,6 +494,36 @@ impl<'f> Cx<'f> {
     }
 
     // ---- pass 4: lowering ---------------------------------------------------
+
+    /// `cache-from` and `cache-to` nodes: registry caches, in file order.
+    fn lower_caches(&mut self, docs: &[(FileId, KdlDocument)]) -> (Spanned, Spanned) {
+        let (mut from, mut to) = (Vec::new(), Vec::new());
+        for (file_id, doc) in docs {
+            let file = self.file(*file_id);
+            for node in doc.nodes() {
+                let name = node.name().value();
+                let Some(spec) = schema::TOP.iter().find(|s| s.name == name && name.starts_with("cache-")) else {
+                    continue;
+                };
+                let Some(checked) = schema::check(spec, node, file, &mut self.errors) else { continue };
+                for entry in &checked.args {
+                    let raw = self.string(*file_id, entry);
+                    let at = Span { file: *file_id, span: entry.span() };
+                    match raw.parse::<crate::reference::CacheRef>() {
+                        Ok(_) if name == "cache-from" => from.push((raw, at)),
+                        Ok(_) => to.push((raw, at)),
+                        Err(e) => self.invalid(
+                            at,
+                            format!("`{raw}` is not a registry cache"),
+                            &e,
+                            Some("a registry cache is a repository, like `registry.example.com/team/cache`"),
+                        ),
+                    }
+                }
+            }
+        }
+        (from, to)
+    }
 
     fn lower_stage(&mut self, decl: &Decl<'_>, names: &Names) -> Option<Stage> {
         let file_id = decl.span.file;
@@ -1426,6 +1457,9 @@ pub(crate) fn parse_duration(raw: &str) -> Option<u64> {
     }
     Some(total)
 }
+
+/// Strings with where they were written.
+type Spanned = Vec<(String, Span)>;
 
 #[cfg(test)]
 mod tests {

@@ -99,6 +99,10 @@ pub struct Workspace {
     pub stages: Vec<Stage>,
     pub artifacts: Vec<Artifact>,
     pub targets: Vec<Target>,
+    /// `cache-from` registry caches, as written (after interpolation).
+    pub cache_from: Vec<(String, Span)>,
+    /// `cache-to` registry caches.
+    pub cache_to: Vec<(String, Span)>,
 }
 
 /// `arg NAME default=...`.

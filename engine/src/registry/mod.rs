@@ -839,6 +839,16 @@ impl Registry {
     }
 
     /// Notes that `repository` on `host` holds a blob.
+    /// Notes that the repository of `r` holds `digests` (a registry cache
+    /// entry's layers), so a push to another repository of the same
+    /// registry mounts them instead of needing them locally.
+    pub fn note_blobs(&self, r: &ImageRef, digests: &[Digest]) {
+        let host = normalize_registry(&r.registry);
+        for d in digests {
+            self.remember(host, &r.repository, d);
+        }
+    }
+
     fn remember(&self, host: &str, repository: &str, digest: &Digest) {
         let mut origins = self.lock_origins();
         let repos = origins.entry((host.to_owned(), digest.clone())).or_default();

@@ -1,0 +1,371 @@
+//! The scheduler and the caches end to end, judged from the JSON events
+//! (`--progress json`): parallelism by event timestamps, what runs and what
+//! is reused, the registry cache against a real registry, early cutoff,
+//! `explain`, and two processes (or a killed one) on one store.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Run, bake};
+use crate::images::busybox_fixture;
+use crate::registry::TestRegistry;
+
+fn home_with_busybox() -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("tempdir");
+    let fixture = busybox_fixture();
+    let built = bake(fixture.parent().expect("folder"), home.path(), &["-f", "build.kdl", "build"]);
+    assert_eq!(built.code, 0, "{}", built.render());
+    home
+}
+
+fn project(build: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("build.kdl"), build).expect("write");
+    dir
+}
+
+/// `bake build --progress json ARGS`: the run and its events.
+fn build_json(dir: &Path, home: &Path, args: &[&str]) -> (Run, Vec<Value>) {
+    let mut all = vec!["build", "--progress", "json"];
+    all.extend_from_slice(args);
+    let run = bake(dir, home, &all);
+    let events = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", run.render())))
+        .collect();
+    (run, events)
+}
+
+fn of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+fn nodes(events: &[Value], kind: &str) -> Vec<String> {
+    of(events, kind).iter().map(|e| e["node"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+fn ts(events: &[Value], kind: &str, node: &str) -> u64 {
+    of(events, kind)
+        .iter()
+        .find(|e| e["node"] == node)
+        .and_then(|e| e["ts"].as_u64())
+        .unwrap_or_else(|| panic!("no {kind} for {node} in {events:#?}"))
+}
+
+fn image_digest(events: &[Value], name: &str) -> String {
+    of(events, "image")
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["digest"].as_str())
+        .unwrap_or_else(|| panic!("no image {name} in {events:#?}"))
+        .to_owned()
+}
+
+#[test]
+fn independent_builders_overlap_and_an_unchanged_rebuild_runs_nothing() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+stage "left" from="busybox" {
+    run "sleep 2; echo left > /out"
+}
+stage "right" from="busybox" {
+    run "sleep 2; echo right > /out"
+}
+image "both" from="busybox" {
+    copy "/out" to="/left" from="left"
+    copy "/out" to="/right" from="right"
+}
+"#,
+    );
+    let (run, events) = build_json(p.path(), home.path(), &["--jobs", "2"]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    let (l0, l1) = (ts(&events, "started", "left/0"), ts(&events, "finished", "left/0"));
+    let (r0, r1) = (ts(&events, "started", "right/0"), ts(&events, "finished", "right/0"));
+    assert!(l0 < r1 && r0 < l1, "the builders did not overlap: left {l0}..{l1}, right {r0}..{r1}");
+    let summary = of(&events, "summary")[0];
+    assert_eq!(summary["executed"], 4, "{summary}");
+
+    let (again, events) = build_json(p.path(), home.path(), &[]);
+    assert_eq!(again.code, 0, "{}", again.render());
+    assert!(of(&events, "started").is_empty(), "{events:#?}");
+    assert_eq!(of(&events, "planned")[0]["run"], 0);
+    assert_eq!(of(&events, "summary")[0]["cached"], 4);
+}
+
+#[test]
+fn a_test_stage_runs_only_when_named_and_shared_stages_build_once() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+stage "builder" from="busybox" {
+    run "echo built > /artifact"
+}
+stage "test" from="builder" {
+    run "grep -q built /artifact && echo tested"
+}
+image "one" from="busybox" {
+    copy "/artifact" to="/one" from="builder"
+}
+image "two" from="busybox" {
+    copy "/artifact" to="/two" from="builder"
+}
+target "default" "one" "two"
+"#,
+    );
+    let (run, events) = build_json(p.path(), home.path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    let mut started = nodes(&events, "started");
+    started.sort();
+    assert_eq!(started, ["builder/0", "one/0", "two/0"]);
+    let (run, events) = build_json(p.path(), home.path(), &["test"]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    assert_eq!(nodes(&events, "started"), ["test/0"]);
+    assert!(nodes(&events, "cached").contains(&"builder/0".to_owned()), "{events:#?}");
+}
+
+#[test]
+fn keep_going_finishes_the_independent_branch() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+stage "broken" from="busybox" {
+    run "exit 4"
+}
+stage "after-broken" from="broken" {
+    run "echo never"
+}
+stage "fine" from="busybox" {
+    run "sleep 1; echo fine > /fine"
+}
+target "all" "after-broken" "fine"
+"#,
+    );
+    let (run, events) = build_json(p.path(), home.path(), &["all", "--keep-going"]);
+    assert_eq!(run.code, 1, "{}", run.render());
+    assert!(run.stderr.contains("exit code 4"), "{}", run.render());
+    assert_eq!(nodes(&events, "finished"), ["fine/0"], "{events:#?}");
+    assert!(!nodes(&events, "started").contains(&"after-broken/0".to_owned()));
+
+    // Without it, the failure stops the sibling.
+    let (run, events) = build_json(p.path(), home.path(), &["all", "--no-cache"]);
+    assert_eq!(run.code, 1, "{}", run.render());
+    assert!(nodes(&events, "finished").is_empty(), "{events:#?}");
+}
+
+#[test]
+fn a_builder_that_rebuilds_to_the_same_file_leaves_the_final_steps_alone() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+stage "builder" from="busybox" {
+    copy "notes.txt" to="/notes.txt"
+    run "wc -l /notes.txt > /dev/null; echo constant > /app"
+}
+image "final" from="busybox" {
+    copy "/app" to="/app" from="builder"
+    run "cat /app > /checked"
+}
+"#,
+    );
+    std::fs::write(p.path().join("notes.txt"), "one\n").expect("write");
+    let (run, first) = build_json(p.path(), home.path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    std::fs::write(p.path().join("notes.txt"), "one\ntwo\n").expect("write");
+
+    let explained = bake(p.path(), home.path(), &["explain"]);
+    assert_eq!(explained.code, 0, "{}", explained.render());
+    assert!(explained.stdout.contains("files changed: notes.txt"), "{}", explained.stdout);
+    assert!(explained.stdout.contains("it builds on builder/0, which changes"), "{}", explained.stdout);
+
+    let (run, events) = build_json(p.path(), home.path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    let started = nodes(&events, "started");
+    assert!(started.contains(&"builder/1".to_owned()), "{events:#?}");
+    assert!(!started.contains(&"final/1".to_owned()), "the step after the copy ran again: {events:#?}");
+    let cut = of(&events, "cached").into_iter().find(|e| e["node"] == "final/1").expect("final/1 cached");
+    assert_eq!(cut["cutoff"], true, "{cut}");
+    assert_eq!(image_digest(&events, "final"), image_digest(&first, "final"));
+}
+
+#[test]
+fn explain_names_the_arg_and_the_definition_that_changed() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+arg "GREETING" default="hello"
+image "app" from="busybox" {
+    run "echo ${GREETING} > /greeting"
+    run "cat /greeting"
+}
+"#,
+    );
+    let first = bake(p.path(), home.path(), &["explain"]);
+    assert!(first.stdout.contains("never built before"), "{}", first.render());
+    assert_eq!(bake(p.path(), home.path(), &["build"]).code, 0);
+    let none = bake(p.path(), home.path(), &["explain"]);
+    assert!(none.stdout.contains("nothing to rebuild"), "{}", none.render());
+    let changed = bake(p.path(), home.path(), &["explain", "--set", "GREETING=bye"]);
+    assert!(changed.stdout.contains("arg GREETING: hello -> bye"), "{}", changed.render());
+    assert!(changed.stdout.contains("2 steps will run (1 of them because a parent does)"), "{}", changed.render());
+    let (run, events) = build_json(p.path(), home.path(), &["--set", "GREETING=bye", "--explain"]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    assert_eq!(of(&events, "explain").len(), 2, "{events:#?}");
+}
+
+const CACHED_APP: &str = r#"
+stage "builder" from="busybox" {
+    run "sleep 1; mkdir -p /out && echo compiled > /out/app"
+}
+image "app" from="busybox" {
+    copy "/out/app" to="/app" from="builder"
+    run "cat /app"
+    tag "ADDR/bake-test/app:1"
+}
+"#;
+
+#[test]
+fn a_registry_cache_rebuilds_nothing_in_a_fresh_store_and_a_dead_one_is_a_warning() {
+    let cache = TestRegistry::start();
+    let addr = cache.addr.clone();
+    let cache_ref = format!("{addr}/bake-test/cache");
+    let p = project(&CACHED_APP.replace("ADDR", &addr));
+
+    let home = home_with_busybox();
+    let (run, first) = build_json(p.path(), home.path(), &["--cache-to", &cache_ref]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    assert_eq!(nodes(&first, "started").len(), 3, "{first:#?}");
+    assert!(!of(&first, "cache_exported").is_empty(), "{first:#?}");
+
+    // A fresh store: every step comes from the registry, the digest is the same.
+    let fresh = home_with_busybox();
+    let (run, events) = build_json(p.path(), fresh.path(), &["--cache-from", &cache_ref]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    assert!(nodes(&events, "started").is_empty(), "{events:#?}");
+    assert_eq!(image_digest(&events, "app"), image_digest(&first, "app"));
+    // Only the final image's layers came down, from the cache.
+    let fetched: Vec<&str> = of(&events, "transfer").iter().filter_map(|e| e["what"].as_str()).collect();
+    assert!(!fetched.is_empty() && fetched.iter().all(|w| w.starts_with("cache ")), "{events:#?}");
+
+    // Pushing to the same registry mounts the cached layers: nothing is pulled.
+    let pusher = home_with_busybox();
+    let (run, events) = build_json(p.path(), pusher.path(), &["--cache-from", &cache_ref, "--push"]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    assert!(nodes(&events, "started").is_empty(), "{events:#?}");
+    assert!(of(&events, "transfer").iter().all(|e| e["direction"] == "push"), "{events:#?}");
+    assert_eq!(of(&events, "pushed").len(), 1, "{events:#?}");
+
+    // The cache registry dies: a warning, and a local build.
+    cache.kill();
+    let alone = home_with_busybox();
+    let (run, events) = build_json(p.path(), alone.path(), &["--cache-from", &cache_ref, "--cache-to", &cache_ref]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    assert_eq!(nodes(&events, "started").len(), 3, "{events:#?}");
+    let warnings: Vec<&str> = of(&events, "warning").iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(warnings.iter().any(|w| w.contains("registry cache")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("could not export the build cache")), "{warnings:?}");
+    assert_eq!(image_digest(&events, "app"), image_digest(&first, "app"));
+}
+
+#[test]
+fn the_cache_can_be_declared_in_build_kdl() {
+    let cache = TestRegistry::start();
+    let addr = cache.addr.clone();
+    let declared = format!("cache-from \"{addr}/bake-test/kdl-cache\"\ncache-to \"{addr}/bake-test/kdl-cache\"\n");
+    let p = project(&format!("{declared}{}", CACHED_APP.replace("ADDR", &addr)));
+    let (run, _) = build_json(p.path(), home_with_busybox().path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    let (run, events) = build_json(p.path(), home_with_busybox().path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    assert!(nodes(&events, "started").is_empty(), "{events:#?}");
+}
+
+#[test]
+fn two_processes_build_overlapping_targets_on_one_store() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+stage "shared" from="busybox" {
+    run "sleep 1; echo shared > /shared"
+}
+image "a" from="shared" {
+    run "echo a > /a"
+}
+image "b" from="shared" {
+    run "echo b > /b"
+}
+image "c" from="busybox" {
+    copy "/shared" to="/c" from="shared"
+}
+"#,
+    );
+    let spawn = |targets: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_bake"))
+            .arg("build")
+            .args(targets)
+            .current_dir(p.path())
+            .env("BAKE_HOME", home.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bake")
+    };
+    let one = spawn(&["a", "b"]);
+    let two = spawn(&["b", "c"]);
+    for child in [one, two] {
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (run, events) = build_json(p.path(), home.path(), &["a", "b", "c"]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    assert!(nodes(&events, "started").is_empty(), "{events:#?}");
+}
+
+#[test]
+fn a_build_after_a_sigkill_reuses_what_finished() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+image "app" from="busybox" {
+    run "echo first > /first"
+    run "sleep SLEEP; echo second > /second"
+}
+"#
+        .replace("SLEEP", "60")
+        .as_str(),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bake"))
+        .args(["build", "--progress", "json"])
+        .current_dir(p.path())
+        .env("BAKE_HOME", home.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn bake");
+    let stdout = child.stdout.take().expect("stdout");
+    let deadline = Instant::now() + Duration::from_mins(1);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read");
+        if line.contains(r#""event":"started""#) && line.contains("app/1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second step never started");
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+
+    std::fs::write(
+        p.path().join("build.kdl"),
+        std::fs::read_to_string(p.path().join("build.kdl")).expect("read").replace("sleep 60", "sleep 0"),
+    )
+    .expect("write");
+    let (run, events) = build_json(p.path(), home.path(), &[]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    assert_eq!(nodes(&events, "cached"), ["app/0"], "{events:#?}");
+    assert_eq!(nodes(&events, "started"), ["app/1"], "{events:#?}");
+}
