@@ -102,6 +102,13 @@
 //! a test binary that runs steps needs its own `main` that does the same
 //! (see `engine/tests/sandbox.rs`).
 //!
+//! # Containers
+//!
+//! `bake run` uses the same helper and init for a whole image: the caller's
+//! stdio (or a terminal made inside the container), signals passed on to
+//! the process, a throwaway upper folder that the helper removes; see
+//! `container.rs`.
+//!
 //! # Backends
 //!
 //! [`probe`] mounts a tiny overlay in a private mount namespace (in a helper)
@@ -111,13 +118,18 @@
 //! the difference into the upper in overlay form (see `copy.rs`). Setting
 //! `BAKE_SANDBOX_BACKEND=copy` (or `overlay`) skips the probe.
 
+mod container;
 mod copy;
 mod helper;
 mod init;
 mod rootfs;
 mod sys;
+mod tty;
 mod user;
 mod wire;
+
+pub use container::{ContainerIo, ContainerSpec, Control, FORWARDED_SIGNALS, run_container};
+pub use tty::size as terminal_size;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
