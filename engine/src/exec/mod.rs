@@ -34,6 +34,7 @@
 //! compared with the digest their key was computed from, so a file edited in
 //! the middle of a build fails the build instead of caching the wrong content.
 
+mod base;
 mod copy;
 mod run;
 
@@ -437,37 +438,7 @@ impl Build<'_> {
 
     /// A base image from the store, or pulled.
     async fn base(&self, image: &ImageRef) -> Result<(Digest, FsResult), ExecError> {
-        let name = image.to_string();
-        let store = &self.engine.store;
-        let pinned = image.digest.is_some();
-        if (pinned || !self.options.pull)
-            && let Some(record) = store.image(&name)?
-            && image.digest.as_ref().is_none_or(|d| *d == record.manifest.to_string())
-            && let Ok(result) = fs_result(store, &record.manifest)
-            && result.layers.iter().all(|l| store.has_blob(&l.digest))
-        {
-            return Ok((record.manifest, result));
-        }
-        self.events.event(Event::Pulling { image: name.clone() });
-        let pulled = self.engine.registry.pull(image, &crate::registry::NoProgress).await?;
-        let result = fs_result(store, &pulled.manifest_digest)?;
-        let size = store.blob_len(&pulled.manifest_digest).unwrap_or(0)
-            + store.blob_len(&result.config).unwrap_or(0)
-            + result.layers.iter().map(|l| l.size).sum::<u64>();
-        let created = ImageConfig::from_json(&store.read_blob(&result.config)?)
-            .ok()
-            .and_then(|c| c.json().get("created").and_then(|v| v.as_str()).map(str::to_owned))
-            .unwrap_or_default();
-        let record = ImageRecord {
-            manifest: pulled.manifest_digest.clone(),
-            media_type: pulled.media_type.clone(),
-            size,
-            uncompressed_size: 0,
-            created,
-        };
-        store.set_image(&name, &record)?;
-        self.events.event(Event::Pulled { image: name, digest: pulled.manifest_digest.to_string() });
-        Ok((pulled.manifest_digest, result))
+        self.engine.local_image(image, self.options.pull, self.events).await
     }
 
     fn nodes(&mut self, plan: &Plan) -> Result<(), ExecError> {
