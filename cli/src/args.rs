@@ -142,6 +142,7 @@ pub(crate) struct BuildArgs {
 /// `bake run`. Options go before IMAGE; everything after it is the command.
 #[derive(Debug, Args)]
 #[command(
+    override_usage = "bake run [OPTIONS] IMAGE [--] [ARGS]...",
     after_help = "The exit code is the command's (128 + N when signal N ended it); 126 or 127 when the command cannot be run or is not found in the image; 2 when the image or an option is wrong; 1 when bake failed otherwise."
 )]
 pub(crate) struct RunArgs {
@@ -176,13 +177,33 @@ pub(crate) struct RunArgs {
     #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]", value_parser = parse_volume)]
     pub volumes: Vec<bake_engine::sandbox::Mount>,
 
-    /// An image name from `bake images` (image, stage or tag), or a reference
-    /// to pull when the store does not have it.
-    pub image: String,
+    /// IMAGE: a name from `bake images` (image, stage or tag), or a reference
+    /// to pull when the store does not have it. Then the command and its
+    /// arguments, instead of the image's cmd (an optional `--` first). Options
+    /// after IMAGE belong to the command.
+    #[arg(
+        value_name = "IMAGE [--] [ARGS]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
 
-    /// The command and its arguments, instead of the image's cmd.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
-    pub args: Vec<String>,
+impl RunArgs {
+    pub(crate) fn image(&self) -> &str {
+        self.command.first().map_or("", String::as_str)
+    }
+
+    /// The command after IMAGE, without a leading `--`.
+    pub(crate) fn args(&self) -> &[String] {
+        let rest = self.command.get(1..).unwrap_or_default();
+        match rest.split_first() {
+            Some((first, after)) if first == "--" => after,
+            _ => rest,
+        }
+    }
 }
 
 fn parse_volume(s: &str) -> Result<bake_engine::sandbox::Mount, String> {

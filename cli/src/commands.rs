@@ -261,7 +261,7 @@ fn run_image(args: &RunArgs) -> Result<(), Failure> {
         })
         .collect();
     let options = RunOptions {
-        args: args.args.clone(),
+        args: args.args().to_vec(),
         entrypoint: args.entrypoint.clone(),
         env,
         workdir: args.workdir.clone(),
@@ -270,7 +270,7 @@ fn run_image(args: &RunArgs) -> Result<(), Failure> {
     };
     let runtime = runtime()?;
     let render = |e: Event| crate::render::plain(&e);
-    let container = runtime.block_on(engine.container(&args.image, &options, &render)).map_err(run_failure)?;
+    let container = runtime.block_on(engine.container(args.image(), &options, &render)).map_err(run_failure)?;
     let io = crate::terminal::container_io(args.interactive, args.tty)
         .map_err(|e| Failure::Usage(Report::new(CliError::Stdio(e))))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

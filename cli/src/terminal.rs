@@ -21,8 +21,7 @@ pub(crate) fn container_io(interactive: bool, tty: bool) -> std::io::Result<Cont
         let input = if interactive { Some(dup(stdin.as_fd())?) } else { None };
         return Ok(ContainerIo::Tty { input, output: dup(stdout.as_fd())?, size });
     }
-    let input: OwnedFd =
-        if interactive { dup(stdin.as_fd())? } else { std::fs::File::open("/dev/null")?.into() };
+    let input: OwnedFd = if interactive { dup(stdin.as_fd())? } else { std::fs::File::open("/dev/null")?.into() };
     Ok(ContainerIo::Direct { stdin: input, stdout: dup(stdout.as_fd())?, stderr: dup(std::io::stderr().as_fd())? })
 }
 

@@ -55,7 +55,10 @@ pub enum ContainerError {
     },
 
     #[error("image `{name}` has no entrypoint and no cmd")]
-    #[diagnostic(code(bake::container::no_command), help("give the command after the image: bake run {name} -- COMMAND..."))]
+    #[diagnostic(
+        code(bake::container::no_command),
+        help("give the command after the image: bake run {name} -- COMMAND...")
+    )]
     NoCommand { name: String },
 
     #[error("the working folder `{workdir}` is not an absolute path")]
@@ -63,7 +66,10 @@ pub enum ContainerError {
     Workdir { workdir: String },
 
     #[error("cannot mount `{source_path}` at `{target}`: {reason}")]
-    #[diagnostic(code(bake::container::volume), help("volumes are HOST:CONTAINER[:ro], both absolute; the host path must exist"))]
+    #[diagnostic(
+        code(bake::container::volume),
+        help("volumes are HOST:CONTAINER[:ro], both absolute; the host path must exist")
+    )]
     Volume { source_path: String, target: String, reason: String },
 
     #[error(transparent)]
@@ -187,8 +193,11 @@ impl Engine {
             return Ok((image.to_owned(), record.manifest, result));
         }
         let help = self.local_names_help(image);
-        let reference = ImageRef::parse(image)
-            .map_err(|e| ContainerError::UnknownImage { name: image.to_owned(), reason: e.to_string(), help: help.clone() })?;
+        let reference = ImageRef::parse(image).map_err(|e| ContainerError::UnknownImage {
+            name: image.to_owned(),
+            reason: e.to_string(),
+            help: help.clone(),
+        })?;
         match self.local_image(&reference, false, events).await {
             Ok((digest, result)) => Ok((reference.to_string(), digest, result)),
             Err(ExecError::Registry(

@@ -176,7 +176,9 @@ pub async fn run_container(
 
     let (master_tx, mut master_rx) = tokio::sync::oneshot::channel();
     let pump = match (console, terminal) {
-        (Some(socket), Some((input, output))) => Some(std::thread::spawn(move || pump(&socket, input, output, master_tx))),
+        (Some(socket), Some((input, output))) => {
+            Some(std::thread::spawn(move || pump(&socket, input, output, master_tx)))
+        }
         _ => {
             drop(master_tx);
             None
@@ -277,10 +279,7 @@ fn pump(
         let _ = master_tx.send(copy);
     }
     // Dropped when the output ends, which wakes the input copier's poll.
-    let (stop_r, stop_w) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(_) => return,
-    };
+    let Ok((stop_r, stop_w)) = std::io::pipe() else { return };
     let feeder = match (input, master.try_clone()) {
         (Some(input), Ok(to)) => Some(std::thread::spawn(move || feed(&input, to, &stop_r))),
         _ => None,

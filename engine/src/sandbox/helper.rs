@@ -466,7 +466,11 @@ struct Mode {
 impl Mode {
     /// A `run` step: SIGTERM, SIGINT and SIGHUP cancel; nothing is forwarded.
     fn step() -> Self {
-        Self { cancel: set_of(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]), forward: SigSet::empty(), console: None }
+        Self {
+            cancel: set_of(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]),
+            forward: SigSet::empty(),
+            console: None,
+        }
     }
 
     fn container(console: Option<Console>) -> Self {
