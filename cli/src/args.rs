@@ -29,8 +29,10 @@ pub(crate) enum Command {
     Graph(GraphArgs),
     /// Build targets: images into the local store, artifacts to the host.
     Build(BuildArgs),
-    /// Run an image from the local store (pulled when missing), as `docker run
-    /// --rm --network host` would.
+    /// Run an image from the store (pulled when missing) like `docker run`.
+    ///
+    /// As `docker run --rm --network host` would: entrypoint, cmd, env, workdir
+    /// and user from the image's config; nothing is left behind.
     Run(RunArgs),
     /// List the images in the local store.
     Images,
