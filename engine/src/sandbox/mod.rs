@@ -23,6 +23,10 @@
 //! - PID 1 stays a tiny init: it forks the step, reaps every process, and
 //!   exits with the step's code (128 + signal when a signal killed it) as
 //!   soon as the step ends. Its end kills whatever the step left running.
+//!   It keeps SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
+//!   SIGWINCH blocked and passes them on to the step when they come (only a
+//!   container's helper sends any), so the step meets them with the default
+//!   actions rather than PID 1's "ignore what has no handler".
 //! - The helper calls `setsid`: a Ctrl-C in the terminal reaches bake only
 //!   (bake decides to cancel), and the step has no controlling terminal.
 //! - The request goes to the helper as JSON over its stdin, a Unix socket;
