@@ -32,6 +32,11 @@ pub(crate) enum Command {
     /// Say why each step a build would run has to run: which input changed
     /// since the last build. Runs nothing.
     Explain(ExplainArgs),
+    /// Run an image from the store (pulled when missing) like `docker run`.
+    ///
+    /// As `docker run --rm --network host` would: entrypoint, cmd, env, workdir
+    /// and user from the image's config; nothing is left behind.
+    Run(RunArgs),
     /// List the images in the local store.
     Images,
     /// Inspect or clean the local store.
@@ -190,6 +195,90 @@ pub(crate) struct ExplainArgs {
 pub(crate) enum ExplainFormat {
     Text,
     Json,
+}
+
+/// `bake run`. Options go before IMAGE; everything after it is the command.
+#[derive(Debug, Args)]
+#[command(
+    override_usage = "bake run [OPTIONS] IMAGE [--] [ARGS]...",
+    after_help = "The exit code is the command's (128 + N when signal N ended it); 126 or 127 when the command cannot be run or is not found in the image; 2 when the image or an option is wrong; 1 when bake failed otherwise."
+)]
+pub(crate) struct RunArgs {
+    /// Keep stdin open: the command reads bake's stdin (else /dev/null).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+
+    /// Give the command a terminal made inside the container (not the default,
+    /// as in Docker; use -it for an interactive shell).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+
+    /// Set an environment variable: NAME=VALUE, or NAME to pass bake's own
+    /// (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+
+    /// The working folder (absolute) instead of the image's.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+
+    /// The user instead of the image's: NAME, UID, NAME:GROUP or UID:GID.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Replace the image's entrypoint (and drop its cmd); "" clears it.
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
+
+    /// Bind a host file or folder: HOST:CONTAINER, or HOST:CONTAINER:ro for
+    /// read-only (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]", value_parser = parse_volume)]
+    pub volumes: Vec<bake_engine::sandbox::Mount>,
+
+    /// IMAGE: a name from `bake images` (image, stage or tag), or a reference
+    /// to pull when the store does not have it. Then the command and its
+    /// arguments, instead of the image's cmd (an optional `--` first). Options
+    /// after IMAGE belong to the command.
+    #[arg(
+        value_name = "IMAGE [--] [ARGS]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    pub(crate) fn image(&self) -> &str {
+        self.command.first().map_or("", String::as_str)
+    }
+
+    /// The command after IMAGE, without a leading `--`.
+    pub(crate) fn args(&self) -> &[String] {
+        let rest = self.command.get(1..).unwrap_or_default();
+        match rest.split_first() {
+            Some((first, after)) if first == "--" => after,
+            _ => rest,
+        }
+    }
+}
+
+fn parse_volume(s: &str) -> Result<bake_engine::sandbox::Mount, String> {
+    let (spec, readonly) = match s.rsplit_once(':') {
+        Some((rest, "ro")) => (rest, true),
+        Some((rest, "rw")) => (rest, false),
+        _ => (s, false),
+    };
+    let Some((host, target)) = spec.split_once(':') else {
+        return Err(format!("expected HOST:CONTAINER[:ro], got `{s}`"));
+    };
+    if host.is_empty() || !target.starts_with('/') {
+        return Err(format!("expected HOST:CONTAINER[:ro] with an absolute CONTAINER path, got `{s}`"));
+    }
+    // A relative host path is taken from the current folder.
+    let source = std::path::absolute(host).map_err(|e| format!("`{host}`: {e}"))?;
+    Ok(bake_engine::sandbox::Mount { source, target: target.to_owned(), readonly })
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -16,7 +16,7 @@ use miette::{Diagnostic, Report};
 
 use crate::args::{
     BuildArgs, CacheCommand, Cli, Command, CompressionArg, ExplainArgs, ExplainFormat, GraphArgs, GraphFormat,
-    LoadArgs, PruneArgs,
+    LoadArgs, PruneArgs, RunArgs,
 };
 
 /// Why a command failed, which decides the exit code.
@@ -29,6 +29,10 @@ pub(crate) enum Failure {
     Build(Report),
     /// Several build errors, each rendered on its own, then a summary (exit 1).
     BuildMany(Vec<Report>, String),
+    /// `bake run`: an error with its own exit code (126, 127).
+    Run(Report, u8),
+    /// `bake run`: the container's exit code, nothing to print.
+    Exit(u8),
 }
 
 impl Failure {
@@ -36,6 +40,7 @@ impl Failure {
         match self {
             Self::Build(_) | Self::BuildMany(..) => 1,
             Self::Load(_) | Self::Usage(_) => 2,
+            Self::Run(_, code) | Self::Exit(code) => *code,
         }
     }
 }
@@ -78,6 +83,9 @@ enum CliError {
     #[error("cannot start the async runtime")]
     #[diagnostic(code(bake::cli::runtime))]
     Runtime(#[source] std::io::Error),
+    #[error("cannot pass bake's stdin, stdout and stderr to the container")]
+    #[diagnostic(code(bake::cli::stdio))]
+    Stdio(#[source] std::io::Error),
 }
 
 pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
@@ -90,6 +98,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Graph(args) => graph(&cli.file, &args),
         Command::Build(args) => build(&cli.file, &args),
         Command::Explain(args) => explain(&cli.file, &args),
+        Command::Run(args) => run_image(&args),
         Command::Images => images(),
         Command::Cache(CacheCommand::Du) => cache_du(),
         Command::Cache(CacheCommand::Prune(args)) => cache_prune(&args),
@@ -270,6 +279,62 @@ fn exec_failure(e: ExecError) -> Failure {
     match e {
         ExecError::Plan(p) => Failure::from(p),
         other => Failure::Build(Report::new(other)),
+    }
+}
+
+/// `bake run`: the container's exit code becomes bake's.
+fn run_image(args: &RunArgs) -> Result<(), Failure> {
+    use bake_engine::container::RunOptions;
+    let engine = engine()?;
+    // NAME alone passes bake's own value, and nothing when it has none (as Docker).
+    let env = args
+        .env
+        .iter()
+        .filter_map(|e| match e.split_once('=') {
+            Some((k, v)) => Some((k.to_owned(), v.to_owned())),
+            None => std::env::var(e).ok().map(|v| (e.clone(), v)),
+        })
+        .collect();
+    let options = RunOptions {
+        args: args.args().to_vec(),
+        entrypoint: args.entrypoint.clone(),
+        env,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        volumes: args.volumes.clone(),
+    };
+    let runtime = runtime()?;
+    let render = |e: Event| crate::render::plain(&e);
+    let container = runtime.block_on(engine.container(args.image(), &options, &render)).map_err(run_failure)?;
+    let io = crate::terminal::container_io(args.interactive, args.tty)
+        .map_err(|e| Failure::Usage(Report::new(CliError::Stdio(e))))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Raw mode only when the terminal's keys go to the container.
+    let raw = (args.tty && args.interactive).then(crate::terminal::RawMode::enter).flatten();
+    let code = runtime.block_on(async {
+        crate::terminal::forward_signals(&tx, args.tty);
+        // Polled on this (the main) thread, which outlives the container:
+        // the sandbox helper's parent-death signal follows the thread that
+        // started it.
+        container.run(io, &mut rx).await
+    });
+    drop(raw);
+    match code.map_err(run_failure)? {
+        0 => Ok(()),
+        code => Err(Failure::Exit(u8::try_from(code).unwrap_or(1))),
+    }
+}
+
+/// `bake run` errors: a command that cannot run exits 126 or 127 as in a
+/// shell (and Docker); an unknown image or bad option is a usage error.
+fn run_failure(e: bake_engine::container::ContainerError) -> Failure {
+    use bake_engine::container::ContainerError;
+    use bake_engine::sandbox::SandboxError;
+    match e {
+        ContainerError::Sandbox(SandboxError::NotFound { .. }) => Failure::Run(Report::new(e), 127),
+        ContainerError::Sandbox(SandboxError::Exec { .. }) => Failure::Run(Report::new(e), 126),
+        e if e.is_usage() => Failure::Usage(Report::new(e)),
+        e => Failure::Build(Report::new(e)),
     }
 }
 

@@ -6,6 +6,7 @@
 mod args;
 mod commands;
 mod render;
+mod terminal;
 
 use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
@@ -60,7 +61,8 @@ fn render_failure(failure: Failure) {
             }
             writeln!(err, "{summary}")
         }
-        Failure::Usage(report) | Failure::Build(report) => writeln!(err, "{report:?}"),
+        Failure::Usage(report) | Failure::Build(report) | Failure::Run(report, _) => writeln!(err, "{report:?}"),
+        Failure::Exit(_) => Ok(()),
     };
 }
 

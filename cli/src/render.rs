@@ -254,6 +254,13 @@ impl Tty {
     }
 }
 
+/// One event as a plain line on stderr (for commands without a live view).
+pub(crate) fn plain(event: &Event) {
+    if let Some(line) = plain_line(event) {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+}
+
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }

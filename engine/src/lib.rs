@@ -31,6 +31,8 @@
 //! - [`layer`] writes deterministic layer tarballs and unpacks pulled ones
 //!   safely; [`snapshot`] keeps each layer unpacked once, overlay-ready, and
 //!   reads stacks of them as one filesystem.
+//! - [`container`] runs an image's process for `bake run`, in the same
+//!   sandbox as `run` steps, with the caller's stdio and signals.
 //! - [`image`] assembles image configs and manifests and writes OCI layouts and
 //!   `docker load` archives; [`oci`] holds what they all share.
 //!
@@ -38,6 +40,7 @@
 //! and sends progress as [`exec::Event`]s that the CLI renders.
 
 pub mod config;
+pub mod container;
 pub mod context;
 pub mod exec;
 #[doc(hidden)]

@@ -9,7 +9,7 @@ use crate::harness::bake;
 use crate::images::{busybox_fixture, docker, run};
 
 /// A store that holds `docker.io/library/busybox:latest`, built by bake.
-fn home_with_busybox() -> tempfile::TempDir {
+pub(crate) fn home_with_busybox() -> tempfile::TempDir {
     let home = tempfile::tempdir().expect("tempdir");
     let fixture = busybox_fixture();
     let built = bake(fixture.parent().expect("folder"), home.path(), &["-f", "build.kdl", "build"]);
@@ -138,7 +138,7 @@ image "uses-secret" from="busybox" {
 }
 
 /// Processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
+pub(crate) fn processes_with(marker: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(Result::ok)
@@ -149,7 +149,7 @@ fn processes_with(marker: &str) -> Vec<String> {
         .collect()
 }
 
-fn mounts_under(dir: &Path) -> Vec<String> {
+pub(crate) fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")

@@ -34,6 +34,7 @@
 //! compared with the digest their key was computed from, so a file edited in
 //! the middle of a build fails the build instead of caching the wrong content.
 
+mod base;
 mod copy;
 mod explain;
 mod remote;
@@ -581,19 +582,12 @@ impl<'a> Build<'a> {
 
     /// A base image from the store, or resolved in its registry.
     async fn base(&self, n: NodeIndex, image: &ImageRef) -> Result<(Digest, FsResult), ExecError> {
-        let name = image.to_string();
-        let store = &self.engine.store;
-        let pinned = image.digest.is_some();
-        if (pinned || !self.options.pull)
-            && let Some(record) = store.image(&name)?
-            && image.digest.as_ref().is_none_or(|d| *d == record.manifest.to_string())
-            && let Ok(result) = fs_result(store, &record.manifest)
-            && result.layers.iter().all(|l| store.has_blob(&l.digest))
-        {
-            return Ok((record.manifest, result));
+        if let Some(stored) = self.engine.stored_image(image, self.options.pull)? {
+            return Ok(stored);
         }
+        let name = image.to_string();
         let resolved = self.engine.registry.resolve(image).await?;
-        let result = fs_result(store, &resolved.manifest_digest)?;
+        let result = fs_result(&self.engine.store, &resolved.manifest_digest)?;
         let at = ImageRef { tag: None, digest: Some(resolved.manifest_digest.to_string()), ..image.clone() };
         lock(&self.origins).insert(n, Origin { image: at, name, cache_key: None });
         Ok((resolved.manifest_digest, result))
@@ -646,23 +640,9 @@ impl<'a> Build<'a> {
         match origin.cache_key {
             Some(key) => record(store, &key, &result)?,
             None => {
-                let name = &origin.name;
-                let size = store.blob_len(&pulled.manifest_digest).unwrap_or(0)
-                    + store.blob_len(&result.config).unwrap_or(0)
-                    + result.layers.iter().map(|l| l.size).sum::<u64>();
-                let created = ImageConfig::from_json(&store.read_blob(&result.config)?)
-                    .ok()
-                    .and_then(|c| c.json().get("created").and_then(|v| v.as_str()).map(str::to_owned))
-                    .unwrap_or_default();
-                let rec = ImageRecord {
-                    manifest: pulled.manifest_digest.clone(),
-                    media_type: pulled.media_type.clone(),
-                    size,
-                    uncompressed_size: 0,
-                    created,
-                };
-                store.set_image(name, &rec)?;
-                self.events.event(Event::Pulled { image: name.clone(), digest: pulled.manifest_digest.to_string() });
+                self.engine.record_pulled(&origin.name, &pulled, &result)?;
+                self.events
+                    .event(Event::Pulled { image: origin.name.clone(), digest: pulled.manifest_digest.to_string() });
             }
         }
         lock(&self.origins).remove(&n);

@@ -10,7 +10,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::init::{self, Bind, DEFAULT_PATH, Exec, Plan, RootFs};
 use super::rootfs;
 use super::sys::LinuxSys;
-use super::wire::{Envelope, Failure, Report, Request, WireSpec};
+use super::wire::{ContainerWire, Envelope, Failure, Report, Request, WireSpec};
 use crate::snapshot::MergedView;
 
 /// The options every overlay mount gets: renamed folders are copied instead
@@ -43,21 +43,23 @@ pub(crate) fn main() -> i32 {
     let _ = nix::unistd::setsid();
     // bake dies -> the helper dies -> PID 1 dies -> the namespace dies.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    // bake's SIGTERM means "cancel": it is taken with sigwait (after the
-    // fork) or seen pending (before it), never by the default action, so
-    // the scratch folder is always removed.
-    let _ = cancel_signals().thread_block();
+    // bake's SIGTERM means "cancel" (for a container: KILL_SIGNAL; the
+    // others are forwarded): it is taken with sigwait (after the fork) or
+    // seen pending (before it), never by the default action, so the scratch
+    // folder is always removed.
+    let _ = blocked_signals().thread_block();
     let Ok(control) = std::io::stdin().as_fd().try_clone_to_owned() else { return 70 };
     let mut control = UnixStream::from(control);
     // The step reads nothing: its stdin is /dev/null.
     if let Ok(null) = std::fs::File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdin(&null);
     }
-    let mut request = Vec::new();
-    if control.read_to_end(&mut request).is_err() {
-        return 70;
-    }
+    let Ok((request, fds)) = receive(&mut control) else { return 70 };
     let Ok(envelope) = serde_json::from_slice::<Envelope>(&request) else { return 70 };
+    if matches!(envelope.request, Request::Container(_)) {
+        // A container's folders are removed even when bake is killed.
+        let _ = nix::sys::prctl::set_pdeathsig(KILL_SIGNAL);
+    }
     if nix::unistd::getppid().as_raw() != i32::try_from(envelope.parent).unwrap_or(-1) {
         // bake died before the death signal was armed.
         return 70;
@@ -65,12 +67,43 @@ pub(crate) fn main() -> i32 {
     let report = match envelope.request {
         Request::Probe { dir } => probe(&dir),
         Request::Run(spec) => run(&spec),
+        Request::Container(container) => run_container(*container, fds),
     };
     let Ok(text) = serde_json::to_vec(&report) else { return 70 };
     if control.write_all(&text).is_err() {
         return 70;
     }
     0
+}
+
+/// The request, and the file descriptors that came with its first byte
+/// (a container's stdio; a step gets none).
+fn receive(control: &mut UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut first = [0u8; 1];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut fds = Vec::new();
+    let got = {
+        let mut iov = [std::io::IoSliceMut::new(&mut first)];
+        let msg = recvmsg::<()>(control.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(std::io::Error::from)?;
+        for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                // SAFETY: the kernel just installed these descriptors in this
+                // process for us; nothing else owns them.
+                #[allow(unsafe_code)]
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        msg.bytes
+    };
+    let mut request = Vec::new();
+    // A zero byte only carries descriptors; otherwise it starts the JSON.
+    if got == 1 && first[0] != 0 {
+        request.push(first[0]);
+    }
+    control.read_to_end(&mut request)?;
+    Ok((request, fds))
 }
 
 /// Can overlayfs be mounted with uppers in `dir`? Mounts a tiny overlay in a
@@ -151,7 +184,7 @@ fn run(spec: &WireSpec) -> Report {
         Ok(p) => p,
         Err(f) => return Report::Failed(f),
     };
-    let outcome = supervise(&prepared.plan, &prepared.exec);
+    let outcome = supervise(&prepared.plan, &prepared.exec, Mode::step());
     let report = match outcome {
         Ok(Outcome::Exited(code)) => match &prepared.copy {
             Some((rootfs, base)) => match super::copy::diff(rootfs, base, &spec.upper) {
@@ -166,6 +199,64 @@ fn run(spec: &WireSpec) -> Report {
         Err(f) => Report::Failed(f),
     };
     drop(prepared.scratch);
+    report
+}
+
+/// `bake run`: the caller's stdio installed, a throwaway upper, signals
+/// forwarded, everything removed at the end; bake's death (the parent-death
+/// signal is [`KILL_SIGNAL`]) ends it the same way.
+fn run_container(mut container: ContainerWire, fds: Vec<OwnedFd>) -> Report {
+    let mut fds = fds.into_iter();
+    let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next()) else {
+        return Report::Failed(Failure::Io {
+            what: "start the container".into(),
+            message: "bake sent no stdin, stdout and stderr".into(),
+        });
+    };
+    let console = match (container.tty, fds.next()) {
+        (Some(size), Some(socket)) => Some(Console { socket, size }),
+        (Some(_), None) => {
+            return Report::Failed(Failure::Io {
+                what: "start the container".into(),
+                message: "bake sent no socket for the terminal".into(),
+            });
+        }
+        (None, _) => None,
+    };
+    let installed = nix::unistd::dup2_stdin(&stdin)
+        .and_then(|()| nix::unistd::dup2_stdout(&stdout))
+        .and_then(|()| nix::unistd::dup2_stderr(&stderr));
+    if let Err(e) = installed {
+        return Report::Failed(Failure::kernel("install the container's stdio", e));
+    }
+    drop((stdin, stdout, stderr));
+    let scratch = &container.scratch;
+    let dir = match std::fs::create_dir_all(scratch)
+        .and_then(|()| tempfile::Builder::new().prefix("container-").tempdir_in(scratch))
+    {
+        Ok(d) => d,
+        Err(e) => return Report::Failed(Failure::io(format!("create a folder in {}", scratch.display()), &e)),
+    };
+    let spec = &mut container.spec;
+    spec.upper = dir.path().join("upper");
+    spec.work = dir.path().join("work");
+    for d in [&spec.upper, &spec.work] {
+        if let Err(e) = std::fs::create_dir(d) {
+            return Report::Failed(Failure::io(format!("create {}", d.display()), &e));
+        }
+    }
+    let prepared = match prepare(spec) {
+        Ok(p) => p,
+        Err(f) => return Report::Failed(f),
+    };
+    let report = match supervise(&prepared.plan, &prepared.exec, Mode::container(console)) {
+        Ok(Outcome::Exited(code)) => Report::Exited(code),
+        // Killed: as `docker kill` reports it.
+        Ok(Outcome::Cancelled) => Report::Exited(128 + Signal::SIGKILL as i32),
+        Err(f) => Report::Failed(f),
+    };
+    drop(prepared.scratch);
+    drop(dir);
     report
 }
 
@@ -327,33 +418,89 @@ fn exec_of(spec: &WireSpec, user: super::user::ExecUser) -> Result<Exec, Failure
     let args = spec.args.iter().map(|a| cstring("pass the command's arguments", a)).collect::<Result<_, _>>()?;
     let env =
         env.iter().map(|(k, v)| cstring("pass the environment", &format!("{k}={v}"))).collect::<Result<_, _>>()?;
-    Ok(Exec { user, program: program.clone(), path, args, env })
+    Ok(Exec { user, program: program.clone(), path, args, env, console: None })
 }
 
-/// SIGCHLD, and the signals that mean "cancel".
-fn cancel_signals() -> SigSet {
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
+/// The signals a container's helper and PID 1 pass on to its process.
+pub(crate) const FORWARDED: [Signal; 7] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Tells a container's helper to kill the container and clean up; also its
+/// parent-death signal. (SIGTERM cannot mean that for a container: it is
+/// forwarded.)
+pub(crate) const KILL_SIGNAL: Signal = Signal::SIGPWR;
+
+fn set_of(signals: &[Signal]) -> SigSet {
+    let mut set = SigSet::empty();
+    for s in signals {
+        set.add(*s);
     }
-    signals
+    set
+}
+
+/// Every signal the helper takes with sigwait: blocked from its first
+/// instruction, so none can end it before it has cleaned up.
+fn blocked_signals() -> SigSet {
+    let mut all = set_of(&FORWARDED);
+    all.add(Signal::SIGCHLD);
+    all.add(KILL_SIGNAL);
+    all
+}
+
+/// What a helper does with the signals bake sends it.
+struct Mode {
+    /// Kill PID 1 and report the run as cancelled.
+    cancel: SigSet,
+    /// Pass on to PID 1, which passes them on to the process.
+    forward: SigSet,
+    console: Option<Console>,
+}
+
+impl Mode {
+    /// A `run` step: SIGTERM, SIGINT and SIGHUP cancel; nothing is forwarded.
+    fn step() -> Self {
+        Self {
+            cancel: set_of(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]),
+            forward: SigSet::empty(),
+            console: None,
+        }
+    }
+
+    fn container(console: Option<Console>) -> Self {
+        Self { cancel: set_of(&[KILL_SIGNAL]), forward: set_of(&FORWARDED), console }
+    }
+}
+
+/// `bake run -t`: where PID 1 sends the terminal's master side, and its size.
+struct Console {
+    socket: OwnedFd,
+    size: (u16, u16),
 }
 
 /// Whether bake asked to cancel while the helper was preparing.
-fn cancel_pending() -> bool {
+fn cancel_pending(cancel: &SigSet) -> bool {
     use nix::sys::signalfd::{SfdFlags, SignalFd};
-    let mut cancel = cancel_signals();
-    cancel.remove(Signal::SIGCHLD);
-    SignalFd::with_flags(&cancel, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    SignalFd::with_flags(cancel, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .is_ok_and(|fd| matches!(fd.read_signal(), Ok(Some(_))))
 }
 
-/// Forks PID 1 and waits for it, or kills it when bake asks (SIGTERM,
-/// SIGINT, SIGHUP; blocked since the helper started).
-fn supervise(plan: &Plan, exec: &Exec) -> Result<Outcome, Failure> {
-    let signals = cancel_signals();
-    signals.thread_block().map_err(|e| Failure::kernel("block signals", e))?;
-    if cancel_pending() {
+/// Forks PID 1 and waits for it; kills it when bake cancels, passes on the
+/// signals to forward (all blocked since the helper started).
+fn supervise(plan: &Plan, exec: &Exec, mode: Mode) -> Result<Outcome, Failure> {
+    let mut signals = mode.cancel;
+    signals.add(Signal::SIGCHLD);
+    for s in &mode.forward {
+        signals.add(s);
+    }
+    blocked_signals().thread_block().map_err(|e| Failure::kernel("block signals", e))?;
+    if cancel_pending(&mode.cancel) {
         return Ok(Outcome::Cancelled);
     }
     let (mut report_r, report_w) = std::io::pipe().map_err(io_failure("create a pipe"))?;
@@ -367,11 +514,13 @@ fn supervise(plan: &Plan, exec: &Exec) -> Result<Outcome, Failure> {
     let pid1 = match forked {
         ForkResult::Child => {
             drop(report_r);
-            std::process::exit(pid1(plan, exec, report_w))
+            std::process::exit(pid1(plan, exec, report_w, mode.console.as_ref()))
         }
         ForkResult::Parent { child } => child,
     };
     drop(report_w);
+    // Only PID 1 sends on it: bake sees EOF if PID 1 fails before that.
+    drop(mode.console);
     // EOF once the step has exec'd (the pipe is close-on-exec) or everyone
     // holding it died; a setup failure arrives as JSON before that.
     let mut said = Vec::new();
@@ -394,6 +543,9 @@ fn supervise(plan: &Plan, exec: &Exec) -> Result<Outcome, Failure> {
                 Ok(_) => {}
                 Err(e) => return Err(Failure::kernel("wait for the sandbox", e)),
             },
+            Ok(signal) if mode.forward.contains(signal) => {
+                let _ = kill(pid1, signal);
+            }
             Ok(_) => {
                 // Killing PID 1 kills every process of its namespace, and it
                 // is reaped only once they are all gone; its mount namespace
@@ -408,10 +560,17 @@ fn supervise(plan: &Plan, exec: &Exec) -> Result<Outcome, Failure> {
     }
 }
 
-/// PID 1: builds the container, forks the step, reaps everything, exits
-/// with the step's code.
-fn pid1(plan: &Plan, exec: &Exec, mut report: std::io::PipeWriter) -> i32 {
-    let _ = SigSet::empty().thread_set_mask();
+/// PID 1: builds the container, forks the step, reaps everything, passes
+/// on the signals the helper forwards, exits with the step's code.
+///
+/// PID 1 of a namespace ignores every signal it has no handler for; this one
+/// keeps the forwarded signals blocked and takes them with sigwait, so they
+/// wait for it instead of vanishing, and the step (not PID 1 itself, so with
+/// the default actions) receives them, as with `docker run --init`.
+fn pid1(plan: &Plan, exec: &Exec, mut report: std::io::PipeWriter, console: Option<&Console>) -> i32 {
+    let mut waited = set_of(&FORWARDED);
+    waited.add(Signal::SIGCHLD);
+    let _ = waited.thread_set_mask();
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // The helper may have died before the line above armed the signal: then
     // nobody reads the pipe and this write fails (SIGPIPE is ignored).
@@ -426,6 +585,13 @@ fn pid1(plan: &Plan, exec: &Exec, mut report: std::io::PipeWriter) -> i32 {
     if let Err(f) = init::enter(&LinuxSys, plan) {
         return fail(report, &f);
     }
+    let mut exec = std::borrow::Cow::Borrowed(exec);
+    if let Some(console) = console {
+        match open_console(console) {
+            Ok(slave) => exec.to_mut().console = Some(slave),
+            Err(f) => return fail(report, &f),
+        }
+    }
     #[allow(unsafe_code)]
     // SAFETY: PID 1 is single-threaded (forked from the single-threaded helper).
     let forked = match unsafe { nix::unistd::fork() } {
@@ -434,7 +600,7 @@ fn pid1(plan: &Plan, exec: &Exec, mut report: std::io::PipeWriter) -> i32 {
     };
     let step = match forked {
         ForkResult::Child => {
-            let failure = init::exec(&LinuxSys, exec);
+            let failure = init::exec(&LinuxSys, &exec);
             let _ = fail(report, &failure);
             std::process::exit(127)
         }
@@ -442,11 +608,50 @@ fn pid1(plan: &Plan, exec: &Exec, mut report: std::io::PipeWriter) -> i32 {
     };
     drop(report);
     loop {
-        match waitpid(None::<Pid>, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == step => return code,
-            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == step => return 128 + signal as i32,
-            Ok(_) | Err(Errno::EINTR) => {}
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) => loop {
+                match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == step => return code,
+                    Ok(WaitStatus::Signaled(pid, signal, _)) if pid == step => return 128 + signal as i32,
+                    Ok(WaitStatus::StillAlive) => break,
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(_) => return 1,
+                }
+            },
+            Ok(signal) => {
+                let _ = kill(step, signal);
+            }
+            Err(Errno::EINTR) => {}
             Err(_) => return 1,
         }
     }
+}
+
+/// `bake run -t`, in PID 1 after pivot_root: a terminal from the
+/// container's own devpts (so `tty` names a `/dev/pts` of the container, as
+/// in Docker), its master side sent to bake, which copies bytes both ways.
+/// Returns the terminal's path for the process to open.
+fn open_console(console: &Console) -> Result<PathBuf, Failure> {
+    use nix::fcntl::OFlag;
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| Failure::kernel("open /dev/ptmx", e))?;
+    nix::pty::grantpt(&master).map_err(|e| Failure::kernel("grantpt", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| Failure::kernel("unlockpt", e))?;
+    let slave = nix::pty::ptsname_r(&master).map_err(|e| Failure::kernel("ptsname", e))?;
+    let (rows, cols) = console.size;
+    if rows > 0 && cols > 0 {
+        super::tty::set_size(master.as_fd(), rows, cols).map_err(|e| Failure::kernel("set the terminal's size", e))?;
+    }
+    let fds = [master.as_raw_fd()];
+    let byte = [0u8];
+    sendmsg::<()>(
+        console.socket.as_raw_fd(),
+        &[std::io::IoSlice::new(&byte)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| Failure::kernel("send the terminal to bake", e))?;
+    Ok(PathBuf::from(slave))
 }

@@ -63,7 +63,7 @@ pub(crate) struct Bind {
 }
 
 /// The step's process image.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Exec {
     pub(crate) user: ExecUser,
     /// `args[0]` as written; searched in `path` when it has no slash.
@@ -71,6 +71,9 @@ pub(crate) struct Exec {
     pub(crate) path: Vec<String>,
     pub(crate) args: Vec<CString>,
     pub(crate) env: Vec<CString>,
+    /// `bake run -t`: the terminal (a `/dev/pts` path inside the container)
+    /// that becomes the process's controlling terminal and stdio.
+    pub(crate) console: Option<PathBuf>,
 }
 
 fn call(what: impl Into<String>) -> impl FnOnce(Errno) -> Failure {
@@ -191,6 +194,13 @@ pub(crate) fn exec(sys: &dyn Sys, exec: &Exec) -> Failure {
         return Failure::kernel("drop capabilities", e);
     }
     let user = &exec.user;
+    // While still root: a new session whose controlling terminal is the
+    // console, handed to the user.
+    if let Some(console) = &exec.console
+        && let Err(e) = sys.console(console, Uid::from_raw(user.uid))
+    {
+        return Failure::kernel(format!("make {} the controlling terminal", console.display()), e);
+    }
     let groups: Vec<Gid> = user.groups.iter().copied().map(Gid::from_raw).collect();
     if let Err(e) = sys.setgroups(&groups) {
         return Failure::kernel("setgroups", e);
@@ -315,6 +325,7 @@ mod tests {
             path: vec!["/usr/bin".into(), "/bin".into()],
             args: vec![CString::new(program).expect("arg")],
             env: vec![],
+            console: None,
         }
     }
 
@@ -336,6 +347,22 @@ mod tests {
         );
         // The fake exec "returned", which the real one never does on success.
         assert!(matches!(failure, Failure::Exec { .. }));
+    }
+
+    #[test]
+    fn a_console_is_taken_as_root_before_dropping_privileges() {
+        let sys = Recorder::default();
+        let mut plan = exec_plan("/bin/sh");
+        plan.console = Some("/dev/pts/0".into());
+        let _ = exec(&sys, &plan);
+        let lines = sys.lines();
+        let console = lines.iter().position(|l| l == "console /dev/pts/0 1000").expect("console");
+        let setgroups = lines.iter().position(|l| l.starts_with("setgroups")).expect("setgroups");
+        assert!(console < setgroups, "{lines:?}");
+        let sys = Recorder { fail: vec![("console".into(), Errno::ENOTTY)], ..Recorder::default() };
+        let failure = exec(&sys, &plan);
+        assert!(matches!(failure, Failure::Kernel { errno, .. } if errno == Errno::ENOTTY as i32), "{failure:?}");
+        assert!(!sys.lines().iter().any(|l| l.starts_with("execve")));
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //! - PID 1 stays a tiny init: it forks the step, reaps every process, and
 //!   exits with the step's code (128 + signal when a signal killed it) as
 //!   soon as the step ends. Its end kills whatever the step left running.
+//!   It keeps SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
+//!   SIGWINCH blocked and passes them on to the step when they come (only a
+//!   container's helper sends any), so the step meets them with the default
+//!   actions rather than PID 1's "ignore what has no handler".
 //! - The helper calls `setsid`: a Ctrl-C in the terminal reaches bake only
 //!   (bake decides to cancel), and the step has no controlling terminal.
 //! - The request goes to the helper as JSON over its stdin, a Unix socket;
@@ -102,6 +106,13 @@
 //! a test binary that runs steps needs its own `main` that does the same
 //! (see `engine/tests/sandbox.rs`).
 //!
+//! # Containers
+//!
+//! `bake run` uses the same helper and init for a whole image: the caller's
+//! stdio (or a terminal made inside the container), signals passed on to
+//! the process, a throwaway upper folder that the helper removes; see
+//! `container.rs`.
+//!
 //! # Backends
 //!
 //! [`probe`] mounts a tiny overlay in a private mount namespace (in a helper)
@@ -111,13 +122,18 @@
 //! the difference into the upper in overlay form (see `copy.rs`). Setting
 //! `BAKE_SANDBOX_BACKEND=copy` (or `overlay`) skips the probe.
 
+mod container;
 mod copy;
 mod helper;
 mod init;
 mod rootfs;
 mod sys;
+mod tty;
 mod user;
 mod wire;
+
+pub use container::{ContainerIo, ContainerSpec, Control, FORWARDED_SIGNALS, run_container};
+pub use tty::size as terminal_size;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;

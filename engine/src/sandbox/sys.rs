@@ -43,6 +43,9 @@ pub(crate) trait Sys {
     /// Shrinks the capability bounding set to `keep` (capability numbers):
     /// root's capabilities after `execve` are the bounding set.
     fn bound_capabilities(&self, keep: &[u32]) -> nix::Result<()>;
+    /// A new session whose controlling terminal is `tty`, which becomes
+    /// stdin, stdout and stderr and is handed to `owner`.
+    fn console(&self, tty: &Path, owner: Uid) -> nix::Result<()>;
     fn setgroups(&self, groups: &[Gid]) -> nix::Result<()>;
     fn setgid(&self, gid: Gid) -> nix::Result<()>;
     fn setuid(&self, uid: Uid) -> nix::Result<()>;
@@ -135,7 +138,25 @@ impl Sys for LinuxSys {
             // handler, so nothing here can be interrupted unsoundly.
             unsafe { sigaction(signal, &default) }?;
         }
-        Ok(())
+        // PID 1 blocks the signals it forwards; the mask survives execve.
+        SigSet::empty().thread_set_mask()
+    }
+
+    #[allow(unsafe_code)]
+    fn console(&self, tty: &Path, owner: Uid) -> nix::Result<()> {
+        use nix::fcntl::{OFlag, open};
+        use std::os::fd::AsRawFd;
+        nix::unistd::setsid()?;
+        let fd = open(tty, OFlag::O_RDWR | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+        // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal the
+        // terminal from another session) and touches no memory of ours; the
+        // fd is a terminal we just opened.
+        let done = unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSCTTY as _, 0) };
+        Errno::result(done)?;
+        nix::unistd::fchown(&fd, Some(owner), None)?;
+        nix::unistd::dup2_stdin(&fd)?;
+        nix::unistd::dup2_stdout(&fd)?;
+        nix::unistd::dup2_stderr(&fd)
     }
 
     #[allow(unsafe_code)]
@@ -265,6 +286,10 @@ pub(crate) mod tests {
 
         fn bound_capabilities(&self, keep: &[u32]) -> nix::Result<()> {
             self.record(format!("bound_capabilities {keep:?}"))
+        }
+
+        fn console(&self, tty: &Path, owner: Uid) -> nix::Result<()> {
+            self.record(format!("console {} {owner}", tty.display()))
         }
 
         fn setgroups(&self, groups: &[Gid]) -> nix::Result<()> {

@@ -20,6 +20,25 @@ pub(crate) enum Request {
         dir: PathBuf,
     },
     Run(Box<WireSpec>),
+    /// `bake run`: an image's process with the caller's stdio (see
+    /// [`ContainerWire`]).
+    Container(Box<ContainerWire>),
+}
+
+/// A container: a throwaway root filesystem, stdio from bake, signals
+/// forwarded. Comes with file descriptors (sent with the request's first
+/// byte): the process's stdin, stdout and stderr, then, with `tty`, the
+/// socket on which PID 1 sends back the terminal's master side.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ContainerWire {
+    /// Its `upper` and `work` are ignored: the helper makes both in a
+    /// temporary folder inside `scratch` and removes it when the container
+    /// ends, whoever ends it.
+    pub(crate) spec: WireSpec,
+    pub(crate) scratch: PathBuf,
+    /// A pseudo-terminal made inside the container, with this size (rows,
+    /// columns; 0 for unknown).
+    pub(crate) tty: Option<(u16, u16)>,
 }
 
 /// A [`super::RunSpec`] on the wire, with the backend already chosen.
