@@ -37,6 +37,9 @@ pub(crate) enum Command {
     /// As `docker run --rm --network host` would: entrypoint, cmd, env, workdir
     /// and user from the image's config; nothing is left behind.
     Run(RunArgs),
+    /// Rebuild when an input of the targets changes; with --run, restart the
+    /// image each time it changes.
+    Watch(WatchArgs),
     /// List the images in the local store.
     Images,
     /// Inspect or clean the local store.
@@ -186,6 +189,41 @@ pub(crate) struct ExplainArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
     pub format: ExplainFormat,
+
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// Targets, stages, images or artifacts to build (default: the `default`
+    /// target, or every image).
+    pub targets: Vec<String>,
+
+    /// Run this image from the store after the first build, and restart it
+    /// after every build that changes it.
+    #[arg(long, value_name = "IMAGE")]
+    pub run: Option<String>,
+
+    /// Arguments that replace the image's cmd (after `--`).
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+
+    /// Set an environment variable in the container: NAME=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+
+    /// Seconds between the stop signal and killing the old container.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub stop_timeout: u64,
+
+    /// Milliseconds without a relevant change before a build starts.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub debounce: u64,
+
+    /// Steps that may run at once (default: one per core).
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub jobs: usize,
 
     #[command(flatten)]
     pub load: LoadArgs,

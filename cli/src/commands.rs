@@ -60,7 +60,7 @@ impl From<PlanError> for Failure {
 
 /// A CLI-level error without a span.
 #[derive(Debug, thiserror::Error, Diagnostic)]
-enum CliError {
+pub(crate) enum CliError {
     #[error("cannot change to {}", dir.display())]
     #[diagnostic(code(bake::cli::directory))]
     Directory {
@@ -99,13 +99,14 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Build(args) => build(&cli.file, &args),
         Command::Explain(args) => explain(&cli.file, &args),
         Command::Run(args) => run_image(&args),
+        Command::Watch(args) => crate::watch::watch(&cli.file, &args),
         Command::Images => images(),
         Command::Cache(CacheCommand::Du) => cache_du(),
         Command::Cache(CacheCommand::Prune(args)) => cache_prune(&args),
     }
 }
 
-fn load(file: &Path, args: &LoadArgs) -> Result<Workspace, Failure> {
+pub(crate) fn load(file: &Path, args: &LoadArgs) -> Result<Workspace, Failure> {
     if !file.exists() {
         let dir = std::env::current_dir().unwrap_or_default();
         return Err(Failure::Usage(Report::new(CliError::NoBuildFile { file: file.to_path_buf(), dir })));
@@ -256,17 +257,17 @@ fn dry_run(ws: &Workspace, args: &BuildArgs) -> Result<(), Failure> {
     print(&out)
 }
 
-fn home() -> Result<Home, Failure> {
+pub(crate) fn home() -> Result<Home, Failure> {
     Home::from_env().ok_or_else(|| Failure::Usage(Report::new(CliError::NoHome)))
 }
 
-fn engine() -> Result<Engine, Failure> {
+pub(crate) fn engine() -> Result<Engine, Failure> {
     let config =
         Config::load(bake_engine::home::config_path().as_deref()).map_err(|e| Failure::Usage(Report::new(e)))?;
     Engine::open(home()?, &config).map_err(exec_failure)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -275,7 +276,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// Build errors: what the user wrote is a usage error only when it is a
 /// planning mistake about names; everything else failed the build.
-fn exec_failure(e: ExecError) -> Failure {
+pub(crate) fn exec_failure(e: ExecError) -> Failure {
     match e {
         ExecError::Plan(p) => Failure::from(p),
         other => Failure::Build(Report::new(other)),
@@ -327,7 +328,7 @@ fn run_image(args: &RunArgs) -> Result<(), Failure> {
 
 /// `bake run` errors: a command that cannot run exits 126 or 127 as in a
 /// shell (and Docker); an unknown image or bad option is a usage error.
-fn run_failure(e: bake_engine::container::ContainerError) -> Failure {
+pub(crate) fn run_failure(e: bake_engine::container::ContainerError) -> Failure {
     use bake_engine::container::ContainerError;
     use bake_engine::sandbox::SandboxError;
     match e {

@@ -7,6 +7,7 @@ mod args;
 mod commands;
 mod render;
 mod terminal;
+mod watch;
 
 use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
@@ -45,7 +46,7 @@ fn install_report_handler() {
     }));
 }
 
-fn render_failure(failure: Failure) {
+pub(crate) fn render_failure(failure: Failure) {
     let mut err = std::io::stderr().lock();
     let _ = match failure {
         Failure::Load(load) => {

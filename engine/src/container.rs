@@ -112,6 +112,8 @@ pub struct Container {
     pub image: String,
     pub digest: Digest,
     pub spec: ContainerSpec,
+    /// The image's `stopsignal` (`SIGTERM` when it sets none).
+    pub stop_signal: String,
 }
 
 impl Container {
@@ -179,7 +181,8 @@ impl Engine {
             hostname,
             mounts: options.volumes.clone(),
         };
-        Ok(Container { image: name, digest, spec })
+        let stop_signal = config.stop_signal().unwrap_or_else(|| "SIGTERM".to_owned());
+        Ok(Container { image: name, digest, spec, stop_signal })
     }
 
     /// The image a `bake run` argument names: by its name in the store, else

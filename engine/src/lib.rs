@@ -21,9 +21,10 @@
 //!   unchanged tree is only stat'ed.
 //! - [`graph`] compiles the workspace into a DAG of operations, prunes what the
 //!   requested targets do not need, and gives every node a content-hashed key.
-//! - [`exec`] runs a plan: base images made local, cached results reused by
-//!   key, the rest executed, images written to the store, outputs and
-//!   registries.
+//! - [`exec`] runs a plan: keys looked up in the local store and registry
+//!   caches, what must run scheduled over the DAG in parallel, early cutoff,
+//!   images written to the store, outputs and registries; `explain` says why
+//!   a step runs.
 //! - [`store`] is the local content-addressed store (cacache layout): blobs by
 //!   sha256, image records by name, node results by key, garbage collection.
 //! - [`registry`] speaks to OCI registries (oci-client): resolve, pull, push,
@@ -33,6 +34,8 @@
 //!   reads stacks of them as one filesystem.
 //! - [`container`] runs an image's process for `bake run`, in the same
 //!   sandbox as `run` steps, with the caller's stdio and signals.
+//! - [`watch`] decides which file changes matter to a plan and when a burst of
+//!   them is over (`bake watch`).
 //! - [`image`] assembles image configs and manifests and writes OCI layouts and
 //!   `docker load` archives; [`oci`] holds what they all share.
 //!
@@ -56,3 +59,4 @@ pub mod registry;
 pub mod sandbox;
 pub mod snapshot;
 pub mod store;
+pub mod watch;

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): whole builds with bake, BuildKit and buildah, side
+# by side in one hyperfine run per scenario.
+#
+#   - c:    examples/hello-c (gcc:12 compiler stage -> debian:bookworm-slim)
+#   - mono: a generated monorepo of $SERVICES (default 12) Go services that
+#           share one builder stage, each shipped on `scratch`
+#
+# For each: cold (every step runs: --no-cache), no-op (nothing changed) and
+# incremental (one source file changed before each run). The base images are
+# the offline fixtures, built by bake and loaded into Docker and buildah.
+# BuildKit is Debian's docker.io 20.10 (/usr/bin/docker, DOCKER_BUILDKIT=1,
+# --network host); it builds the monorepo as one graph (a last stage copies
+# every service), which is its fastest form without buildx bake. buildah uses
+# --layers (its cache), --jobs 2 and chroot isolation.
+#
+#   scripts/bench-build.sh        (as root; prints Markdown tables of medians)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+./scripts/install-deps.sh --bench
+./scripts/fixtures.sh
+cargo build --release --locked -q -p bake-cli
+bake=$repo/target/release/bake
+eval "export $(./scripts/dockerd.sh start)"
+docker=/usr/bin/docker
+services=${SERVICES:-12}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# The fixture toolchains take minutes to make: keep them between runs.
+export BAKE_HOME=${BAKE_BENCH_HOME:-/var/cache/bake-bench/home}
+mkdir -p "$BAKE_HOME"
+
+echo "== base images" >&2
+for name in busybox debian; do
+  "$bake" -f "$(./scripts/fixtures.sh path "$name")/build.kdl" build --progress plain \
+    -o "type=docker,dest=$work/$name.tar" >/dev/null 2>&1
+done
+for name in gcc golang; do
+  "$bake" -f "fixtures/$name/build.kdl" build --progress plain -o "type=docker,dest=$work/$name.tar" >/dev/null 2>&1
+done
+for name in busybox debian gcc golang; do
+  $docker load -i "$work/$name.tar" >/dev/null
+  buildah pull -q "docker-archive:$work/$name.tar" >/dev/null
+done
+
+# ---- the C example --------------------------------------------------------
+mkdir -p "$work/c"
+cp examples/hello-c/* "$work/c/"
+cat >"$work/c/Dockerfile" <<'DOCKERFILE'
+FROM gcc:12 AS compiler
+WORKDIR /src
+COPY hello.c Makefile ./
+RUN make hello
+
+FROM debian:bookworm-slim
+COPY --from=compiler /src/hello /usr/local/bin/hello
+CMD ["/usr/local/bin/hello"]
+DOCKERFILE
+
+# ---- the monorepo ---------------------------------------------------------
+mono=$work/mono
+mkdir -p "$mono/services"
+cat >"$mono/build.kdl" <<'KDL'
+include "services/*/build.kdl"
+
+stage "go-builder" from="golang:1.19" {
+    workdir "/src"
+    env "CGO_ENABLED" "0"
+    run "go build std"
+}
+KDL
+{
+  echo 'FROM golang:1.19 AS go-builder'
+  echo 'WORKDIR /src'
+  echo 'ENV CGO_ENABLED=0'
+  echo 'RUN go build std'
+} >"$mono/Dockerfile"
+all=()
+for i in $(seq -w 1 "$services"); do
+  s=svc$i
+  mkdir -p "$mono/services/$s"
+  printf 'module example.com/%s\n\ngo 1.19\n' "$s" >"$mono/services/$s/go.mod"
+  printf 'package main\n\nimport "fmt"\n\nfunc main() {\n\tfmt.Println("%s")\n}\n' "$s" >"$mono/services/$s/main.go"
+  cat >"$mono/services/$s/build.kdl" <<KDL
+stage "$s-build" from="go-builder" {
+    copy "go.mod" "main.go" to="./"
+    run "go build -o /out/$s ."
+}
+
+image "$s" from="scratch" {
+    copy "/out/$s" to="/$s" from="$s-build"
+    entrypoint "/$s"
+}
+KDL
+  cat >>"$mono/Dockerfile" <<DOCKERFILE
+
+FROM go-builder AS $s-build
+COPY services/$s/go.mod services/$s/main.go ./
+RUN go build -o /out/$s .
+
+FROM scratch AS $s
+COPY --from=$s-build /out/$s /$s
+ENTRYPOINT ["/$s"]
+DOCKERFILE
+  all+=("$s")
+done
+{
+  echo
+  echo 'FROM scratch AS all'
+  for s in "${all[@]}"; do echo "COPY --from=$s /$s /$s"; done
+} >>"$mono/Dockerfile"
+
+# ---- runs -----------------------------------------------------------------
+results=$work/results
+mkdir -p "$results"
+bench() { # NAME DIR RUNS PREPARE BAKE BUILDKIT BUILDAH
+  local name=$1 dir=$2 runs=$3 prepare=$4
+  echo "== $name" >&2
+  (cd "$dir" && hyperfine --style basic --warmup 1 --runs "$runs" --prepare "$prepare" \
+    --export-json "$results/$name.json" -n bake "$5" -n BuildKit "$6" -n buildah "$7" >&2)
+}
+bk="DOCKER_BUILDKIT=1 $docker build --network host -q"
+ba="buildah bud --layers --isolation chroot --jobs 2 -q"
+
+bench c-cold "$work/c" "${RUNS_COLD:-5}" true \
+  "$bake build --no-cache --progress plain" "$bk --no-cache -t bench-c ." "$ba --no-cache -t bench-c ."
+bench c-noop "$work/c" "${RUNS:-10}" true \
+  "$bake build --progress plain" "$bk -t bench-c ." "$ba -t bench-c ."
+bench c-incremental "$work/c" "${RUNS:-10}" "echo \"// \$RANDOM\$RANDOM\" >> $work/c/hello.c" \
+  "$bake build --progress plain" "$bk -t bench-c ." "$ba -t bench-c ."
+
+bench mono-cold "$mono" "${RUNS_COLD:-3}" true \
+  "$bake build --no-cache --progress plain" "$bk --no-cache --target all -t bench-mono ." \
+  "$ba --no-cache --target all -t bench-mono ."
+bench mono-noop "$mono" "${RUNS:-10}" true \
+  "$bake build --progress plain" "$bk --target all -t bench-mono ." "$ba --target all -t bench-mono ."
+bench mono-incremental "$mono" "${RUNS:-10}" "echo \"// \$RANDOM\$RANDOM\" >> $mono/services/svc01/main.go" \
+  "$bake build --progress plain" "$bk --target all -t bench-mono ." "$ba --target all -t bench-mono ."
+
+python3 - "$results" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+print("| scenario | bake | BuildKit | buildah | BuildKit / bake | buildah / bake |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for name in ["c-cold", "c-noop", "c-incremental", "mono-cold", "mono-noop", "mono-incremental"]:
+    path = os.path.join(d, name + ".json")
+    if not os.path.exists(path):
+        continue
+    r = {x["command"]: x["median"] for x in json.load(open(path))["results"]}
+    def fmt(s):
+        return f"{s * 1000:.0f} ms" if s < 10 else f"{s:.1f} s"
+    print(f"| {name} | {fmt(r['bake'])} | {fmt(r['BuildKit'])} | {fmt(r['buildah'])} "
+          f"| {r['BuildKit'] / r['bake']:.1f}x | {r['buildah'] / r['bake']:.1f}x |")
+PY
