@@ -369,3 +369,41 @@ image "app" from="busybox" {
     assert_eq!(nodes(&events, "cached"), ["app/0"], "{events:#?}");
     assert_eq!(nodes(&events, "started"), ["app/1"], "{events:#?}");
 }
+
+#[test]
+fn cache_mounts_shared_locked_and_private() {
+    let home = home_with_busybox();
+    let stage = |name: &str, sharing: &str| {
+        format!(
+            "stage \"{name}\" from=\"busybox\" {{\n    run \"echo {name} > /c/{name}; sleep 1; ls /c | tr '\\\\n' ' '\" {{\n        cache \"/c\" id=\"{sharing}\" sharing=\"{sharing}\"\n    }}\n}}\n"
+        )
+    };
+    let kdl = [
+        stage("locked1", "locked"),
+        stage("locked2", "locked"),
+        stage("private1", "private"),
+        stage("private2", "private"),
+        "target \"all\" \"locked1\" \"locked2\" \"private1\" \"private2\"\n".to_owned(),
+    ]
+    .concat();
+    let p = project(&kdl);
+    let (run, events) = build_json(p.path(), home.path(), &["all", "--jobs", "4"]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    // Locked: one after the other.
+    let (a0, a1) = (ts(&events, "started", "locked1/0"), ts(&events, "finished", "locked1/0"));
+    let (b0, b1) = (ts(&events, "started", "locked2/0"), ts(&events, "finished", "locked2/0"));
+    assert!(a1 - a0 >= 1000 && b1 - b0 >= 1000, "{events:#?}");
+    assert!(b1 - a0.min(b0) >= 2000 && a1 - a0.min(b0) >= 1000, "locked steps overlapped: {events:#?}");
+    // Private: running at once, each in its own folder.
+    let said = |node: &str| -> String {
+        of(&events, "output")
+            .iter()
+            .filter(|e| e["node"] == node)
+            .filter_map(|e| e["line"].as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (p1, p2) = (said("private1/0"), said("private2/0"));
+    assert!(!(p1.contains("private1") && p1.contains("private2")), "{p1}");
+    assert!(!(p2.contains("private1") && p2.contains("private2")), "{p2}");
+}

@@ -10,7 +10,12 @@
 //! `security.capability` xattrs are kept as the command left them.
 //!
 //! `cache` folders live in `$BAKE_HOME/cache-mounts/`, one per cache id,
-//! bind-mounted into the step and never part of a layer or a key. Secrets
+//! bind-mounted into the step and never part of a layer or a key. With
+//! `sharing="locked"` a step holds the folder's lock file (flock) while it
+//! runs, so steps using it, in any bake process, take turns; with
+//! `sharing="private"` a step takes the first instance of the folder (`ID`,
+//! `ID-1`, ...) whose lock is free, so steps running at once never share
+//! one; `shared` (the default) is a plain folder. Secrets
 //! are files bind-mounted read-only; a secret given as an environment
 //! variable is written to a 0600 file in the step's scratch folder, which is
 //! removed when the step ends. Neither reaches a layer, a key, the store or
@@ -23,7 +28,7 @@ use std::path::{Path, PathBuf};
 use super::copy::{Content, Item, write_layer};
 use super::{Build, Event, ExecError, Secret, SecretSource};
 use crate::image::ImageConfig;
-use crate::lang::{Run, Span};
+use crate::lang::{Run, Sharing, Span};
 use crate::layer::{Entry, EntryKind, LayerInfo};
 use crate::sandbox::{self, Mount, OutputStream, RunSpec, SandboxError};
 
@@ -67,7 +72,7 @@ impl Step<'_, '_> {
         }
         let mut args = self.config.shell();
         args.push(run.script.clone());
-        let mounts = self.mounts(run, scratch.path())?;
+        let (mounts, _cache_locks) = self.mounts(run, scratch.path())?;
         let spec = RunSpec {
             lowers,
             upper: upper.clone(),
@@ -135,14 +140,36 @@ impl Step<'_, '_> {
         Ok(layer)
     }
 
-    /// Cache folders and secret files for the step.
-    fn mounts(&self, run: &Run, scratch: &Path) -> Result<Vec<Mount>, ExecError> {
+    /// Cache folders and secret files for the step, and the locks of the
+    /// cache folders it holds until it ends.
+    fn mounts(&self, run: &Run, scratch: &Path) -> Result<(Vec<Mount>, Vec<std::fs::File>), ExecError> {
         let home = self.build.engine.home.root();
         let mut mounts = Vec::new();
+        let mut locks = Vec::new();
         for cache in &run.caches {
             let id = crate::oci::hex(&blake3::hash(cache.id.as_bytes()).as_bytes()[..16]);
-            let source = home.join("cache-mounts").join(id);
+            let dir = home.join("cache-mounts");
+            let (source, lock) = match cache.sharing {
+                Sharing::Shared => (dir.join(&id), None),
+                // One step at a time, in any bake process: wait for the lock.
+                Sharing::Locked => {
+                    let lock = self.lock_cache(&dir.join(format!("{id}.lock")), true)?;
+                    (dir.join(&id), lock)
+                }
+                // A folder no other step is using: the first free instance.
+                Sharing::Private => {
+                    let mut n = 0;
+                    loop {
+                        let name = if n == 0 { id.clone() } else { format!("{id}-{n}") };
+                        if let Some(lock) = self.lock_cache(&dir.join(format!("{name}.lock")), false)? {
+                            break (dir.join(name), Some(lock));
+                        }
+                        n += 1;
+                    }
+                }
+            };
             std::fs::create_dir_all(&source).map_err(|e| ExecError::Io { path: source.clone(), source: e })?;
+            locks.extend(lock);
             mounts.push(Mount { source, target: cache.path.clone(), readonly: false });
         }
         for secret in &run.secrets {
@@ -174,7 +201,30 @@ impl Step<'_, '_> {
             };
             mounts.push(Mount { source, target: secret.target.clone(), readonly: true });
         }
-        Ok(mounts)
+        Ok((mounts, locks))
+    }
+
+    /// An exclusive lock on a cache folder's lock file: waited for (until
+    /// the build is cancelled) when `wait`, else `None` when it is taken.
+    fn lock_cache(&self, path: &Path, wait: bool) -> Result<Option<std::fs::File>, ExecError> {
+        let err = |e| ExecError::Io { path: path.to_path_buf(), source: e };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(err)?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(file)),
+                Err(std::fs::TryLockError::WouldBlock) if !wait => return Ok(None),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if self.build.cancel.is_cancelled() {
+                        return Err(ExecError::Interrupted);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+            }
+        }
     }
 }
 
