@@ -17,7 +17,7 @@ pub(crate) fn home_with_busybox() -> tempfile::TempDir {
     home
 }
 
-fn project(build: &str) -> tempfile::TempDir {
+pub(crate) fn project(build: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("build.kdl"), build).expect("write");
     dir

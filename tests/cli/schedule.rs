@@ -11,22 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{Run, bake};
-use crate::images::busybox_fixture;
 use crate::registry::TestRegistry;
-
-fn home_with_busybox() -> tempfile::TempDir {
-    let home = tempfile::tempdir().expect("tempdir");
-    let fixture = busybox_fixture();
-    let built = bake(fixture.parent().expect("folder"), home.path(), &["-f", "build.kdl", "build"]);
-    assert_eq!(built.code, 0, "{}", built.render());
-    home
-}
-
-fn project(build: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("build.kdl"), build).expect("write");
-    dir
-}
+use crate::run::{home_with_busybox, project};
 
 /// `bake build --progress json ARGS`: the run and its events.
 fn build_json(dir: &Path, home: &Path, args: &[&str]) -> (Run, Vec<Value>) {
