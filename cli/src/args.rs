@@ -190,6 +190,19 @@ pub(crate) struct ExplainArgs {
     #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
     pub format: ExplainFormat,
 
+    /// The layer compression the build would use.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    pub compression: CompressionArg,
+
+    /// The SOURCE_DATE_EPOCH the build would use.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub source_date_epoch: i64,
+
+    /// As `build --no-cache`: every step would run.
+    #[arg(long)]
+    pub no_cache: bool,
+
     #[command(flatten)]
     pub load: LoadArgs,
 }

@@ -232,7 +232,13 @@ fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
 fn explain(file: &Path, args: &ExplainArgs) -> Result<(), Failure> {
     let ws = load(file, &args.load)?;
     let engine = engine()?;
-    let list = engine.explain(&ws, &args.targets, &BuildOptions::default()).map_err(exec_failure)?;
+    let options = BuildOptions {
+        compression: compression(args.compression),
+        epoch: args.source_date_epoch,
+        no_cache: args.no_cache,
+        ..BuildOptions::default()
+    };
+    let list = engine.explain(&ws, &args.targets, &options).map_err(exec_failure)?;
     match args.format {
         ExplainFormat::Text => print(&crate::render::explain_text(&list)),
         ExplainFormat::Json => {
