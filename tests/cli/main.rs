@@ -2,6 +2,7 @@
 //! and file snapshots of everything it prints, with the exit code.
 
 mod book_help;
+mod examples;
 mod harness;
 mod images;
 mod lang;
