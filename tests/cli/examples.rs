@@ -377,9 +377,10 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     ex.assert_smaller("app", "builder");
 }
 
-/// The examples this file tests, so that a new one cannot be forgotten.
+/// The examples this file tests, so that a new one cannot be forgotten; and
+/// the book's tutorial shows each one's `build.kdl` word for word.
 #[test]
-fn every_example_is_tested_here() {
+fn every_example_is_tested_here_and_shown_in_the_tutorial() {
     let tested = ["bookstore", "four-stage", "hello-c", "hello-go", "monorepo", "release", "whoami"];
     let mut found: Vec<String> = std::fs::read_dir(root().join("examples"))
         .expect("examples")
@@ -387,9 +388,13 @@ fn every_example_is_tested_here() {
         .collect();
     found.sort();
     assert_eq!(found, tested);
+    let tutorial = std::fs::read_to_string(root().join("book/src/tutorial.md")).expect("tutorial");
     for name in tested {
         let dir: PathBuf = root().join("examples").join(name);
-        assert!(dir.join("build.kdl").is_file(), "{name} has no build.kdl");
         assert!(dir.join("README.md").is_file(), "{name} has no README.md");
+        let build = std::fs::read_to_string(dir.join("build.kdl")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(tutorial.contains(&build), "book/src/tutorial.md does not show examples/{name}/build.kdl as it is");
     }
+    let service = std::fs::read_to_string(root().join("examples/monorepo/services/api/build.kdl")).expect("api");
+    assert!(tutorial.contains(&service), "book/src/tutorial.md does not show services/api/build.kdl as it is");
 }
