@@ -225,8 +225,12 @@ fn hello_c_ships_only_the_binary_on_a_slim_base() {
     assert!(built.stderr.contains("pull     docker.io/library/gcc:12"), "{}", built.stderr);
     assert_eq!(docker_run(&["hello-c:latest"]), "hello from a multi-stage C build\n");
     // No compiler and no source in the final image.
-    let look =
-        docker_run(&["hello-c:latest", "sh", "-c", "command -v cc make || echo no-toolchain; test -e /src || echo no-source"]);
+    let look = docker_run(&[
+        "hello-c:latest",
+        "sh",
+        "-c",
+        "command -v cc make || echo no-toolchain; test -e /src || echo no-source",
+    ]);
     assert_eq!(look, "no-toolchain\nno-source\n");
     ex.assert_smaller("hello", "compiler");
 }
@@ -249,19 +253,13 @@ fn four_stage_skips_the_test_stage_unless_it_is_named() {
     let ex = Example::new("four-stage", &["busybox"]);
     let built = ex.build_and_load(&[]);
     assert!(!built.stderr.contains("test:"), "the default build ran the test stage:\n{}", built.stderr);
-    assert_eq!(
-        docker_run(&["four-stage:latest"]),
-        "base: runtime dependencies installed\nbuild: built by app.sh\n"
-    );
+    assert_eq!(docker_run(&["four-stage:latest"]), "base: runtime dependencies installed\nbuild: built by app.sh\n");
     // Named, the test stage runs, and is kept as an image called `test`.
     let tested = ex.build_and_load(&["test"]);
     assert!(tested.stderr.contains("test: run grep"), "{}", tested.stderr);
     assert_eq!(docker_run(&["test:latest", "cat", "/build/test.txt"]), "test: tests passed\n");
     // Nothing of the test stage reached the final image.
-    assert_eq!(
-        docker_run(&["four-stage:latest", "sh", "-c", "ls /build /opt 2>/dev/null || echo none"]),
-        "none\n"
-    );
+    assert_eq!(docker_run(&["four-stage:latest", "sh", "-c", "ls /build /opt 2>/dev/null || echo none"]), "none\n");
     ex.bake_ok(&["build", "build"]);
     ex.assert_smaller("app", "build");
 }
@@ -283,7 +281,9 @@ fn whoami_answers_http_on_the_port_given_with_its_flag() {
     let server = Container::start(&["whoami:latest", "-port", &port.to_string(), "-name", "bake-e2e"]);
     let (status, body) = wait_for_http(&server, port, "/bake/test?x=1", "X-Bake-Test: e2e\r\n");
     assert_eq!(status, "HTTP/1.0 200 OK", "{body}");
-    for needle in ["Name: bake-e2e\n", "Hostname: ", "IP: 127.0.0.1\n", "GET /bake/test?x=1 HTTP/1.0\n", "X-Bake-Test: e2e\n"] {
+    for needle in
+        ["Name: bake-e2e\n", "Hostname: ", "IP: 127.0.0.1\n", "GET /bake/test?x=1 HTTP/1.0\n", "X-Bake-Test: e2e\n"]
+    {
         assert!(body.contains(needle), "no {needle:?} in:\n{body}");
     }
     ex.assert_smaller("whoami", "builder");
@@ -298,7 +298,10 @@ fn bookstore_renders_templates_from_the_context_and_the_builder() {
     let (status, body) = wait_for_http(&server, port, "/", "");
     assert_eq!(status, "HTTP/1.0 200 OK", "{body}");
     // index.tmpl, copied from the build context ...
-    assert!(body.contains("<li>The Go Programming Language, by Alan Donovan and Brian Kernighan (2015)</li>"), "{body}");
+    assert!(
+        body.contains("<li>The Go Programming Language, by Alan Donovan and Brian Kernighan (2015)</li>"),
+        "{body}"
+    );
     // ... and footer.tmpl, which the build stage generated.
     assert!(body.contains("<footer>built with go1.19"), "{body}");
     assert!(body.contains("by the build stage</footer>"), "{body}");
