@@ -22,13 +22,11 @@ release) cargo build --locked --quiet --release -p bake-cli ;;
   exit 2
   ;;
 esac
-# build.kdl copies target/PROFILE/bake: the binary must be inside the clone.
+# build.kdl copies target/PROFILE/bake from its folder. When cargo builds
+# elsewhere (CARGO_TARGET_DIR), build a copy of it in a folder that holds the
+# binary at that path instead.
 target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
-if [[ $target != "$PWD/target" ]]; then
-  echo "release-image: CARGO_TARGET_DIR must be $PWD/target (it is $target)" >&2
-  exit 2
-fi
-bake=$PWD/target/$profile/bake
+bake=$target/$profile/bake
 version=$("$bake" --version | cut -d' ' -f2)
 docker=docker
 [[ -x /usr/bin/docker ]] && docker=/usr/bin/docker
@@ -41,6 +39,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+context=$PWD
+if [[ $target != "$PWD/target" ]]; then
+  context=$work/context
+  mkdir -p "$context/target/$profile"
+  cp build.kdl "$context/"
+  ln "$bake" "$context/target/$profile/bake" 2>/dev/null || cp "$bake" "$context/target/$profile/bake"
+fi
+
 registry=$(scripts/registry.sh start | sed -n 's/^REGISTRY=//p')
 BAKE=$bake scripts/fixtures.sh publish "$registry" debian >"$work/publish.log" 2>&1 || {
   cat "$work/publish.log" >&2
@@ -49,7 +55,7 @@ BAKE=$bake scripts/fixtures.sh publish "$registry" debian >"$work/publish.log" 2
 printf 'registry "docker.io" {\n    mirror "%s"\n}\n' "$registry" >"$work/config.kdl"
 
 start=$SECONDS
-BAKE_HOME=$work/home BAKE_CONFIG=$work/config.kdl "$bake" build \
+BAKE_HOME=$work/home BAKE_CONFIG=$work/config.kdl "$bake" -C "$context" build \
   --set "PROFILE=$profile" --set "VERSION=$version" -o "type=docker,dest=$work/bake.tar"
 eval "export $(scripts/dockerd.sh start)"
 "$docker" load -i "$work/bake.tar" >/dev/null
