@@ -133,7 +133,14 @@ impl Example {
     /// from. That stage is built on its own, by name, which keeps it in the
     /// store as an image (its steps are cached: nothing runs again).
     fn assert_smaller(&self, image: &str, builder: &str) -> (f64, f64) {
-        let again = self.bake_ok(&["build", builder]);
+        self.assert_smaller_set(image, builder, &[])
+    }
+
+    /// [`assert_smaller`](Self::assert_smaller) for a build made with `--set` args.
+    fn assert_smaller_set(&self, image: &str, builder: &str, sets: &[&str]) -> (f64, f64) {
+        let mut args = vec!["build", builder];
+        args.extend_from_slice(sets);
+        let again = self.bake_ok(&args);
         assert!(again.stderr.contains(" 0 steps run"), "{builder} was built already:\n{}", again.stderr);
         let (small, big) = (self.size(image), self.size(builder));
         assert!(small < big, "{image} ({small} B) is not smaller than {builder} ({big} B)");
@@ -361,7 +368,7 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     assert_eq!(docker_run(&[&image, "-name", "release"]), "hello, release, from app 1.2.3\n");
     assert_eq!(inspect(&image, r#"{{index .Config.Labels "org.opencontainers.image.version"}}"#), "1.2.3");
     let _ = docker_cmd().args(["rmi", &image]).output();
-    ex.assert_smaller("app", "builder");
+    ex.assert_smaller_set("app", "builder", &["--set", "VERSION=1.2.3"]);
 
     // A failing test stops the pipeline before anything is pushed.
     let test = ex.dir.path().join("greet_test.go");
