@@ -9,8 +9,11 @@
 #   scripts/fixtures.sh verify         run a shell in each cached rootfs (chroot)
 #   scripts/fixtures.sh path NAME      print NAME's folder (busybox | debian)
 #   scripts/fixtures.sh inputs NAME    print what NAME's cache key is made of
-#   scripts/fixtures.sh publish ADDR   bake every fixture and push it to the
-#                                      registry at ADDR (e.g. 127.0.0.1:5000)
+#   scripts/fixtures.sh publish ADDR [IMAGE...]
+#                                      bake the base images (busybox, debian,
+#                                      gcc, golang: all by default) and push
+#                                      them to the registry at ADDR (e.g.
+#                                      127.0.0.1:5000) as ADDR/library/NAME:TAG
 #   scripts/fixtures.sh gc             delete cached builds nothing points at
 #
 # Cache layout, under ${BAKE_FIXTURES:-/var/cache/bake-fixtures}:
@@ -19,6 +22,9 @@
 #   busybox-<key>/inputs        the text <key> is the sha256 of
 #   busybox -> busybox-<key>    what the last run of this script built or found
 #   debian-<key>/...            the same for fixtures/debian
+#   store/                      bake's store (BAKE_HOME) for `publish`: the
+#                               images built from these trees and from
+#                               fixtures/{gcc,golang}, kept between runs
 # Bake an image with `bake -f "$BAKE_FIXTURES/busybox/build.kdl" build`: the
 # build.kdl sits next to its rootfs, so the rootfs is inside the build context.
 #
@@ -322,6 +328,48 @@ ensure() {
   fi
 }
 
+# --- publishing -----------------------------------------------------------
+
+# The images `publish` makes, in build order: gcc and golang start from the
+# debian image, which must be in the store first.
+images=(busybox debian gcc golang)
+
+# Bakes each image (all of them by default) into the fixture store and pushes
+# it to the registry at $1, tagged $1/library/NAME:TAG. The store keeps every
+# step between runs, so the toolchains' `apt-get install` runs once per
+# machine (it is keyed by the debian image's digest and the command, like any
+# bake step) and later runs only retag and push.
+publish_all() {
+  local addr=$1 name file
+  shift
+  local wanted=("${@:-${images[@]}}")
+  for name in "${wanted[@]}"; do
+    [[ " ${images[*]} " == *" $name "* ]] || die "unknown image: $name (one of: ${images[*]})"
+  done
+  for name in "${fixtures[@]}"; do ensure "$name"; done
+  local bake=${BAKE:-}
+  if [[ -z $bake ]]; then
+    cargo build --quiet --locked --manifest-path "$repo/Cargo.toml" -p bake-cli
+    bake=${CARGO_TARGET_DIR:-$repo/target}/debug/bake
+  fi
+  export BAKE_HOME=$cache/store
+  mkdir -p "$BAKE_HOME"
+  # The toolchains are built on docker.io/library/debian:bookworm, which only
+  # this store has: build it under that name first.
+  if [[ " ${wanted[*]} " == *" gcc "* || " ${wanted[*]} " == *" golang "* ]]; then
+    "$bake" -f "$cache/debian/build.kdl" build
+  fi
+  for name in "${images[@]}"; do
+    [[ " ${wanted[*]} " == *" $name "* ]] || continue
+    case $name in
+    busybox | debian) file=$cache/$name/build.kdl ;;
+    *) file=$repo/fixtures/$name/build.kdl ;;
+    esac
+    echo "fixtures: publishing $name to $addr" >&2
+    "$bake" -f "$file" build --push --set "REGISTRY=$addr"
+  done
+}
+
 cmd=${1:-build}
 case $cmd in
 build)
@@ -348,18 +396,13 @@ inputs)
   inputs "$2"
   ;;
 publish)
-  # Pushes every tag of every fixture image to ADDR, e.g. 127.0.0.1:5000, as
-  # ADDR/library/busybox:latest ..., so ADDR can stand in for docker.io.
-  [[ $# -eq 2 ]] || die "usage: $0 publish REGISTRY_ADDR"
-  for name in "${fixtures[@]}"; do ensure "$name"; done
-  bake=${BAKE:-}
-  if [[ -z $bake ]]; then
-    cargo build --quiet --manifest-path "$repo/Cargo.toml" -p bake-cli
-    bake=$repo/target/debug/bake
-  fi
-  for name in "${fixtures[@]}"; do
-    "$bake" -f "$cache/$name/build.kdl" build --push --set "REGISTRY=$2"
-  done
+  # Bakes the fixture images in the fixture store and pushes them to ADDR,
+  # e.g. 127.0.0.1:5000, as ADDR/library/busybox:latest ..., so that ADDR can
+  # stand in for docker.io (see publish_all above).
+  [[ $# -ge 2 ]] || die "usage: $0 publish REGISTRY_ADDR [NAME...]"
+  addr=$2
+  shift 2
+  publish_all "$addr" "$@"
   ;;
 gc)
   # Deletes cached builds that no `NAME` link points at (older keys), and

@@ -18,3 +18,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Benches are compiled by clippy above and run by scripts/bench.sh, not here.
 cargo test --workspace --locked
+# bake's own image (the root build.kdl), built by bake from the debug binary
+# the tests just built, and `bake --version` run in it by Docker.
+./scripts/release-image.sh debug

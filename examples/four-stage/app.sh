@@ -1,2 +1,3 @@
 #!/bin/sh
-echo "built by app.sh"
+# Stands in for a real build: compile, bundle, generate.
+echo "build: built by app.sh"

@@ -3,6 +3,7 @@
 
 mod book_help;
 mod container;
+mod examples;
 mod harness;
 mod images;
 mod lang;

@@ -1,7 +1,10 @@
 package main
 
-import "fmt"
+import (
+	"fmt"
+	"runtime"
+)
 
 func main() {
-	fmt.Println("api service")
+	fmt.Printf("api service (%s)\n", runtime.Version())
 }

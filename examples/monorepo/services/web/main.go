@@ -1,7 +1,10 @@
 package main
 
-import "fmt"
+import (
+	"fmt"
+	"runtime"
+)
 
 func main() {
-	fmt.Println("web service")
+	fmt.Printf("web service (%s)\n", runtime.Version())
 }

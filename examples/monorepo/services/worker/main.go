@@ -1,7 +1,10 @@
 package main
 
-import "fmt"
+import (
+	"fmt"
+	"runtime"
+)
 
 func main() {
-	fmt.Println("worker service")
+	fmt.Printf("worker service (%s)\n", runtime.Version())
 }
