@@ -265,9 +265,11 @@ fn four_stage_skips_the_test_stage_unless_it_is_named() {
     let built = ex.build_and_load(&[]);
     assert!(!built.stderr.contains("test:"), "the default build ran the test stage:\n{}", built.stderr);
     assert_eq!(docker_run(&["four-stage:latest"]), "base: runtime dependencies installed\nbuild: built by app.sh\n");
-    // Named, the test stage runs, and is kept as an image called `test`.
+    // Named, the test stage runs, and is kept as an image called `test`,
+    // which `bake run` runs in bake's sandbox, and Docker too.
     let tested = ex.build_and_load(&["test"]);
     assert!(tested.stderr.contains("test: run grep"), "{}", tested.stderr);
+    assert_eq!(ex.bake_ok(&["run", "test", "--", "cat", "/build/test.txt"]).stdout, "test: tests passed\n");
     assert_eq!(docker_run(&["test:latest", "cat", "/build/test.txt"]), "test: tests passed\n");
     // Nothing of the test stage reached the final image.
     assert_eq!(docker_run(&["four-stage:latest", "sh", "-c", "ls /build /opt 2>/dev/null || echo none"]), "none\n");
@@ -347,14 +349,13 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
             .env("BAKE", env!("CARGO_BIN_EXE_bake"))
             .env("REGISTRY", &addr)
             .env("VERSION", version)
-            // The remote cache (--cache-from/--cache-to) is not in bake yet.
-            .env("CACHE", "")
             .output()
             .expect("release.sh")
     };
     let out = pipeline("1.2.3");
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{log}");
+    assert!(log.contains("cache    ") && log.contains("exported to"), "no cache export:\n{log}");
     assert!(log.contains("--- PASS: TestGreeting"), "{log}");
     let mut tags = ex.registry.tags("acme/app");
     tags.sort();
@@ -369,6 +370,25 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     assert_eq!(inspect(&image, r#"{{index .Config.Labels "org.opencontainers.image.version"}}"#), "1.2.3");
     let _ = docker_cmd().args(["rmi", &image]).output();
     ex.assert_smaller_set("app", "builder", &["--set", "VERSION=1.2.3"]);
+
+    // Another CI machine (an empty store) runs the same release: every step
+    // comes from the registry cache, and the same image is pushed.
+    let other = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(ex.home.path().join("config.kdl"), other.path().join("config.kdl")).expect("config");
+    let again = ex
+        .command(ex.dir.path().join("release.sh"))
+        .env("BAKE", env!("CARGO_BIN_EXE_bake"))
+        .env("REGISTRY", &addr)
+        .env("VERSION", "1.2.3")
+        .env("BAKE_HOME", other.path())
+        .env("BAKE_CONFIG", other.path().join("config.kdl"))
+        .output()
+        .expect("release.sh");
+    let log = format!("{}{}", String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&again.stderr));
+    assert!(again.status.success(), "{log}");
+    assert!(log.contains("--- PASS: TestGreeting"), "the cached test report was not written:\n{log}");
+    assert_eq!(log.matches("built in").count(), 2, "{log}");
+    assert_eq!(log.matches(": 0 steps run").count(), 2, "a step ran on the second machine:\n{log}");
 
     // A failing test stops the pipeline before anything is pushed.
     let test = ex.dir.path().join("greet_test.go");
@@ -386,7 +406,7 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
 /// the book's tutorial shows each one's `build.kdl` word for word.
 #[test]
 fn every_example_is_tested_here_and_shown_in_the_tutorial() {
-    let tested = ["bookstore", "four-stage", "hello-c", "hello-go", "monorepo", "release", "whoami"];
+    let tested = ["bookstore", "devloop", "four-stage", "hello-c", "hello-go", "monorepo", "release", "whoami"];
     let mut found: Vec<String> = std::fs::read_dir(root().join("examples"))
         .expect("examples")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -398,8 +418,98 @@ fn every_example_is_tested_here_and_shown_in_the_tutorial() {
         let dir: PathBuf = root().join("examples").join(name);
         assert!(dir.join("README.md").is_file(), "{name} has no README.md");
         let build = std::fs::read_to_string(dir.join("build.kdl")).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(tutorial.contains(&build), "book/src/tutorial.md does not show examples/{name}/build.kdl as it is");
+        // The development loop has its own chapter.
+        let page = if name == "devloop" { "devloop.md" } else { "tutorial.md" };
+        let text = std::fs::read_to_string(root().join("book/src").join(page)).expect("page");
+        assert!(text.contains(&build), "book/src/{page} does not show examples/{name}/build.kdl as it is");
     }
     let service = std::fs::read_to_string(root().join("examples/monorepo/services/api/build.kdl")).expect("api");
     assert!(tutorial.contains(&service), "book/src/tutorial.md does not show services/api/build.kdl as it is");
+}
+
+/// `bake watch` running in the background, stopped (SIGINT, as Ctrl-C) on drop.
+struct Watching {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Watching {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `ok` every 50 ms for at most `limit`; fails with the log.
+    fn wait(&self, what: &str, limit: Duration, ok: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !ok() {
+            assert!(start.elapsed() < limit, "{what}: not within {limit:?}; bake watch said:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watch_rebuilds_and_restarts_the_devloop_server() {
+    let ex = Example::new("devloop", &["golang"]);
+    let port = free_port();
+    let log = ex.dir.path().join("watch.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let child = ex
+        .command(env!("CARGO_BIN_EXE_bake"))
+        .args(["watch", "--run", "devloop", "--stop-timeout", "5", "--", "-port", &port.to_string()])
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .spawn()
+        .expect("bake watch");
+    let w = Watching { child, log };
+    let page = || http_get(port, "/", "").map(|(_, body)| body).unwrap_or_default();
+    w.wait("the first build serves", Duration::from_secs(300), || page().contains("Hello from the development loop"));
+
+    // A template: one copy, no compile; the restarted server shows it.
+    let dir = ex.dir.path();
+    let template = dir.join("templates/index.html");
+    let text = std::fs::read_to_string(&template).expect("template");
+    std::fs::write(&template, text.replace("<h1>", "<h1 class=\"edited\">")).expect("write");
+    w.wait("the template edit is served", Duration::from_secs(60), || page().contains("class=\"edited\""));
+    assert!(w.log().contains("watch: changed templates/index.html"), "{}", w.log());
+    assert!(w.log().contains("1 step ran"), "a template edit ran more than its copy:\n{}", w.log());
+
+    // Go source: recompiled, restarted.
+    let main = dir.join("main.go");
+    let source = std::fs::read_to_string(&main).expect("main.go");
+    std::fs::write(&main, source.replace("Hello from the development loop", "Hello, recompiled")).expect("write");
+    w.wait("the Go edit is served", Duration::from_secs(180), || page().contains("Hello, recompiled"));
+    assert!(w.log().contains("run      build: run go build"), "{}", w.log());
+
+    // A broken build.kdl: the diagnostic, and the old server keeps serving.
+    let build = dir.join("build.kdl");
+    let good = std::fs::read_to_string(&build).expect("build.kdl");
+    std::fs::write(&build, good.replace("copy \"templates\" to=\"/templates\"", "copy \"templates\" to="))
+        .expect("write");
+    w.wait("the diagnostic", Duration::from_secs(60), || w.log().contains("build.kdl has errors"));
+    assert!(w.log().contains("build.kdl:"), "no diagnostic pointing into build.kdl:\n{}", w.log());
+    assert!(page().contains("Hello, recompiled"), "the old server stopped serving");
+
+    // Fixed: it builds again, and the next template edit is served.
+    std::fs::write(&build, &good).expect("write");
+    let builds = w.log().matches("watch: built in").count();
+    w.wait("the fixed build", Duration::from_secs(60), || w.log().matches("watch: built in").count() > builds);
+    std::fs::write(&template, text.replace("<h1>", "<h1 class=\"recovered\">")).expect("write");
+    w.wait("the edit after the fix is served", Duration::from_secs(60), || page().contains("class=\"recovered\""));
 }

@@ -516,6 +516,9 @@ struct Build<'a> {
     out_keys: Mutex<HashMap<NodeIndex, Key>>,
     /// Keys that differ from the plan's because of an early cutoff.
     effective: Mutex<HashMap<NodeIndex, Key>>,
+    /// One fetch at a time per node: steps that need the same base image
+    /// wait for the first one's pull instead of pulling it again.
+    fetching: Mutex<HashMap<NodeIndex, Arc<Mutex<()>>>>,
     /// How each step's result was obtained.
     steps: Mutex<HashMap<NodeIndex, StepOutcome>>,
     /// The build's own cancellation: fired by the caller's token (Ctrl-C) or
@@ -553,6 +556,7 @@ impl<'a> Build<'a> {
             origins: Mutex::new(HashMap::new()),
             out_keys: Mutex::new(HashMap::new()),
             effective: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
             steps: Mutex::new(HashMap::new()),
             cancel: options.cancel.child_token(),
         }
@@ -609,6 +613,11 @@ impl<'a> Build<'a> {
         let result = self.result(n)?;
         let store = &self.engine.store;
         let missing = || result.layers.iter().find(|l| !store.has_blob(&l.digest)).map(|l| l.digest.to_string());
+        if missing().is_none() {
+            return Ok(());
+        }
+        let gate = lock(&self.fetching).entry(n).or_default().clone();
+        let _one_at_a_time = lock(&gate);
         if missing().is_none() {
             return Ok(());
         }
