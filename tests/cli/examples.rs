@@ -479,14 +479,14 @@ fn watch_rebuilds_and_restarts_the_devloop_server() {
         .expect("bake watch");
     let w = Watching { child, log };
     let page = || http_get(port, "/", "").map(|(_, body)| body).unwrap_or_default();
-    w.wait("the first build serves", Duration::from_secs(300), || page().contains("Hello from the development loop"));
+    w.wait("the first build serves", Duration::from_mins(5), || page().contains("Hello from the development loop"));
 
     // A template: one copy, no compile; the restarted server shows it.
     let dir = ex.dir.path();
     let template = dir.join("templates/index.html");
     let text = std::fs::read_to_string(&template).expect("template");
     std::fs::write(&template, text.replace("<h1>", "<h1 class=\"edited\">")).expect("write");
-    w.wait("the template edit is served", Duration::from_secs(60), || page().contains("class=\"edited\""));
+    w.wait("the template edit is served", Duration::from_mins(1), || page().contains("class=\"edited\""));
     assert!(w.log().contains("watch: changed templates/index.html"), "{}", w.log());
     assert!(w.log().contains("1 step ran"), "a template edit ran more than its copy:\n{}", w.log());
 
@@ -494,7 +494,7 @@ fn watch_rebuilds_and_restarts_the_devloop_server() {
     let main = dir.join("main.go");
     let source = std::fs::read_to_string(&main).expect("main.go");
     std::fs::write(&main, source.replace("Hello from the development loop", "Hello, recompiled")).expect("write");
-    w.wait("the Go edit is served", Duration::from_secs(180), || page().contains("Hello, recompiled"));
+    w.wait("the Go edit is served", Duration::from_mins(3), || page().contains("Hello, recompiled"));
     assert!(w.log().contains("run      build: run go build"), "{}", w.log());
 
     // A broken build.kdl: the diagnostic, and the old server keeps serving.
@@ -502,14 +502,14 @@ fn watch_rebuilds_and_restarts_the_devloop_server() {
     let good = std::fs::read_to_string(&build).expect("build.kdl");
     std::fs::write(&build, good.replace("copy \"templates\" to=\"/templates\"", "copy \"templates\" to="))
         .expect("write");
-    w.wait("the diagnostic", Duration::from_secs(60), || w.log().contains("build.kdl has errors"));
+    w.wait("the diagnostic", Duration::from_mins(1), || w.log().contains("build.kdl has errors"));
     assert!(w.log().contains("build.kdl:"), "no diagnostic pointing into build.kdl:\n{}", w.log());
     assert!(page().contains("Hello, recompiled"), "the old server stopped serving");
 
     // Fixed: it builds again, and the next template edit is served.
     std::fs::write(&build, &good).expect("write");
     let builds = w.log().matches("watch: built in").count();
-    w.wait("the fixed build", Duration::from_secs(60), || w.log().matches("watch: built in").count() > builds);
+    w.wait("the fixed build", Duration::from_mins(1), || w.log().matches("watch: built in").count() > builds);
     std::fs::write(&template, text.replace("<h1>", "<h1 class=\"recovered\">")).expect("write");
-    w.wait("the edit after the fix is served", Duration::from_secs(60), || page().contains("class=\"recovered\""));
+    w.wait("the edit after the fix is served", Duration::from_mins(1), || page().contains("class=\"recovered\""));
 }
