@@ -14,6 +14,7 @@ use crate::graph::ContextRead;
 use crate::image::ImageConfig;
 use crate::lang::{Copy, Span};
 use crate::layer::{Entry, EntryKind, LayerInfo, LayerOptions, LayerWriter};
+use crate::oci::Compression;
 use crate::snapshot::{Found, MergedView};
 
 /// What a `copy` reads.
@@ -253,7 +254,9 @@ impl Copier<'_, '_> {
 /// Writes entries, in layer order, into one layer in the store.
 pub(super) fn write_layer(build: &Build<'_>, mut sorted: Vec<Item>) -> Result<LayerInfo, ExecError> {
     let store = &build.engine.store;
-    let options = LayerOptions { compression: build.options.compression, level: None, epoch: build.options.epoch };
+    // Uncompressed: a step's layer is read by the steps after it; it is
+    // compressed only if an exported image carries it (`compress_result`).
+    let options = LayerOptions { compression: Compression::None, level: None, epoch: build.options.epoch };
     let mut layer = LayerWriter::new(store.blob_writer()?, &options);
     crate::layer::sort_entries_by(&mut sorted, |item| &item.entry);
     let mut linked: HashMap<(u64, u64), String> = HashMap::new();

@@ -107,10 +107,12 @@ fn file_lines(plan: &Plan, n: petgraph::graph::NodeIndex) -> Option<String> {
     Some(out)
 }
 
-/// Keeps every needed node's key and inputs as "the last build".
+/// Keeps the key and inputs of every node the build looked at (those that
+/// ran, and the cached ones it stopped at) as "the last build".
 pub(super) fn remember(build: &Build<'_>, plan: &Plan) {
     let home = &build.engine.home;
-    for n in plan.needed() {
+    let looked_at = super::lock(&build.visited).clone();
+    for n in plan.needed().filter(|n| looked_at.contains(n)) {
         let node = &plan.graph[n];
         if matches!(node.op, Op::Image { .. } | Op::Artifact { .. }) {
             continue;

@@ -516,6 +516,9 @@ struct Build<'a> {
     out_keys: Mutex<HashMap<NodeIndex, Key>>,
     /// Keys that differ from the plan's because of an early cutoff.
     effective: Mutex<HashMap<NodeIndex, Key>>,
+    /// The nodes this build looked at: what ran, and the cached nodes it
+    /// stopped at (`explain` remembers their inputs).
+    visited: Mutex<std::collections::HashSet<NodeIndex>>,
     /// One fetch at a time per node: steps that need the same base image
     /// wait for the first one's pull instead of pulling it again.
     fetching: Mutex<HashMap<NodeIndex, Arc<Mutex<()>>>>,
@@ -557,6 +560,7 @@ impl<'a> Build<'a> {
             out_keys: Mutex::new(HashMap::new()),
             effective: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
+            visited: Mutex::new(std::collections::HashSet::new()),
             steps: Mutex::new(HashMap::new()),
             cancel: options.cancel.child_token(),
         }
@@ -756,6 +760,54 @@ impl<'a> Build<'a> {
         Ok(config)
     }
 
+    /// Gives node `n`'s result compressed layers for export. Steps write
+    /// their layers uncompressed (most never leave the store: a builder's
+    /// layers are only read by the steps after them); the layers of an
+    /// exported stage are compressed here once, with the build's
+    /// compression, and the stage's result is recorded again with them, so
+    /// the next export, the registry cache and other machines get them as
+    /// they are. The same tar always compresses to the same bytes.
+    fn compress_result(&self, plan: &Plan, n: NodeIndex) -> Result<(), ExecError> {
+        let target = self.options.compression;
+        let result = self.result(n)?;
+        if target == Compression::None || result.layers.iter().all(|l| l.media_type != crate::oci::media::OCI_LAYER) {
+            return Ok(());
+        }
+        let store = &self.engine.store;
+        let mut layers = Vec::with_capacity(result.layers.len());
+        for l in &result.layers {
+            if l.media_type != crate::oci::media::OCI_LAYER {
+                layers.push(l.clone());
+                continue;
+            }
+            let mut h = blake3::Hasher::new();
+            h.update(format!("bake-compress-v1\0{}\0{target:?}", l.diff_id).as_bytes());
+            let key = Key(*h.finalize().as_bytes()).to_hex();
+            if let Some(entry) = store.cache(&key)?
+                && let Ok(info) = serde_json::from_value::<LayerInfo>(entry.value)
+            {
+                layers.push(info);
+                continue;
+            }
+            let tar = std::io::BufReader::new(store.open_blob(&l.digest)?);
+            let options = crate::layer::LayerOptions { compression: target, level: None, epoch: self.options.epoch };
+            let (writer, info) = crate::layer::compress_tar(tar, store.blob_writer()?, &options)?;
+            writer.commit(Some(&info.digest))?;
+            let value = serde_json::to_value(&info).unwrap_or_default();
+            store.put_cache(&key, &CacheEntry { value, blobs: vec![info.digest.clone()] })?;
+            layers.push(info);
+        }
+        let compressed = FsResult { layers, config: result.config.clone() };
+        if let Some(key) = plan.graph[n].key {
+            record(store, &key, &compressed)?;
+        }
+        if let Some(key) = lock(&self.effective).get(&n).copied() {
+            record(store, &key, &compressed)?;
+        }
+        self.set_result(n, compressed);
+        Ok(())
+    }
+
     /// Steps among `n` and its ancestors that ran and that were reused.
     fn step_counts(&self, plan: &Plan, n: NodeIndex) -> (usize, usize) {
         let steps = lock(&self.steps);
@@ -796,10 +848,15 @@ impl<'a> Build<'a> {
                     if !self.has_result(stage_node) {
                         continue;
                     }
-                    let local = !push_only || lock(&self.origins).get(&stage_node).is_none();
-                    if !push_only {
+                    let uncompressed = |r: &FsResult| {
+                        self.options.compression != Compression::None
+                            && r.layers.iter().any(|l| l.media_type == crate::oci::media::OCI_LAYER)
+                    };
+                    if !push_only || uncompressed(&*self.result(stage_node)?) {
                         tokio::task::block_in_place(|| self.materialize(plan, stage_node))?;
                     }
+                    let local = !push_only || lock(&self.origins).get(&stage_node).is_none();
+                    tokio::task::block_in_place(|| self.compress_result(plan, stage_node))?;
                     // A stage built on its own is kept (and exported) as an
                     // image named after it, with no tags.
                     let s = &self.ws.stages[*stage];

@@ -102,14 +102,24 @@ impl Build<'_> {
         if self.options.no_cache {
             return Ok(hits);
         }
+        // From the requested targets down, stopping at every hit: an
+        // unchanged build looks up its final stages and nothing below them.
         tokio::task::block_in_place(|| -> Result<(), ExecError> {
-            for n in plan.needed() {
+            let mut seen = HashSet::new();
+            let mut stack = plan.roots.clone();
+            while let Some(n) = stack.pop() {
+                if !seen.insert(n) {
+                    continue;
+                }
                 let node = &plan.graph[n];
-                if let (true, Some(key)) = (is_fs(&node.op), node.key)
+                if is_fs(&node.op)
+                    && let Some(key) = node.key
                     && let Some(result) = local_result(self, &key)?
                 {
                     hits.insert(n, Hit { result, origin: None });
+                    continue;
                 }
+                stack.extend(plan.graph.neighbors_directed(n, Direction::Incoming));
             }
             Ok(())
         })?;
@@ -155,6 +165,7 @@ impl Build<'_> {
         cache: &RemoteCache<'_>,
     ) -> Result<Vec<ExecError>, ExecError> {
         let required = self.required(plan, &hits);
+        lock(&self.visited).extend(required.iter().copied());
         let order = plan.topo_order();
         let position: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         for &n in &order {
@@ -283,6 +294,7 @@ impl Build<'_> {
                         lock(&self.out_keys).remove(&p);
                         pending.insert((position[&n], n));
                         for m in self.required(plan, &HashMap::new()) {
+                            lock(&self.visited).insert(m);
                             if is_fs(&plan.graph[m].op) && !self.has_result(m) && !running.contains(&m) {
                                 pending.insert((position[&m], m));
                             }

@@ -111,7 +111,7 @@ use crate::oci::{Compression, Digest};
 
 pub use read::entries;
 pub use unpack::{UnpackOptions, UnpackStats, unpack};
-pub use write::LayerWriter;
+pub use write::{LayerWriter, compress_tar};
 
 /// The prefix of a whiteout's name: `.wh.NAME` deletes `NAME`.
 pub const WHITEOUT_PREFIX: &str = ".wh.";

@@ -395,6 +395,29 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.push(b'\n');
 }
 
+/// Compresses an uncompressed layer (a tar stream) with `options`'
+/// compression: the same diffID, a new digest. The output does not depend on
+/// the thread count.
+pub fn compress_tar<W: Write>(
+    mut tar: impl Read,
+    out: W,
+    options: &LayerOptions,
+) -> Result<(W, LayerInfo), LayerError> {
+    let level = options.effective_level().map_err(|reason| LayerError::Options { reason })?;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let (encoder, failed) = Encoder::new(out, options.compression, level, threads);
+    if let Some(reason) = failed {
+        return Err(LayerError::Options { reason });
+    }
+    let write = |source| LayerError::Write { source };
+    let mut hashing = HashWriter::new(encoder);
+    std::io::copy(&mut tar, &mut hashing).map_err(write)?;
+    let (encoder, diff_id, uncompressed_size) = hashing.finish();
+    let (out, digest, size) = encoder.finish().map_err(write)?.finish();
+    let media_type = options.compression.media_type().to_owned();
+    Ok((out, LayerInfo { digest, diff_id, size, uncompressed_size, media_type }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -303,9 +303,14 @@ impl Store {
         if name.is_empty() {
             return Err(StoreError::InvalidName);
         }
+        let path = self.image_path(name);
+        // The same record again (an unchanged rebuild): it was made durable
+        // when it was first written.
+        if read_image(&path)?.is_some_and(|doc| doc.image == *image) && self.stored_len(&image.manifest).is_some() {
+            return Ok(());
+        }
         let doc = NamedImage { name: name.to_owned(), image: image.clone() };
         let bytes = serde_json::to_vec_pretty(&doc).map_err(StoreError::Encode)?;
-        let path = self.image_path(name);
         let _lock = self.lock_shared()?;
         if self.stored_len(&image.manifest).is_none() {
             return Err(StoreError::MissingBlob { digest: image.manifest.clone() });
