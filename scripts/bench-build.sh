@@ -7,7 +7,9 @@
 #           share one builder stage, each shipped on `scratch`
 #
 # For each: cold (every step runs: --no-cache), no-op (nothing changed) and
-# incremental (one source file changed before each run). The base images are
+# incremental (one source file changed before each run, to a content never built
+# before: the store is content-addressed, so a content seen in an earlier run
+# would be a cache hit). The base images are
 # the offline fixtures, built by bake and loaded into Docker and buildah.
 # BuildKit is Debian's docker.io 20.10 (/usr/bin/docker, DOCKER_BUILDKIT=1,
 # --network host); it builds the monorepo as one graph (a last stage copies
@@ -128,7 +130,7 @@ bench c-cold "$work/c" "${RUNS_COLD:-5}" true \
   "$bake build --no-cache --progress plain" "$bk --no-cache -t bench-c ." "$ba --no-cache -t bench-c ."
 bench c-noop "$work/c" "${RUNS:-10}" true \
   "$bake build --progress plain" "$bk -t bench-c ." "$ba -t bench-c ."
-bench c-incremental "$work/c" "${RUNS:-10}" "echo \"// \$RANDOM\$RANDOM\" >> $work/c/hello.c" \
+bench c-incremental "$work/c" "${RUNS:-10}" "echo \"// \$(date +%s%N)\" >> $work/c/hello.c" \
   "$bake build --progress plain" "$bk -t bench-c ." "$ba -t bench-c ."
 
 bench mono-cold "$mono" "${RUNS_COLD:-3}" true \
@@ -136,7 +138,7 @@ bench mono-cold "$mono" "${RUNS_COLD:-3}" true \
   "$ba --no-cache --target all -t bench-mono ."
 bench mono-noop "$mono" "${RUNS:-10}" true \
   "$bake build --progress plain" "$bk --target all -t bench-mono ." "$ba --target all -t bench-mono ."
-bench mono-incremental "$mono" "${RUNS:-10}" "echo \"// \$RANDOM\$RANDOM\" >> $mono/services/svc01/main.go" \
+bench mono-incremental "$mono" "${RUNS:-10}" "echo \"// \$(date +%s%N)\" >> $mono/services/svc01/main.go" \
   "$bake build --progress plain" "$bk --target all -t bench-mono ." "$ba --target all -t bench-mono ."
 
 python3 - "$results" <<'PY'
