@@ -42,7 +42,6 @@ for tool in bake docker; do
   cp -r examples/devloop/. "$work/$tool/"
 done
 cat >"$work/docker/Dockerfile" <<'DOCKERFILE'
-# syntax=docker/dockerfile:1
 FROM golang:1.19 AS build
 WORKDIR /src
 ENV CGO_ENABLED=0
