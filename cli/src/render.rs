@@ -246,6 +246,10 @@ impl Tty {
                 }
             }
             other => {
+                // A step spared by early cutoff was counted as one to run.
+                if let Event::Cached { cutoff: true, .. } = &other {
+                    self.header.inc(1);
+                }
                 if let Some(line) = plain_line(&other) {
                     let _ = self.multi.println(line);
                 }

@@ -59,8 +59,22 @@ pub(crate) fn watch(file: &Path, args: &WatchArgs) -> Result<(), Failure> {
     let engine = engine()?;
     let runtime = runtime()?;
     let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
-    let options = BuildOptions { jobs: args.jobs, ..BuildOptions::default() };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let options = BuildOptions { jobs: args.jobs, cancel: cancel.clone(), ..BuildOptions::default() };
     runtime.block_on(async {
+        // Ctrl-C or SIGTERM, at any moment (in a build too): stop the build,
+        // the container and the watch.
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            on_signal.cancel();
+        });
         let mut loop_ = Loop { engine: &engine, args, file: &file, options, running: None, files: Vec::new() };
         loop_.run().await
     })
@@ -79,12 +93,13 @@ struct Loop<'a> {
 impl Loop<'_> {
     async fn run(&mut self) -> Result<(), Failure> {
         let mut set = self.cycle(Instant::now(), &BTreeSet::new()).await?;
+        if self.options.cancel.is_cancelled() {
+            self.stop().await;
+            return Ok(());
+        }
         let mut watcher = Watcher::start(&set).map_err(|e| Failure::Usage(Report::new(e)))?;
         let quiet = Duration::from_millis(self.args.debounce);
-        let interrupted = tokio::signal::ctrl_c();
-        tokio::pin!(interrupted);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| Failure::Usage(Report::new(crate::commands::CliError::Runtime(e))))?;
+        let cancel = self.options.cancel.clone();
         say(&format!("watching {} for changes (Ctrl-C to stop)", self.file.display()));
         loop {
             let exit = async {
@@ -108,8 +123,7 @@ impl Loop<'_> {
                         Err(e) => crate::render_failure(run_failure(e)),
                     }
                 }
-                _ = &mut interrupted => break,
-                _ = term.recv() => break,
+                () = cancel.cancelled() => break,
             }
         }
         self.stop().await;
@@ -145,6 +159,7 @@ impl Loop<'_> {
         let built = self.engine.build(&ws, &self.args.targets, &self.options, &render).await;
         let report = match built {
             Ok(report) => report,
+            Err(_) if self.options.cancel.is_cancelled() => return Ok(set),
             Err(e) => {
                 crate::render_failure(exec_failure(e));
                 say("the build failed: the last good build keeps running");

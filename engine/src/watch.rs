@@ -95,7 +95,8 @@ impl WatchSet {
             };
             contexts[i].copies.push((sources, everything, exclude));
         }
-        let excluded = excluded.iter().map(|p| absolute(p)).collect();
+        // Artifacts are written by every build: never a reason for the next.
+        let excluded = excluded.iter().chain(ws.artifacts.iter().map(|a| &a.dest)).map(|p| absolute(p)).collect();
         Self { files, contexts, excluded }
     }
 
@@ -118,9 +119,10 @@ impl WatchSet {
         roots
     }
 
-    /// Whether a change to `path` (absolute) can change the build.
+    /// Whether a change to `path` (absolute) can change the build. The
+    /// empty path stands for "events were lost": always relevant.
     pub fn relevant(&self, path: &Path) -> bool {
-        if self.files.contains(path) {
+        if self.files.contains(path) || path.as_os_str().is_empty() {
             return true;
         }
         if self.excluded.iter().any(|e| path.starts_with(e)) || is_scratch_file(path) {
@@ -203,12 +205,21 @@ impl Watcher {
     pub fn start(set: &WatchSet) -> Result<Self, WatchError> {
         let (tx, rx) = unbounded_channel();
         let handler = move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res
-                && !matches!(event.kind, notify::EventKind::Access(_))
-            {
-                let now = Instant::now();
-                for p in event.paths {
-                    let _ = tx.send((now, p));
+            let now = Instant::now();
+            match res {
+                // Events were lost (the kernel's queue overflowed) or the
+                // watcher failed: anything may have changed.
+                Ok(event) if event.need_rescan() => {
+                    let _ = tx.send((now, PathBuf::new()));
+                }
+                Err(_) => {
+                    let _ = tx.send((now, PathBuf::new()));
+                }
+                Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
+                Ok(event) => {
+                    for p in event.paths {
+                        let _ = tx.send((now, p));
+                    }
                 }
             }
         };

@@ -152,9 +152,9 @@ impl Engine {
                 let node = &plan.graph[n];
                 if matches!(node.op, Op::Copy { .. } | Op::Run { .. } | Op::Stage { .. })
                     && let Some(key) = node.key
-                    && let Some(result) = super::schedule::local_result(&build, &key)?
+                    && let Some((result, out)) = super::schedule::local_result(&build, &key)?
                 {
-                    hits.insert(n, super::schedule::Hit { result, origin: None });
+                    hits.insert(n, super::schedule::Hit { result, out, origin: None });
                 }
             }
         }

@@ -130,6 +130,17 @@ pub enum ExecError {
     #[diagnostic(code(bake::exec::task))]
     Task(String),
 
+    /// A registry cache entry's layers could not be fetched: the scheduler
+    /// builds the node here instead (never reported when it can).
+    #[error("the registry cache entry for {node} could not be fetched: {message}")]
+    #[diagnostic(code(bake::exec::cache_fetch))]
+    CacheFetch {
+        node: String,
+        #[doc(hidden)]
+        index: usize,
+        message: String,
+    },
+
     /// Several steps failed (`--keep-going`).
     #[error("{} failed", crate::lang::plural(errors.len(), "step"))]
     #[diagnostic(code(bake::exec::failed))]
@@ -614,7 +625,15 @@ impl<'a> Build<'a> {
     /// base image pulled here is recorded in the store under its name; a
     /// registry cache entry under its key.
     fn materialize(&self, plan: &Plan, n: NodeIndex) -> Result<(), ExecError> {
-        let result = self.result(n)?;
+        // Demoted meanwhile by another step's failed fetch: the node is being
+        // built again; the caller waits for it.
+        let Ok(result) = self.result(n) else {
+            return Err(ExecError::CacheFetch {
+                node: plan.graph[n].id.clone(),
+                index: n.index(),
+                message: "it is being built here instead".to_owned(),
+            });
+        };
         let store = &self.engine.store;
         let missing = || result.layers.iter().find(|l| !store.has_blob(&l.digest)).map(|l| l.digest.to_string());
         if missing().is_none() {
@@ -649,9 +668,20 @@ impl<'a> Build<'a> {
                 pulled = self.engine.registry.pull(&origin.image, &progress) => pulled.map_err(ExecError::from),
                 () = self.cancel.cancelled() => Err(ExecError::Interrupted),
             }
-        })?;
+        });
+        let pulled = match pulled {
+            Ok(p) => p,
+            Err(e) if origin.cache_key.is_some() && !matches!(e, ExecError::Interrupted) => {
+                return Err(ExecError::CacheFetch {
+                    node: plan.graph[n].id.clone(),
+                    index: n.index(),
+                    message: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         match origin.cache_key {
-            Some(key) => record(store, &key, &result)?,
+            Some(key) => record(store, &key, &result, None)?,
             None => {
                 self.engine.record_pulled(&origin.name, &pulled, &result)?;
                 self.events
@@ -768,16 +798,35 @@ impl<'a> Build<'a> {
     /// the next export, the registry cache and other machines get them as
     /// they are. The same tar always compresses to the same bytes.
     fn compress_result(&self, plan: &Plan, n: NodeIndex) -> Result<(), ExecError> {
-        let target = self.options.compression;
         let result = self.result(n)?;
-        if target == Compression::None || result.layers.iter().all(|l| l.media_type != crate::oci::media::OCI_LAYER) {
+        if self.options.compression == Compression::None
+            || result.layers.iter().all(|l| l.media_type != crate::oci::media::OCI_LAYER)
+        {
             return Ok(());
         }
         let store = &self.engine.store;
-        let mut layers = Vec::with_capacity(result.layers.len());
-        for l in &result.layers {
-            if l.media_type != crate::oci::media::OCI_LAYER {
-                layers.push(l.clone());
+        let layers = self.compress_layers(&result.layers)?;
+        let compressed = FsResult { layers, config: result.config.clone() };
+        let out = lock(&self.out_keys).get(&n).copied();
+        if let Some(key) = plan.graph[n].key {
+            record(store, &key, &compressed, out)?;
+        }
+        if let Some(key) = lock(&self.effective).get(&n).copied() {
+            record(store, &key, &compressed, out)?;
+        }
+        self.set_result(n, compressed);
+        Ok(())
+    }
+
+    /// `layers` with every uncompressed one compressed with the build's
+    /// compression (once per diffID: the result is a cache entry).
+    fn compress_layers(&self, layers: &[LayerInfo]) -> Result<Vec<LayerInfo>, ExecError> {
+        let target = self.options.compression;
+        let store = &self.engine.store;
+        let mut out = Vec::with_capacity(layers.len());
+        for l in layers {
+            if target == Compression::None || l.media_type != crate::oci::media::OCI_LAYER {
+                out.push(l.clone());
                 continue;
             }
             let mut h = blake3::Hasher::new();
@@ -786,7 +835,7 @@ impl<'a> Build<'a> {
             if let Some(entry) = store.cache(&key)?
                 && let Ok(info) = serde_json::from_value::<LayerInfo>(entry.value)
             {
-                layers.push(info);
+                out.push(info);
                 continue;
             }
             let tar = std::io::BufReader::new(store.open_blob(&l.digest)?);
@@ -795,17 +844,9 @@ impl<'a> Build<'a> {
             writer.commit(Some(&info.digest))?;
             let value = serde_json::to_value(&info).unwrap_or_default();
             store.put_cache(&key, &CacheEntry { value, blobs: vec![info.digest.clone()] })?;
-            layers.push(info);
+            out.push(info);
         }
-        let compressed = FsResult { layers, config: result.config.clone() };
-        if let Some(key) = plan.graph[n].key {
-            record(store, &key, &compressed)?;
-        }
-        if let Some(key) = lock(&self.effective).get(&n).copied() {
-            record(store, &key, &compressed)?;
-        }
-        self.set_result(n, compressed);
-        Ok(())
+        Ok(out)
     }
 
     /// Steps among `n` and its ancestors that ran and that were reused.
@@ -855,12 +896,12 @@ impl<'a> Build<'a> {
                     if !push_only || uncompressed(&*self.result(stage_node)?) {
                         tokio::task::block_in_place(|| self.materialize(plan, stage_node))?;
                     }
-                    let local = !push_only || lock(&self.origins).get(&stage_node).is_none();
                     tokio::task::block_in_place(|| self.compress_result(plan, stage_node))?;
                     // A stage built on its own is kept (and exported) as an
                     // image named after it, with no tags.
                     let s = &self.ws.stages[*stage];
                     let result = self.result(stage_node)?;
+                    let local = result.layers.iter().all(|l| store.contains_blob(&l.digest));
                     let mut config = ImageConfig::from_json(&store.read_blob(&result.config)?)
                         .map_err(|e| ExecError::Task(format!("stage config is not JSON: {e}")))?;
                     config.set_created(&self.created);
@@ -1046,11 +1087,16 @@ impl crate::registry::Progress for TransferEvents<'_> {
     }
 }
 
-/// Records `result` under `key`, with the blobs it keeps alive.
-fn record(store: &Store, key: &Key, result: &FsResult) -> Result<(), ExecError> {
+/// Records `result` under `key`, with the blobs it keeps alive and the
+/// identity it passes on to the nodes after it (see `schedule.rs`), so a
+/// later hit passes on the same one.
+fn record(store: &Store, key: &Key, result: &FsResult, out: Option<Key>) -> Result<(), ExecError> {
     let mut blobs: Vec<Digest> = result.layers.iter().map(|l| l.digest.clone()).collect();
     blobs.push(result.config.clone());
-    let value = serde_json::to_value(result).unwrap_or_default();
+    let mut value = serde_json::to_value(result).unwrap_or_default();
+    if let (Some(out), Some(map)) = (out, value.as_object_mut()) {
+        map.insert("out".to_owned(), out.to_hex().into());
+    }
     store.put_cache(&key.to_hex(), &CacheEntry { value, blobs })?;
     Ok(())
 }

@@ -22,8 +22,8 @@
 //!
 //! # Failure
 //!
-//! A cache that is unreachable, refuses access or does not answer within
-//! [`LOOKUP_TIMEOUT`] is reported once as a warning and not asked again in
+//! A cache that is unreachable, refuses access or does not answer a lookup
+//! within [`LOOKUP_TIMEOUT`] is reported once as a warning and not asked again in
 //! this build; the build goes on locally. Exporting to a cache that fails is
 //! a warning too: the build itself has succeeded.
 
@@ -41,7 +41,7 @@ use crate::oci::{Digest, media};
 use crate::reference::{CacheRef, ImageRef};
 use crate::registry::PushImage;
 
-/// How long the lookups of one build may take per cache before it counts as down.
+/// How long one lookup may take before its cache counts as down.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Lookups in flight per cache.
 const LOOKUP_CONCURRENCY: usize = 16;
@@ -106,23 +106,26 @@ impl<'b> RemoteCache<'b> {
             if wanted.is_empty() || lock(&self.down).contains(&i) {
                 continue;
             }
+            // Each request has its own deadline: a slow answer marks the
+            // cache down, the answers already in are kept.
             let lookups = futures_util::stream::iter(wanted)
-                .map(|(n, key)| async move { (*n, *key, registry.resolve(&cache.entry(key)).await) })
+                .map(|(n, key)| async move {
+                    let answer = tokio::time::timeout(LOOKUP_TIMEOUT, registry.resolve(&cache.entry(key))).await;
+                    (*n, *key, answer)
+                })
                 .buffer_unordered(LOOKUP_CONCURRENCY)
-                .collect::<Vec<_>>();
-            let Ok(answers) = tokio::time::timeout(LOOKUP_TIMEOUT, lookups).await else {
-                self.warn_down(i, &format!("did not answer within {} s", LOOKUP_TIMEOUT.as_secs()));
-                continue;
-            };
-            for (n, key, answer) in answers {
+                .collect::<Vec<_>>()
+                .await;
+            for (n, key, answer) in lookups {
                 match answer {
-                    Ok(resolved) => {
+                    Ok(Ok(resolved)) => {
                         if let Some(hit) = self.found(i, &key, &resolved.manifest_digest) {
                             found.insert(n, hit);
                         }
                     }
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => self.warn_down(i, &format!("failed: {e}")),
+                    Ok(Err(e)) if e.is_not_found() => {}
+                    Ok(Err(e)) => self.warn_down(i, &format!("failed: {e}")),
+                    Err(_) => self.warn_down(i, &format!("did not answer within {} s", LOOKUP_TIMEOUT.as_secs())),
                 }
             }
         }
@@ -162,7 +165,14 @@ impl<'b> RemoteCache<'b> {
                     .flatten()
                     .and_then(|e| serde_json::from_value::<FsResult>(e.value).ok()),
             };
-            let Some(result) = result else { continue };
+            let Some(mut result) = result else { continue };
+            // Compressed for the trip (steps keep their layers uncompressed
+            // locally), when the layers are here; the same diffIDs either way.
+            if result.layers.iter().all(|l| store.contains_blob(&l.digest))
+                && let Ok(layers) = tokio::task::block_in_place(|| build.compress_layers(&result.layers))
+            {
+                result.layers = layers;
+            }
             for k in keys {
                 if keys_seen.insert(k) {
                     entries.push((k, node.id.clone(), result.clone()));

@@ -50,13 +50,30 @@ use crate::lang::CopySource;
 /// A result found in a cache before the build.
 pub(super) struct Hit {
     pub result: FsResult,
+    /// The identity recorded with it, passed on to the nodes after it.
+    pub out: Option<Key>,
     /// Set when it came from a registry cache: where its layers are.
     pub origin: Option<Origin>,
 }
 
+/// Sends a worker's outcome when dropped: a step that panics reports a
+/// failure instead of leaving the scheduler waiting for it.
+struct Report {
+    tx: std::sync::mpsc::Sender<(NodeIndex, Result<Outcome, ExecError>)>,
+    n: NodeIndex,
+    outcome: Option<Result<Outcome, ExecError>>,
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        let outcome = self.outcome.take().unwrap_or_else(|| Err(ExecError::Task("a build step panicked".to_owned())));
+        let _ = self.tx.send((self.n, outcome));
+    }
+}
+
 /// What a worker reports.
 enum Outcome {
-    /// The node has a result; the key it was found or recorded under.
+    /// The node has a result, and the identity it passes on.
     Done(FsResult, Key),
     /// Input `.0` came from a registry cache whose layers could not be
     /// fetched (`.1` says why): it must be built here.
@@ -72,8 +89,10 @@ fn is_fs(op: &Op) -> bool {
 }
 
 /// The local store's result under `key`.
-pub(super) fn local_result(build: &Build<'_>, key: &Key) -> Result<Option<FsResult>, ExecError> {
-    Ok(build.engine.store.cache(&key.to_hex())?.and_then(|entry| serde_json::from_value::<FsResult>(entry.value).ok()))
+pub(super) fn local_result(build: &Build<'_>, key: &Key) -> Result<Option<(FsResult, Option<Key>)>, ExecError> {
+    let Some(entry) = build.engine.store.cache(&key.to_hex())? else { return Ok(None) };
+    let out = entry.value.get("out").and_then(|v| v.as_str()).and_then(Key::from_hex);
+    Ok(serde_json::from_value::<FsResult>(entry.value).ok().map(|r| (r, out)))
 }
 
 /// The identity node `n` passes on: its key, or for a `copy from=STAGE`, a
@@ -114,9 +133,9 @@ impl Build<'_> {
                 let node = &plan.graph[n];
                 if is_fs(&node.op)
                     && let Some(key) = node.key
-                    && let Some(result) = local_result(self, &key)?
+                    && let Some((result, out)) = local_result(self, &key)?
                 {
-                    hits.insert(n, Hit { result, origin: None });
+                    hits.insert(n, Hit { result, out, origin: None });
                     continue;
                 }
                 stack.extend(plan.graph.neighbors_directed(n, Direction::Incoming));
@@ -133,7 +152,7 @@ impl Build<'_> {
             .filter_map(|n| plan.graph[n].key.map(|k| (n, k)))
             .collect();
         for (n, (origin, result)) in cache.lookup_many(&wanted).await {
-            hits.insert(n, Hit { result, origin: Some(origin) });
+            hits.insert(n, Hit { result, out: None, origin: Some(origin) });
         }
         Ok(hits)
     }
@@ -182,7 +201,8 @@ impl Build<'_> {
                 continue;
             }
             let key = plan.graph[n].key.unwrap_or(Key([0; 32]));
-            lock(&self.out_keys).insert(n, out_key(plan, n, key, &hit.result));
+            let out = hit.out.unwrap_or_else(|| out_key(plan, n, key, &hit.result));
+            lock(&self.out_keys).insert(n, out);
             if let Some(origin) = hit.origin {
                 remote_hits.insert(n, origin.image.to_string());
                 lock(&self.origins).insert(n, origin);
@@ -238,83 +258,99 @@ impl Build<'_> {
         let handle = tokio::runtime::Handle::current();
         let mut failures: Vec<ExecError> = Vec::new();
         let mut running: HashSet<NodeIndex> = HashSet::new();
+        // Failed steps and what depends on them: never scheduled again.
+        let mut dropped: HashSet<NodeIndex> = HashSet::new();
+        let mut demoted: HashSet<NodeIndex> = HashSet::new();
         let (tx, rx) = std::sync::mpsc::channel::<(NodeIndex, Result<Outcome, ExecError>)>();
-        std::thread::scope(|scope| {
-            loop {
-                let stopping = self.cancel.is_cancelled();
-                if !stopping {
-                    let ready: Vec<(usize, NodeIndex)> = pending
-                        .iter()
-                        .filter(|(_, n)| {
-                            plan.graph.neighbors_directed(*n, Direction::Incoming).all(|p| self.has_result(p))
-                        })
-                        .take(jobs.saturating_sub(running.len()))
-                        .copied()
-                        .collect();
-                    for entry in ready {
-                        pending.remove(&entry);
-                        let n = entry.1;
-                        running.insert(n);
-                        let (tx, handle) = (tx.clone(), handle.clone());
-                        scope.spawn(move || {
-                            let _runtime = handle.enter();
-                            let outcome = self.step(plan, n, cache);
-                            if outcome.is_err() && !self.options.keep_going {
-                                // Stop the steps running beside it.
-                                self.cancel.cancel();
-                            }
-                            let _ = tx.send((n, outcome));
-                        });
-                    }
-                }
-                if running.is_empty() {
-                    if !pending.is_empty() && !stopping {
-                        failures.push(ExecError::Task(
-                            "no step is ready to run: the graph has an unresolved input".to_owned(),
-                        ));
-                    }
-                    break;
-                }
-                let Ok((n, outcome)) = rx.recv() else { break };
-                running.remove(&n);
-                match outcome {
-                    Ok(Outcome::Done(result, key)) => {
-                        lock(&self.out_keys).insert(n, out_key(plan, n, key, &result));
-                        self.set_result(n, result);
-                    }
-                    Ok(Outcome::Demote(p, why)) => {
-                        self.events.event(Event::Warning {
-                            message: format!(
-                                "the registry cache entry for {} could not be fetched ({why}); building it here",
-                                plan.graph[p].id
-                            ),
-                        });
-                        self.results.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&p);
-                        lock(&self.origins).remove(&p);
-                        lock(&self.out_keys).remove(&p);
-                        pending.insert((position[&n], n));
-                        for m in self.required(plan, &HashMap::new()) {
-                            lock(&self.visited).insert(m);
-                            if is_fs(&plan.graph[m].op) && !self.has_result(m) && !running.contains(&m) {
-                                pending.insert((position[&m], m));
-                            }
+        // Rounds: run what is pending; then make the exported stages' layers
+        // local, which may demote a registry cache hit and start a round again.
+        loop {
+            std::thread::scope(|scope| {
+                loop {
+                    let stopping = self.cancel.is_cancelled();
+                    if !stopping {
+                        let ready: Vec<(usize, NodeIndex)> = pending
+                            .iter()
+                            .filter(|(_, n)| {
+                                plan.graph.neighbors_directed(*n, Direction::Incoming).all(|p| self.has_result(p))
+                            })
+                            .take(jobs.saturating_sub(running.len()))
+                            .copied()
+                            .collect();
+                        for entry in ready {
+                            pending.remove(&entry);
+                            let n = entry.1;
+                            running.insert(n);
+                            let (tx, handle) = (tx.clone(), handle.clone());
+                            scope.spawn(move || {
+                                // Reports even if the step panics, so the loop never waits forever.
+                                let mut report = Report { tx, n, outcome: None };
+                                let _runtime = handle.enter();
+                                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    self.step(plan, n, cache)
+                                }))
+                                .unwrap_or_else(|_| {
+                                    Err(ExecError::Task(format!("step {} panicked", plan.graph[n].id)))
+                                });
+                                if outcome.is_err() && !self.options.keep_going {
+                                    // Stop the steps running beside it.
+                                    self.cancel.cancel();
+                                }
+                                report.outcome = Some(outcome);
+                            });
                         }
                     }
-                    Err(e) => {
-                        // What depends on a failed node can never run.
-                        let mut stack = vec![n];
-                        while let Some(m) = stack.pop() {
-                            for d in plan.graph.neighbors_directed(m, Direction::Outgoing) {
-                                if pending.remove(&(position[&d], d)) {
-                                    stack.push(d);
+                    if running.is_empty() {
+                        if !pending.is_empty() && !stopping {
+                            failures.push(ExecError::Task(
+                                "no step is ready to run: the graph has an unresolved input".to_owned(),
+                            ));
+                        }
+                        break;
+                    }
+                    let Ok((n, outcome)) = rx.recv() else { break };
+                    running.remove(&n);
+                    match outcome {
+                        Ok(Outcome::Done(result, out)) => {
+                            lock(&self.out_keys).insert(n, out);
+                            self.set_result(n, result);
+                        }
+                        Ok(Outcome::Demote(p, why)) => {
+                            pending.insert((position[&n], n));
+                            self.demote(plan, p, &why, &mut demoted, &running, &dropped, &mut pending, &position);
+                        }
+                        Err(e) => {
+                            // What depends on a failed node can never run.
+                            let mut stack = vec![n];
+                            dropped.insert(n);
+                            while let Some(m) = stack.pop() {
+                                for d in plan.graph.neighbors_directed(m, Direction::Outgoing) {
+                                    pending.remove(&(position[&d], d));
+                                    if dropped.insert(d) {
+                                        stack.push(d);
+                                    }
                                 }
                             }
+                            failures.push(e);
                         }
-                        failures.push(e);
                     }
                 }
+            });
+            if !failures.is_empty() || self.cancel.is_cancelled() {
+                break;
             }
-        });
+            match tokio::task::block_in_place(|| self.prefetch_exports(plan)) {
+                Ok(()) => break,
+                Err(ExecError::CacheFetch { index, message, .. }) => {
+                    let p = NodeIndex::new(index);
+                    self.demote(plan, p, &message, &mut demoted, &running, &dropped, &mut pending, &position);
+                }
+                Err(e) => {
+                    failures.push(e);
+                    break;
+                }
+            }
+        }
         if self.options.cancel.is_cancelled() {
             return Err(ExecError::Interrupted);
         }
@@ -330,6 +366,71 @@ impl Build<'_> {
             return Err(real.remove(0));
         }
         Ok(real)
+    }
+
+    /// A registry cache hit whose layers cannot be fetched: it, and every
+    /// result built on it without its files, are built here instead.
+    #[allow(clippy::too_many_arguments)]
+    fn demote(
+        &self,
+        plan: &Plan,
+        p: NodeIndex,
+        why: &str,
+        demoted: &mut HashSet<NodeIndex>,
+        running: &HashSet<NodeIndex>,
+        dropped: &HashSet<NodeIndex>,
+        pending: &mut BTreeSet<(usize, NodeIndex)>,
+        position: &HashMap<NodeIndex, usize>,
+    ) {
+        if demoted.insert(p) {
+            self.events.event(Event::Warning {
+                message: format!(
+                    "the registry cache entry for {} could not be fetched ({why}); building it here",
+                    plan.graph[p].id
+                ),
+            });
+        }
+        let mut stack = vec![p];
+        let mut seen = HashSet::new();
+        while let Some(m) = stack.pop() {
+            if !seen.insert(m) || running.contains(&m) {
+                continue;
+            }
+            self.results.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&m);
+            lock(&self.origins).remove(&m);
+            lock(&self.out_keys).remove(&m);
+            stack.extend(plan.graph.neighbors_directed(m, Direction::Outgoing).filter(|d| is_fs(&plan.graph[*d].op)));
+        }
+        for m in self.required(plan, &HashMap::new()) {
+            lock(&self.visited).insert(m);
+            if is_fs(&plan.graph[m].op) && !self.has_result(m) && !running.contains(&m) && !dropped.contains(&m) {
+                pending.insert((position[&m], m));
+            }
+        }
+    }
+
+    /// Makes local the layers of every stage an export will read: images
+    /// kept in the store or written out, artifacts. Pushing alone needs none
+    /// (the registry mounts them), unless they must be compressed first.
+    fn prefetch_exports(&self, plan: &Plan) -> Result<(), ExecError> {
+        let push_only = self.options.push && self.options.outputs.is_empty();
+        for &root in &plan.roots {
+            let stage = match &plan.graph[root].op {
+                Op::Image { stage } | Op::Stage { stage, .. } => *stage,
+                Op::Artifact { artifact } => self.ws.artifacts[*artifact].from,
+                _ => continue,
+            };
+            let n = plan.stage_node(stage);
+            let Ok(result) = self.result(n) else { continue };
+            let uncompressed = self.options.compression != crate::oci::Compression::None
+                && result.layers.iter().any(|l| l.media_type == crate::oci::media::OCI_LAYER);
+            let artifact = matches!(plan.graph[root].op, Op::Artifact { .. });
+            if push_only && !uncompressed && !artifact {
+                continue;
+            }
+            self.materialize(plan, n)?;
+        }
+        Ok(())
     }
 
     /// One node, on a worker thread: a cutoff hit, or executed and recorded.
@@ -355,16 +456,17 @@ impl Build<'_> {
         }
         if effective != key && !self.options.no_cache {
             let found = match local_result(self, &effective)? {
-                Some(result) => Some((result, None)),
-                None => cache.lookup_one(n, &effective).map(|(origin, result)| (result, Some(origin))),
+                Some((result, out)) => Some((result, out, None)),
+                None => cache.lookup_one(n, &effective).map(|(origin, result)| (result, None, Some(origin))),
             };
-            if let Some((result, origin)) = found {
+            if let Some((result, out, origin)) = found {
                 let remote = origin.as_ref().map(|o| o.image.to_string());
+                let out = out.unwrap_or_else(|| out_key(plan, n, effective, &result));
                 match origin {
                     Some(origin) => {
                         lock(&self.origins).insert(n, origin);
                     }
-                    None => record(&self.engine.store, &key, &result)?,
+                    None => record(&self.engine.store, &key, &result, Some(out))?,
                 }
                 if step {
                     lock(&self.steps).insert(n, StepOutcome::Cached);
@@ -375,19 +477,21 @@ impl Build<'_> {
                         cutoff: true,
                     });
                 }
-                return Ok(Outcome::Done(result, effective));
+                return Ok(Outcome::Done(result, out));
             }
         }
 
         // Running it needs the files of what it starts from and copies from.
         if step {
             for &p in &inputs {
-                if let Err(e) = self.materialize(plan, p) {
-                    let from_cache = lock(&self.origins).get(&p).is_some_and(|o| o.cache_key.is_some());
-                    if from_cache && !matches!(e, ExecError::Interrupted) {
-                        return Ok(Outcome::Demote(p, e.to_string()));
+                match self.materialize(plan, p) {
+                    Ok(()) => {}
+                    // The node whose layers could not be fetched, wherever
+                    // below this input it is.
+                    Err(ExecError::CacheFetch { index, message, .. }) => {
+                        return Ok(Outcome::Demote(NodeIndex::new(index), message));
                     }
-                    return Err(e);
+                    Err(e) => return Err(e),
                 }
             }
             self.events.event(Event::Started { node: node.id.clone(), description: description() });
@@ -408,14 +512,15 @@ impl Build<'_> {
             }
         };
         let store = &self.engine.store;
-        record(store, &key, &result)?;
+        let out = out_key(plan, n, effective, &result);
+        record(store, &key, &result, Some(out))?;
         if effective != key {
-            record(store, &effective, &result)?;
+            record(store, &effective, &result, Some(out))?;
         }
         if step {
             lock(&self.steps).insert(n, StepOutcome::Ran);
             self.events.event(Event::Finished { node: node.id.clone(), millis: millis() });
         }
-        Ok(Outcome::Done(result, effective))
+        Ok(Outcome::Done(result, out))
     }
 }

@@ -24,6 +24,18 @@ impl Key {
         })
     }
 
+    /// Parses 64 lowercase hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+
     /// The first 12 hex digits, for listings.
     pub fn short(&self) -> String {
         self.to_hex()[..12].to_owned()
