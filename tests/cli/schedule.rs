@@ -395,3 +395,46 @@ fn cache_mounts_shared_locked_and_private() {
     assert!(!(p1.contains("private1") && p1.contains("private2")), "{p1}");
     assert!(!(p2.contains("private1") && p2.contains("private2")), "{p2}");
 }
+
+/// Every blob the registry stores whose bytes start with `magic`.
+fn blobs_starting_with(dir: &Path, magic: &[u8], out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            blobs_starting_with(&path, magic, out);
+        } else if path.file_name().is_some_and(|n| n == "data")
+            && std::fs::read(&path).is_ok_and(|bytes| bytes.starts_with(magic))
+        {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn a_registry_cache_that_lost_its_layers_is_built_around() {
+    let cache = TestRegistry::start();
+    let addr = cache.addr.clone();
+    let cache_ref = format!("{addr}/bake-test/cache");
+    let p = project(&CACHED_APP.replace("ADDR", &addr));
+    let (run, first) = build_json(p.path(), home_with_busybox().path(), &["--cache-to", &cache_ref]);
+    assert_eq!(run.code, 0, "{}", run.render());
+
+    // The registry still serves every manifest and config, but no layer.
+    let mut layers = Vec::new();
+    blobs_starting_with(&cache.storage(), &[0x1f, 0x8b], &mut layers);
+    assert!(!layers.is_empty(), "no gzip layer in the registry's storage");
+    for layer in &layers {
+        std::fs::remove_file(layer).expect("remove layer");
+    }
+
+    let fresh = home_with_busybox();
+    let out = p.path().join("app.tar");
+    let dest = format!("type=oci,dest={}", out.display());
+    let (run, events) = build_json(p.path(), fresh.path(), &["--cache-from", &cache_ref, "-o", &dest]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    let warnings: Vec<&str> = of(&events, "warning").iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(warnings.iter().any(|w| w.contains("could not be fetched")), "{warnings:?}");
+    assert!(!nodes(&events, "started").is_empty(), "nothing was built here: {events:#?}");
+    assert_eq!(image_digest(&events, "app"), image_digest(&first, "app"));
+    assert!(out.is_file());
+}

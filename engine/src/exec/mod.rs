@@ -530,6 +530,9 @@ struct Build<'a> {
     /// The nodes this build looked at: what ran, and the cached nodes it
     /// stopped at (`explain` remembers their inputs).
     visited: Mutex<std::collections::HashSet<NodeIndex>>,
+    /// Registry cache hits whose layers could not be fetched: built here, and
+    /// never taken from a registry cache again in this build.
+    demoted: Mutex<std::collections::HashSet<NodeIndex>>,
     /// One fetch at a time per node: steps that need the same base image
     /// wait for the first one's pull instead of pulling it again.
     fetching: Mutex<HashMap<NodeIndex, Arc<Mutex<()>>>>,
@@ -571,6 +574,7 @@ impl<'a> Build<'a> {
             out_keys: Mutex::new(HashMap::new()),
             effective: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
+            demoted: Mutex::new(std::collections::HashSet::new()),
             visited: Mutex::new(std::collections::HashSet::new()),
             steps: Mutex::new(HashMap::new()),
             cancel: options.cancel.child_token(),

@@ -260,11 +260,14 @@ impl Build<'_> {
         let mut running: HashSet<NodeIndex> = HashSet::new();
         // Failed steps and what depends on them: never scheduled again.
         let mut dropped: HashSet<NodeIndex> = HashSet::new();
-        let mut demoted: HashSet<NodeIndex> = HashSet::new();
         let (tx, rx) = std::sync::mpsc::channel::<(NodeIndex, Result<Outcome, ExecError>)>();
         // Rounds: run what is pending; then make the exported stages' layers
         // local, which may demote a registry cache hit and start a round again.
-        loop {
+        for round in 0.. {
+            if round > plan.graph.node_count() {
+                failures.push(ExecError::Task("registry cache entries keep failing: giving up".to_owned()));
+                break;
+            }
             std::thread::scope(|scope| {
                 loop {
                     let stopping = self.cancel.is_cancelled();
@@ -317,7 +320,7 @@ impl Build<'_> {
                         }
                         Ok(Outcome::Demote(p, why)) => {
                             pending.insert((position[&n], n));
-                            self.demote(plan, p, &why, &mut demoted, &running, &dropped, &mut pending, &position);
+                            self.demote(plan, p, &why, &running, &dropped, &mut pending, &position);
                         }
                         Err(e) => {
                             // What depends on a failed node can never run.
@@ -343,7 +346,7 @@ impl Build<'_> {
                 Ok(()) => break,
                 Err(ExecError::CacheFetch { index, message, .. }) => {
                     let p = NodeIndex::new(index);
-                    self.demote(plan, p, &message, &mut demoted, &running, &dropped, &mut pending, &position);
+                    self.demote(plan, p, &message, &running, &dropped, &mut pending, &position);
                 }
                 Err(e) => {
                     failures.push(e);
@@ -376,13 +379,12 @@ impl Build<'_> {
         plan: &Plan,
         p: NodeIndex,
         why: &str,
-        demoted: &mut HashSet<NodeIndex>,
         running: &HashSet<NodeIndex>,
         dropped: &HashSet<NodeIndex>,
         pending: &mut BTreeSet<(usize, NodeIndex)>,
         position: &HashMap<NodeIndex, usize>,
     ) {
-        if demoted.insert(p) {
+        if lock(&self.demoted).insert(p) {
             self.events.event(Event::Warning {
                 message: format!(
                     "the registry cache entry for {} could not be fetched ({why}); building it here",
@@ -457,6 +459,8 @@ impl Build<'_> {
         if effective != key && !self.options.no_cache {
             let found = match local_result(self, &effective)? {
                 Some((result, out)) => Some((result, out, None)),
+                // A node demoted once is built here: its cache entry lost its layers.
+                None if lock(&self.demoted).contains(&n) => None,
                 None => cache.lookup_one(n, &effective).map(|(origin, result)| (result, None, Some(origin))),
             };
             if let Some((result, out, origin)) = found {
