@@ -167,13 +167,14 @@ impl Loop<'_> {
             }
         };
         let build_ms = millis(first.elapsed());
+        let after = if changed.is_empty() { "" } else { " after the change" };
         say(&format!(
-            "built in {build_ms} ms after the change: {} ran, {} cached",
+            "built in {build_ms} ms{after}: {} ran, {} cached",
             crate::commands::count(report.executed, "step"),
             report.cached
         ));
         if let Some(image) = self.args.run.clone() {
-            self.restart(&image, first).await;
+            self.restart(&image, first, after).await;
         }
         Ok(set)
     }
@@ -192,7 +193,7 @@ impl Loop<'_> {
     }
 
     /// Starts the image when it is new or changed, stopping the old one first.
-    async fn restart(&mut self, image: &str, first: Instant) {
+    async fn restart(&mut self, image: &str, first: Instant, after: &str) {
         let env = self.args.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
         let options = RunOptions { args: self.args.args.clone(), env, ..RunOptions::default() };
         let container = match self.engine.container(image, &options, &render).await {
@@ -210,16 +211,18 @@ impl Loop<'_> {
         let stopping = Instant::now();
         let stopped = self.stop().await;
         match self.start(container) {
-            Ok(()) => say(&format!(
-                "{} {image} ({}), ready {} ms after the change",
+            Ok(()) => {
+                let short = digest.get(..19).unwrap_or(&digest);
+                let ready = millis(first.elapsed());
                 if stopped {
-                    format!("restarted (old one stopped in {} ms)", millis(stopping.elapsed()))
+                    let stop = millis(stopping.elapsed());
+                    say(&format!(
+                        "restarted {image} {short} (the old one stopped in {stop} ms), ready {ready} ms{after}"
+                    ));
                 } else {
-                    "started".to_owned()
-                },
-                digest.get(..19).unwrap_or(&digest),
-                millis(first.elapsed())
-            )),
+                    say(&format!("started {image} {short}, ready {ready} ms{after}"));
+                }
+            }
             Err(e) => crate::render_failure(run_failure(e)),
         }
     }
