@@ -18,34 +18,13 @@
 #
 #   scripts/bench-build.sh        (as root; prints Markdown tables of medians)
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-./scripts/install-deps.sh --bench
-./scripts/fixtures.sh
-cargo build --release --locked -q -p bake-cli
-bake=$repo/target/release/bake
-eval "export $(./scripts/dockerd.sh start)"
-docker=/usr/bin/docker
+# shellcheck source=scripts/bench-setup.sh
+source "$(dirname "$0")/bench-setup.sh"
+trap 'rm -rf "$work"' EXIT
 services=${SERVICES:-12}
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-# The fixture toolchains take minutes to make: keep them between runs.
-export BAKE_HOME=${BAKE_BENCH_HOME:-/var/cache/bake-bench/home}
-mkdir -p "$BAKE_HOME"
-
 echo "== base images" >&2
-for name in busybox debian; do
-  "$bake" -f "$(./scripts/fixtures.sh path "$name")/build.kdl" build --progress plain \
-    -o "type=docker,dest=$work/$name.tar" >/dev/null 2>&1
-done
-for name in gcc golang; do
-  "$bake" -f "fixtures/$name/build.kdl" build --progress plain -o "type=docker,dest=$work/$name.tar" >/dev/null 2>&1
-done
-for name in busybox debian gcc golang; do
-  $docker load -i "$work/$name.tar" >/dev/null
-  buildah pull -q "docker-archive:$work/$name.tar" >/dev/null
-done
+load_bases "docker buildah" busybox debian gcc golang
 
 # ---- the C example --------------------------------------------------------
 mkdir -p "$work/c"

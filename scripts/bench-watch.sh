@@ -15,17 +15,8 @@
 #
 #   scripts/bench-watch.sh        (as root; prints a Markdown table of medians)
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-./scripts/install-deps.sh --bench
-./scripts/fixtures.sh
-cargo build --release --locked -q -p bake-cli
-bake=$repo/target/release/bake
-eval "export $(./scripts/dockerd.sh start)"
-docker=/usr/bin/docker
-export BAKE_HOME=${BAKE_BENCH_HOME:-/var/cache/bake-bench/home}
-mkdir -p "$BAKE_HOME"
-work=$(mktemp -d)
+# shellcheck source=scripts/bench-setup.sh
+source "$(dirname "$0")/bench-setup.sh"
 watch_pid=
 cleanup() {
   [ -n "$watch_pid" ] && kill "$watch_pid" 2>/dev/null || true
@@ -34,8 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bake" -f "fixtures/golang/build.kdl" build --progress plain -o "type=docker,dest=$work/golang.tar" >/dev/null 2>&1
-$docker load -i "$work/golang.tar" >/dev/null
+load_bases docker golang
 
 for tool in bake docker; do
   mkdir -p "$work/$tool"

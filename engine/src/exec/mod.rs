@@ -803,9 +803,7 @@ impl<'a> Build<'a> {
     /// they are. The same tar always compresses to the same bytes.
     fn compress_result(&self, plan: &Plan, n: NodeIndex) -> Result<(), ExecError> {
         let result = self.result(n)?;
-        if self.options.compression == Compression::None
-            || result.layers.iter().all(|l| l.media_type != crate::oci::media::OCI_LAYER)
-        {
+        if !self.needs_compression(&result) {
             return Ok(());
         }
         let store = &self.engine.store;
@@ -820,6 +818,13 @@ impl<'a> Build<'a> {
         }
         self.set_result(n, compressed);
         Ok(())
+    }
+
+    /// Whether `result` has layers a step wrote uncompressed that an export
+    /// must compress.
+    fn needs_compression(&self, result: &FsResult) -> bool {
+        self.options.compression != Compression::None
+            && result.layers.iter().any(|l| l.media_type == crate::oci::media::OCI_LAYER)
     }
 
     /// `layers` with every uncompressed one compressed with the build's
@@ -879,9 +884,6 @@ impl<'a> Build<'a> {
         let store = &self.engine.store;
         let mut exports = Vec::new();
         let mut artifacts = Vec::new();
-        // Pushing only: layers that came from a registry cache are mounted
-        // across repositories by the registry, not downloaded and uploaded.
-        let push_only = self.options.push && self.options.outputs.is_empty();
         for n in plan.needed() {
             let requested_stage = matches!(&plan.graph[n].op, Op::Stage { stage, .. } if plan.roots.contains(&n) && self.ws.stages[*stage].image.is_none());
             match &plan.graph[n].op {
@@ -893,13 +895,8 @@ impl<'a> Build<'a> {
                     if !self.has_result(stage_node) {
                         continue;
                     }
-                    let uncompressed = |r: &FsResult| {
-                        self.options.compression != Compression::None
-                            && r.layers.iter().any(|l| l.media_type == crate::oci::media::OCI_LAYER)
-                    };
-                    if !push_only || uncompressed(&*self.result(stage_node)?) {
-                        tokio::task::block_in_place(|| self.materialize(plan, stage_node))?;
-                    }
+                    // Its layers are local unless pushing alone (the scheduler's
+                    // `prefetch_exports`); compressed now if a step wrote them.
                     tokio::task::block_in_place(|| self.compress_result(plan, stage_node))?;
                     // A stage built on its own is kept (and exported) as an
                     // image named after it, with no tags.
@@ -961,7 +958,6 @@ impl<'a> Build<'a> {
                     if !self.has_result(stage_node) {
                         continue;
                     }
-                    tokio::task::block_in_place(|| self.materialize(plan, stage_node))?;
                     let result = self.result(stage_node)?;
                     tokio::task::block_in_place(|| copy::export_path(self, &result, &a.path, &a.dest, a.span))?;
                     self.events.event(Event::Artifact { name: a.name.clone(), dest: a.dest.clone() });

@@ -424,10 +424,8 @@ impl Build<'_> {
             };
             let n = plan.stage_node(stage);
             let Ok(result) = self.result(n) else { continue };
-            let uncompressed = self.options.compression != crate::oci::Compression::None
-                && result.layers.iter().any(|l| l.media_type == crate::oci::media::OCI_LAYER);
             let artifact = matches!(plan.graph[root].op, Op::Artifact { .. });
-            if push_only && !uncompressed && !artifact {
+            if push_only && !self.needs_compression(&result) && !artifact {
                 continue;
             }
             self.materialize(plan, n)?;
