@@ -12,3 +12,4 @@ mod plan;
 mod registry;
 mod run;
 mod schedule;
+mod secrets;

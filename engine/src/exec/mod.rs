@@ -40,6 +40,7 @@ mod explain;
 mod remote;
 mod run;
 mod schedule;
+mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -64,6 +65,7 @@ use crate::store::{CacheEntry, ImageRecord, Store, StoreError};
 
 pub use crate::reference::CacheRef;
 pub use explain::{Explanation, Reason};
+pub use secrets::{MASK, MAX_SECRET_SIZE, MIN_MASKED_LEN};
 
 /// Errors while building.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -117,6 +119,29 @@ pub enum ExecError {
     #[error("cannot access {}", path.display())]
     #[diagnostic(code(bake::exec::io))]
     Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("secret `{id}` is {kind}: {}", path.display())]
+    #[diagnostic(
+        code(bake::exec::secret_not_file),
+        help("a file secret must be a regular file (a symlink to one is fine); pass the file itself, not its folder")
+    )]
+    SecretNotFile { id: String, path: PathBuf, kind: &'static str },
+
+    #[error("secret `{id}` is {size} bytes, more than bake accepts ({max} bytes): {}", path.display(), max = secrets::MAX_SECRET_SIZE)]
+    #[diagnostic(
+        code(bake::exec::secret_too_large),
+        help("secrets are keys and tokens; pass a large file with `copy` or a `cache` folder instead")
+    )]
+    SecretTooLarge { id: String, path: PathBuf, size: u64 },
+
+    #[error("cannot read secret `{id}` from {}", path.display())]
+    #[diagnostic(code(bake::exec::secret_unreadable), help("check that the file exists and is readable"))]
+    SecretUnreadable {
+        id: String,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -460,7 +485,23 @@ impl Engine {
         events: &dyn Events,
     ) -> Result<BuildReport, ExecError> {
         let mut plan = Plan::build(ws, targets)?;
-        let build = Build::new(self, ws, options, events);
+        let secrets = secrets::load(&options.secrets)?;
+        let masked = secrets::MaskedEvents {
+            inner: events,
+            masker: secrets::Masker::new(secrets.iter().map(|s| s.value.as_slice()))?,
+        };
+        let events: &dyn Events = &masked;
+        for secret in secrets.iter().filter(|s| !s.value.is_empty() && s.value.len() < MIN_MASKED_LEN) {
+            events.event(Event::Warning {
+                message: format!(
+                    "secret `{}` is shorter than {MIN_MASKED_LEN} bytes: bake does not mask it in the output",
+                    secret.id
+                ),
+            });
+        }
+        let mut build = Build::new(self, ws, options, events);
+        build.secrets = &secrets;
+        build.masker = &masked.masker;
         let base_digests = build.bases(&plan).await?;
         let key_options = KeyOptions {
             index_dir: Some(self.home.index_dir()),
@@ -541,6 +582,10 @@ struct Build<'a> {
     /// The build's own cancellation: fired by the caller's token (Ctrl-C) or
     /// by a failing step, to stop the steps running beside it.
     cancel: tokio_util::sync::CancellationToken,
+    /// The secrets' values, read when the build started.
+    secrets: &'a [secrets::Loaded],
+    /// Masks them in what steps print (`events` masks every event too).
+    masker: &'a secrets::Masker,
 }
 
 /// Where a result's missing layers come from.
@@ -578,6 +623,8 @@ impl<'a> Build<'a> {
             visited: Mutex::new(std::collections::HashSet::new()),
             steps: Mutex::new(HashMap::new()),
             cancel: options.cancel.child_token(),
+            secrets: &[],
+            masker: &secrets::NO_MASKER,
         }
     }
 
