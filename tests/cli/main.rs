@@ -4,6 +4,8 @@
 mod book_help;
 mod container;
 mod examples;
+#[path = "../../engine/tests/common/fake_registry.rs"]
+mod fake_registry;
 mod harness;
 mod images;
 mod lang;
@@ -13,3 +15,4 @@ mod registry;
 mod run;
 mod schedule;
 mod secrets;
+mod stall;

@@ -43,6 +43,7 @@ mod schedule;
 mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -356,6 +357,18 @@ pub enum Event {
         done: u64,
         total: u64,
     },
+    /// A blob transfer has moved no byte for `seconds` (repeated every few
+    /// seconds while it stalls): the registry or the network is slow or
+    /// stuck. It ends when bytes move again (a `transfer` event) or when the
+    /// idle timeout fails the transfer (which may then be retried).
+    Stalled {
+        what: String,
+        digest: String,
+        direction: Direction,
+        done: u64,
+        total: u64,
+        seconds: u64,
+    },
     /// An image was written to the store.
     Image {
         name: String,
@@ -502,7 +515,7 @@ impl Engine {
         let mut build = Build::new(self, ws, options, events);
         build.secrets = &secrets;
         build.masker = &masked.masker;
-        let base_digests = build.bases(&plan).await?;
+        let base_digests = build.cancellable(build.bases(&plan)).await?;
         let key_options = KeyOptions {
             index_dir: Some(self.home.index_dir()),
             base_digests,
@@ -512,11 +525,16 @@ impl Engine {
         };
         tokio::task::block_in_place(|| plan.compute_keys(ws, &key_options))?;
         let cache = remote::RemoteCache::new(&build, ws);
-        let hits = build.lookups(&plan, &cache).await?;
+        let hits = build.cancellable(build.lookups(&plan, &cache)).await?;
         let failures = tokio::task::block_in_place(|| build.nodes(&plan, hits, &cache))?;
         let mut report = BuildReport::default();
-        build.exports(&plan, &mut report).await?;
-        cache.export(&build, &plan).await;
+        build.cancellable(build.exports(&plan, &mut report)).await?;
+        build
+            .cancellable(async {
+                cache.export(&build, &plan).await;
+                Ok(())
+            })
+            .await?;
         report.executed = build.count(|s| s == StepOutcome::Ran);
         report.cached = build.count(|s| s != StepOutcome::Ran);
         if failures.is_empty() {
@@ -625,6 +643,18 @@ impl<'a> Build<'a> {
             cancel: options.cancel.child_token(),
             secrets: &[],
             masker: &secrets::NO_MASKER,
+        }
+    }
+
+    /// `work`, unless the build is cancelled first: registry calls are
+    /// futures that may wait on a silent server, and only dropping them
+    /// stops them.
+    async fn cancellable<T>(&self, work: impl Future<Output = Result<T, ExecError>>) -> Result<T, ExecError> {
+        // Boxed: these are the build's large futures (registry transfers).
+        let work = Box::pin(work);
+        tokio::select! {
+            result = work => result,
+            () = self.cancel.cancelled() => Err(ExecError::Interrupted),
         }
     }
 
@@ -1114,6 +1144,19 @@ impl crate::registry::Progress for TransferEvents<'_> {
                 entry.2 += bytes;
                 let emit = entry.2 - entry.3 >= STEP || entry.2 >= entry.1;
                 (digest, emit)
+            }
+            T::Stalled { digest, silent } => {
+                let Some(&(direction, total, done, _)) = blobs.get(&digest) else { return };
+                drop(blobs);
+                self.events.event(Event::Stalled {
+                    what: self.what.clone(),
+                    digest: digest.to_string(),
+                    direction,
+                    done,
+                    total,
+                    seconds: silent.as_secs(),
+                });
+                return;
             }
             T::Skipped { .. } | T::Done { .. } => return,
         };

@@ -55,6 +55,7 @@
 //! Loopback registries and those marked `insecure` in the config file are
 //! spoken to over plain HTTP, the others over HTTPS (see `endpoint.rs`).
 
+mod deadline;
 mod endpoint;
 mod error;
 mod manifest;
@@ -71,6 +72,7 @@ use oci_client::client::LayerDescriptor;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use tokio::sync::mpsc;
 
+pub use deadline::Limit;
 pub use endpoint::Credentials;
 pub use error::RegistryError;
 pub use retry::RetryPolicy;
@@ -79,6 +81,7 @@ use crate::config::{Config, normalize_registry};
 use crate::oci::{Digest, digest_of, media};
 use crate::reference::ImageRef;
 use crate::store::Store;
+use deadline::{Limit as Deadline, answered, notice_every, timeout};
 use endpoint::{Endpoint, Endpoints};
 use error::{classify, from_io};
 use manifest::{Kind, Unusable};
@@ -181,10 +184,29 @@ pub enum SkipReason {
 /// retried, and its byte count restarts from zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferEvent {
-    Started { digest: Digest, size: u64, direction: Direction },
-    Bytes { digest: Digest, bytes: u64 },
-    Skipped { digest: Digest, reason: SkipReason },
-    Done { digest: Digest },
+    Started {
+        digest: Digest,
+        size: u64,
+        direction: Direction,
+    },
+    Bytes {
+        digest: Digest,
+        bytes: u64,
+    },
+    Skipped {
+        digest: Digest,
+        reason: SkipReason,
+    },
+    Done {
+        digest: Digest,
+    },
+    /// No byte has moved for `silent`: sent every few seconds while a
+    /// transfer (or the answer to an upload) stalls, until it moves again
+    /// or the idle timeout ends it.
+    Stalled {
+        digest: Digest,
+        silent: std::time::Duration,
+    },
 }
 
 /// Receives transfer events. It is called from the transfer tasks, so it
@@ -486,11 +508,15 @@ impl Registry {
             .inner
             .retry
             .run(|| async {
-                endpoint
-                    .client
-                    .pull_manifest_raw(reference, &endpoint.auth, &media::MANIFESTS)
-                    .await
-                    .map_err(|e| classify(e, endpoint.ctx(what, false)))
+                let ctx = endpoint.ctx(what, false);
+                answered(&endpoint.timeouts, ctx, async {
+                    endpoint
+                        .client
+                        .pull_manifest_raw(reference, &endpoint.auth, &media::MANIFESTS)
+                        .await
+                        .map_err(|e| classify(e, ctx))
+                })
+                .await
             })
             .await?;
         if raw.len() > MAX_MANIFEST_SIZE {
@@ -523,15 +549,19 @@ impl Registry {
             .retry
             .run(|| async {
                 let ctx = endpoint.ctx(&what, false);
-                let mut stream =
-                    endpoint.client.pull_blob_stream(&reference, &layer).await.map_err(|e| classify(e, ctx))?;
-                let mut out = Vec::new();
-                while let Some(chunk) = stream.next().await {
-                    out.extend_from_slice(&chunk.map_err(|e| from_io(e, ctx))?);
-                    check_size(endpoint, &what, out.len() as u64, desc.size(), false)?;
-                }
-                check_size(endpoint, &what, out.len() as u64, desc.size(), true)?;
-                Ok(out)
+                // Small: the whole answer within the first-byte limit.
+                answered(&endpoint.timeouts, ctx, async {
+                    let mut stream =
+                        endpoint.client.pull_blob_stream(&reference, &layer).await.map_err(|e| classify(e, ctx))?;
+                    let mut out = Vec::new();
+                    while let Some(chunk) = stream.next().await {
+                        out.extend_from_slice(&chunk.map_err(|e| from_io(e, ctx))?);
+                        check_size(endpoint, &what, out.len() as u64, desc.size(), false)?;
+                    }
+                    check_size(endpoint, &what, out.len() as u64, desc.size(), true)?;
+                    Ok(out)
+                })
+                .await
             })
             .await
     }
@@ -578,7 +608,10 @@ impl Registry {
         let reference = endpoint.reference(repository, None, None);
         let digest = desc.digest().to_string();
         let layer = LayerDescriptor { digest: &digest, urls: desc.urls() };
-        let mut stream = endpoint.client.pull_blob_stream(&reference, &layer).await.map_err(|e| classify(e, ctx))?;
+        let mut stream = answered(&endpoint.timeouts, ctx, async {
+            endpoint.client.pull_blob_stream(&reference, &layer).await.map_err(|e| classify(e, ctx))
+        })
+        .await?;
         progress.event(TransferEvent::Started {
             digest: desc.digest().clone(),
             size: desc.size(),
@@ -586,7 +619,26 @@ impl Registry {
         });
         let mut sink = BlobSink::new(self.inner.store.clone());
         let mut received = 0u64;
-        while let Some(chunk) = stream.next().await {
+        let idle = endpoint.timeouts.idle;
+        let every = notice_every(idle);
+        let mut silent = std::time::Duration::ZERO;
+        loop {
+            // `next` is cancel-safe: a tick that wins loses no data.
+            let wait = every.min(idle.saturating_sub(silent));
+            let chunk = match tokio::time::timeout(wait, stream.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => {
+                    silent += wait;
+                    if silent >= idle {
+                        let stalled = format!("no data for {what} after {received} of {} bytes", desc.size());
+                        return Err(timeout(ctx, Deadline::Idle, idle, stalled));
+                    }
+                    progress.event(TransferEvent::Stalled { digest: desc.digest().clone(), silent });
+                    continue;
+                }
+            };
+            silent = std::time::Duration::ZERO;
             let chunk = chunk.map_err(|e| from_io(e, ctx))?;
             let n = chunk.len() as u64;
             received += n;
@@ -614,11 +666,11 @@ impl Registry {
             inner
                 .retry
                 .run(|| async {
-                    endpoint
-                        .client
-                        .blob_exists(&target, &digest)
-                        .await
-                        .map_err(|e| classify(e, endpoint.ctx(&what, true)))
+                    let ctx = endpoint.ctx(&what, true);
+                    answered(&endpoint.timeouts, ctx, async {
+                        endpoint.client.blob_exists(&target, &digest).await.map_err(|e| classify(e, ctx))
+                    })
+                    .await
                 })
                 .await
         };
@@ -635,7 +687,9 @@ impl Registry {
             // 201 is a mount. Anything else means "upload it instead": a 202
             // (the registry could not mount and opened an upload session,
             // which oci-client reports as a spec violation), or an error.
-            if endpoint.client.mount_blob(&target, &from, &digest).await.is_ok() {
+            let mount =
+                tokio::time::timeout(endpoint.timeouts.first_byte, endpoint.client.mount_blob(&target, &from, &digest));
+            if matches!(mount.await, Ok(Ok(()))) {
                 return skipped(SkipReason::Mounted);
             }
         }
@@ -700,10 +754,36 @@ impl Registry {
         let digest_str = digest.to_string();
         let upload = endpoint.client.push_blob_stream(target, body, &digest_str, Some(size));
         tokio::pin!(upload);
+        // Idle while bytes remain to be sent; then the answer is due within
+        // the first-byte limit.
+        let timeouts = &endpoint.timeouts;
+        let mut last = tokio::time::Instant::now();
+        let mut noticed = std::time::Duration::ZERO;
+        let mut sent = 0u64;
         let result = loop {
+            let (limit, deadline) =
+                if sent < size { (timeouts.idle, Deadline::Idle) } else { (timeouts.first_byte, Deadline::FirstByte) };
+            let tick = last + (noticed + notice_every(limit)).min(limit);
             tokio::select! {
                 result = &mut upload => break result,
-                Some(bytes) = counted.recv() => progress.event(TransferEvent::Bytes { digest: digest.clone(), bytes }),
+                Some(bytes) = counted.recv() => {
+                    sent += bytes;
+                    last = tokio::time::Instant::now();
+                    noticed = std::time::Duration::ZERO;
+                    progress.event(TransferEvent::Bytes { digest: digest.clone(), bytes });
+                }
+                () = tokio::time::sleep_until(tick) => {
+                    noticed = last.elapsed();
+                    if noticed >= limit {
+                        let stalled = if sent < size {
+                            format!("{what} accepted no data after {sent} of {size} bytes")
+                        } else {
+                            format!("no answer after sending {what}")
+                        };
+                        return Err(timeout(endpoint.ctx(what, true), deadline, limit, stalled));
+                    }
+                    progress.event(TransferEvent::Stalled { digest: digest.clone(), silent: noticed });
+                }
             }
         };
         while let Ok(bytes) = counted.try_recv() {
@@ -723,17 +803,21 @@ impl Registry {
         self.inner
             .retry
             .run(|| async {
-                // Parsed into oci-client's header type, whichever it is.
-                let content_type = manifest.media_type.parse().map_err(|_| RegistryError::Invalid {
-                    reference: target.to_string(),
-                    what: "media type",
-                    reason: format!("`{}` cannot be sent as a Content-Type", manifest.media_type),
-                })?;
-                endpoint
-                    .client
-                    .push_manifest_raw(target, manifest.bytes.clone(), content_type)
-                    .await
-                    .map_err(|e| classify(e, endpoint.ctx(&what, true)))
+                let ctx = endpoint.ctx(&what, true);
+                answered(&endpoint.timeouts, ctx, async {
+                    // Parsed into oci-client's header type, whichever it is.
+                    let content_type = manifest.media_type.parse().map_err(|_| RegistryError::Invalid {
+                        reference: target.to_string(),
+                        what: "media type",
+                        reason: format!("`{}` cannot be sent as a Content-Type", manifest.media_type),
+                    })?;
+                    endpoint
+                        .client
+                        .push_manifest_raw(target, manifest.bytes.clone(), content_type)
+                        .await
+                        .map_err(|e| classify(e, ctx))
+                })
+                .await
             })
             .await
             .map(|_| ())
