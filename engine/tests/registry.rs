@@ -734,3 +734,60 @@ async fn a_blob_that_stops_midway_is_reported_stalled_then_times_out() {
     // Nothing half-written became a blob.
     assert!(!store.has_blob(&image.layer_digest));
 }
+
+/// Serves documents by digest (and `top` under every tag), `/v2/` with 200.
+fn document_server(docs: Vec<(Digest, Vec<u8>, &'static str)>, top: usize) -> fake_registry::FakeRegistry {
+    fake_registry::FakeRegistry::start(move |_, path| {
+        if path == "/v2/" {
+            return fake_registry::Reply::status(200);
+        }
+        if path.ends_with("/manifests/1") {
+            let (_, bytes, media_type) = &docs[top];
+            return fake_registry::Reply::json(media_type, bytes.clone());
+        }
+        match docs.iter().find(|(d, _, _)| path.ends_with(&d.to_string())) {
+            Some((_, bytes, media_type)) => fake_registry::Reply::json(media_type, bytes.clone()),
+            None => fake_registry::Reply::status(404),
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_deeply_nested_index_is_refused_as_such() {
+    let image = fake_image();
+    let mut docs = vec![(digest_of(&image.manifest), image.manifest.clone(), media::OCI_MANIFEST)];
+    for _ in 0..200 {
+        let (below, bytes, media_type) = docs.last().expect("one").clone();
+        let index = canonical_json(&json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": [{"mediaType": media_type, "digest": below.to_string(), "size": bytes.len()}]
+        }))
+        .expect("json");
+        docs.push((digest_of(&index), index, media::OCI_INDEX));
+    }
+    let fake = document_server(docs, 200);
+    let (_dir, store) = new_store();
+    let err = new_client(&store).resolve(&r(&format!("{}/deep/index:1", fake.addr))).await.expect_err("too deep");
+    assert!(matches!(err, RegistryError::IndexTooDeep { max: bake_engine::registry::MAX_INDEX_DEPTH, .. }), "{err:?}");
+    assert!(err.to_string().contains("index nested deeper than 4 levels"), "{err}");
+    assert!(fake.requests() < 20, "bake followed the chain: {} requests", fake.requests());
+}
+
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_with_its_size() {
+    let big = canonical_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": {"mediaType": media::OCI_CONFIG, "digest": digest_of(b"{}").to_string(), "size": 2},
+        "layers": [],
+        "annotations": {"padding": "x".repeat(5 << 20)}
+    }))
+    .expect("json");
+    let fake = document_server(vec![(digest_of(&big), big, media::OCI_MANIFEST)], 0);
+    let (_dir, store) = new_store();
+    let err = new_client(&store).resolve(&r(&format!("{}/huge/manifest:1", fake.addr))).await.expect_err("too large");
+    let RegistryError::TooLarge { max, size, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(*max, 4 << 20);
+    assert!(*size > 5 << 20);
+}

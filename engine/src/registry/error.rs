@@ -67,6 +67,22 @@ pub enum RegistryError {
     #[diagnostic(code(bake::registry::no_platform), help("it has images for: {available}"))]
     NoPlatform { reference: String, available: String },
 
+    #[error("{reference} is an index nested deeper than {max} levels")]
+    #[diagnostic(
+        code(bake::registry::index_too_deep),
+        help(
+            "an image index points at platform manifests (or at most a few indexes deep); this one is malformed or hostile"
+        )
+    )]
+    IndexTooDeep { reference: String, max: usize },
+
+    #[error("{what} from {registry} is {size} bytes, more than bake reads ({max} bytes)")]
+    #[diagnostic(
+        code(bake::registry::too_large),
+        help("manifests, indexes and image configs are small JSON documents; this registry served something else")
+    )]
+    TooLarge { registry: String, what: String, size: u64, max: u64 },
+
     #[error("{what} from {registry} does not match its digest: expected {expected}, got {actual}")]
     #[diagnostic(
         code(bake::registry::digest_mismatch),

@@ -87,10 +87,15 @@ use error::{classify, from_io};
 use manifest::{Kind, Unusable};
 use sink::BlobSink;
 
-/// A config blob larger than this is refused rather than held in memory.
-const MAX_CONFIG_SIZE: u64 = 32 << 20;
-/// A manifest or index larger than this is refused (registries cap them at 4 MiB).
-const MAX_MANIFEST_SIZE: usize = 16 << 20;
+/// A config blob larger than this is refused rather than held in memory: 4
+/// MiB, containerd's limit for the documents it reads whole.
+const MAX_CONFIG_SIZE: u64 = 4 << 20;
+/// A manifest or index larger than this is refused: 4 MiB, as containerd
+/// and distribution (which refuses to store a larger one).
+const MAX_MANIFEST_SIZE: usize = 4 << 20;
+/// Indexes nested in indexes followed at most. Real images have one level
+/// (an index of platform manifests); a few tools nest one more.
+pub const MAX_INDEX_DEPTH: usize = 4;
 
 /// Pulls and pushes images between registries and the local store.
 ///
@@ -443,8 +448,13 @@ impl Registry {
                 });
             }
         }
-        let (mut media_type, kind) = manifest::detect(&raw).map_err(unusable(r, "manifest"))?;
-        if kind == Kind::Index {
+        let (mut media_type, mut kind) = manifest::detect(&raw).map_err(unusable(r, "manifest"))?;
+        let mut depth = 0;
+        while kind == Kind::Index {
+            depth += 1;
+            if depth > MAX_INDEX_DEPTH {
+                return Err(RegistryError::IndexTooDeep { reference: r.to_string(), max: MAX_INDEX_DEPTH });
+            }
             let entry = manifest::select_linux_amd64(&raw)
                 .map_err(unusable(r, "index"))?
                 .map_err(|available| RegistryError::NoPlatform { reference: r.to_string(), available })?;
@@ -461,15 +471,7 @@ impl Registry {
                     actual: actual.to_string(),
                 });
             }
-            let (child_type, child_kind) = manifest::detect(&raw).map_err(unusable(r, "manifest"))?;
-            if child_kind != Kind::Manifest {
-                return Err(RegistryError::Unsupported {
-                    reference: r.to_string(),
-                    media_type: "index nested in an index".to_owned(),
-                    help: "bake resolves one level of index to a platform manifest".to_owned(),
-                });
-            }
-            media_type = child_type;
+            (media_type, kind) = manifest::detect(&raw).map_err(unusable(r, "manifest"))?;
         }
         let parsed = manifest::parse_manifest(&raw).map_err(unusable(r, "manifest"))?;
         self.store_document(&raw, &digest)?;
@@ -520,9 +522,11 @@ impl Registry {
             })
             .await?;
         if raw.len() > MAX_MANIFEST_SIZE {
-            return Err(RegistryError::Protocol {
+            return Err(RegistryError::TooLarge {
                 registry: endpoint.host.clone(),
-                message: format!("the manifest of {what} is {} bytes, more than bake accepts", raw.len()),
+                what: format!("the manifest of {what}"),
+                size: raw.len() as u64,
+                max: MAX_MANIFEST_SIZE as u64,
             });
         }
         Ok(raw.to_vec())
@@ -537,9 +541,11 @@ impl Registry {
     ) -> Result<Vec<u8>, RegistryError> {
         let what = format!("blob {} in {}/{repository}", desc.digest(), endpoint.host);
         if desc.size() > MAX_CONFIG_SIZE {
-            return Err(RegistryError::Protocol {
+            return Err(RegistryError::TooLarge {
                 registry: endpoint.host.clone(),
-                message: format!("{what} is {} bytes, more than bake accepts for an image config", desc.size()),
+                what: format!("the image config, {what},"),
+                size: desc.size(),
+                max: MAX_CONFIG_SIZE,
             });
         }
         let reference = endpoint.reference(repository, None, None);
