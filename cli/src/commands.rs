@@ -202,31 +202,68 @@ fn build(file: &Path, args: &BuildArgs) -> Result<(), Failure> {
         progress.explanations(&list);
     }
     let render = |e: Event| progress.event(e);
-    let cancel = options.cancel.clone();
-    let report = runtime()?.block_on(async {
-        // Ctrl-C or SIGTERM: running steps are killed and their mounts
-        // undone before the build returns.
-        tokio::spawn(async move {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            cancel.cancel();
-        });
-        engine.build(&ws, &args.targets, &options, &render).await
-    });
+    let runtime = runtime()?;
+    let stopped = runtime.block_on(async { stop_on_signals(options.cancel.clone()) });
+    let report = runtime.block_on(engine.build(&ws, &args.targets, &options, &render));
     let report = match report {
         Ok(report) => report,
         Err(e) => {
             progress.finish();
-            return Err(exec_failure(e));
+            return Err(match stopped.get() {
+                Some(code) => Failure::Run(Report::new(e), code),
+                None => exec_failure(e),
+            });
         }
     };
     progress.summary(&report, started.elapsed());
     Ok(())
+}
+
+/// How long bake waits, after Ctrl-C or SIGTERM, for the build to stop on
+/// its own (killing running steps and undoing their mounts takes a few
+/// milliseconds) before it exits anyway: the promise is that bake is gone
+/// within a second of the signal, whatever it was doing.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(700);
+
+/// The exit code a stop signal gave, once one came.
+#[derive(Clone, Default)]
+pub(crate) struct Stopped(std::sync::Arc<std::sync::OnceLock<u8>>);
+
+impl Stopped {
+    pub(crate) fn get(&self) -> Option<u8> {
+        self.0.get().copied()
+    }
+}
+
+/// From now on, the first SIGINT or SIGTERM cancels the build (running steps
+/// are killed and their mounts undone, transfers dropped, finished results
+/// stay in the store); bake then exits with 128 + the signal's number as
+/// soon as the build has stopped, or after [`STOP_GRACE`] at the latest. A
+/// second signal exits at once. Must be called inside the runtime.
+pub(crate) fn stop_on_signals(cancel: tokio_util::sync::CancellationToken) -> Stopped {
+    use tokio::signal::unix::{SignalKind, signal};
+    let stopped = Stopped::default();
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return stopped;
+    };
+    let flag = stopped.clone();
+    tokio::spawn(async move {
+        let signal = tokio::select! {
+            _ = int.recv() => nix::libc::SIGINT,
+            _ = term.recv() => nix::libc::SIGTERM,
+        };
+        let code = u8::try_from(128 + signal).unwrap_or(130);
+        let _ = flag.0.set(code);
+        cancel.cancel();
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            () = tokio::time::sleep(STOP_GRACE) => {}
+        }
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"bake: interrupted\n");
+        std::process::exit(i32::from(code));
+    });
+    stopped
 }
 
 fn explain(file: &Path, args: &ExplainArgs) -> Result<(), Failure> {

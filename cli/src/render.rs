@@ -228,10 +228,15 @@ impl Tty {
                     let _ = self.multi.println(format!("✘ {description} ({}): {message}", seconds(millis)));
                 }
             }
+            Event::Stalled { digest, seconds, .. } if self.transfers.contains_key(&digest) => {
+                if let Some(bar) = self.transfers.get(&digest) {
+                    bar.set_message(format!("stalled for {seconds} s"));
+                }
+            }
             Event::Transfer { what, digest, direction, done, total } => {
                 let bar = self.transfers.entry(digest.clone()).or_insert_with(|| {
                     let bar = self.multi.add(ProgressBar::new(total));
-                    bar.set_style(style("  {prefix} [{bar:24}] {bytes}/{total_bytes} {bytes_per_sec}"));
+                    bar.set_style(style("  {prefix} [{bar:24}] {bytes}/{total_bytes} {bytes_per_sec} {msg:.yellow}"));
                     let verb = match direction {
                         bake_engine::exec::Direction::Pull => "pull",
                         bake_engine::exec::Direction::Push => "push",
@@ -240,6 +245,8 @@ impl Tty {
                     bar
                 });
                 bar.set_position(done);
+                // Bytes moved: no longer stalled.
+                bar.set_message("");
                 if total > 0 && done >= total {
                     bar.finish_and_clear();
                     self.transfers.remove(&digest);
@@ -293,6 +300,18 @@ fn plain_line(event: &Event) -> Option<String> {
             format!("fetched  {what} {} ({})", short(digest), human(*total))
         }
         Event::Transfer { .. } => return None,
+        Event::Stalled { what, digest, direction, done, total, seconds } => {
+            let verb = match direction {
+                bake_engine::exec::Direction::Pull => "pull",
+                bake_engine::exec::Direction::Push => "push",
+            };
+            format!(
+                "stalled  {verb} {what} {} at {}/{}: no data for {seconds} s",
+                short(digest),
+                human(*done),
+                human(*total)
+            )
+        }
         Event::Image { name, digest, size, .. } => format!("image    {name} {} ({})", short(digest), human(*size)),
         Event::Pushed { tag, digest } => format!("pushed   {tag} {}", short(digest)),
         Event::CacheExported { reference, entries } => {

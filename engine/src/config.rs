@@ -14,6 +14,8 @@
 //! // Speak plain HTTP to this registry.
 //! registry "myreg.internal:5000" insecure=#true
 //! store max-size="20GiB"
+//! // How long a registry may keep bake waiting (these are the defaults).
+//! network connect-timeout="15s" first-byte-timeout="30s" idle-timeout="60s"
 //! ```
 //!
 //! - `registry HOST [insecure=#true] { mirror HOST... }`: settings for one
@@ -28,6 +30,11 @@
 //! - `store max-size=SIZE`: a cap for the local store, as bytes (`1000000`) or
 //!   with a unit: `KB`/`MB`/`GB`/`TB` are powers of 1000, `KiB`/`MiB`/`GiB`/`TiB`
 //!   powers of 1024.
+//! - `network connect-timeout= first-byte-timeout= idle-timeout=`: how long
+//!   bake waits for a registry (pulls, pushes, cache lookups, tokens), as
+//!   `humantime` durations (`"15s"`, `"2m"`) or whole seconds; see
+//!   [`Timeouts`]. `BAKE_CONNECT_TIMEOUT`, `BAKE_FIRST_BYTE_TIMEOUT` and
+//!   `BAKE_IDLE_TIMEOUT` override the file.
 //!
 //! Every mistake in the file is reported at once, each pointing at what the
 //! user wrote, with a "did you mean" for misspelt names.
@@ -35,6 +42,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::{Diagnostic, NamedSource, SourceSpan};
@@ -53,7 +61,38 @@ pub struct Config {
     /// The file this configuration was read from; `None` for the default
     /// configuration (no file).
     pub path: Option<PathBuf>,
+    /// How long a registry may keep bake waiting.
+    pub timeouts: Timeouts,
 }
+
+/// How long bake waits for a registry before it gives up on a request
+/// (which the retry policy may then try again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To open a connection (TCP and TLS). 15 s: a registry that takes longer
+    /// to accept is down or unreachable; Docker waits 30 s, but a build
+    /// waits for each of its attempts.
+    pub connect: Duration,
+    /// From sending a request to the start of the answer; for small
+    /// documents (manifests, tokens, HEAD requests) to the whole answer.
+    /// 30 s: registries answer in milliseconds, a cold blob behind a CDN in
+    /// a few seconds; a registry silent for half a minute is stuck.
+    pub first_byte: Duration,
+    /// With no byte moving in either direction during a blob transfer. 60 s:
+    /// long enough for a congested link or a registry that verifies a large
+    /// upload before answering, short enough that a dead connection ends
+    /// the build within minutes rather than hours.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { connect: Duration::from_secs(15), first_byte: Duration::from_secs(30), idle: Duration::from_mins(1) }
+    }
+}
+
+/// The environment variables that override the config file's timeouts.
+pub const TIMEOUT_VARS: [&str; 3] = ["BAKE_CONNECT_TIMEOUT", "BAKE_FIRST_BYTE_TIMEOUT", "BAKE_IDLE_TIMEOUT"];
 
 /// Settings for one registry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,6 +116,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("{var}={value:?} is not a valid timeout: {reason}")]
+    #[diagnostic(
+        code(bake::config::env),
+        help("a duration such as \"30s\" or \"2m\", or whole seconds; unset it for the default")
+    )]
+    Env { var: &'static str, value: String, reason: String },
 
     #[error("{} in bake's config file {name}", crate::lang::plural(errors.len(), "error"))]
     #[diagnostic(code(bake::config::invalid))]
@@ -155,7 +201,8 @@ pub enum ConfigProblem {
     },
 }
 
-const TOP_NODES: &[&str] = &["registry", "store"];
+const TOP_NODES: &[&str] = &["registry", "store", "network"];
+const NETWORK_PROPS: &[&str] = &["connect-timeout", "first-byte-timeout", "idle-timeout"];
 const REGISTRY_PROPS: &[&str] = &["insecure"];
 const REGISTRY_CHILDREN: &[&str] = &["mirror"];
 const STORE_PROPS: &[&str] = &["max-size"];
@@ -165,6 +212,12 @@ impl Config {
     /// when `path` is `None`. A file that does not exist is the default
     /// configuration.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = Self::load_file(path)?;
+        config.timeouts_from_env(|var| std::env::var(var).ok())?;
+        Ok(config)
+    }
+
+    fn load_file(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path.map(Path::to_path_buf).or_else(crate::home::config_path) else {
             return Ok(Config::default());
         };
@@ -176,6 +229,18 @@ impl Config {
         let mut config = Self::from_str(&path.display().to_string(), &text)?;
         config.path = Some(path);
         Ok(config)
+    }
+
+    /// The timeouts [`TIMEOUT_VARS`] set, over the file's.
+    fn timeouts_from_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let [connect, first_byte, idle] = TIMEOUT_VARS;
+        let t = &mut self.timeouts;
+        for (var, slot) in [(connect, &mut t.connect), (first_byte, &mut t.first_byte), (idle, &mut t.idle)] {
+            if let Some(value) = get(var).filter(|v| !v.is_empty()) {
+                *slot = parse_timeout(&value).map_err(|reason| ConfigError::Env { var, value, reason })?;
+            }
+        }
+        Ok(())
     }
 
     /// Parses a configuration from text; `name` is the file name diagnostics show.
@@ -218,6 +283,20 @@ impl Config {
     pub fn mirrors(&self, host: &str) -> &[String] {
         self.registry(host).map_or(&[], |r| r.mirrors.as_slice())
     }
+}
+
+/// A timeout: a `humantime` duration (`"30s"`, `"1m 30s"`) or whole
+/// seconds, more than zero.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let parsed = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string())?,
+    };
+    if parsed.is_zero() {
+        return Err("a timeout must be longer than zero".to_owned());
+    }
+    Ok(parsed)
 }
 
 /// Docker Hub's host aliases, normalised to `docker.io`.
@@ -298,6 +377,7 @@ impl Parser<'_> {
         // Where each registry and the store were configured, for duplicates.
         let mut registry_sites: BTreeMap<String, SourceSpan> = BTreeMap::new();
         let mut store_site: Option<SourceSpan> = None;
+        let mut network_site: Option<SourceSpan> = None;
         for node in doc.nodes() {
             match node.name().value() {
                 "registry" => {
@@ -331,10 +411,72 @@ impl Parser<'_> {
                         config.store_max_size = Some(size);
                     }
                 }
+                "network" => {
+                    if let Some(first) = network_site {
+                        self.errors.push(ConfigProblem::Duplicate {
+                            what: "`network`".to_owned(),
+                            src: self.src.clone(),
+                            first,
+                            second: node.name().span(),
+                        });
+                    }
+                    network_site = Some(node.name().span());
+                    self.network(node, &mut config.timeouts);
+                }
                 other => self.unknown_node(node, other, "top-level", TOP_NODES),
             }
         }
         config
+    }
+
+    /// `network connect-timeout= first-byte-timeout= idle-timeout=`.
+    fn network(&mut self, node: &KdlNode, timeouts: &mut Timeouts) {
+        let example = "for example: network connect-timeout=\"15s\" first-byte-timeout=\"30s\" idle-timeout=\"60s\"";
+        for entry in node.entries() {
+            let Some(name) = entry.name().map(kdl::KdlIdentifier::value) else {
+                self.invalid(
+                    entry,
+                    "`network` takes properties only".to_owned(),
+                    "unexpected argument",
+                    Some(example.to_owned()),
+                );
+                continue;
+            };
+            let slot = match name {
+                "connect-timeout" => &mut timeouts.connect,
+                "first-byte-timeout" => &mut timeouts.first_byte,
+                "idle-timeout" => &mut timeouts.idle,
+                other => {
+                    self.unknown_property(entry, "network", other, NETWORK_PROPS);
+                    continue;
+                }
+            };
+            let parsed = match entry.value() {
+                KdlValue::String(s) => parse_timeout(s),
+                KdlValue::Integer(i) => u64::try_from(*i)
+                    .map_err(|_| "a timeout cannot be negative".to_owned())
+                    .and_then(|secs| parse_timeout(&secs.to_string())),
+                _ => Err("a timeout is a string like \"30s\" or a number of seconds".to_owned()),
+            };
+            match parsed {
+                Ok(duration) => *slot = duration,
+                Err(reason) => self.invalid(
+                    entry,
+                    format!("`{name}=` is not a valid timeout: {reason}"),
+                    "not a timeout",
+                    Some(example.to_owned()),
+                ),
+            }
+        }
+        if let Some(children) = node.children() {
+            self.errors.push(ConfigProblem::InvalidValue {
+                message: "`network` takes no children block".to_owned(),
+                src: self.src.clone(),
+                at: children.span(),
+                label: "remove this block".to_owned(),
+                help: Some(example.to_owned()),
+            });
+        }
     }
 
     /// `registry HOST [insecure=BOOL] { mirror HOST... }`: the host, where it
@@ -585,6 +727,27 @@ mod tests {
         let config = Config::load(Some(&path)).expect("loads");
         assert_eq!(config.store_max_size, Some(1000));
         assert_eq!(config.path.as_deref(), Some(path.as_path()));
+    }
+
+    #[test]
+    fn timeouts_from_the_file_and_the_environment() {
+        let config = Config::from_str("c", "").expect("empty");
+        assert_eq!(config.timeouts, Timeouts::default());
+        let mut config =
+            Config::from_str("c", r#"network connect-timeout=5 first-byte-timeout="1m 30s" idle-timeout="2m""#)
+                .expect("valid");
+        assert_eq!(config.timeouts.connect, Duration::from_secs(5));
+        assert_eq!(config.timeouts.first_byte, Duration::from_secs(90));
+        assert_eq!(config.timeouts.idle, Duration::from_mins(2));
+        config.timeouts_from_env(|var| (var == "BAKE_IDLE_TIMEOUT").then(|| "3s".to_owned())).expect("valid variable");
+        assert_eq!(config.timeouts.idle, Duration::from_secs(3));
+        assert_eq!(config.timeouts.connect, Duration::from_secs(5));
+        let err = config.timeouts_from_env(|_| Some("soon".to_owned())).expect_err("invalid");
+        assert!(err.to_string().contains("BAKE_CONNECT_TIMEOUT"), "{err}");
+        let err = Config::from_str("c", r#"network idle-timeout="0s" connect=1"#).expect_err("invalid");
+        let text = render(&err);
+        assert!(text.contains("`idle-timeout=` is not a valid timeout"), "{text}");
+        assert!(text.contains("`network` has no property `connect`"), "{text}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! push, skip, pull, mount, indexes, Docker media types, mirrors, auth, and
 //! what a failure leaves behind.
 
+#[path = "common/fake_registry.rs"]
+mod fake_registry;
 #[path = "common/registry.rs"]
 mod registry_harness;
 
@@ -628,4 +630,164 @@ async fn credentials_come_from_a_docker_config() {
     let (_dir2, fresh) = new_store();
     let pulled = client_with(&Config::default(), &fresh, creds).pull(&r(&format!("{addr}/bake/secret:v1")), &()).await;
     assert_eq!(pulled.expect("pull with credentials").manifest_digest, img.manifest);
+}
+
+// ---- registries that stall or misbehave (fake, see common/fake_registry.rs) --
+
+/// Short limits, so a stall ends a test in seconds.
+fn impatient() -> Config {
+    let timeouts = bake_engine::config::Timeouts {
+        connect: Duration::from_secs(2),
+        first_byte: Duration::from_millis(600),
+        idle: Duration::from_millis(800),
+    };
+    Config { timeouts, ..Config::default() }
+}
+
+/// Collects every transfer event.
+#[derive(Default)]
+struct Recorded(Mutex<Vec<TransferEvent>>);
+
+impl Progress for Recorded {
+    fn event(&self, event: TransferEvent) {
+        self.0.lock().expect("lock").push(event);
+    }
+}
+
+/// An image the fake serves: its manifest, config and one layer.
+struct FakeImage {
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    config_digest: Digest,
+    layer: Vec<u8>,
+    layer_digest: Digest,
+}
+
+fn fake_image() -> FakeImage {
+    let (layer, diff_id) = big_layer(256 << 10, 7);
+    let layer_digest = digest_of(&layer);
+    let config = canonical_json(&json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+        "config": {}
+    }))
+    .expect("json");
+    let config_digest = digest_of(&config);
+    let manifest = canonical_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+        "layers": [{"mediaType": media::OCI_LAYER_GZIP, "digest": layer_digest.to_string(), "size": layer.len()}]
+    }))
+    .expect("json");
+    FakeImage { manifest, config, config_digest, layer, layer_digest }
+}
+
+#[tokio::test]
+async fn a_registry_that_never_answers_times_out_naming_it() {
+    let fake = fake_registry::FakeRegistry::start(|_, _| fake_registry::Reply::Silent);
+    let (_dir, store) = new_store();
+    let client = client_with(&impatient(), &store, Credentials::Anonymous);
+    let started = std::time::Instant::now();
+    let err = client.resolve(&r(&format!("{}/stalls/forever:1", fake.addr))).await.expect_err("stalled");
+    // 3 attempts of 0.6 s and short backoffs; the bound only guards against a hang.
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let RegistryError::Timeout { registry, limit, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(registry, &fake.addr);
+    assert_eq!(*limit, bake_engine::registry::Limit::FirstByte);
+    assert!(err.is_transient() && err.is_unreachable());
+    assert_eq!(fake.requests(), 3, "each attempt is retried");
+    let text = err.to_string();
+    assert!(text.contains(&format!("registry {} stalled", fake.addr)) && text.contains("600ms"), "{text}");
+}
+
+#[tokio::test]
+async fn a_blob_that_stops_midway_is_reported_stalled_then_times_out() {
+    let image = std::sync::Arc::new(fake_image());
+    let served = image.clone();
+    let fake = fake_registry::FakeRegistry::start(move |_, path| {
+        let image = &served;
+        if path == "/v2/" {
+            fake_registry::Reply::status(200)
+        } else if path.contains("/manifests/") {
+            fake_registry::Reply::json(media::OCI_MANIFEST, image.manifest.clone())
+        } else if path.ends_with(&image.config_digest.to_string()) {
+            fake_registry::Reply::json("application/octet-stream", image.config.clone())
+        } else if path.ends_with(&image.layer_digest.to_string()) {
+            fake_registry::Reply::Partial { headers: vec![], body: image.layer.clone(), sent: 100 << 10 }
+        } else {
+            fake_registry::Reply::status(404)
+        }
+    });
+    let (_dir, store) = new_store();
+    let client = client_with(&impatient(), &store, Credentials::Anonymous);
+    let progress = Recorded::default();
+    let err = client.pull(&r(&format!("{}/stalls/midway:1", fake.addr)), &progress).await.expect_err("stalled");
+    let RegistryError::Timeout { limit, stalled, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(*limit, bake_engine::registry::Limit::Idle);
+    assert!(stalled.contains(&format!("after {} of {} bytes", 100 << 10, image.layer.len())), "{stalled}");
+    let events = progress.0.lock().expect("lock");
+    assert!(
+        events.iter().any(|e| matches!(e, TransferEvent::Stalled { digest, .. } if *digest == image.layer_digest)),
+        "{events:?}"
+    );
+    // Nothing half-written became a blob.
+    assert!(!store.has_blob(&image.layer_digest));
+}
+
+/// Serves documents by digest (and `top` under every tag), `/v2/` with 200.
+fn document_server(docs: Vec<(Digest, Vec<u8>, &'static str)>, top: usize) -> fake_registry::FakeRegistry {
+    fake_registry::FakeRegistry::start(move |_, path| {
+        if path == "/v2/" {
+            return fake_registry::Reply::status(200);
+        }
+        if path.ends_with("/manifests/1") {
+            let (_, bytes, media_type) = &docs[top];
+            return fake_registry::Reply::json(media_type, bytes.clone());
+        }
+        match docs.iter().find(|(d, _, _)| path.ends_with(&d.to_string())) {
+            Some((_, bytes, media_type)) => fake_registry::Reply::json(media_type, bytes.clone()),
+            None => fake_registry::Reply::status(404),
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_deeply_nested_index_is_refused_as_such() {
+    let image = fake_image();
+    let mut docs = vec![(digest_of(&image.manifest), image.manifest.clone(), media::OCI_MANIFEST)];
+    for _ in 0..200 {
+        let (below, bytes, media_type) = docs.last().expect("one").clone();
+        let index = canonical_json(&json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": [{"mediaType": media_type, "digest": below.to_string(), "size": bytes.len()}]
+        }))
+        .expect("json");
+        docs.push((digest_of(&index), index, media::OCI_INDEX));
+    }
+    let fake = document_server(docs, 200);
+    let (_dir, store) = new_store();
+    let err = new_client(&store).resolve(&r(&format!("{}/deep/index:1", fake.addr))).await.expect_err("too deep");
+    assert!(matches!(err, RegistryError::IndexTooDeep { max: bake_engine::registry::MAX_INDEX_DEPTH, .. }), "{err:?}");
+    assert!(err.to_string().contains("index nested deeper than 4 levels"), "{err}");
+    assert!(fake.requests() < 20, "bake followed the chain: {} requests", fake.requests());
+}
+
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_with_its_size() {
+    let big = canonical_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": {"mediaType": media::OCI_CONFIG, "digest": digest_of(b"{}").to_string(), "size": 2},
+        "layers": [],
+        "annotations": {"padding": "x".repeat(5 << 20)}
+    }))
+    .expect("json");
+    let fake = document_server(vec![(digest_of(&big), big, media::OCI_MANIFEST)], 0);
+    let (_dir, store) = new_store();
+    let err = new_client(&store).resolve(&r(&format!("{}/huge/manifest:1", fake.addr))).await.expect_err("too large");
+    let RegistryError::TooLarge { max, size, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(*max, 4 << 20);
+    assert!(*size > 5 << 20);
 }

@@ -4,6 +4,8 @@
 mod book_help;
 mod container;
 mod examples;
+#[path = "../../engine/tests/common/fake_registry.rs"]
+mod fake_registry;
 mod harness;
 mod images;
 mod lang;
@@ -12,3 +14,5 @@ mod plan;
 mod registry;
 mod run;
 mod schedule;
+mod secrets;
+mod stall;

@@ -40,8 +40,10 @@ mod explain;
 mod remote;
 mod run;
 mod schedule;
+mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -64,6 +66,7 @@ use crate::store::{CacheEntry, ImageRecord, Store, StoreError};
 
 pub use crate::reference::CacheRef;
 pub use explain::{Explanation, Reason};
+pub use secrets::{MASK, MAX_SECRET_SIZE, MIN_MASKED_LEN};
 
 /// Errors while building.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -117,6 +120,29 @@ pub enum ExecError {
     #[error("cannot access {}", path.display())]
     #[diagnostic(code(bake::exec::io))]
     Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("secret `{id}` is {kind}: {}", path.display())]
+    #[diagnostic(
+        code(bake::exec::secret_not_file),
+        help("a file secret must be a regular file (a symlink to one is fine); pass the file itself, not its folder")
+    )]
+    SecretNotFile { id: String, path: PathBuf, kind: &'static str },
+
+    #[error("secret `{id}` is {size} bytes, more than bake accepts ({max} bytes): {}", path.display(), max = secrets::MAX_SECRET_SIZE)]
+    #[diagnostic(
+        code(bake::exec::secret_too_large),
+        help("secrets are keys and tokens; pass a large file with `copy` or a `cache` folder instead")
+    )]
+    SecretTooLarge { id: String, path: PathBuf, size: u64 },
+
+    #[error("cannot read secret `{id}` from {}", path.display())]
+    #[diagnostic(code(bake::exec::secret_unreadable), help("check that the file exists and is readable"))]
+    SecretUnreadable {
+        id: String,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -331,6 +357,18 @@ pub enum Event {
         done: u64,
         total: u64,
     },
+    /// A blob transfer has moved no byte for `seconds` (repeated every few
+    /// seconds while it stalls): the registry or the network is slow or
+    /// stuck. It ends when bytes move again (a `transfer` event) or when the
+    /// idle timeout fails the transfer (which may then be retried).
+    Stalled {
+        what: String,
+        digest: String,
+        direction: Direction,
+        done: u64,
+        total: u64,
+        seconds: u64,
+    },
     /// An image was written to the store.
     Image {
         name: String,
@@ -460,8 +498,24 @@ impl Engine {
         events: &dyn Events,
     ) -> Result<BuildReport, ExecError> {
         let mut plan = Plan::build(ws, targets)?;
-        let build = Build::new(self, ws, options, events);
-        let base_digests = build.bases(&plan).await?;
+        let secrets = secrets::load(&options.secrets)?;
+        let masked = secrets::MaskedEvents {
+            inner: events,
+            masker: secrets::Masker::new(secrets.iter().map(|s| s.value.as_slice()))?,
+        };
+        let events: &dyn Events = &masked;
+        for secret in secrets.iter().filter(|s| !s.value.is_empty() && s.value.len() < MIN_MASKED_LEN) {
+            events.event(Event::Warning {
+                message: format!(
+                    "secret `{}` is shorter than {MIN_MASKED_LEN} bytes: bake does not mask it in the output",
+                    secret.id
+                ),
+            });
+        }
+        let mut build = Build::new(self, ws, options, events);
+        build.secrets = &secrets;
+        build.masker = &masked.masker;
+        let base_digests = build.cancellable(build.bases(&plan)).await?;
         let key_options = KeyOptions {
             index_dir: Some(self.home.index_dir()),
             base_digests,
@@ -471,11 +525,16 @@ impl Engine {
         };
         tokio::task::block_in_place(|| plan.compute_keys(ws, &key_options))?;
         let cache = remote::RemoteCache::new(&build, ws);
-        let hits = build.lookups(&plan, &cache).await?;
+        let hits = build.cancellable(build.lookups(&plan, &cache)).await?;
         let failures = tokio::task::block_in_place(|| build.nodes(&plan, hits, &cache))?;
         let mut report = BuildReport::default();
-        build.exports(&plan, &mut report).await?;
-        cache.export(&build, &plan).await;
+        build.cancellable(build.exports(&plan, &mut report)).await?;
+        build
+            .cancellable(async {
+                cache.export(&build, &plan).await;
+                Ok(())
+            })
+            .await?;
         report.executed = build.count(|s| s == StepOutcome::Ran);
         report.cached = build.count(|s| s != StepOutcome::Ran);
         if failures.is_empty() {
@@ -541,6 +600,10 @@ struct Build<'a> {
     /// The build's own cancellation: fired by the caller's token (Ctrl-C) or
     /// by a failing step, to stop the steps running beside it.
     cancel: tokio_util::sync::CancellationToken,
+    /// The secrets' values, read when the build started.
+    secrets: &'a [secrets::Loaded],
+    /// Masks them in what steps print (`events` masks every event too).
+    masker: &'a secrets::Masker,
 }
 
 /// Where a result's missing layers come from.
@@ -578,6 +641,20 @@ impl<'a> Build<'a> {
             visited: Mutex::new(std::collections::HashSet::new()),
             steps: Mutex::new(HashMap::new()),
             cancel: options.cancel.child_token(),
+            secrets: &[],
+            masker: &secrets::NO_MASKER,
+        }
+    }
+
+    /// `work`, unless the build is cancelled first: registry calls are
+    /// futures that may wait on a silent server, and only dropping them
+    /// stops them.
+    async fn cancellable<T>(&self, work: impl Future<Output = Result<T, ExecError>>) -> Result<T, ExecError> {
+        // Boxed: these are the build's large futures (registry transfers).
+        let work = Box::pin(work);
+        tokio::select! {
+            result = work => result,
+            () = self.cancel.cancelled() => Err(ExecError::Interrupted),
         }
     }
 
@@ -1067,6 +1144,19 @@ impl crate::registry::Progress for TransferEvents<'_> {
                 entry.2 += bytes;
                 let emit = entry.2 - entry.3 >= STEP || entry.2 >= entry.1;
                 (digest, emit)
+            }
+            T::Stalled { digest, silent } => {
+                let Some(&(direction, total, done, _)) = blobs.get(&digest) else { return };
+                drop(blobs);
+                self.events.event(Event::Stalled {
+                    what: self.what.clone(),
+                    digest: digest.to_string(),
+                    direction,
+                    done,
+                    total,
+                    seconds: silent.as_secs(),
+                });
+                return;
             }
             T::Skipped { .. } | T::Done { .. } => return,
         };

@@ -16,17 +16,19 @@
 //! `sharing="private"` a step takes the first instance of the folder (`ID`,
 //! `ID-1`, ...) whose lock is free, so steps running at once never share
 //! one; `shared` (the default) is a plain folder. Secrets
-//! are files bind-mounted read-only; a secret given as an environment
-//! variable is written to a 0600 file in the step's scratch folder, which is
-//! removed when the step ends. Neither reaches a layer, a key, the store or
-//! the events.
+//! (files or environment variables, read when the build started: see
+//! `secrets.rs`) are written to 0600 files in the step's scratch folder,
+//! bind-mounted read-only and removed when the step ends. None reaches a
+//! layer, a key or the store, and what the step prints is masked before it
+//! becomes an event or the failure's last lines.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::copy::{Content, Item, write_layer};
-use super::{Build, Event, ExecError, Secret, SecretSource};
+use super::secrets::{self, Lines};
+use super::{Build, Event, ExecError, Secret};
 use crate::image::ImageConfig;
 use crate::lang::{Run, Sharing, Span};
 use crate::layer::{Entry, EntryKind, LayerInfo};
@@ -87,30 +89,27 @@ impl Step<'_, '_> {
         };
 
         let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL);
-        let mut partial = [String::new(), String::new()];
+        let mut lines = [Lines::default(), Lines::default()];
         let events = self.build.events;
+        let masker = self.build.masker;
         let node = self.node.to_owned();
+        let mut emit = |line: String| {
+            if tail.len() == TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
+            events.event(Event::Output { node: node.clone(), line });
+        };
         let mut on_output = |stream: OutputStream, bytes: &[u8]| {
-            let slot = &mut partial[usize::from(matches!(stream, OutputStream::Stderr))];
-            slot.push_str(&String::from_utf8_lossy(bytes));
-            while let Some(end) = slot.find('\n') {
-                let line: String = slot.drain(..=end).collect();
-                let line = line.trim_end_matches(['\n', '\r']).to_owned();
-                if tail.len() == TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(line.clone());
-                events.event(Event::Output { node: node.clone(), line });
+            let slot = &mut lines[usize::from(matches!(stream, OutputStream::Stderr))];
+            for line in slot.push(bytes, masker) {
+                emit(line);
             }
         };
         let cancel = self.build.cancel.clone();
         let result = tokio::runtime::Handle::current().block_on(sandbox::run(&spec, &mut on_output, &cancel));
-        for rest in partial.iter().filter(|p| !p.is_empty()) {
-            if tail.len() == TAIL {
-                tail.pop_front();
-            }
-            tail.push_back(rest.clone());
-            self.build.events.event(Event::Output { node: self.node.to_owned(), line: rest.clone() });
+        for rest in lines.into_iter().filter_map(|l| l.finish(masker)) {
+            emit(rest);
         }
         let code = match result {
             Ok(code) => code,
@@ -174,15 +173,13 @@ impl Step<'_, '_> {
         }
         for secret in &run.secrets {
             let given = self.build.options.secrets.iter().find(|s: &&Secret| s.id == secret.id);
-            let source = match given.map(|s| &s.source) {
-                Some(SecretSource::File(path)) => path.clone(),
-                Some(SecretSource::Env(var)) => {
-                    let value = std::env::var_os(var).unwrap_or_default();
-                    let path = scratch.join(format!(
-                        "secret-{}",
-                        crate::oci::hex(&blake3::hash(secret.id.as_bytes()).as_bytes()[..8])
-                    ));
-                    write_private(&path, value.as_encoded_bytes())?;
+            // The bytes read when the build started, as a private copy: what
+            // the step can print is exactly what is masked.
+            let value = given.and_then(|g| self.build.secrets.iter().find(|l| l.id == g.id));
+            let source = match value {
+                Some(loaded) => {
+                    let path = secrets::scratch_path(scratch, &loaded.id);
+                    write_private(&path, &loaded.value)?;
                     path
                 }
                 None if !secret.required => continue,

@@ -11,16 +11,16 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use docker_credential::{CredentialRetrievalError, DockerCredential};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
+use super::deadline::answered;
 use super::error::{Ctx, RegistryError, classify};
 use super::retry::RetryPolicy;
-use crate::config::{Config, normalize_registry};
+use crate::config::{Config, Timeouts, normalize_registry};
 use crate::reference::{DEFAULT_REGISTRY, ImageRef};
 
 /// bake's user agent.
@@ -48,6 +48,8 @@ pub(crate) struct Endpoint {
     pub auth: RegistryAuth,
     /// Why credentials found for this host could not be used, for "not logged in" help.
     pub credential_note: Option<String>,
+    /// How long the registry may keep bake waiting.
+    pub timeouts: Timeouts,
     /// Repositories (and whether for push) a token was already fetched for.
     authorized: Arc<tokio::sync::Mutex<HashSet<(String, bool)>>>,
 }
@@ -61,6 +63,7 @@ impl Endpoint {
             push,
             anonymous: self.auth == RegistryAuth::Anonymous,
             credential_note: self.credential_note.as_deref(),
+            connect_timeout: self.timeouts.connect,
         }
     }
 
@@ -92,7 +95,11 @@ impl Endpoint {
         let what = format!("{}/{}", self.host, reference.repository());
         retry
             .run(|| async {
-                self.client.auth(reference, &self.auth, op).await.map_err(|e| classify(e, self.ctx(&what, push)))
+                let ctx = self.ctx(&what, push);
+                answered(&self.timeouts, ctx, async {
+                    self.client.auth(reference, &self.auth, op).await.map_err(|e| classify(e, ctx))
+                })
+                .await
             })
             .await?;
         done.insert(key);
@@ -138,6 +145,7 @@ impl Endpoints {
         let (auth, credential_note) = tokio::task::spawn_blocking(move || credentials_for(&credentials, &lookup_host))
             .await
             .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let timeouts = self.config.timeouts;
         let protocol = if self.config.plain_http(host) { ClientProtocol::Http } else { ClientProtocol::Https };
         let client_config = ClientConfig {
             protocol,
@@ -145,15 +153,17 @@ impl Endpoints {
             use_monolithic_push: true,
             // bake picks the platform itself, from the raw index.
             platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(15)),
-            // Between two reads of a response, not for a whole transfer.
-            read_timeout: Some(Duration::from_mins(2)),
+            connect_timeout: Some(timeouts.connect),
+            // A backstop only: bake's own deadlines (see `deadline.rs`) are
+            // shorter and say what stalled.
+            read_timeout: Some(2 * timeouts.first_byte.max(timeouts.idle)),
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
         let client = Client::try_from(client_config)
             .map_err(|e| RegistryError::Client { registry: host.to_owned(), source: Box::new(e) })?;
-        let endpoint = Endpoint { host: host.to_owned(), client, auth, credential_note, authorized: Arc::default() };
+        let endpoint =
+            Endpoint { host: host.to_owned(), client, auth, credential_note, timeouts, authorized: Arc::default() };
         Ok(self.lock().entry(host.to_owned()).or_insert(endpoint).clone())
     }
 

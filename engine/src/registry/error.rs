@@ -1,6 +1,8 @@
 //! What can go wrong talking to a registry, and how oci-client's errors map
 //! onto it.
 
+use std::time::Duration;
+
 use miette::Diagnostic;
 use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
 
@@ -17,6 +19,25 @@ pub enum RegistryError {
         reason: String,
         /// oci-client's error, whose chain `reason` sums up.
         cause: Option<Box<OciDistributionError>>,
+    },
+
+    #[error("registry {registry} stalled: {stalled} (waited {after})")]
+    #[diagnostic(
+        code(bake::registry::timeout),
+        help(
+            "the registry (or the network on the way) stopped answering; check it, or give it longer with \
+             `network {}=\"2m\"` in bake's config file or {}=2m",
+            limit.setting(),
+            limit.variable()
+        )
+    )]
+    Timeout {
+        registry: String,
+        /// What bake was waiting for ("no answer about x", "no data for blob y").
+        stalled: String,
+        /// How long it waited, as "30s".
+        after: String,
+        limit: super::deadline::Limit,
     },
 
     #[error("registry {registry} failed: HTTP {status} {message}")]
@@ -45,6 +66,22 @@ pub enum RegistryError {
     #[error("{reference} has no linux/amd64 image")]
     #[diagnostic(code(bake::registry::no_platform), help("it has images for: {available}"))]
     NoPlatform { reference: String, available: String },
+
+    #[error("{reference} is an index nested deeper than {max} levels")]
+    #[diagnostic(
+        code(bake::registry::index_too_deep),
+        help(
+            "an image index points at platform manifests (or at most a few indexes deep); this one is malformed or hostile"
+        )
+    )]
+    IndexTooDeep { reference: String, max: usize },
+
+    #[error("{what} from {registry} is {size} bytes, more than bake reads ({max} bytes)")]
+    #[diagnostic(
+        code(bake::registry::too_large),
+        help("manifests, indexes and image configs are small JSON documents; this registry served something else")
+    )]
+    TooLarge { registry: String, what: String, size: u64, max: u64 },
 
     #[error("{what} from {registry} does not match its digest: expected {expected}, got {actual}")]
     #[diagnostic(
@@ -120,14 +157,14 @@ impl RegistryError {
     /// Whether trying again may help: the registry could not be reached, or
     /// answered 5xx / 429.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::Server { .. })
+        matches!(self, Self::Unreachable { .. } | Self::Server { .. } | Self::Timeout { .. })
     }
 
     /// Whether the registry (and every mirror tried) could not be reached at
     /// all. The executor treats this as a warning for caches.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Unreachable { .. } => true,
+            Self::Unreachable { .. } | Self::Timeout { .. } => true,
             Self::AllSources { errors, .. } => !errors.is_empty() && errors.iter().all(Self::is_unreachable),
             _ => false,
         }
@@ -162,6 +199,8 @@ pub(crate) struct Ctx<'a> {
     pub anonymous: bool,
     /// Why credentials found for the registry could not be used.
     pub credential_note: Option<&'a str>,
+    /// The connect timeout in force, to name it when it runs out.
+    pub connect_timeout: Duration,
 }
 
 /// Maps an oci-client error to a bake error.
@@ -170,6 +209,12 @@ pub(crate) fn classify(err: OciDistributionError, ctx: Ctx<'_>) -> RegistryError
     match err {
         OciDistributionError::RequestError(e) => match e.status() {
             Some(status) => from_status(status.as_u16(), &e.to_string(), ctx),
+            None if e.is_connect() && e.is_timeout() => super::deadline::timeout(
+                ctx,
+                super::deadline::Limit::Connect,
+                ctx.connect_timeout,
+                format!("connecting for {}", ctx.reference),
+            ),
             None => unreachable_error(ctx, describe_chain(&e), OciDistributionError::RequestError(e)),
         },
         OciDistributionError::IoError(e) => from_io(e, ctx),
@@ -356,6 +401,7 @@ mod tests {
             push: false,
             anonymous: true,
             credential_note: None,
+            connect_timeout: Duration::from_secs(15),
         }
     }
 

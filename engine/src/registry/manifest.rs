@@ -73,7 +73,7 @@ pub(crate) fn detect(raw: &[u8]) -> Result<(String, Kind), Unusable> {
 }
 
 /// Picks the linux/amd64 entry of an index: one without a variant (or `v1`)
-/// first, else any amd64 variant. When there is none, the inner error lists
+/// first, else any amd64 variant, else a nested index that may hold one. When there is none, the inner error lists
 /// the platforms on offer.
 pub(crate) fn select_linux_amd64(raw: &[u8]) -> Result<Result<Descriptor, String>, Unusable> {
     let index: ImageIndex =
@@ -89,6 +89,13 @@ pub(crate) fn select_linux_amd64(raw: &[u8]) -> Result<Result<Descriptor, String
     let candidates: Vec<&Descriptor> = index.manifests().iter().filter(is_manifest).filter(amd64).collect();
     if let Some(best) = candidates.iter().find(|d| plain(d)).or(candidates.first()) {
         return Ok(Ok((*best).clone()));
+    }
+    // An index of indexes: follow the first one that may hold linux/amd64
+    // (no platform, or that one); the caller bounds the depth.
+    let is_index =
+        |d: &&Descriptor| matches!(d.media_type().to_string().as_str(), media::OCI_INDEX | media::DOCKER_MANIFEST_LIST);
+    if let Some(nested) = index.manifests().iter().filter(is_index).find(|d| d.platform().is_none() || amd64(d)) {
+        return Ok(Ok(nested.clone()));
     }
     let mut available: Vec<String> = index
         .manifests()

@@ -55,6 +55,7 @@
 //! Loopback registries and those marked `insecure` in the config file are
 //! spoken to over plain HTTP, the others over HTTPS (see `endpoint.rs`).
 
+mod deadline;
 mod endpoint;
 mod error;
 mod manifest;
@@ -71,6 +72,7 @@ use oci_client::client::LayerDescriptor;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use tokio::sync::mpsc;
 
+pub use deadline::Limit;
 pub use endpoint::Credentials;
 pub use error::RegistryError;
 pub use retry::RetryPolicy;
@@ -79,15 +81,21 @@ use crate::config::{Config, normalize_registry};
 use crate::oci::{Digest, digest_of, media};
 use crate::reference::ImageRef;
 use crate::store::Store;
+use deadline::{Limit as Deadline, answered, notice_every, timeout};
 use endpoint::{Endpoint, Endpoints};
 use error::{classify, from_io};
 use manifest::{Kind, Unusable};
 use sink::BlobSink;
 
-/// A config blob larger than this is refused rather than held in memory.
-const MAX_CONFIG_SIZE: u64 = 32 << 20;
-/// A manifest or index larger than this is refused (registries cap them at 4 MiB).
-const MAX_MANIFEST_SIZE: usize = 16 << 20;
+/// A config blob larger than this is refused rather than held in memory: 4
+/// MiB, containerd's limit for the documents it reads whole.
+const MAX_CONFIG_SIZE: u64 = 4 << 20;
+/// A manifest or index larger than this is refused: 4 MiB, as containerd
+/// and distribution (which refuses to store a larger one).
+const MAX_MANIFEST_SIZE: usize = 4 << 20;
+/// Indexes nested in indexes followed at most. Real images have one level
+/// (an index of platform manifests); a few tools nest one more.
+pub const MAX_INDEX_DEPTH: usize = 4;
 
 /// Pulls and pushes images between registries and the local store.
 ///
@@ -181,10 +189,29 @@ pub enum SkipReason {
 /// retried, and its byte count restarts from zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferEvent {
-    Started { digest: Digest, size: u64, direction: Direction },
-    Bytes { digest: Digest, bytes: u64 },
-    Skipped { digest: Digest, reason: SkipReason },
-    Done { digest: Digest },
+    Started {
+        digest: Digest,
+        size: u64,
+        direction: Direction,
+    },
+    Bytes {
+        digest: Digest,
+        bytes: u64,
+    },
+    Skipped {
+        digest: Digest,
+        reason: SkipReason,
+    },
+    Done {
+        digest: Digest,
+    },
+    /// No byte has moved for `silent`: sent every few seconds while a
+    /// transfer (or the answer to an upload) stalls, until it moves again
+    /// or the idle timeout ends it.
+    Stalled {
+        digest: Digest,
+        silent: std::time::Duration,
+    },
 }
 
 /// Receives transfer events. It is called from the transfer tasks, so it
@@ -421,8 +448,13 @@ impl Registry {
                 });
             }
         }
-        let (mut media_type, kind) = manifest::detect(&raw).map_err(unusable(r, "manifest"))?;
-        if kind == Kind::Index {
+        let (mut media_type, mut kind) = manifest::detect(&raw).map_err(unusable(r, "manifest"))?;
+        let mut depth = 0;
+        while kind == Kind::Index {
+            depth += 1;
+            if depth > MAX_INDEX_DEPTH {
+                return Err(RegistryError::IndexTooDeep { reference: r.to_string(), max: MAX_INDEX_DEPTH });
+            }
             let entry = manifest::select_linux_amd64(&raw)
                 .map_err(unusable(r, "index"))?
                 .map_err(|available| RegistryError::NoPlatform { reference: r.to_string(), available })?;
@@ -439,15 +471,7 @@ impl Registry {
                     actual: actual.to_string(),
                 });
             }
-            let (child_type, child_kind) = manifest::detect(&raw).map_err(unusable(r, "manifest"))?;
-            if child_kind != Kind::Manifest {
-                return Err(RegistryError::Unsupported {
-                    reference: r.to_string(),
-                    media_type: "index nested in an index".to_owned(),
-                    help: "bake resolves one level of index to a platform manifest".to_owned(),
-                });
-            }
-            media_type = child_type;
+            (media_type, kind) = manifest::detect(&raw).map_err(unusable(r, "manifest"))?;
         }
         let parsed = manifest::parse_manifest(&raw).map_err(unusable(r, "manifest"))?;
         self.store_document(&raw, &digest)?;
@@ -486,17 +510,23 @@ impl Registry {
             .inner
             .retry
             .run(|| async {
-                endpoint
-                    .client
-                    .pull_manifest_raw(reference, &endpoint.auth, &media::MANIFESTS)
-                    .await
-                    .map_err(|e| classify(e, endpoint.ctx(what, false)))
+                let ctx = endpoint.ctx(what, false);
+                answered(&endpoint.timeouts, ctx, async {
+                    endpoint
+                        .client
+                        .pull_manifest_raw(reference, &endpoint.auth, &media::MANIFESTS)
+                        .await
+                        .map_err(|e| classify(e, ctx))
+                })
+                .await
             })
             .await?;
         if raw.len() > MAX_MANIFEST_SIZE {
-            return Err(RegistryError::Protocol {
+            return Err(RegistryError::TooLarge {
                 registry: endpoint.host.clone(),
-                message: format!("the manifest of {what} is {} bytes, more than bake accepts", raw.len()),
+                what: format!("the manifest of {what}"),
+                size: raw.len() as u64,
+                max: MAX_MANIFEST_SIZE as u64,
             });
         }
         Ok(raw.to_vec())
@@ -511,9 +541,11 @@ impl Registry {
     ) -> Result<Vec<u8>, RegistryError> {
         let what = format!("blob {} in {}/{repository}", desc.digest(), endpoint.host);
         if desc.size() > MAX_CONFIG_SIZE {
-            return Err(RegistryError::Protocol {
+            return Err(RegistryError::TooLarge {
                 registry: endpoint.host.clone(),
-                message: format!("{what} is {} bytes, more than bake accepts for an image config", desc.size()),
+                what: format!("the image config, {what},"),
+                size: desc.size(),
+                max: MAX_CONFIG_SIZE,
             });
         }
         let reference = endpoint.reference(repository, None, None);
@@ -523,15 +555,19 @@ impl Registry {
             .retry
             .run(|| async {
                 let ctx = endpoint.ctx(&what, false);
-                let mut stream =
-                    endpoint.client.pull_blob_stream(&reference, &layer).await.map_err(|e| classify(e, ctx))?;
-                let mut out = Vec::new();
-                while let Some(chunk) = stream.next().await {
-                    out.extend_from_slice(&chunk.map_err(|e| from_io(e, ctx))?);
-                    check_size(endpoint, &what, out.len() as u64, desc.size(), false)?;
-                }
-                check_size(endpoint, &what, out.len() as u64, desc.size(), true)?;
-                Ok(out)
+                // Small: the whole answer within the first-byte limit.
+                answered(&endpoint.timeouts, ctx, async {
+                    let mut stream =
+                        endpoint.client.pull_blob_stream(&reference, &layer).await.map_err(|e| classify(e, ctx))?;
+                    let mut out = Vec::new();
+                    while let Some(chunk) = stream.next().await {
+                        out.extend_from_slice(&chunk.map_err(|e| from_io(e, ctx))?);
+                        check_size(endpoint, &what, out.len() as u64, desc.size(), false)?;
+                    }
+                    check_size(endpoint, &what, out.len() as u64, desc.size(), true)?;
+                    Ok(out)
+                })
+                .await
             })
             .await
     }
@@ -578,7 +614,10 @@ impl Registry {
         let reference = endpoint.reference(repository, None, None);
         let digest = desc.digest().to_string();
         let layer = LayerDescriptor { digest: &digest, urls: desc.urls() };
-        let mut stream = endpoint.client.pull_blob_stream(&reference, &layer).await.map_err(|e| classify(e, ctx))?;
+        let mut stream = answered(&endpoint.timeouts, ctx, async {
+            endpoint.client.pull_blob_stream(&reference, &layer).await.map_err(|e| classify(e, ctx))
+        })
+        .await?;
         progress.event(TransferEvent::Started {
             digest: desc.digest().clone(),
             size: desc.size(),
@@ -586,7 +625,26 @@ impl Registry {
         });
         let mut sink = BlobSink::new(self.inner.store.clone());
         let mut received = 0u64;
-        while let Some(chunk) = stream.next().await {
+        let idle = endpoint.timeouts.idle;
+        let every = notice_every(idle);
+        let mut silent = std::time::Duration::ZERO;
+        loop {
+            // `next` is cancel-safe: a tick that wins loses no data.
+            let wait = every.min(idle.saturating_sub(silent));
+            let chunk = match tokio::time::timeout(wait, stream.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => {
+                    silent += wait;
+                    if silent >= idle {
+                        let stalled = format!("no data for {what} after {received} of {} bytes", desc.size());
+                        return Err(timeout(ctx, Deadline::Idle, idle, stalled));
+                    }
+                    progress.event(TransferEvent::Stalled { digest: desc.digest().clone(), silent });
+                    continue;
+                }
+            };
+            silent = std::time::Duration::ZERO;
             let chunk = chunk.map_err(|e| from_io(e, ctx))?;
             let n = chunk.len() as u64;
             received += n;
@@ -614,11 +672,11 @@ impl Registry {
             inner
                 .retry
                 .run(|| async {
-                    endpoint
-                        .client
-                        .blob_exists(&target, &digest)
-                        .await
-                        .map_err(|e| classify(e, endpoint.ctx(&what, true)))
+                    let ctx = endpoint.ctx(&what, true);
+                    answered(&endpoint.timeouts, ctx, async {
+                        endpoint.client.blob_exists(&target, &digest).await.map_err(|e| classify(e, ctx))
+                    })
+                    .await
                 })
                 .await
         };
@@ -635,7 +693,9 @@ impl Registry {
             // 201 is a mount. Anything else means "upload it instead": a 202
             // (the registry could not mount and opened an upload session,
             // which oci-client reports as a spec violation), or an error.
-            if endpoint.client.mount_blob(&target, &from, &digest).await.is_ok() {
+            let mount =
+                tokio::time::timeout(endpoint.timeouts.first_byte, endpoint.client.mount_blob(&target, &from, &digest));
+            if matches!(mount.await, Ok(Ok(()))) {
                 return skipped(SkipReason::Mounted);
             }
         }
@@ -700,10 +760,36 @@ impl Registry {
         let digest_str = digest.to_string();
         let upload = endpoint.client.push_blob_stream(target, body, &digest_str, Some(size));
         tokio::pin!(upload);
+        // Idle while bytes remain to be sent; then the answer is due within
+        // the first-byte limit.
+        let timeouts = &endpoint.timeouts;
+        let mut last = tokio::time::Instant::now();
+        let mut noticed = std::time::Duration::ZERO;
+        let mut sent = 0u64;
         let result = loop {
+            let (limit, deadline) =
+                if sent < size { (timeouts.idle, Deadline::Idle) } else { (timeouts.first_byte, Deadline::FirstByte) };
+            let tick = last + (noticed + notice_every(limit)).min(limit);
             tokio::select! {
                 result = &mut upload => break result,
-                Some(bytes) = counted.recv() => progress.event(TransferEvent::Bytes { digest: digest.clone(), bytes }),
+                Some(bytes) = counted.recv() => {
+                    sent += bytes;
+                    last = tokio::time::Instant::now();
+                    noticed = std::time::Duration::ZERO;
+                    progress.event(TransferEvent::Bytes { digest: digest.clone(), bytes });
+                }
+                () = tokio::time::sleep_until(tick) => {
+                    noticed = last.elapsed();
+                    if noticed >= limit {
+                        let stalled = if sent < size {
+                            format!("{what} accepted no data after {sent} of {size} bytes")
+                        } else {
+                            format!("no answer after sending {what}")
+                        };
+                        return Err(timeout(endpoint.ctx(what, true), deadline, limit, stalled));
+                    }
+                    progress.event(TransferEvent::Stalled { digest: digest.clone(), silent: noticed });
+                }
             }
         };
         while let Ok(bytes) = counted.try_recv() {
@@ -723,17 +809,21 @@ impl Registry {
         self.inner
             .retry
             .run(|| async {
-                // Parsed into oci-client's header type, whichever it is.
-                let content_type = manifest.media_type.parse().map_err(|_| RegistryError::Invalid {
-                    reference: target.to_string(),
-                    what: "media type",
-                    reason: format!("`{}` cannot be sent as a Content-Type", manifest.media_type),
-                })?;
-                endpoint
-                    .client
-                    .push_manifest_raw(target, manifest.bytes.clone(), content_type)
-                    .await
-                    .map_err(|e| classify(e, endpoint.ctx(&what, true)))
+                let ctx = endpoint.ctx(&what, true);
+                answered(&endpoint.timeouts, ctx, async {
+                    // Parsed into oci-client's header type, whichever it is.
+                    let content_type = manifest.media_type.parse().map_err(|_| RegistryError::Invalid {
+                        reference: target.to_string(),
+                        what: "media type",
+                        reason: format!("`{}` cannot be sent as a Content-Type", manifest.media_type),
+                    })?;
+                    endpoint
+                        .client
+                        .push_manifest_raw(target, manifest.bytes.clone(), content_type)
+                        .await
+                        .map_err(|e| classify(e, ctx))
+                })
+                .await
             })
             .await
             .map(|_| ())
