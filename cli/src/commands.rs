@@ -346,7 +346,9 @@ pub(crate) fn run_failure(e: bake_engine::container::ContainerError) -> Failure 
 }
 
 fn store() -> Result<Store, Failure> {
-    Store::open(&home()?.store_dir()).map_err(|e| Failure::Build(Report::new(e)))
+    let home = home()?;
+    home.prepare().map_err(|e| Failure::Build(Report::new(e)))?;
+    Store::open(&home.store_dir()).map_err(|e| Failure::Build(Report::new(e)))
 }
 
 fn images() -> Result<(), Failure> {

@@ -173,7 +173,7 @@ impl Engine {
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "bake".to_owned());
         let spec = ContainerSpec {
             lowers,
-            scratch: self.home.root().join("tmp"),
+            scratch: self.home.tmp_dir(),
             args,
             env,
             cwd,

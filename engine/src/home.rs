@@ -5,22 +5,56 @@
 //! $BAKE_HOME/
 //!   index/      context file indexes, one per context folder (see `context`)
 //!   store/      the content-addressed store: blobs, images, cache entries (see `store`)
-//!   snapshots/     layers unpacked once per diffID (see `snapshot`)
-//!   tmp/           running `run` steps' scratch folders (upper, work), on the
-//!                  snapshots' filesystem so an upper can become a snapshot
+//!   snapshots/  layers unpacked once per diffID (see `snapshot`)
+//!   tmp/        running `run` steps' scratch folders (upper, work), on the
+//!               snapshots' filesystem so an upper can become a snapshot
 //!   cache-mounts/  `cache` folders of `run` steps, one per cache id
 //! ```
 //!
 //! bake's configuration file (registry mirrors, insecure registries, store
 //! size cap) is `BAKE_CONFIG`, else `$XDG_CONFIG_HOME/bake/config.kdl`, else
 //! `~/.config/bake/config.kdl`.
+//!
+//! # Permissions
+//!
+//! The home holds what pulled images carry, as root extracted it: device
+//! nodes, setuid programs, files owned by other users. None of that may be
+//! usable by another local user through the home, so [`Home::prepare`]
+//! makes each of the folders above private (mode 0700) when it creates it,
+//! and tightens one that an older bake, or a umask, left open. A folder
+//! that only the owner can traverse makes everything below it unreachable
+//! to others, whatever its own mode: a block device node that a layer
+//! declares `0666` in a snapshot is still reachable by root alone. The home
+//! folder itself is created 0700 too, but an existing one is left as it is:
+//! `BAKE_HOME` may name a folder that is not bake's alone.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
 
 /// The environment variable that moves bake's local state.
 pub const BAKE_HOME: &str = "BAKE_HOME";
 /// The environment variable that names bake's configuration file.
 pub const BAKE_CONFIG: &str = "BAKE_CONFIG";
+
+/// The mode of bake's private folders: their owner alone may enter them.
+const PRIVATE: u32 = 0o700;
+
+/// Why the home cannot be used.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("cannot prepare bake's folder {}", path.display())]
+#[diagnostic(
+    code(bake::home::prepare),
+    help(
+        "bake keeps its state in BAKE_HOME (else $XDG_CACHE_HOME/bake, else ~/.cache/bake): it must be a folder you own"
+    )
+)]
+pub struct HomeError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// bake's state folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +102,50 @@ impl Home {
     /// Unpacked layers.
     pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
+    }
+
+    /// Scratch folders of running steps, on the snapshots' filesystem.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// `cache` folders of `run` steps.
+    pub fn cache_mounts_dir(&self) -> PathBuf {
+        self.root.join("cache-mounts")
+    }
+
+    /// Creates the home and its folders, private (see the module docs), and
+    /// tightens the folders of an existing home that others could enter.
+    pub fn prepare(&self) -> Result<(), HomeError> {
+        let error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| HomeError { path, source }
+        };
+        if !self.root.is_dir() {
+            std::fs::DirBuilder::new().recursive(true).mode(PRIVATE).create(&self.root).map_err(error(&self.root))?;
+        }
+        for dir in [self.index_dir(), self.store_dir(), self.snapshots_dir(), self.tmp_dir(), self.cache_mounts_dir()] {
+            make_private(&dir).map_err(error(&dir))?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` with mode 0700, or takes group and other permissions away
+/// from an existing one.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    match std::fs::DirBuilder::new().mode(PRIVATE).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+            // Group and other permissions off; the owner's and special bits kept.
+            let private = mode & 0o7700;
+            if private == mode {
+                return Ok(());
+            }
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(private))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -74,6 +74,10 @@ pub enum ExecError {
 
     #[error(transparent)]
     #[diagnostic(transparent)]
+    Home(#[from] crate::home::HomeError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
     Store(#[from] StoreError),
 
     #[error(transparent)]
@@ -445,6 +449,7 @@ pub struct Engine {
 impl Engine {
     /// Opens the store under `home` and a registry client for `config`.
     pub fn open(home: Home, config: &Config) -> Result<Self, ExecError> {
+        home.prepare()?;
         let store = Store::open(&home.store_dir())?;
         let snapshots = Snapshots::new(home.snapshots_dir(), store.clone());
         let registry = Registry::new(config, store.clone())?;

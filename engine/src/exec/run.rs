@@ -50,7 +50,7 @@ impl Step<'_, '_> {
             self.parent_layers.iter().map(|l| engine.snapshots.unpacked(l)).collect::<Result<Vec<PathBuf>, _>>()?;
         // The upper must be on the snapshots' filesystem (overlayfs needs
         // upper and work on one filesystem; the copy fallback renames).
-        let tmp = engine.home.root().join("tmp");
+        let tmp = engine.home.tmp_dir();
         std::fs::create_dir_all(&tmp).map_err(|source| ExecError::Io { path: tmp.clone(), source })?;
         let scratch = tempfile::Builder::new()
             .prefix("run-")
