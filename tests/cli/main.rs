@@ -4,6 +4,7 @@
 mod book_help;
 mod container;
 mod examples;
+mod exports;
 mod harness;
 mod images;
 mod lang;
