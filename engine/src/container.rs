@@ -19,8 +19,6 @@
 //! The sandbox does the running ([`crate::sandbox::run_container`]); this
 //! module turns an image and options into a [`ContainerSpec`].
 
-use std::path::PathBuf;
-
 use miette::Diagnostic;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -163,12 +161,10 @@ impl Engine {
         }
         let snapshots = self.snapshots.clone();
         let layers = result.layers.clone();
-        let lowers = tokio::task::spawn_blocking(move || {
-            layers.iter().map(|l| snapshots.unpacked(l)).collect::<Result<Vec<PathBuf>, _>>()
-        })
-        .await
-        .map_err(|e| ExecError::Task(e.to_string()))?
-        .map_err(ExecError::from)?;
+        let lowers = tokio::task::spawn_blocking(move || snapshots.unpacked_all(&layers))
+            .await
+            .map_err(|e| ExecError::Task(e.to_string()))?
+            .map_err(ExecError::from)?;
         let hostname =
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "bake".to_owned());
         let spec = ContainerSpec {

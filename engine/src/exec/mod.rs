@@ -463,7 +463,8 @@ impl Engine {
     pub fn open(home: Home, config: &Config) -> Result<Self, ExecError> {
         home.prepare()?;
         let store = Store::open(&home.store_dir())?;
-        let snapshots = Snapshots::new(home.snapshots_dir(), store.clone());
+        let snapshots = Snapshots::new(home.snapshots_dir(), store.clone())
+            .with_limits(crate::snapshot::UnpackLimits::from_config(config));
         let registry = Registry::new(config, store.clone())?;
         Ok(Self { home, store, snapshots, registry, max_size: config.store_max_size })
     }

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::copy::{Content, Item, write_layer};
 use super::{Build, Event, ExecError, Secret, SecretSource};
@@ -46,8 +46,7 @@ pub(super) struct Step<'a, 'b> {
 impl Step<'_, '_> {
     pub(super) fn run(&self, run: &Run) -> Result<LayerInfo, ExecError> {
         let engine = self.build.engine;
-        let lowers =
-            self.parent_layers.iter().map(|l| engine.snapshots.unpacked(l)).collect::<Result<Vec<PathBuf>, _>>()?;
+        let lowers = engine.snapshots.unpacked_all(self.parent_layers)?;
         // The upper must be on the snapshots' filesystem (overlayfs needs
         // upper and work on one filesystem; the copy fallback renames).
         let tmp = engine.home.tmp_dir();
