@@ -131,6 +131,17 @@ impl Home {
     }
 }
 
+impl Home {
+    /// Removes the scratch folders in `tmp/` that killed processes left
+    /// (see [`crate::scratch`]); returns the bytes freed. Unpacks cut short
+    /// are the snapshots' to prune.
+    pub fn prune_scratch(&self) -> Result<u64, HomeError> {
+        let tmp = self.tmp_dir();
+        let kinds = [crate::exec::RUN_SCRATCH, crate::sandbox::CONTAINER_SCRATCH, crate::sandbox::PROBE_SCRATCH];
+        crate::scratch::prune(&tmp, &kinds).map_err(|source| HomeError { path: tmp, source })
+    }
+}
+
 /// Creates `dir` with mode 0700, or takes group and other permissions away
 /// from an existing one.
 fn make_private(dir: &Path) -> std::io::Result<()> {

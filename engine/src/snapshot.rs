@@ -35,6 +35,9 @@ use crate::layer::{LayerError, LayerInfo, Limits, UnpackOptions};
 use crate::oci::{Compression, media};
 use crate::store::{Store, StoreError};
 
+/// The name prefix of a layer being unpacked (see [`crate::scratch`]).
+const UNPACK_SCRATCH: &str = ".unpack-";
+
 /// How many symbolic links one lookup may follow.
 const MAX_LINKS: usize = 40;
 
@@ -181,7 +184,10 @@ impl Snapshots {
             digest: layer.digest.to_string(),
             media_type: layer.media_type.clone(),
         })?;
-        let tmp = tempfile::Builder::new().prefix(".unpack-").tempdir_in(&self.dir).map_err(io(&self.dir))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&crate::scratch::prefix(UNPACK_SCRATCH))
+            .tempdir_in(&self.dir)
+            .map_err(io(&self.dir))?;
         let root = tmp.path().join("fs");
         std::fs::create_dir(&root).map_err(io(&root))?;
         let blob = self.store.open_blob(&layer.digest)?;
@@ -234,14 +240,19 @@ impl Snapshots {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let orphan = if let Some(tmp) = name.strip_prefix(".unpack-") {
-                // An unpack in progress elsewhere has a fresh folder; an
-                // interrupted one leaves an old one.
-                !tmp.is_empty()
-                    && entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > std::time::Duration::from_hours(1))
+            let orphan = if let Some(tmp) = name.strip_prefix(UNPACK_SCRATCH) {
+                // Its owner's name says whether an unpack is in progress; a
+                // folder of an older bake, without one, is judged by age.
+                crate::scratch::owner_alive(&name, &[UNPACK_SCRATCH]).map_or_else(
+                    || {
+                        !tmp.is_empty()
+                            && entry
+                                .metadata()
+                                .and_then(|m| m.modified())
+                                .is_ok_and(|t| t.elapsed().unwrap_or_default() > std::time::Duration::from_hours(1))
+                    },
+                    |alive| !alive,
+                )
             } else if let Some(dir) = name.strip_suffix(".layer") {
                 !self.dir.join(dir).is_dir()
             } else {
@@ -253,10 +264,8 @@ impl Snapshots {
             if !orphan {
                 continue;
             }
-            freed += du(&path);
-            make_writable(&path);
-            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            removed.map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
+            freed +=
+                crate::scratch::remove_all(&path).map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
             let _ = std::fs::remove_file(self.dir.join(format!("{name}.layer")));
         }
         Ok(freed)
@@ -266,29 +275,6 @@ impl Snapshots {
 /// A snapshot's marker: the layer blob's digest, then the tar stream's size.
 fn marker_text(layer: &LayerInfo, size: u64) -> String {
     format!("{}\n{size}\n", layer.digest)
-}
-
-fn du(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    std::fs::read_dir(path).map_or(0, |rd| rd.flatten().map(|e| du(&e.path())).sum())
-}
-
-/// Read-only folders (mode 0555 in a layer) must be writable to be removed.
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && meta.is_dir()
-    {
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
-        if let Ok(rd) = std::fs::read_dir(path) {
-            for e in rd.flatten() {
-                make_writable(&e.path());
-            }
-        }
-    }
 }
 
 /// What a path is in a merged view.

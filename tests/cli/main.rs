@@ -13,3 +13,4 @@ mod plan;
 mod registry;
 mod run;
 mod schedule;
+mod scratch;

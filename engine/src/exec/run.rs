@@ -32,6 +32,9 @@ use crate::lang::{Run, Sharing, Span};
 use crate::layer::{Entry, EntryKind, LayerInfo};
 use crate::sandbox::{self, Mount, OutputStream, RunSpec, SandboxError};
 
+/// The name prefix of a `run` step's scratch folder in `tmp/`.
+pub(crate) const RUN_SCRATCH: &str = "run-";
+
 /// Lines of output a failed step shows.
 const TAIL: usize = 20;
 
@@ -52,7 +55,7 @@ impl Step<'_, '_> {
         let tmp = engine.home.tmp_dir();
         std::fs::create_dir_all(&tmp).map_err(|source| ExecError::Io { path: tmp.clone(), source })?;
         let scratch = tempfile::Builder::new()
-            .prefix("run-")
+            .prefix(&crate::scratch::prefix(RUN_SCRATCH))
             .tempdir_in(&tmp)
             .map_err(|source| ExecError::Io { path: tmp.clone(), source })?;
         let upper = scratch.path().join("upper");
