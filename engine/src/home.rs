@@ -38,6 +38,48 @@ pub const BAKE_HOME: &str = "BAKE_HOME";
 /// The environment variable that names bake's configuration file.
 pub const BAKE_CONFIG: &str = "BAKE_CONFIG";
 
+/// A write that failed because the disk is full (ENOSPC), with the file or
+/// folder being written: the kernel's "No space left on device" names
+/// neither, and a build touches several disks (the store, the project, an
+/// output folder).
+#[derive(Debug, thiserror::Error)]
+#[error("the disk holding {} is full", path.display())]
+pub struct DiskFull {
+    pub path: PathBuf,
+}
+
+/// `e`, naming `path` if it says the disk is full.
+pub fn name_disk_full(e: std::io::Error, path: &Path) -> std::io::Error {
+    if e.raw_os_error() == Some(nix::libc::ENOSPC) {
+        std::io::Error::new(std::io::ErrorKind::StorageFull, DiskFull { path: path.to_path_buf() })
+    } else {
+        e
+    }
+}
+
+/// The path a disk-full error names (see [`name_disk_full`]); for an ENOSPC
+/// that names none, `fallback`.
+pub fn disk_full_path(e: &std::io::Error, fallback: Option<&Path>) -> Option<PathBuf> {
+    if let Some(full) = e.get_ref().and_then(|inner| inner.downcast_ref::<DiskFull>()) {
+        return Some(full.path.clone());
+    }
+    (e.raw_os_error() == Some(nix::libc::ENOSPC)).then(|| fallback.map(Path::to_path_buf)).flatten()
+}
+
+/// The kernel's own error for a full disk, in place of a [`DiskFull`] that
+/// the message already says: "No space left on device (os error 28)".
+pub fn no_space(e: std::io::Error) -> std::io::Error {
+    if e.get_ref().and_then(|inner| inner.downcast_ref::<DiskFull>()).is_some() {
+        std::io::Error::from_raw_os_error(nix::libc::ENOSPC)
+    } else {
+        e
+    }
+}
+
+/// The help of every disk-full error.
+pub const DISK_FULL_HELP: &str = "free space on that disk (`bake cache prune` frees what bake's store no longer \
+                                  needs), or move bake's state to a bigger disk with BAKE_HOME";
+
 /// The mode of bake's private folders: their owner alone may enter them.
 const PRIVATE: u32 = 0o700;
 

@@ -194,7 +194,14 @@ impl Snapshots {
         let name = layer.digest.to_string();
         let limits = Limits { max_bytes: self.limits.layer.max_bytes.min(left), ..self.limits.layer };
         let options = UnpackOptions { name: &name, compression, expected_diff_id: Some(&layer.diff_id), limits };
-        let stats = crate::layer::unpack(std::io::BufReader::with_capacity(1 << 20, blob), &root, &options)?;
+        let stats = crate::layer::unpack(std::io::BufReader::with_capacity(1 << 20, blob), &root, &options).map_err(
+            |e| match e {
+                // Name the snapshots' folder, not the temporary one that is
+                // removed with the error.
+                LayerError::DiskFull { source, .. } => LayerError::DiskFull { path: self.dir.clone(), source },
+                e => e,
+            },
+        )?;
         // Which blob this snapshot came from, so a prune can tell when it is
         // no longer needed, and its size, for the image limit.
         let marker = self.dir.join(format!("{}.layer", layer.diff_id.digest()));

@@ -664,3 +664,73 @@ fn an_existing_home_open_to_others_is_tightened() {
         assert_eq!(mode, 0o700, "{} is tightened", d.display());
     }
 }
+
+// ---- a full disk -----------------------------------------------------------
+
+/// A tmpfs of `size` mounted at `dir`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn render(diagnostic: &dyn miette::Diagnostic) -> String {
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .with_width(80)
+        .render_report(&mut out, diagnostic)
+        .expect("render");
+    out
+}
+
+#[test]
+fn a_full_disk_names_the_folder_when_writing_a_blob_or_unpacking_a_layer() {
+    use bake_engine::layer::{Entry, EntryKind, LayerOptions, LayerWriter};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home_dir = dir.path().join("home");
+    let _tmpfs = Tmpfs::mount(&home_dir, "4m");
+    let home = bake_engine::home::Home::new(&home_dir);
+    let engine = bake_engine::exec::Engine::open(home.clone(), &bake_engine::config::Config::default()).expect("open");
+
+    // A blob larger than the disk.
+    let mut writer = engine.store.blob_writer().expect("writer");
+    let err = writer.write_all(&data(3, 6 << 20)).expect_err("the disk is full");
+    let err = StoreError::disk_full(err).expect("a disk-full error");
+    let text = render(&err);
+    let tmp = home.store_dir().join("tmp");
+    assert!(text.contains(&format!("the disk holding {} is full", tmp.display())), "{text}");
+    assert!(text.contains("No space left on device") && text.contains("BAKE_HOME"), "{text}");
+    drop(writer);
+
+    // A small layer that unpacks to more than the disk holds.
+    let zeros = vec![0u8; 6 << 20];
+    let mut layer = LayerWriter::new(
+        Vec::new(),
+        &LayerOptions { compression: bake_engine::oci::Compression::Zstd, ..LayerOptions::default() },
+    );
+    layer
+        .append(&Entry::new("zeros", EntryKind::File { size: zeros.len() as u64 }), Some(&mut &zeros[..]))
+        .expect("append");
+    let (blob, mut info) = layer.finish().expect("finish");
+    info.digest = write_blob(&engine.store, &blob);
+    let err = engine.snapshots.unpacked(&info).expect_err("the disk is full");
+    let text = render(&err);
+    assert!(text.contains(&format!("the disk holding {} is full", home.snapshots_dir().display())), "{text}");
+    assert!(text.contains("bake::layer::disk_full"), "{text}");
+}

@@ -14,3 +14,4 @@ mod registry;
 mod run;
 mod schedule;
 mod scratch;
+mod store_errors;

@@ -349,6 +349,14 @@ pub enum LayerError {
         source: std::io::Error,
     },
 
+    #[error("the disk holding {} is full", path.display())]
+    #[diagnostic(code(bake::layer::disk_full), help("{}", crate::home::DISK_FULL_HELP))]
+    DiskFull {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("the layer writer failed earlier; its output is incomplete")]
     #[diagnostic(code(bake::layer::broken))]
     Broken,
@@ -433,6 +441,16 @@ pub enum LayerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl LayerError {
+    /// A failed write of the layer's output.
+    fn write(source: std::io::Error) -> Self {
+        match crate::home::disk_full_path(&source, None) {
+            Some(path) => Self::DiskFull { path, source: crate::home::no_space(source) },
+            None => Self::Write { source },
+        }
+    }
 }
 
 /// Checks a path as the writer requires it (see [`Entry::path`]).

@@ -125,7 +125,10 @@ impl Failure {
             Self::Malformed(reason) => LayerError::Malformed { layer, entry, reason },
             Self::NeedsRoot(source) => LayerError::NeedsRoot { layer, entry, source },
             Self::Read(source) => LayerError::Read { layer, source },
-            Self::Io(source) => LayerError::Extract { layer, entry, dest: dest.to_path_buf(), source },
+            Self::Io(source) => match crate::home::disk_full_path(&source, Some(dest)) {
+                Some(path) => LayerError::DiskFull { path, source: crate::home::no_space(source) },
+                None => LayerError::Extract { layer, entry, dest: dest.to_path_buf(), source },
+            },
         }
     }
 }
