@@ -12,9 +12,20 @@
 //!
 //! A layer is unpacked into a temporary folder beside its final place and
 //! renamed into it when complete, so a snapshot that exists is whole: an
-//! interrupted unpack leaves only a temporary folder, which the next unpack
-//! of that layer ignores, and two builds unpacking one layer at once both
-//! succeed (the second rename finds the first's result and drops its own).
+//! interrupted unpack leaves only a temporary folder (`.unpack-*`, named
+//! after its owner so a prune can tell a dead one's: see [`crate::scratch`]),
+//! which the next unpack of that layer ignores, and two builds unpacking one
+//! layer at once both succeed (the second rename finds the first's result
+//! and drops its own). Beside each snapshot, `<diffID hex>.layer` records the
+//! blob it came from (so a prune can tell when it is no longer needed) and
+//! the size of its tar stream.
+//!
+//! # Limits
+//!
+//! Unpacking is bounded ([`UnpackLimits`]): each layer by `layer::Limits`,
+//! and a stack of layers (an image) by the sum of their tar streams. The
+//! budget left for a layer is what the layers below it have not used, so an
+//! image past its limit fails while its last layer streams, not after.
 //!
 //! # Merged views
 //!
