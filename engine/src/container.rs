@@ -59,6 +59,12 @@ pub enum ContainerError {
     )]
     NoCommand { name: String },
 
+    #[error(
+        "image `{name}` has {layers} layers, but a container can sit on at most {max} (overlayfs stacks 500 folders, and the sandbox needs one)"
+    )]
+    #[diagnostic(code(bake::container::too_many_layers), help("squash the image into fewer layers"))]
+    TooManyLayers { name: String, layers: usize, max: usize },
+
     #[error("the working folder `{workdir}` is not an absolute path")]
     #[diagnostic(code(bake::container::workdir))]
     Workdir { workdir: String },
@@ -158,6 +164,12 @@ impl Engine {
             if let Err(e) = std::fs::metadata(&m.source) {
                 return Err(bad(&e.to_string()));
             }
+        }
+        if result.layers.len() > crate::exec::MAX_RUN_LAYERS
+            && matches!(crate::sandbox::probe_in(&self.home.tmp_dir()), crate::sandbox::Backend::Overlay)
+        {
+            let (layers, max) = (result.layers.len(), crate::exec::MAX_RUN_LAYERS);
+            return Err(ContainerError::TooManyLayers { name, layers, max });
         }
         let snapshots = self.snapshots.clone();
         let layers = result.layers.clone();

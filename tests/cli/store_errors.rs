@@ -46,16 +46,28 @@ fn a_fifo_named_in_copy_is_called_a_fifo_not_an_ignored_file() {
 }
 
 #[test]
-fn a_run_step_on_more_layers_than_overlayfs_stacks_says_how_many() {
+fn a_run_step_or_container_on_more_layers_than_overlayfs_stacks_says_how_many() {
     let home = tempfile::tempdir().expect("tempdir");
     let copies = (0..600).map(|i| format!("    copy \"f\" to=\"/f{i}\"")).collect::<Vec<_>>().join("\n");
-    let build = format!("stage \"deep\" from=\"scratch\" {{\n{copies}\n    run \"true\"\n}}\n");
+    let build = format!(
+        "image \"deep\" from=\"scratch\" {{\n{copies}\n    cmd \"/f0\"\n}}\nstage \"on-top\" from=\"deep\" {{\n    run \"true\"\n}}\n"
+    );
     let p = project(&build);
     std::fs::write(p.path().join("f"), "x").expect("write");
-    let run = bake(p.path(), home.path(), &["build"]);
+    let run = bake(p.path(), home.path(), &["build", "on-top"]);
     assert_eq!(run.code, 1, "{}", run.render());
     assert!(!run.stderr.contains("Invalid argument"), "{}", diagnostic(&run.stderr));
     settings().bind(|| insta::assert_snapshot!("run-on-600-layers", diagnostic(&run.stderr)));
+
+    let image = bake(p.path(), home.path(), &["build", "deep"]);
+    assert_eq!(image.code, 0, "{}", image.render());
+    let container = bake(p.path(), home.path(), &["run", "deep"]);
+    assert_ne!(container.code, 0, "{}", container.render());
+    assert!(
+        container.stderr.contains("image `deep` has 600 layers, but a container can sit on at most 499"),
+        "{}",
+        container.render()
+    );
 }
 
 #[test]

@@ -64,7 +64,7 @@ use crate::store::{CacheEntry, ImageRecord, Store, StoreError};
 
 pub use crate::reference::CacheRef;
 pub use explain::{Explanation, Reason};
-pub(crate) use run::RUN_SCRATCH;
+pub(crate) use run::{MAX_RUN_LAYERS, RUN_SCRATCH};
 
 /// Errors while building.
 #[derive(Debug, thiserror::Error, Diagnostic)]

@@ -40,7 +40,7 @@ pub(crate) const RUN_SCRATCH: &str = "run-";
 const OVERLAY_MAX_LOWERS: usize = 500;
 /// The most layers a `run` step can sit on: the sandbox adds a lower of its
 /// own (the mount points of `/dev`, `/proc`, ...) on top of the image's.
-const MAX_RUN_LAYERS: usize = OVERLAY_MAX_LOWERS - 1;
+pub(crate) const MAX_RUN_LAYERS: usize = OVERLAY_MAX_LOWERS - 1;
 
 /// Lines of output a failed step shows.
 const TAIL: usize = 20;
