@@ -112,8 +112,8 @@ pub(crate) struct BuildArgs {
     pub push: bool,
 
     /// Also write the images elsewhere: type=oci,dest=FILE.tar |
-    /// type=oci-dir,dest=DIR | type=docker,dest=FILE.tar | type=local,dest=DIR
-    /// (repeatable).
+    /// type=oci-dir,dest=DIR | type=docker,dest=FILE.tar |
+    /// type=local,dest=DIR[,keep-setuid=true] (repeatable).
     #[arg(long, short = 'o', value_name = "SPEC", value_parser = parse_output)]
     pub output: Vec<bake_engine::exec::Output>,
 

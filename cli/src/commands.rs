@@ -383,7 +383,9 @@ pub(crate) fn run_failure(e: bake_engine::container::ContainerError) -> Failure 
 }
 
 fn store() -> Result<Store, Failure> {
-    Store::open(&home()?.store_dir()).map_err(|e| Failure::Build(Report::new(e)))
+    let home = home()?;
+    home.prepare().map_err(|e| Failure::Build(Report::new(e)))?;
+    Store::open(&home.store_dir()).map_err(|e| Failure::Build(Report::new(e)))
 }
 
 fn images() -> Result<(), Failure> {
@@ -427,12 +429,14 @@ fn cache_prune(args: &PruneArgs) -> Result<(), Failure> {
     let options = PruneOptions { max_size, all_cache: args.all, ..PruneOptions::default() };
     let r = store.prune(&options).map_err(|e| Failure::Build(Report::new(e)))?;
     let snapshots = Snapshots::new(home.snapshots_dir(), store).prune().map_err(|e| Failure::Build(Report::new(e)))?;
+    let scratch = home.prune_scratch().map_err(|e| Failure::Build(Report::new(e)))?;
     print(&format!(
-        "removed {} and {}, freed {} in the store and {} of unpacked layers\n",
+        "removed {} and {}, freed {} in the store, {} of unpacked layers and {} of scratch left by killed builds\n",
         count(r.blobs_removed, "blob"),
         count_as(r.cache_entries_removed, "cache entry", "cache entries"),
         human(r.bytes_freed),
-        human(snapshots)
+        human(snapshots),
+        human(scratch)
     ))
 }
 

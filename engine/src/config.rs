@@ -13,7 +13,7 @@
 //! }
 //! // Speak plain HTTP to this registry.
 //! registry "myreg.internal:5000" insecure=#true
-//! store max-size="20GiB"
+//! store max-size="20GiB" max-layer-size="16GiB" max-image-size="64GiB"
 //! // How long a registry may keep bake waiting (these are the defaults).
 //! network connect-timeout="15s" first-byte-timeout="30s" idle-timeout="60s"
 //! ```
@@ -30,6 +30,10 @@
 //! - `store max-size=SIZE`: a cap for the local store, as bytes (`1000000`) or
 //!   with a unit: `KB`/`MB`/`GB`/`TB` are powers of 1000, `KiB`/`MiB`/`GiB`/`TiB`
 //!   powers of 1024.
+//! - `store max-layer-size=SIZE max-image-size=SIZE`: how much one layer, and
+//!   all the layers of one image together, may unpack to (default 16 GiB and
+//!   64 GiB; see `layer::Limits`). The environment variables
+//!   `BAKE_MAX_LAYER_SIZE` and `BAKE_MAX_IMAGE_SIZE` override them.
 //! - `network connect-timeout= first-byte-timeout= idle-timeout=`: how long
 //!   bake waits for a registry (pulls, pushes, cache lookups, tokens), as
 //!   `humantime` durations (`"15s"`, `"2m"`) or whole seconds; see
@@ -58,6 +62,13 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     /// The store's size cap in bytes, from `store max-size=`.
     pub store_max_size: Option<u64>,
+    /// How much one layer may unpack to: `BAKE_MAX_LAYER_SIZE`, else
+    /// `store max-layer-size=`, else `layer::Limits::MAX_LAYER_BYTES`.
+    pub max_layer_size: Option<u64>,
+    /// How much the layers of one image may unpack to together:
+    /// `BAKE_MAX_IMAGE_SIZE`, else `store max-image-size=`, else
+    /// [`MAX_IMAGE_SIZE`].
+    pub max_image_size: Option<u64>,
     /// The file this configuration was read from; `None` for the default
     /// configuration (no file).
     pub path: Option<PathBuf>,
@@ -117,12 +128,17 @@ pub enum ConfigError {
         source: std::io::Error,
     },
 
-    #[error("{var}={value:?} is not a valid timeout: {reason}")]
-    #[diagnostic(
-        code(bake::config::env),
-        help("a duration such as \"30s\" or \"2m\", or whole seconds; unset it for the default")
-    )]
-    Env { var: &'static str, value: String, reason: String },
+    #[error("{var}=`{value}` is not a valid {what}: {reason}")]
+    #[diagnostic(code(bake::config::env))]
+    Env {
+        var: &'static str,
+        /// "timeout" or "size".
+        what: &'static str,
+        value: String,
+        reason: String,
+        #[help]
+        help: String,
+    },
 
     #[error("{} in bake's config file {name}", crate::lang::plural(errors.len(), "error"))]
     #[diagnostic(code(bake::config::invalid))]
@@ -205,7 +221,15 @@ const TOP_NODES: &[&str] = &["registry", "store", "network"];
 const NETWORK_PROPS: &[&str] = &["connect-timeout", "first-byte-timeout", "idle-timeout"];
 const REGISTRY_PROPS: &[&str] = &["insecure"];
 const REGISTRY_CHILDREN: &[&str] = &["mirror"];
-const STORE_PROPS: &[&str] = &["max-size"];
+const STORE_PROPS: &[&str] = &["max-size", "max-layer-size", "max-image-size"];
+
+/// Overrides `store max-layer-size=`.
+pub const MAX_LAYER_SIZE_VAR: &str = "BAKE_MAX_LAYER_SIZE";
+/// Overrides `store max-image-size=`.
+pub const MAX_IMAGE_SIZE_VAR: &str = "BAKE_MAX_IMAGE_SIZE";
+/// 64 GiB: four of the largest layers allowed. The biggest images in common
+/// use (CUDA development images, ML stacks) unpack to 20-30 GiB.
+pub const MAX_IMAGE_SIZE: u64 = 64 << 30;
 
 impl Config {
     /// Reads the configuration file at `path`, or at [`crate::home::config_path`]
@@ -213,6 +237,7 @@ impl Config {
     /// configuration.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config = Self::load_file(path)?;
+        config.apply_env(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))?;
         config.timeouts_from_env(|var| std::env::var(var).ok())?;
         Ok(config)
     }
@@ -237,7 +262,32 @@ impl Config {
         let t = &mut self.timeouts;
         for (var, slot) in [(connect, &mut t.connect), (first_byte, &mut t.first_byte), (idle, &mut t.idle)] {
             if let Some(value) = get(var).filter(|v| !v.is_empty()) {
-                *slot = parse_timeout(&value).map_err(|reason| ConfigError::Env { var, value, reason })?;
+                *slot = parse_timeout(&value).map_err(|reason| ConfigError::Env {
+                    var,
+                    what: "timeout",
+                    value,
+                    reason,
+                    help: "a duration such as \"30s\" or \"2m\", or whole seconds; unset it for the default".into(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings environment variables override: the unpack limits.
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for (name, slot) in
+            [(MAX_LAYER_SIZE_VAR, &mut self.max_layer_size), (MAX_IMAGE_SIZE_VAR, &mut self.max_image_size)]
+        {
+            if let Some(value) = var(name) {
+                let bytes = parse_size(&value).map_err(|reason| ConfigError::Env {
+                    var: name,
+                    what: "size",
+                    value,
+                    reason,
+                    help: format!("write a size such as {name}=32GiB, or unset it for the default"),
+                })?;
+                *slot = Some(bytes);
             }
         }
         Ok(())
@@ -320,6 +370,16 @@ pub fn is_loopback(host: &str) -> bool {
         return true;
     }
     name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A size for messages, exact: `16 GiB`, `1.5 MiB` is `1572864 bytes`.
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 /// Parses a size: bytes (`1000000`), or a number with a unit (`20GiB`, `1.5 GB`).
@@ -407,9 +467,7 @@ impl Parser<'_> {
                         });
                     }
                     store_site = Some(node.name().span());
-                    if let Some(size) = self.store(node) {
-                        config.store_max_size = Some(size);
-                    }
+                    self.store(node, &mut config);
                 }
                 "network" => {
                     if let Some(first) = network_site {
@@ -558,33 +616,37 @@ impl Parser<'_> {
         host.map(|(h, at)| (h, at, ok.then_some(settings)))
     }
 
-    /// `store max-size=SIZE`.
-    fn store(&mut self, node: &KdlNode) -> Option<u64> {
-        let mut size = None;
+    /// `store max-size=SIZE max-layer-size=SIZE max-image-size=SIZE`, into
+    /// `config`.
+    fn store(&mut self, node: &KdlNode, config: &mut Config) {
+        let example = || Some("for example: store max-size=\"20GiB\"".to_owned());
         for entry in node.entries() {
-            match entry.name().map(kdl::KdlIdentifier::value) {
-                Some("max-size") => {
-                    let parsed = match entry.value() {
-                        KdlValue::String(s) => parse_size(s),
-                        KdlValue::Integer(i) => u64::try_from(*i).map_err(|_| "a size cannot be negative".to_owned()),
-                        _ => Err("a size is a string like \"20GiB\" or a number of bytes".to_owned()),
-                    };
-                    match parsed {
-                        Ok(bytes) => size = Some(bytes),
-                        Err(reason) => self.invalid(
-                            entry,
-                            format!("`max-size=` is not a valid size: {reason}"),
-                            "not a size",
-                            Some("for example: store max-size=\"20GiB\"".to_owned()),
-                        ),
-                    }
+            let name = entry.name().map(kdl::KdlIdentifier::value);
+            let slot = match name {
+                Some("max-size") => &mut config.store_max_size,
+                Some("max-layer-size") => &mut config.max_layer_size,
+                Some("max-image-size") => &mut config.max_image_size,
+                Some(other) => {
+                    self.unknown_property(entry, "store", other, STORE_PROPS);
+                    continue;
                 }
-                Some(other) => self.unknown_property(entry, "store", other, STORE_PROPS),
-                None => self.invalid(
+                None => {
+                    self.invalid(entry, "`store` takes properties only".to_owned(), "unexpected argument", example());
+                    continue;
+                }
+            };
+            let parsed = match entry.value() {
+                KdlValue::String(s) => parse_size(s),
+                KdlValue::Integer(i) => u64::try_from(*i).map_err(|_| "a size cannot be negative".to_owned()),
+                _ => Err("a size is a string like \"20GiB\" or a number of bytes".to_owned()),
+            };
+            match parsed {
+                Ok(bytes) => *slot = Some(bytes),
+                Err(reason) => self.invalid(
                     entry,
-                    "`store` takes properties only".to_owned(),
-                    "unexpected argument",
-                    Some("for example: store max-size=\"20GiB\"".to_owned()),
+                    format!("`{}=` is not a valid size: {reason}", name.unwrap_or_default()),
+                    "not a size",
+                    example(),
                 ),
             }
         }
@@ -594,10 +656,9 @@ impl Parser<'_> {
                 src: self.src.clone(),
                 at: children.span(),
                 label: "remove this block".to_owned(),
-                help: Some("for example: store max-size=\"20GiB\"".to_owned()),
+                help: example(),
             });
         }
-        size
     }
 
     /// A registry host argument: `host[:port]`, normalised. An `https://`
@@ -748,6 +809,21 @@ mod tests {
         let text = render(&err);
         assert!(text.contains("`idle-timeout=` is not a valid timeout"), "{text}");
         assert!(text.contains("`network` has no property `connect`"), "{text}");
+    }
+
+    #[test]
+    fn unpack_limits_from_the_file_and_the_environment() {
+        let mut config =
+            Config::from_str("c", "store max-layer-size=\"1GiB\" max-image-size=\"3GiB\"\n").expect("parses");
+        assert_eq!((config.max_layer_size, config.max_image_size), (Some(1 << 30), Some(3 << 30)));
+        config.apply_env(|name| (name == MAX_LAYER_SIZE_VAR).then(|| "2GiB".to_owned())).expect("env");
+        assert_eq!((config.max_layer_size, config.max_image_size), (Some(2 << 30), Some(3 << 30)));
+        let err = config.apply_env(|_| Some("lots".to_owned())).expect_err("not a size");
+        assert!(err.to_string().starts_with("BAKE_MAX_LAYER_SIZE=`lots` is not a valid size"), "{err}");
+        assert!(Config::from_str("c", "store max-layer-size=\"big\"\n").is_err());
+        assert_eq!(format_size(16 << 30), "16 GiB");
+        assert_eq!(format_size(3 << 19), "1536 KiB");
+        assert_eq!(format_size(1000), "1000 bytes");
     }
 
     #[test]

@@ -19,8 +19,6 @@
 //! The sandbox does the running ([`crate::sandbox::run_container`]); this
 //! module turns an image and options into a [`ContainerSpec`].
 
-use std::path::PathBuf;
-
 use miette::Diagnostic;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -60,6 +58,12 @@ pub enum ContainerError {
         help("give the command after the image: bake run {name} -- COMMAND...")
     )]
     NoCommand { name: String },
+
+    #[error(
+        "image `{name}` has {layers} layers, but a container can sit on at most {max} (overlayfs stacks 500 folders, and the sandbox needs one)"
+    )]
+    #[diagnostic(code(bake::container::too_many_layers), help("squash the image into fewer layers"))]
+    TooManyLayers { name: String, layers: usize, max: usize },
 
     #[error("the working folder `{workdir}` is not an absolute path")]
     #[diagnostic(code(bake::container::workdir))]
@@ -161,19 +165,23 @@ impl Engine {
                 return Err(bad(&e.to_string()));
             }
         }
+        if result.layers.len() > crate::exec::MAX_RUN_LAYERS
+            && matches!(crate::sandbox::probe_in(&self.home.tmp_dir()), crate::sandbox::Backend::Overlay)
+        {
+            let (layers, max) = (result.layers.len(), crate::exec::MAX_RUN_LAYERS);
+            return Err(ContainerError::TooManyLayers { name, layers, max });
+        }
         let snapshots = self.snapshots.clone();
         let layers = result.layers.clone();
-        let lowers = tokio::task::spawn_blocking(move || {
-            layers.iter().map(|l| snapshots.unpacked(l)).collect::<Result<Vec<PathBuf>, _>>()
-        })
-        .await
-        .map_err(|e| ExecError::Task(e.to_string()))?
-        .map_err(ExecError::from)?;
+        let lowers = tokio::task::spawn_blocking(move || snapshots.unpacked_all(&layers))
+            .await
+            .map_err(|e| ExecError::Task(e.to_string()))?
+            .map_err(ExecError::from)?;
         let hostname =
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "bake".to_owned());
         let spec = ContainerSpec {
             lowers,
-            scratch: self.home.root().join("tmp"),
+            scratch: self.home.tmp_dir(),
             args,
             env,
             cwd,

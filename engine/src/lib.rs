@@ -26,7 +26,9 @@
 //!   images written to the store, outputs and registries; `explain` says why
 //!   a step runs.
 //! - [`store`] is the local content-addressed store (cacache layout): blobs by
-//!   sha256, image records by name, node results by key, garbage collection.
+//!   sha256, image records by name, node results by key, garbage collection;
+//!   [`home`] lays out bake's folder, private to its owner, and [`scratch`]
+//!   names scratch folders by their owner so a prune can remove a dead one's.
 //! - [`registry`] speaks to OCI registries (oci-client): resolve, pull, push,
 //!   mirrors, credentials; [`config`] is bake's own configuration file.
 //! - [`layer`] writes deterministic layer tarballs and unpacks pulled ones
@@ -57,6 +59,7 @@ pub mod oci;
 pub mod reference;
 pub mod registry;
 pub mod sandbox;
+pub mod scratch;
 pub mod snapshot;
 pub mod store;
 pub mod watch;

@@ -12,9 +12,20 @@
 //!
 //! A layer is unpacked into a temporary folder beside its final place and
 //! renamed into it when complete, so a snapshot that exists is whole: an
-//! interrupted unpack leaves only a temporary folder, which the next unpack
-//! of that layer ignores, and two builds unpacking one layer at once both
-//! succeed (the second rename finds the first's result and drops its own).
+//! interrupted unpack leaves only a temporary folder (`.unpack-*`, named
+//! after its owner so a prune can tell a dead one's: see [`crate::scratch`]),
+//! which the next unpack of that layer ignores, and two builds unpacking one
+//! layer at once both succeed (the second rename finds the first's result
+//! and drops its own). Beside each snapshot, `<diffID hex>.layer` records the
+//! blob it came from (so a prune can tell when it is no longer needed) and
+//! the size of its tar stream.
+//!
+//! # Limits
+//!
+//! Unpacking is bounded ([`UnpackLimits`]): each layer by `layer::Limits`,
+//! and a stack of layers (an image) by the sum of their tar streams. The
+//! budget left for a layer is what the layers below it have not used, so an
+//! image past its limit fails while its last layer streams, not after.
 //!
 //! # Merged views
 //!
@@ -31,9 +42,12 @@ use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
 
-use crate::layer::{LayerError, LayerInfo, UnpackOptions};
+use crate::layer::{LayerError, LayerInfo, Limits, UnpackOptions};
 use crate::oci::{Compression, media};
 use crate::store::{Store, StoreError};
+
+/// The name prefix of a layer being unpacked (see [`crate::scratch`]).
+const UNPACK_SCRATCH: &str = ".unpack-";
 
 /// How many symbolic links one lookup may follow.
 const MAX_LINKS: usize = 40;
@@ -61,9 +75,48 @@ pub enum SnapshotError {
     #[diagnostic(transparent)]
     Layer(#[from] LayerError),
 
+    #[error(
+        "the layers of an image unpack to more than {}, the limit for one image (at layer {layer})",
+        crate::config::format_size(*limit)
+    )]
+    #[diagnostic(
+        code(bake::snapshot::image_too_large),
+        help(
+            "for a genuine image, raise the limit with BAKE_MAX_IMAGE_SIZE (say BAKE_MAX_IMAGE_SIZE=128GiB) or \
+             `store max-image-size=\"128GiB\"` in bake's config file"
+        )
+    )]
+    ImageTooLarge { layer: String, limit: u64 },
+
     #[error("too many levels of symbolic links at {path}")]
     #[diagnostic(code(bake::snapshot::link_loop))]
     LinkLoop { path: String },
+}
+
+/// How much unpacking may produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Each layer's bounds.
+    pub layer: Limits,
+    /// Bytes of all the layers of one stack (an image) together.
+    pub max_image_bytes: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        Self { layer: Limits::default(), max_image_bytes: crate::config::MAX_IMAGE_SIZE }
+    }
+}
+
+impl UnpackLimits {
+    /// The limits a configuration sets (the defaults where it is silent).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let default = Self::default();
+        Self {
+            layer: Limits { max_bytes: config.max_layer_size.unwrap_or(default.layer.max_bytes), ..default.layer },
+            max_image_bytes: config.max_image_size.unwrap_or(default.max_image_bytes),
+        }
+    }
 }
 
 /// The snapshot folder of a home.
@@ -71,18 +124,67 @@ pub enum SnapshotError {
 pub struct Snapshots {
     dir: PathBuf,
     store: Store,
+    limits: UnpackLimits,
 }
 
 impl Snapshots {
     pub fn new(dir: PathBuf, store: Store) -> Self {
-        Self { dir, store }
+        Self { dir, store, limits: UnpackLimits::default() }
+    }
+
+    /// The same snapshots, unpacking within `limits`.
+    #[must_use]
+    pub fn with_limits(self, limits: UnpackLimits) -> Self {
+        Self { limits, ..self }
+    }
+
+    /// The folders holding `layers` (bottom first) unpacked, unpacking what
+    /// is missing, within the limit for one layer and, all together, the
+    /// limit for one image.
+    pub fn unpacked_all(&self, layers: &[LayerInfo]) -> Result<Vec<PathBuf>, SnapshotError> {
+        let max = self.limits.max_image_bytes;
+        let mut below = 0u64;
+        let mut paths = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let left = max.saturating_sub(below);
+            let (path, size) = match self.unpack(layer, left) {
+                Err(SnapshotError::Layer(LayerError::TooLarge { layer, limit }))
+                    if limit < self.limits.layer.max_bytes =>
+                {
+                    return Err(SnapshotError::ImageTooLarge { layer, limit: max });
+                }
+                other => other?,
+            };
+            below = below.saturating_add(size);
+            if below > max {
+                return Err(SnapshotError::ImageTooLarge { layer: layer.digest.to_string(), limit: max });
+            }
+            paths.push(path);
+        }
+        Ok(paths)
     }
 
     /// The folder holding `layer` unpacked, unpacking it (once) if needed.
     pub fn unpacked(&self, layer: &LayerInfo) -> Result<PathBuf, SnapshotError> {
+        self.unpack(layer, u64::MAX).map(|(path, _)| path)
+    }
+
+    /// The size of a snapshot's layer, as recorded when it was made (or as
+    /// `layer` says, for older snapshots).
+    fn recorded_size(&self, layer: &LayerInfo) -> u64 {
+        let marker = self.dir.join(format!("{}.layer", layer.diff_id.digest()));
+        std::fs::read_to_string(marker)
+            .ok()
+            .and_then(|text| text.lines().nth(1).and_then(|l| l.trim().parse().ok()))
+            .unwrap_or(layer.uncompressed_size)
+    }
+
+    /// The folder holding `layer` unpacked and the size of its tar stream;
+    /// unpacks it within `left` bytes (and the per-layer limit) if needed.
+    fn unpack(&self, layer: &LayerInfo, left: u64) -> Result<(PathBuf, u64), SnapshotError> {
         let path = self.dir.join(layer.diff_id.digest());
         if path.is_dir() {
-            return Ok(path);
+            return Ok((path, self.recorded_size(layer)));
         }
         let io = |p: &Path| {
             let p = p.to_path_buf();
@@ -93,21 +195,32 @@ impl Snapshots {
             digest: layer.digest.to_string(),
             media_type: layer.media_type.clone(),
         })?;
-        let tmp = tempfile::Builder::new().prefix(".unpack-").tempdir_in(&self.dir).map_err(io(&self.dir))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&crate::scratch::prefix(UNPACK_SCRATCH))
+            .tempdir_in(&self.dir)
+            .map_err(io(&self.dir))?;
         let root = tmp.path().join("fs");
         std::fs::create_dir(&root).map_err(io(&root))?;
         let blob = self.store.open_blob(&layer.digest)?;
         let name = layer.digest.to_string();
-        let options = UnpackOptions { name: &name, compression, expected_diff_id: Some(&layer.diff_id) };
-        crate::layer::unpack(std::io::BufReader::with_capacity(1 << 20, blob), &root, &options)?;
+        let limits = Limits { max_bytes: self.limits.layer.max_bytes.min(left), ..self.limits.layer };
+        let options = UnpackOptions { name: &name, compression, expected_diff_id: Some(&layer.diff_id), limits };
+        let stats = crate::layer::unpack(std::io::BufReader::with_capacity(1 << 20, blob), &root, &options).map_err(
+            |e| match e {
+                // Name the snapshots' folder, not the temporary one that is
+                // removed with the error.
+                LayerError::DiskFull { source, .. } => LayerError::DiskFull { path: self.dir.clone(), source },
+                e => e,
+            },
+        )?;
         // Which blob this snapshot came from, so a prune can tell when it is
-        // no longer needed.
+        // no longer needed, and its size, for the image limit.
         let marker = self.dir.join(format!("{}.layer", layer.diff_id.digest()));
-        std::fs::write(&marker, layer.digest.to_string()).map_err(io(&marker))?;
+        std::fs::write(&marker, marker_text(layer, stats.uncompressed_size)).map_err(io(&marker))?;
         match std::fs::rename(&root, &path) {
-            Ok(()) => Ok(path),
+            Ok(()) => Ok((path, stats.uncompressed_size)),
             // Another build finished the same layer first: theirs is as good.
-            Err(_) if path.is_dir() => Ok(path),
+            Err(_) if path.is_dir() => Ok((path, stats.uncompressed_size)),
             Err(e) => Err(SnapshotError::Io { path, source: e }),
         }
     }
@@ -123,7 +236,7 @@ impl Snapshots {
         }
         std::fs::create_dir_all(&self.dir).map_err(|source| SnapshotError::Io { path: self.dir.clone(), source })?;
         let marker = self.dir.join(format!("{}.layer", layer.diff_id.digest()));
-        std::fs::write(&marker, layer.digest.to_string())
+        std::fs::write(&marker, marker_text(layer, layer.uncompressed_size))
             .map_err(|source| SnapshotError::Io { path: marker.clone(), source })?;
         match std::fs::rename(dir, &path) {
             Ok(()) => Ok(()),
@@ -134,8 +247,7 @@ impl Snapshots {
 
     /// A merged view of `layers` (bottom first), unpacking what is missing.
     pub fn view(&self, layers: &[LayerInfo]) -> Result<MergedView, SnapshotError> {
-        let lowers = layers.iter().map(|l| self.unpacked(l)).collect::<Result<Vec<_>, _>>()?;
-        Ok(MergedView { lowers })
+        Ok(MergedView { lowers: self.unpacked_all(layers)? })
     }
 
     /// Removes the snapshots whose layer blob the store no longer holds (after
@@ -146,56 +258,41 @@ impl Snapshots {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let orphan = if let Some(tmp) = name.strip_prefix(".unpack-") {
-                // An unpack in progress elsewhere has a fresh folder; an
-                // interrupted one leaves an old one.
-                !tmp.is_empty()
-                    && entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > std::time::Duration::from_hours(1))
+            let orphan = if let Some(tmp) = name.strip_prefix(UNPACK_SCRATCH) {
+                // Its owner's name says whether an unpack is in progress; a
+                // folder of an older bake, without one, is judged by age.
+                crate::scratch::owner_alive(&name, &[UNPACK_SCRATCH]).map_or_else(
+                    || {
+                        !tmp.is_empty()
+                            && entry
+                                .metadata()
+                                .and_then(|m| m.modified())
+                                .is_ok_and(|t| t.elapsed().unwrap_or_default() > std::time::Duration::from_hours(1))
+                    },
+                    |alive| !alive,
+                )
             } else if let Some(dir) = name.strip_suffix(".layer") {
                 !self.dir.join(dir).is_dir()
             } else {
                 let layer = std::fs::read_to_string(self.dir.join(format!("{name}.layer"))).ok();
                 layer
-                    .and_then(|d| crate::oci::Digest::try_from(d.trim()).ok())
+                    .and_then(|d| crate::oci::Digest::try_from(d.lines().next().unwrap_or_default().trim()).ok())
                     .is_none_or(|d| !self.store.contains_blob(&d))
             };
             if !orphan {
                 continue;
             }
-            freed += du(&path);
-            make_writable(&path);
-            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            removed.map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
+            freed +=
+                crate::scratch::remove_all(&path).map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
             let _ = std::fs::remove_file(self.dir.join(format!("{name}.layer")));
         }
         Ok(freed)
     }
 }
 
-fn du(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    std::fs::read_dir(path).map_or(0, |rd| rd.flatten().map(|e| du(&e.path())).sum())
-}
-
-/// Read-only folders (mode 0555 in a layer) must be writable to be removed.
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && meta.is_dir()
-    {
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
-        if let Ok(rd) = std::fs::read_dir(path) {
-            for e in rd.flatten() {
-                make_writable(&e.path());
-            }
-        }
-    }
+/// A snapshot's marker: the layer blob's digest, then the tar stream's size.
+fn marker_text(layer: &LayerInfo, size: u64) -> String {
+    format!("{}\n{size}\n", layer.digest)
 }
 
 /// What a path is in a merged view.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bake_engine::layer::{
-    self, Entry, EntryKind, LayerError, LayerInfo, LayerOptions, LayerWriter, UnpackOptions, UnpackStats,
+    self, Entry, EntryKind, LayerError, LayerInfo, LayerOptions, LayerWriter, Limits, UnpackOptions, UnpackStats,
 };
 use bake_engine::oci::{Compression, Digest};
 
@@ -438,7 +438,8 @@ impl Scene {
     }
 
     fn unpack(&self, blob: &[u8], name: &str) -> Result<UnpackStats, LayerError> {
-        let options = UnpackOptions { name, compression: Compression::None, expected_diff_id: None };
+        let options =
+            UnpackOptions { name, compression: Compression::None, expected_diff_id: None, limits: Limits::default() };
         layer::unpack(blob, &self.dest, &options)
     }
 }
@@ -574,8 +575,12 @@ fn whiteouts_become_overlay_whiteouts() {
     ];
     layer::sort_entries_by(&mut entries, |(e, _)| e);
     let (blob, info) = pack(&entries, Compression::Gzip);
-    let options =
-        UnpackOptions { name: "whiteouts", compression: Compression::Gzip, expected_diff_id: Some(&info.diff_id) };
+    let options = UnpackOptions {
+        name: "whiteouts",
+        compression: Compression::Gzip,
+        expected_diff_id: Some(&info.diff_id),
+        limits: Limits::default(),
+    };
     let stats = layer::unpack(&blob[..], &scene.dest, &options).expect("unpack");
     assert_eq!(stats.whiteouts, 3);
     assert_eq!(stats.diff_id, info.diff_id);
@@ -608,8 +613,12 @@ fn modes_owners_mtimes_and_xattrs_survive_extraction() {
     let epoch = 1_600_000_000;
     let options = LayerOptions { compression: Compression::Zstd, level: None, epoch };
     let (blob, info) = pack_with(&entries, &options, 2, usize::MAX);
-    let unpack_options =
-        UnpackOptions { name: "metadata", compression: Compression::Zstd, expected_diff_id: Some(&info.diff_id) };
+    let unpack_options = UnpackOptions {
+        name: "metadata",
+        compression: Compression::Zstd,
+        expected_diff_id: Some(&info.diff_id),
+        limits: Limits::default(),
+    };
     let stats = layer::unpack(&blob[..], &scene.dest, &unpack_options).expect("unpack");
     assert_eq!(stats.devices_skipped, 0);
     assert_eq!(stats.owners_skipped, 0);
@@ -656,15 +665,30 @@ fn a_wrong_diff_id_is_an_error_naming_the_layer() {
     let scene = Scene::new();
     let (blob, _) = pack(&[file("a", b"a")], Compression::Gzip);
     let wrong = bake_engine::oci::digest_of(b"something else");
-    let options = UnpackOptions { name: "sha256:abc", compression: Compression::Gzip, expected_diff_id: Some(&wrong) };
+    let options = UnpackOptions {
+        name: "sha256:abc",
+        compression: Compression::Gzip,
+        expected_diff_id: Some(&wrong),
+        limits: Limits::default(),
+    };
     let err = layer::unpack(&blob[..], &scene.dest, &options).expect_err("mismatch");
     assert!(matches!(err, LayerError::DiffId { .. }));
     assert!(err.to_string().contains("sha256:abc"));
     // A truncated or mislabelled blob is a read error, not a panic.
-    let options = UnpackOptions { name: "cut", compression: Compression::Gzip, expected_diff_id: None };
+    let options = UnpackOptions {
+        name: "cut",
+        compression: Compression::Gzip,
+        expected_diff_id: None,
+        limits: Limits::default(),
+    };
     let err = layer::unpack(&blob[..blob.len() / 2], &Scene::new().dest, &options).expect_err("truncated");
     assert!(matches!(err, LayerError::Read { .. }), "{err}");
-    let options = UnpackOptions { name: "zstd?", compression: Compression::Zstd, expected_diff_id: None };
+    let options = UnpackOptions {
+        name: "zstd?",
+        compression: Compression::Zstd,
+        expected_diff_id: None,
+        limits: Limits::default(),
+    };
     assert!(matches!(layer::unpack(&blob[..], &Scene::new().dest, &options), Err(LayerError::Read { .. })));
 }
 
@@ -682,4 +706,180 @@ fn overlay_xattrs_in_a_layer_are_dropped() {
     let stats = scene.unpack(&blob, "overlay").expect("unpack");
     assert_eq!(stats.xattrs_skipped, 2);
     assert_eq!(xattr::get(scene.dest.join("d"), "trusted.overlay.opaque").expect("xattr"), None);
+}
+
+// ---- limits ----------------------------------------------------------------
+
+const MIB: u64 = 1 << 20;
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(bytes).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+/// A ustar header for a regular file of `size` bytes.
+fn file_header(name: &str, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).expect("name");
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// A gzip blob of `prefix`, then `mib` MiB of zeros, then `suffix`, made of
+/// concatenated gzip members: the zeros' member is compressed once and
+/// repeated, so a blob that expands to gigabytes costs a few kilobytes.
+fn zeros_blob(prefix: &[u8], mib: u64, suffix: &[u8]) -> Vec<u8> {
+    let zeros = gzip(&vec![0; usize::try_from(MIB).expect("usize")]);
+    let mut blob = gzip(prefix);
+    for _ in 0..mib {
+        blob.extend_from_slice(&zeros);
+    }
+    blob.extend_from_slice(&gzip(suffix));
+    blob
+}
+
+/// A layer holding one file of `mib` MiB of zeros: its blob and info.
+fn zeros_layer(name: &str, mib: u64) -> (Vec<u8>, LayerInfo) {
+    let header = file_header(name, mib * MIB);
+    let mut tar = header.clone();
+    tar.resize(tar.len() + usize::try_from(mib * MIB).expect("usize"), 0);
+    tar.extend_from_slice(&[0; 1024]);
+    let blob = zeros_blob(&header, mib, &[0; 1024]);
+    let info = LayerInfo {
+        digest: bake_engine::oci::digest_of(&blob),
+        diff_id: bake_engine::oci::digest_of(&tar),
+        size: blob.len() as u64,
+        uncompressed_size: tar.len() as u64,
+        media_type: bake_engine::oci::media::OCI_LAYER_GZIP.to_owned(),
+    };
+    (blob, info)
+}
+
+/// An engine over a fresh home with the given unpack limits, and the home.
+fn engine_with(config: &bake_engine::config::Config) -> (bake_engine::exec::Engine, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = bake_engine::home::Home::new(dir.path().join("home"));
+    (bake_engine::exec::Engine::open(home, config).expect("open"), dir)
+}
+
+fn store_blob(store: &bake_engine::store::Store, blob: &[u8]) -> Digest {
+    let mut w = store.blob_writer().expect("writer");
+    w.write_all(blob).expect("write");
+    w.commit(None).expect("commit").0
+}
+
+/// What a snapshot folder holds besides nothing: every name in it.
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).map_or_else(
+        |_| Vec::new(),
+        |rd| rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+    )
+}
+
+#[test]
+fn a_decompression_bomb_stops_at_the_layer_limit_and_leaves_no_snapshot() {
+    let config = bake_engine::config::Config { max_layer_size: Some(32 * MIB), ..Default::default() };
+    let (engine, dir) = engine_with(&config);
+    // A small file, the end of the archive, then 1 GiB of zeros that only a
+    // reader checking the whole stream (for the diff_id) decompresses.
+    let mut head = file_header("small", 3);
+    head.extend_from_slice(&[b'a'; 512]);
+    let blob = zeros_blob(&head, 1024, b"");
+    assert!((blob.len() as u64) < 2 * MIB, "the bomb is small: {} bytes", blob.len());
+    let digest = store_blob(&engine.store, &blob);
+    let info = LayerInfo {
+        diff_id: bake_engine::oci::digest_of(b"whatever it would be"),
+        size: blob.len() as u64,
+        uncompressed_size: 0,
+        media_type: bake_engine::oci::media::OCI_LAYER_GZIP.to_owned(),
+        digest: digest.clone(),
+    };
+    let started = std::time::Instant::now();
+    let err = engine.snapshots.unpacked(&info).expect_err("refused");
+    eprintln!("the bomb was refused after {:?}", started.elapsed());
+    let text = err.to_string();
+    assert!(text.contains(&digest.to_string()) && text.contains("32 MiB"), "{text}");
+    let help = miette::Diagnostic::help(&err).map(|h| h.to_string()).unwrap_or_default();
+    assert!(help.contains("BAKE_MAX_LAYER_SIZE") && help.contains("max-layer-size"), "{help}");
+    let snapshots = dir.path().join("home/snapshots");
+    assert_eq!(leftovers(&snapshots), Vec::<String>::new(), "no partial snapshot");
+}
+
+#[test]
+fn a_declared_size_past_the_limit_fails_before_anything_is_written() {
+    let scene = Scene::new();
+    // A header that claims a terabyte, and no content at all.
+    let mut tar = file_header("huge", 1 << 40);
+    tar.extend_from_slice(&[0; 1024]);
+    let err = scene.unpack(&tar, "sha256:declared").expect_err("refused");
+    assert!(matches!(err, LayerError::TooLarge { limit: Limits::MAX_LAYER_BYTES, .. }), "{err}");
+    assert!(std::fs::symlink_metadata(scene.dest.join("huge")).is_err(), "nothing written");
+}
+
+#[test]
+fn entries_paths_and_extension_headers_are_bounded() {
+    let dest = Scene::new();
+    let names: Vec<String> = (0..=1000).map(|i| format!("f{i:04}")).collect();
+    let members: Vec<Raw<'_>> = names.iter().map(|n| raw_file(n, b"")).collect();
+    let options = UnpackOptions {
+        name: "sha256:many",
+        compression: Compression::None,
+        expected_diff_id: None,
+        limits: Limits { max_entries: 1000, ..Limits::default() },
+    };
+    let err = layer::unpack(&raw_tar(&members)[..], &dest.dest, &options).expect_err("too many");
+    assert!(matches!(err, LayerError::TooManyEntries { limit: 1000, .. }), "{err}");
+
+    // A path longer than PATH_MAX, through PAX.
+    let mut tar = Vec::new();
+    let mut builder = tar::Builder::new(&mut tar);
+    let mut h = tar::Header::new_ustar();
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut h, "d/".repeat(2600), &b""[..]).expect("long path");
+    builder.finish().expect("finish");
+    drop(builder);
+    let err = Scene::new().unpack(&tar, "sha256:long").expect_err("too long");
+    assert!(err.to_string().contains("longer than Linux's 4096"), "{err}");
+    assert!(err.to_string().len() < 400, "the message shows the start of the path only: {err}");
+
+    // A PAX header that claims a gigabyte is refused before it is read.
+    let mut h = tar::Header::new_ustar();
+    h.set_path("pax").expect("name");
+    h.set_size(1 << 30);
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_cksum();
+    let err = Scene::new().unpack(h.as_bytes(), "sha256:pax").expect_err("huge pax");
+    assert!(std::error::Error::source(&err).is_some_and(|s| s.to_string().contains("too large")), "{err}");
+}
+
+#[test]
+fn the_layers_of_one_image_together_stay_within_the_image_limit() {
+    let config = bake_engine::config::Config {
+        max_layer_size: Some(32 * MIB),
+        max_image_size: Some(48 * MIB),
+        ..Default::default()
+    };
+    let (engine, dir) = engine_with(&config);
+    let (a, info_a) = zeros_layer("a", 20);
+    let (b, info_b) = zeros_layer("b", 20);
+    let (c, info_c) = zeros_layer("c", 20);
+    for blob in [&a, &b, &c] {
+        store_blob(&engine.store, blob);
+    }
+    // Each fits alone, and two fit together.
+    engine.snapshots.unpacked_all(&[info_a.clone(), info_b.clone()]).expect("40 MiB fit in 48");
+    let err = engine.snapshots.unpacked_all(&[info_a, info_b, info_c.clone()]).expect_err("60 MiB do not");
+    let text = err.to_string();
+    assert!(text.contains("48 MiB") && text.contains(&info_c.digest.to_string()), "{text}");
+    let help = miette::Diagnostic::help(&err).map(|h| h.to_string()).unwrap_or_default();
+    assert!(help.contains("BAKE_MAX_IMAGE_SIZE") && help.contains("max-image-size"), "{help}");
+    let snapshots = leftovers(&dir.path().join("home/snapshots"));
+    assert!(!snapshots.iter().any(|n| n.starts_with(info_c.diff_id.digest())), "no snapshot of c: {snapshots:?}");
+    assert!(!snapshots.iter().any(|n| n.starts_with(".unpack-")), "no partial unpack: {snapshots:?}");
 }

@@ -567,3 +567,170 @@ fn measure_store_throughput() {
         report.cache_entries_removed, report.blobs_removed
     );
 }
+
+// ---- permissions -----------------------------------------------------------
+
+/// A loop device over a temporary file, detached on drop.
+struct Loop {
+    device: std::path::PathBuf,
+}
+
+impl Loop {
+    fn attach(file: &Path) -> Self {
+        let out = Command::new("losetup").args(["--find", "--show"]).arg(file).output().expect("run losetup");
+        assert!(out.status.success(), "losetup (needs root): {}", String::from_utf8_lossy(&out.stderr));
+        Self { device: String::from_utf8(out.stdout).expect("utf-8").trim().into() }
+    }
+
+    fn numbers(&self) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = std::fs::metadata(&self.device).expect("stat the loop device").rdev();
+        (nix::sys::stat::major(rdev).try_into().expect("major"), nix::sys::stat::minor(rdev).try_into().expect("minor"))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
+
+/// Runs `cat PATH` as `nobody`: its output, and whether it succeeded.
+fn cat_as_nobody(path: &Path) -> (bool, Vec<u8>) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "cat"])
+        .arg(path)
+        .output()
+        .expect("run setpriv");
+    (out.status.success(), out.stdout)
+}
+
+#[test]
+fn a_pulled_device_node_cannot_be_read_by_another_user_through_the_store() {
+    use bake_engine::layer::{Entry, EntryKind, LayerOptions, LayerWriter};
+    use std::os::unix::fs::PermissionsExt;
+
+    assert!(nix::unistd::geteuid().is_root(), "this test attaches a loop device and unpacks as root: run it as root");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // As an ordinary ~/.cache: others may traverse it.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Loop devices count whole 512-byte sectors.
+    let mut secret = b"the host disk's secret bytes ".repeat(200);
+    secret.truncate(4096);
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, &secret).expect("write the disk image");
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let device = Loop::attach(&disk);
+    let (major, minor) = device.numbers();
+
+    // A layer whose block node, mode 0666, points at that loop device, in
+    // world-readable folders.
+    let mut writer = LayerWriter::new(Vec::new(), &LayerOptions::default());
+    writer.append(&Entry::new("dev", EntryKind::Dir), None).expect("dev");
+    let node = Entry { mode: 0o666, ..Entry::new("dev/disk", EntryKind::BlockDevice { major, minor }) };
+    writer.append(&node, None).expect("node");
+    let (blob, mut info) = writer.finish().expect("finish");
+    let home = bake_engine::home::Home::new(dir.path().join("bake"));
+    let engine = bake_engine::exec::Engine::open(home.clone(), &bake_engine::config::Config::default()).expect("open");
+    let digest = write_blob(&engine.store, &blob);
+    info.digest = digest;
+    let snapshot = engine.snapshots.unpacked(&info).expect("unpack");
+
+    // Root can use the node (as a layer means it inside the sandbox)...
+    let read = std::fs::read(snapshot.join("dev/disk")).expect("root reads the node");
+    assert_eq!(&read[..secret.len()], &secret[..]);
+    // ... but nobody else can, through any path into the home.
+    let (ok, out) = cat_as_nobody(&snapshot.join("dev/disk"));
+    assert!(!ok && out.windows(16).all(|w| w != &secret[..16]), "nobody read the host disk through the store");
+    for private in [home.snapshots_dir(), home.tmp_dir(), home.store_dir(), home.root().to_path_buf()] {
+        let mode = std::fs::metadata(&private).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is private", private.display());
+    }
+}
+
+#[test]
+fn an_existing_home_open_to_others_is_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = bake_engine::home::Home::new(dir.path().join("bake"));
+    for d in [home.snapshots_dir(), home.tmp_dir(), home.store_dir()] {
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    bake_engine::exec::Engine::open(home.clone(), &bake_engine::config::Config::default()).expect("open");
+    for d in [home.snapshots_dir(), home.tmp_dir(), home.store_dir()] {
+        let mode = std::fs::metadata(&d).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is tightened", d.display());
+    }
+}
+
+// ---- a full disk -----------------------------------------------------------
+
+/// A tmpfs of `size` mounted at `dir`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn render(diagnostic: &dyn miette::Diagnostic) -> String {
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .with_width(80)
+        .render_report(&mut out, diagnostic)
+        .expect("render");
+    out
+}
+
+#[test]
+fn a_full_disk_names_the_folder_when_writing_a_blob_or_unpacking_a_layer() {
+    use bake_engine::layer::{Entry, EntryKind, LayerOptions, LayerWriter};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home_dir = dir.path().join("home");
+    let _tmpfs = Tmpfs::mount(&home_dir, "4m");
+    let home = bake_engine::home::Home::new(&home_dir);
+    let engine = bake_engine::exec::Engine::open(home.clone(), &bake_engine::config::Config::default()).expect("open");
+
+    // A blob larger than the disk.
+    let mut writer = engine.store.blob_writer().expect("writer");
+    let err = writer.write_all(&data(3, 6 << 20)).expect_err("the disk is full");
+    let err = StoreError::disk_full(err).expect("a disk-full error");
+    let text = render(&err);
+    let tmp = home.store_dir().join("tmp");
+    assert!(text.contains(&format!("the disk holding {} is full", tmp.display())), "{text}");
+    assert!(text.contains("No space left on device") && text.contains("BAKE_HOME"), "{text}");
+    drop(writer);
+
+    // A small layer that unpacks to more than the disk holds.
+    let zeros = vec![0u8; 6 << 20];
+    let mut layer = LayerWriter::new(
+        Vec::new(),
+        &LayerOptions { compression: bake_engine::oci::Compression::Zstd, ..LayerOptions::default() },
+    );
+    layer
+        .append(&Entry::new("zeros", EntryKind::File { size: zeros.len() as u64 }), Some(&mut &zeros[..]))
+        .expect("append");
+    let (blob, mut info) = layer.finish().expect("finish");
+    info.digest = write_blob(&engine.store, &blob);
+    let err = engine.snapshots.unpacked(&info).expect_err("the disk is full");
+    let text = render(&err);
+    assert!(text.contains(&format!("the disk holding {} is full", home.snapshots_dir().display())), "{text}");
+    assert!(text.contains("bake::layer::disk_full"), "{text}");
+}

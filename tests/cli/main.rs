@@ -4,6 +4,7 @@
 mod book_help;
 mod container;
 mod examples;
+mod exports;
 #[path = "../../engine/tests/common/fake_registry.rs"]
 mod fake_registry;
 mod harness;
@@ -14,5 +15,7 @@ mod plan;
 mod registry;
 mod run;
 mod schedule;
+mod scratch;
 mod secrets;
 mod stall;
+mod store_errors;

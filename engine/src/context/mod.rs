@@ -378,15 +378,25 @@ impl Context {
     }
 
     fn no_match(&self, source: &str) -> ContextError {
-        let on_disk = !ignore::is_glob(source) && std::fs::symlink_metadata(self.root.join(source)).is_ok();
+        let on_disk =
+            if ignore::is_glob(source) { None } else { std::fs::symlink_metadata(self.root.join(source)).ok() };
+        let ignore_files: Vec<&str> =
+            IGNORE_FILES.into_iter().filter(|name| self.root.join(name).symlink_metadata().is_ok()).collect();
         let through_link = source
             .match_indices('/')
             .map(|(i, _)| &source[..i])
             .find(|p| self.find(p).is_some_and(|i| matches!(self.entries[i].kind, EntryKind::Symlink(_))));
         let help = if let Some(link) = through_link {
             Some(format!("`{link}` is a symbolic link; bake does not follow links inside the context"))
-        } else if on_disk {
-            Some("it exists, but .dockerignore or .bakeignore leaves it out of the context".to_owned())
+        } else if let Some(kind) = on_disk.as_ref().and_then(|m| special_kind(m.file_type())) {
+            Some(format!(
+                "`{source}` is {kind}: a build context holds only files, folders and symbolic links, so bake leaves \
+                 it out; copy a regular file instead"
+            ))
+        } else if on_disk.is_some() && !ignore_files.is_empty() {
+            Some(format!("it exists, but {} leaves it out of the context", ignore_files.join(" or ")))
+        } else if on_disk.is_some() {
+            Some("it exists, but is not part of the context".to_owned())
         } else {
             crate::lang::did_you_mean(source, self.entries.iter().map(|e| e.path.as_str()))
                 .map(|p| format!("did you mean `{p}`?"))
@@ -499,6 +509,20 @@ fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// What a file that the context leaves out is, for messages: `a FIFO`.
+fn special_kind(ft: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_block_device() || ft.is_char_device() {
+        Some("a device node")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! exporting paths of a stage to the host (artifacts, `type=local`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -397,6 +398,27 @@ fn lookup<'a>(text: &'a str, matches: impl Fn(&Vec<&'a str>) -> bool) -> Option<
     text.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| matches(f))
 }
 
+/// How files leave a stage for the host (artifacts, `type=local`).
+///
+/// What is written on the host is owned by whoever runs bake, never by the
+/// image's ids (bake does not chown), and is only ever a folder, a regular
+/// file or a symlink: device nodes, FIFOs and sockets are skipped with a
+/// warning, as a node from an image would open the host's device of that
+/// number. Setuid and setgid bits are cleared from files unless
+/// `keep_setuid`: a setuid-root program from an image, copied by root, would
+/// otherwise be a way to root on the host.
+pub(super) struct HostOptions {
+    pub(super) keep_setuid: bool,
+    /// What is being written, for the warning: "artifact `bin`".
+    pub(super) what: String,
+}
+
+/// The setuid and setgid bits.
+const SET_ID_BITS: u32 = 0o6000;
+
+/// How many skipped paths the warning lists.
+const SKIPPED_SHOWN: usize = 5;
+
 /// Writes `path` of a stage's filesystem to `dest` on the host: a file to
 /// `dest` (or into it, when it is a folder), a folder's contents into `dest`.
 pub(super) fn export_path(
@@ -405,6 +427,7 @@ pub(super) fn export_path(
     path: &str,
     dest: &Path,
     span: Span,
+    options: &HostOptions,
 ) -> Result<(), ExecError> {
     let view = build.engine.snapshots.view(&result.layers)?;
     let Some(found) = view.find(path, true)? else {
@@ -420,29 +443,50 @@ pub(super) fn export_path(
         let p = p.to_path_buf();
         move |source| ExecError::Io { path: p, source }
     };
+    let mut skipped = Vec::new();
     if found.meta.is_dir() {
         std::fs::create_dir_all(dest).map_err(io(dest))?;
         let mut all = Vec::new();
         view.walk(&found, &mut all)?;
         for (rel, f) in all {
-            write_host(&dest.join(&rel), &f)?;
+            if !write_host(&dest.join(&rel), &f, options)? {
+                skipped.push(format!("/{}", f.path));
+            }
         }
-        return Ok(());
-    }
-    let target = if dest.is_dir() {
-        dest.join(path.rsplit('/').next().unwrap_or("file"))
     } else {
-        if let Some(p) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(p).map_err(io(p))?;
+        let target = if dest.is_dir() {
+            dest.join(path.rsplit('/').next().unwrap_or("file"))
+        } else {
+            if let Some(p) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(p).map_err(io(p))?;
+            }
+            dest.to_path_buf()
+        };
+        if !write_host(&target, &found, options)? {
+            skipped.push(format!("/{}", found.path));
         }
-        dest.to_path_buf()
-    };
-    write_host(&target, &found)
+    }
+    if !skipped.is_empty() {
+        let more = skipped.len().saturating_sub(SKIPPED_SHOWN);
+        let mut list = skipped.iter().take(SKIPPED_SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+        if more > 0 {
+            let _ = write!(list, " and {more} more");
+        }
+        build.events.event(super::Event::Warning {
+            message: format!(
+                "{}: skipped {} that bake never writes on the host (device nodes, FIFOs, sockets): {list}",
+                options.what,
+                crate::lang::plural(skipped.len(), "special file"),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// One entry to the host, replacing what is there; files through a
-/// temporary file and a rename.
-fn write_host(target: &Path, f: &Found) -> Result<(), ExecError> {
+/// temporary file and a rename. Returns false for a special file, which is
+/// not written.
+fn write_host(target: &Path, f: &Found, options: &HostOptions) -> Result<bool, ExecError> {
     let io = |source| ExecError::Io { path: target.to_path_buf(), source };
     let ft = f.meta.file_type();
     if ft.is_dir() {
@@ -457,10 +501,16 @@ fn write_host(target: &Path, f: &Found) -> Result<(), ExecError> {
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         let mut src = std::fs::File::open(&f.real).map_err(io)?;
         std::io::copy(&mut src, &mut tmp).map_err(io)?;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(f.meta.mode() & 0o7777)).map_err(io)?;
+        let mut mode = f.meta.mode() & 0o7777;
+        if !options.keep_setuid {
+            mode &= !SET_ID_BITS;
+        }
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
         tmp.persist(target).map_err(|e| io(e.error))?;
+    } else {
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

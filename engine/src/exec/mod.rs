@@ -66,6 +66,7 @@ use crate::store::{CacheEntry, ImageRecord, Store, StoreError};
 
 pub use crate::reference::CacheRef;
 pub use explain::{Explanation, Reason};
+pub(crate) use run::{MAX_RUN_LAYERS, RUN_SCRATCH};
 pub use secrets::{MASK, MAX_SECRET_SIZE, MIN_MASKED_LEN};
 
 /// Errors while building.
@@ -74,6 +75,10 @@ pub enum ExecError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Plan(#[from] PlanError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Home(#[from] crate::home::HomeError),
 
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -193,30 +198,42 @@ pub enum Output {
     /// A `docker load` archive.
     Docker(PathBuf),
     /// Files: each image's filesystem and each artifact, in a folder.
-    Local(PathBuf),
+    Local {
+        dest: PathBuf,
+        /// `keep-setuid=true`: keep setuid and setgid bits (see
+        /// `copy::HostOptions`).
+        keep_setuid: bool,
+    },
 }
 
 impl std::str::FromStr for Output {
     type Err = String;
 
     /// `type=oci,dest=FILE.tar`, `type=oci-dir,dest=DIR`,
-    /// `type=docker,dest=FILE.tar`, `type=local,dest=DIR`.
+    /// `type=docker,dest=FILE.tar`, `type=local,dest=DIR[,keep-setuid=true]`.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut kind = None;
         let mut dest = None;
+        let mut keep_setuid = None;
         for part in s.split(',') {
             match part.split_once('=') {
                 Some(("type", v)) => kind = Some(v),
                 Some(("dest", v)) if !v.is_empty() => dest = Some(PathBuf::from(v)),
-                _ => return Err(format!("`{part}` is not `type=...` or `dest=...`")),
+                Some(("keep-setuid", "true")) => keep_setuid = Some(true),
+                Some(("keep-setuid", "false")) => keep_setuid = Some(false),
+                Some(("keep-setuid", v)) => return Err(format!("`keep-setuid={v}`: expected true or false")),
+                _ => return Err(format!("`{part}` is not `type=...`, `dest=...` or `keep-setuid=...`")),
             }
         }
         let dest = dest.ok_or("missing `dest=`")?;
+        if keep_setuid.is_some() && kind != Some("local") {
+            return Err("`keep-setuid=` applies to `type=local` only".to_owned());
+        }
         match kind {
             Some("oci") => Ok(Self::Oci(dest)),
             Some("oci-dir") => Ok(Self::OciDir(dest)),
             Some("docker") => Ok(Self::Docker(dest)),
-            Some("local") => Ok(Self::Local(dest)),
+            Some("local") => Ok(Self::Local { dest, keep_setuid: keep_setuid.unwrap_or(false) }),
             Some(other) => Err(format!("unknown output type `{other}`: expected oci, oci-dir, docker or local")),
             None => Err("missing `type=`".to_owned()),
         }
@@ -483,8 +500,10 @@ pub struct Engine {
 impl Engine {
     /// Opens the store under `home` and a registry client for `config`.
     pub fn open(home: Home, config: &Config) -> Result<Self, ExecError> {
+        home.prepare()?;
         let store = Store::open(&home.store_dir())?;
-        let snapshots = Snapshots::new(home.snapshots_dir(), store.clone());
+        let snapshots = Snapshots::new(home.snapshots_dir(), store.clone())
+            .with_limits(crate::snapshot::UnpackLimits::from_config(config));
         let registry = Registry::new(config, store.clone())?;
         Ok(Self { home, store, snapshots, registry, max_size: config.store_max_size })
     }
@@ -1036,7 +1055,8 @@ impl<'a> Build<'a> {
                         continue;
                     }
                     let result = self.result(stage_node)?;
-                    tokio::task::block_in_place(|| copy::export_path(self, &result, &a.path, &a.dest, a.span))?;
+                    let host = copy::HostOptions { keep_setuid: a.keep_setuid, what: format!("artifact `{}`", a.name) };
+                    tokio::task::block_in_place(|| copy::export_path(self, &result, &a.path, &a.dest, a.span, &host))?;
                     self.events.event(Event::Artifact { name: a.name.clone(), dest: a.dest.clone() });
                     report.artifacts.push((a.name.clone(), a.dest.clone()));
                     artifacts.push((a, result));
@@ -1051,15 +1071,19 @@ impl<'a> Build<'a> {
                     Output::Oci(dest) => crate::image::export::oci_tar(store, &images, dest)?,
                     Output::OciDir(dest) => crate::image::export::oci_dir(store, &images, dest)?,
                     Output::Docker(dest) => crate::image::export::docker_tar(store, &images, dest)?,
-                    Output::Local(dest) => {
+                    Output::Local { dest, keep_setuid } => {
                         let several = exports.len() + artifacts.len() > 1;
+                        let host = |name: &str| copy::HostOptions {
+                            keep_setuid: *keep_setuid,
+                            what: format!("`type=local` output of `{name}`"),
+                        };
                         for (image, result, _) in &exports {
                             let to = if several { dest.join(&image.name) } else { dest.clone() };
-                            copy::export_path(self, result, "/", &to, self.ws.stages[0].span)?;
+                            copy::export_path(self, result, "/", &to, self.ws.stages[0].span, &host(&image.name))?;
                         }
                         for (a, result) in &artifacts {
                             let to = if several { dest.join(&a.name) } else { dest.clone() };
-                            copy::export_path(self, result, &a.path, &to, a.span)?;
+                            copy::export_path(self, result, &a.path, &to, a.span, &host(&a.name))?;
                         }
                     }
                 }
@@ -1069,7 +1093,7 @@ impl<'a> Build<'a> {
                 Output::Oci(d) => ("oci", d),
                 Output::OciDir(d) => ("oci-dir", d),
                 Output::Docker(d) => ("docker", d),
-                Output::Local(d) => ("local", d),
+                Output::Local { dest: d, .. } => ("local", d),
             };
             self.events.event(Event::Exported { what: what.to_owned(), dest: dest.clone() });
         }

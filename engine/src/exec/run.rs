@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::copy::{Content, Item, write_layer};
 use super::secrets::{self, Lines};
@@ -33,6 +33,16 @@ use crate::image::ImageConfig;
 use crate::lang::{Run, Sharing, Span};
 use crate::layer::{Entry, EntryKind, LayerInfo};
 use crate::sandbox::{self, Mount, OutputStream, RunSpec, SandboxError};
+
+/// The name prefix of a `run` step's scratch folder in `tmp/`.
+pub(crate) const RUN_SCRATCH: &str = "run-";
+
+/// The most lower folders one overlayfs mount takes (the kernel's
+/// `OVL_MAX_STACK`); more fail the mount with EINVAL.
+const OVERLAY_MAX_LOWERS: usize = 500;
+/// The most layers a `run` step can sit on: the sandbox adds a lower of its
+/// own (the mount points of `/dev`, `/proc`, ...) on top of the image's.
+pub(crate) const MAX_RUN_LAYERS: usize = OVERLAY_MAX_LOWERS - 1;
 
 /// Lines of output a failed step shows.
 const TAIL: usize = 20;
@@ -48,14 +58,14 @@ pub(super) struct Step<'a, 'b> {
 impl Step<'_, '_> {
     pub(super) fn run(&self, run: &Run) -> Result<LayerInfo, ExecError> {
         let engine = self.build.engine;
-        let lowers =
-            self.parent_layers.iter().map(|l| engine.snapshots.unpacked(l)).collect::<Result<Vec<PathBuf>, _>>()?;
+        self.check_layer_count()?;
+        let lowers = engine.snapshots.unpacked_all(self.parent_layers)?;
         // The upper must be on the snapshots' filesystem (overlayfs needs
         // upper and work on one filesystem; the copy fallback renames).
-        let tmp = engine.home.root().join("tmp");
+        let tmp = engine.home.tmp_dir();
         std::fs::create_dir_all(&tmp).map_err(|source| ExecError::Io { path: tmp.clone(), source })?;
         let scratch = tempfile::Builder::new()
-            .prefix("run-")
+            .prefix(&crate::scratch::prefix(RUN_SCRATCH))
             .tempdir_in(&tmp)
             .map_err(|source| ExecError::Io { path: tmp.clone(), source })?;
         let upper = scratch.path().join("upper");
@@ -137,6 +147,33 @@ impl Step<'_, '_> {
         // layer is simply unpacked when needed.
         let _ = engine.snapshots.adopt(&layer, &upper);
         Ok(layer)
+    }
+
+    /// Refuses, before anything is unpacked, a stack of layers deeper than
+    /// overlayfs can mount (it would fail with a bare EINVAL). The copy
+    /// fallback has no such limit.
+    fn check_layer_count(&self) -> Result<(), ExecError> {
+        let layers = self.parent_layers.len();
+        if layers <= MAX_RUN_LAYERS {
+            return Ok(());
+        }
+        if !matches!(sandbox::probe_in(&self.build.engine.home.tmp_dir()), sandbox::Backend::Overlay) {
+            return Ok(());
+        }
+        Err(ExecError::step(
+            self.build.ws,
+            self.span,
+            format!(
+                "this step would run on {layers} layers, but overlayfs stacks at most {OVERLAY_MAX_LOWERS} folders \
+                 (bake needs one of them), so a `run` step can sit on at most {MAX_RUN_LAYERS} layers"
+            ),
+            "too many layers below",
+            Some(
+                "squash the base image, or merge steps of the stages below: each `copy` and `run` adds a layer \
+                 (Docker's overlay2 stops at 125)"
+                    .to_owned(),
+            ),
+        ))
     }
 
     /// Cache folders and secret files for the step, and the locks of the

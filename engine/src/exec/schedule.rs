@@ -240,7 +240,7 @@ impl Build<'_> {
 
         // Say once, up front, when `run` steps will use the copy fallback.
         if pending.iter().any(|(_, n)| matches!(plan.graph[*n].op, Op::Run { .. })) {
-            let tmp = self.engine.home.root().join("tmp");
+            let tmp = self.engine.home.tmp_dir();
             let _ = std::fs::create_dir_all(&tmp);
             if let crate::sandbox::Backend::Copy { reason } = crate::sandbox::probe_in(&tmp) {
                 self.events.event(Event::Warning {

@@ -1007,6 +1007,7 @@ impl<'f> Cx<'f> {
             from,
             path,
             dest: normalize_host(&file.dir.join(dest_raw)),
+            keep_setuid: c.prop("keep-setuid").and_then(|e| e.value().as_bool()).unwrap_or(false),
         })
     }
 

@@ -321,6 +321,9 @@ pub struct Artifact {
     pub path: String,
     /// Host path, resolved from the declaring file's folder.
     pub dest: PathBuf,
+    /// `keep-setuid=#true`: write setuid and setgid bits on the host as the
+    /// stage has them, instead of clearing them.
+    pub keep_setuid: bool,
 }
 
 /// What a target member names.

@@ -165,7 +165,7 @@ pub(super) const TOP: &[Spec] = &[
         max: Some(1),
         args: &[Str],
         args_doc: "1 name",
-        props: &[required("from", Str), required("path", Str), required("dest", Str)],
+        props: &[required("from", Str), required("path", Str), required("dest", Str), prop("keep-setuid", Bool)],
         children: None,
         example: "artifact \"app-bin\" from=\"builder\" path=\"/out/app\" dest=\"dist/app\"",
     },

@@ -59,6 +59,12 @@
 //! skipped. A path that is absolute or contains `..` is an error, whatever
 //! the caller means to do with it.
 //!
+//! What a layer may produce is bounded while it streams ([`Limits`]): bytes
+//! of the decompressed tar stream (so a gzip or zstd bomb stops at the
+//! limit, and a header whose declared size would pass it fails before its
+//! content is read), the number of members, path length, and the size of
+//! extension headers. The caller names the layer and the limit in the error.
+//!
 //! # Extraction
 //!
 //! [`unpack`] writes a layer into a fresh folder that becomes an overlayfs
@@ -121,6 +127,41 @@ pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 pub const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 /// The xattr that marks an overlayfs directory opaque.
 pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// The longest path or link target an entry may have: Linux's `PATH_MAX`.
+pub const MAX_PATH: usize = 4096;
+
+/// Bounds on what reading one layer may produce, checked while streaming.
+///
+/// A layer is untrusted input that is decompressed and extracted on the
+/// host, so its size is bounded by what is read, never by what the blob or
+/// its headers claim: a small gzip or zstd blob can expand a thousandfold,
+/// and a tar header can declare any size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of the uncompressed tar stream. A member whose declared size
+    /// would pass it fails before its content is read.
+    pub max_bytes: u64,
+    /// Tar members (extension headers apart).
+    pub max_entries: u64,
+}
+
+impl Limits {
+    /// 16 GiB: the largest layers of real images (CUDA, toolchains, ML
+    /// frameworks) unpack to a few GiB; four times the biggest seen leaves
+    /// room, while a bomb still stops long before a disk fills.
+    pub const MAX_LAYER_BYTES: u64 = 16 << 30;
+    /// 2 Mi entries: a full TeX Live or a large `node_modules` layer holds a
+    /// few hundred thousand. Extraction keeps one small record per folder
+    /// until the layer ends, so this also bounds its memory.
+    pub const MAX_ENTRIES: u64 = 2 << 20;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_bytes: Self::MAX_LAYER_BYTES, max_entries: Self::MAX_ENTRIES }
+    }
+}
 
 /// How to write a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -308,6 +349,14 @@ pub enum LayerError {
         source: std::io::Error,
     },
 
+    #[error("the disk holding {} is full", path.display())]
+    #[diagnostic(code(bake::layer::disk_full), help("{}", crate::home::DISK_FULL_HELP))]
+    DiskFull {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("the layer writer failed earlier; its output is incomplete")]
     #[diagnostic(code(bake::layer::broken))]
     Broken,
@@ -333,6 +382,24 @@ pub enum LayerError {
         help("a layer may only write inside its own root: no `..`, no absolute paths, no symlinks that lead out")
     )]
     Unsafe { layer: String, entry: String, reason: String },
+
+    #[error("layer {layer} unpacks to more than {}, the limit for one layer", crate::config::format_size(*limit))]
+    #[diagnostic(
+        code(bake::layer::too_large),
+        help(
+            "a small blob that expands this much is a decompression bomb; for a genuine layer, raise the limit \
+             with BAKE_MAX_LAYER_SIZE (say BAKE_MAX_LAYER_SIZE=64GiB) or `store max-layer-size=\"64GiB\"` in \
+             bake's config file"
+        )
+    )]
+    TooLarge { layer: String, limit: u64 },
+
+    #[error("layer {layer} has more than {limit} entries")]
+    #[diagnostic(
+        code(bake::layer::too_many_entries),
+        help("no real image has layers this large; the layer is corrupt or hostile")
+    )]
+    TooManyEntries { layer: String, limit: u64 },
 
     #[error("layer {layer} has diff_id {actual}, but the image says {expected}")]
     #[diagnostic(
@@ -374,6 +441,16 @@ pub enum LayerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl LayerError {
+    /// A failed write of the layer's output.
+    fn write(source: std::io::Error) -> Self {
+        match crate::home::disk_full_path(&source, None) {
+            Some(path) => Self::DiskFull { path, source: crate::home::no_space(source) },
+            None => Self::Write { source },
+        }
+    }
 }
 
 /// Checks a path as the writer requires it (see [`Entry::path`]).

@@ -1,14 +1,21 @@
 //! Reading layers: blob -> decompressor -> diff_id hash -> tar -> entries.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read};
+use std::rc::Rc;
 
 use super::archive::{Member, Reader};
-use super::{Entry, EntryKind, LayerError, OPAQUE_MARKER, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, join, split_last};
+use super::{
+    Entry, EntryKind, LayerError, Limits, MAX_PATH, OPAQUE_MARKER, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, join,
+    split_last,
+};
 use crate::oci::{Compression, Digest, HashReader};
 
 /// How [`entries`] names the layer in its errors.
 const UNNAMED: &str = "(stream)";
+/// How much of an overlong path a message shows.
+const SHOWN_PATH: usize = 120;
 
 /// Reads a layer blob, calling `visit` with each entry and its content (empty
 /// but for files), in the blob's order; returns the `diff_id`.
@@ -22,7 +29,8 @@ pub fn entries(
     compression: Compression,
     mut visit: impl FnMut(Entry, &mut dyn Read) -> Result<(), LayerError>,
 ) -> Result<Digest, LayerError> {
-    read_layer(UNNAMED, blob, compression, |item, content| visit(item.entry, content)).map(|(diff_id, _)| diff_id)
+    read_layer(UNNAMED, blob, compression, &Limits::default(), |item, content| visit(item.entry, content))
+        .map(|(diff_id, _)| diff_id)
 }
 
 /// An entry as read, with what [`Entry`] leaves out.
@@ -50,24 +58,65 @@ impl<R: Read> Read for Decoder<R> {
     }
 }
 
-/// Reads `blob` (named `layer` in errors): the `diff_id` and the length of
-/// the tar stream.
+/// Counts the bytes of the tar stream as they are decompressed, and refuses
+/// to produce more than `max`: a bomb ends after `max` bytes, whatever it
+/// would expand to.
+struct Capped<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+    max: u64,
+    exceeded: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.max.saturating_sub(self.count.get());
+        // One byte past the cap tells "exactly at the cap" from "over it".
+        let want = usize::try_from(left.saturating_add(1)).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..want])?;
+        let count = self.count.get() + n as u64;
+        self.count.set(count);
+        if count > self.max {
+            self.exceeded.set(true);
+            return Err(io::Error::other("the layer exceeds its size limit"));
+        }
+        Ok(n)
+    }
+}
+
+/// Reads `blob` (named `layer` in errors) within `limits`: the `diff_id` and
+/// the length of the tar stream.
 pub(super) fn read_layer<R: Read>(
     layer: &str,
     blob: R,
     compression: Compression,
+    limits: &Limits,
     mut visit: impl FnMut(Item, &mut dyn Read) -> Result<(), LayerError>,
 ) -> Result<(Digest, u64), LayerError> {
-    let read = |source| LayerError::Read { layer: layer.to_owned(), source };
+    let exceeded = Rc::new(Cell::new(false));
+    let too_large = || LayerError::TooLarge { layer: layer.to_owned(), limit: limits.max_bytes };
+    let read = |source| if exceeded.get() { too_large() } else { LayerError::Read { layer: layer.to_owned(), source } };
     let decoder = match compression {
         Compression::None => Decoder::Plain(blob),
         Compression::Gzip => Decoder::Gzip(Box::new(flate2::read::MultiGzDecoder::new(blob))),
         Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::new(blob).map_err(read)?),
     };
-    let mut tar_stream = HashReader::new(decoder);
+    let count = Rc::new(Cell::new(0u64));
+    let capped =
+        Capped { inner: decoder, count: Rc::clone(&count), max: limits.max_bytes, exceeded: Rc::clone(&exceeded) };
+    let mut tar_stream = HashReader::new(capped);
     {
         let mut archive = Reader::new(BufReader::with_capacity(128 * 1024, &mut tar_stream));
+        let mut members = 0u64;
         while let Some(member) = archive.next().map_err(read)? {
+            members += 1;
+            if members > limits.max_entries {
+                return Err(LayerError::TooManyEntries { layer: layer.to_owned(), limit: limits.max_entries });
+            }
+            // A declared size past the cap fails now, before any of it is written.
+            if count.get().saturating_add(member.size) > limits.max_bytes {
+                return Err(too_large());
+            }
             if let Some(item) = parse(layer, member)? {
                 visit(item, &mut archive)?;
             }
@@ -80,12 +129,21 @@ pub(super) fn read_layer<R: Read>(
 
 /// Turns a tar member into an [`Item`]; `None` for what layers skip.
 fn parse(layer: &str, member: Member) -> Result<Option<Item>, LayerError> {
-    let raw_path = String::from_utf8_lossy(&member.name).into_owned();
+    let mut raw_path = String::from_utf8_lossy(&member.name).into_owned();
+    if raw_path.len() > MAX_PATH {
+        // Named in messages: the start says enough.
+        let end = raw_path.floor_char_boundary(SHOWN_PATH);
+        raw_path = format!("{}…", &raw_path[..end]);
+    }
     let malformed = |reason: String| LayerError::Malformed { layer: layer.to_owned(), entry: raw_path.clone(), reason };
     let unsafe_path = |reason: String| LayerError::Unsafe { layer: layer.to_owned(), entry: raw_path.clone(), reason };
 
     if std::str::from_utf8(&member.name).is_err() {
         return Err(malformed("has a name that is not UTF-8".to_owned()));
+    }
+    if member.name.len() > MAX_PATH || member.link.len() > MAX_PATH {
+        let len = member.name.len().max(member.link.len());
+        return Err(malformed(format!("has a path or link target of {len} bytes, longer than Linux's {MAX_PATH}")));
     }
     let path = normalize(&raw_path).map_err(|reason| unsafe_path(reason.to_owned()))?;
     if path.is_empty() {

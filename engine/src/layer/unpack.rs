@@ -20,7 +20,7 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, 
 use xattr::FileExt;
 
 use super::read::{Item, read_layer};
-use super::{Entry, EntryKind, LayerError, OVERLAY_OPAQUE_XATTR, split_last};
+use super::{Entry, EntryKind, LayerError, Limits, OVERLAY_OPAQUE_XATTR, split_last};
 use crate::oci::{Compression, Digest};
 
 /// Symlinks followed while resolving one path, as the kernel's limit.
@@ -34,6 +34,8 @@ pub struct UnpackOptions<'a> {
     pub compression: Compression,
     /// The `diff_id` the image's config lists for this layer.
     pub expected_diff_id: Option<&'a Digest>,
+    /// How large the layer may be.
+    pub limits: Limits,
 }
 
 /// What [`unpack`] did.
@@ -69,9 +71,10 @@ pub fn unpack(blob: impl Read, dest: &Path, options: &UnpackOptions<'_>) -> Resu
     let root = nix::fcntl::open(dest, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| LayerError::Dest { layer: layer.to_owned(), dest: dest.to_path_buf(), source: e.into() })?;
     let mut unpacker = Unpacker::new(root);
-    let (diff_id, uncompressed_size) = read_layer(layer, blob, options.compression, |item, content| {
-        unpacker.apply(&item, content).map_err(|f| f.into_error(layer, &item.raw_path, dest))
-    })?;
+    let (diff_id, uncompressed_size) =
+        read_layer(layer, blob, options.compression, &options.limits, |item, content| {
+            unpacker.apply(&item, content).map_err(|f| f.into_error(layer, &item.raw_path, dest))
+        })?;
     unpacker.finish_dirs().map_err(|(path, f)| f.into_error(layer, &path, dest))?;
     if let Some(expected) = options.expected_diff_id
         && *expected != diff_id
@@ -122,7 +125,10 @@ impl Failure {
             Self::Malformed(reason) => LayerError::Malformed { layer, entry, reason },
             Self::NeedsRoot(source) => LayerError::NeedsRoot { layer, entry, source },
             Self::Read(source) => LayerError::Read { layer, source },
-            Self::Io(source) => LayerError::Extract { layer, entry, dest: dest.to_path_buf(), source },
+            Self::Io(source) => match crate::home::disk_full_path(&source, Some(dest)) {
+                Some(path) => LayerError::DiskFull { path, source: crate::home::no_space(source) },
+                None => LayerError::Extract { layer, entry, dest: dest.to_path_buf(), source },
+            },
         }
     }
 }

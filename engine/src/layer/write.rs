@@ -100,7 +100,7 @@ impl<W: Write> LayerWriter<W> {
         self.encode_headers(entry, &tar_path, &mut headers)?;
 
         self.broken = true;
-        self.tar.write_all(&headers).map_err(|source| LayerError::Write { source })?;
+        self.tar.write_all(&headers).map_err(LayerError::write)?;
         if let EntryKind::File { size } = entry.kind {
             self.copy_content(&entry.path, size, content)?;
         }
@@ -117,7 +117,7 @@ impl<W: Write> LayerWriter<W> {
     /// written.
     pub fn finish(mut self) -> Result<(W, LayerInfo), LayerError> {
         self.usable()?;
-        let write = |source| LayerError::Write { source };
+        let write = LayerError::write;
         // The end of a tar archive: two zero blocks.
         self.tar.write_all(&[0; 2 * BLOCK]).map_err(write)?;
         let tar = self.tar.into_inner().map_err(|e| write(e.into_error()))?;
@@ -285,7 +285,7 @@ impl<W: Write> LayerWriter<W> {
 
     /// Copies exactly `size` bytes of content, then pads to a block.
     fn copy_content(&mut self, path: &str, size: u64, content: Option<&mut dyn Read>) -> Result<(), LayerError> {
-        let write = |source| LayerError::Write { source };
+        let write = LayerError::write;
         let read = |source| LayerError::Content { path: path.to_owned(), source };
         let mut copied = 0u64;
         if let Some(content) = content {
@@ -409,7 +409,7 @@ pub fn compress_tar<W: Write>(
     if let Some(reason) = failed {
         return Err(LayerError::Options { reason });
     }
-    let write = |source| LayerError::Write { source };
+    let write = LayerError::write;
     let mut hashing = HashWriter::new(encoder);
     std::io::copy(&mut tar, &mut hashing).map_err(write)?;
     let (encoder, diff_id, uncompressed_size) = hashing.finish();

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::RegistryError;
 use crate::oci::Digest;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Chunks in flight between the network and the disk.
 const DEPTH: usize = 8;
@@ -36,7 +36,10 @@ impl BlobSink {
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
                     Msg::Chunk(bytes) => {
-                        writer.write_all(&bytes).map_err(|source| RegistryError::StoreWrite { source })?;
+                        writer.write_all(&bytes).map_err(|source| match StoreError::disk_full(source) {
+                            Ok(full) => RegistryError::Store(full),
+                            Err(source) => RegistryError::StoreWrite { source },
+                        })?;
                     }
                     Msg::Commit(expected) => {
                         let (digest, _) = writer.commit(Some(&expected))?;

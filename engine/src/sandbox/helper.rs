@@ -28,6 +28,11 @@ use super::sys::LinuxSys;
 use super::wire::{ContainerWire, Envelope, Failure, Report, Request, WireSpec};
 use crate::snapshot::MergedView;
 
+/// The name prefixes of the overlay probe's and `bake run`'s scratch folders
+/// (see [`crate::scratch`]).
+pub(crate) const PROBE_SCRATCH: &str = ".sandbox-probe-";
+pub(crate) const CONTAINER_SCRATCH: &str = "container-";
+
 /// The options every overlay mount gets: renamed folders are copied instead
 /// of recorded as redirects, and there are no metadata-only copy-ups or
 /// index entries, so the upper folder is a plain diff the layer code reads.
@@ -125,7 +130,7 @@ fn probe(dir: &Path) -> Report {
 fn try_overlay(dir: &Path) -> Result<(), String> {
     let io = |e: std::io::Error| format!("cannot prepare a test folder in {}: {e}", dir.display());
     std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = tempfile::Builder::new().prefix(".sandbox-probe-").tempdir_in(dir).map_err(io)?;
+    let tmp = tempfile::Builder::new().prefix(&crate::scratch::prefix(PROBE_SCRATCH)).tempdir_in(dir).map_err(io)?;
     let [lower, upper, work, merged] = ["l", "u", "w", "m"].map(|n| tmp.path().join(n));
     for d in [&lower, &upper, &work, &merged] {
         std::fs::create_dir(d).map_err(io)?;
@@ -232,7 +237,7 @@ fn run_container(mut container: ContainerWire, fds: Vec<OwnedFd>) -> Report {
     drop((stdin, stdout, stderr));
     let scratch = &container.scratch;
     let dir = match std::fs::create_dir_all(scratch)
-        .and_then(|()| tempfile::Builder::new().prefix("container-").tempdir_in(scratch))
+        .and_then(|()| tempfile::Builder::new().prefix(&crate::scratch::prefix(CONTAINER_SCRATCH)).tempdir_in(scratch))
     {
         Ok(d) => d,
         Err(e) => return Report::Failed(Failure::io(format!("create a folder in {}", scratch.display()), &e)),

@@ -133,6 +133,7 @@ mod user;
 mod wire;
 
 pub use container::{ContainerIo, ContainerSpec, Control, FORWARDED_SIGNALS, run_container};
+pub(crate) use helper::{CONTAINER_SCRATCH, PROBE_SCRATCH};
 pub use tty::size as terminal_size;
 
 use std::collections::HashMap;

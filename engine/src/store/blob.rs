@@ -268,10 +268,10 @@ impl BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write(buf)
+        self.out.write(buf).map_err(|e| crate::home::name_disk_full(e, &self.store.inner.tmp))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.out.flush().map_err(|e| crate::home::name_disk_full(e, &self.store.inner.tmp))
     }
 }

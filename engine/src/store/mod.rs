@@ -176,6 +176,14 @@ pub enum StoreError {
         source: io::Error,
     },
 
+    #[error("the disk holding {} is full", path.display())]
+    #[diagnostic(code(bake::store::disk_full), help("{}", crate::home::DISK_FULL_HELP))]
+    DiskFull {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("blob {digest} is not in the local store")]
     #[diagnostic(code(bake::store::missing_blob))]
     MissingBlob { digest: Digest },
@@ -500,6 +508,20 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
+impl StoreError {
+    /// The [`StoreError::DiskFull`] that a failed write into a [`BlobWriter`]
+    /// means, or the error itself when it is not a full disk.
+    pub fn disk_full(source: io::Error) -> Result<Self, io::Error> {
+        match crate::home::disk_full_path(&source, None) {
+            Some(path) => Ok(Self::DiskFull { path, source: crate::home::no_space(source) }),
+            None => Err(source),
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| match crate::home::disk_full_path(&source, Some(path)) {
+        Some(path) => StoreError::DiskFull { path, source: crate::home::no_space(source) },
+        None => StoreError::Io { path: path.to_path_buf(), source },
+    }
 }
