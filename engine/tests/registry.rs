@@ -791,3 +791,30 @@ async fn an_oversized_manifest_is_refused_with_its_size() {
     assert_eq!(*max, 4 << 20);
     assert!(*size > 5 << 20);
 }
+
+#[tokio::test]
+async fn a_redirect_to_a_link_local_address_is_named_as_such() {
+    let image = std::sync::Arc::new(fake_image());
+    let served = image.clone();
+    let fake = fake_registry::FakeRegistry::start(move |_, path| {
+        let image = &served;
+        if path == "/v2/" {
+            fake_registry::Reply::status(200)
+        } else if path.contains("/manifests/") {
+            fake_registry::Reply::json(media::OCI_MANIFEST, image.manifest.clone())
+        } else if path.ends_with(&image.config_digest.to_string()) {
+            fake_registry::Reply::json("application/octet-stream", image.config.clone())
+        } else {
+            // Where cloud metadata services answer.
+            fake_registry::Reply::redirect("http://169.254.169.254/latest/meta-data/iam/")
+        }
+    });
+    let (_dir, store) = new_store();
+    let client = client_with(&impatient(), &store, Credentials::Anonymous);
+    let err =
+        client.pull(&r(&format!("{}/redirects/away:1", fake.addr)), &Recorded::default()).await.expect_err("refused");
+    let text = err.to_string();
+    assert!(matches!(&err, RegistryError::Redirected { .. }), "{err:?}");
+    assert!(text.contains("169.254.169.254, a link-local address"), "{text}");
+    assert!(!store.has_blob(&image.layer_digest));
+}

@@ -98,6 +98,22 @@ pub enum RegistryError {
     #[diagnostic(code(bake::registry::invalid_document))]
     Invalid { reference: String, what: &'static str, reason: String },
 
+    #[error("registry {registry} sent a request on to {target}, {why}")]
+    #[diagnostic(
+        code(bake::registry::redirect),
+        help(
+            "a registry may send blob downloads to a CDN, but never to a link-local address (where cloud \
+             metadata services answer) or to this machine's loopback; check the registry or mirror you use"
+        )
+    )]
+    Redirected {
+        registry: String,
+        /// The host the redirect pointed at.
+        target: String,
+        /// "a link-local address", "this machine's loopback", ...
+        why: &'static str,
+    },
+
     #[error("registry {registry} broke the distribution protocol: {message}")]
     #[diagnostic(code(bake::registry::protocol))]
     Protocol { registry: String, message: String },
@@ -206,6 +222,19 @@ pub(crate) struct Ctx<'a> {
 /// Maps an oci-client error to a bake error.
 pub(crate) fn classify(err: OciDistributionError, ctx: Ctx<'_>) -> RegistryError {
     let registry = ctx.registry.to_owned();
+    // Whatever went wrong, a request that ended up somewhere a registry must
+    // never send bake is reported as that, not as the symptom (a login
+    // problem, a timeout) the place answered with.
+    let url = match &err {
+        OciDistributionError::RequestError(e) => e.url().map(ToString::to_string),
+        OciDistributionError::ServerError { url, .. } | OciDistributionError::UnauthorizedError { url } => {
+            Some(url.clone())
+        }
+        _ => None,
+    };
+    if let Some(redirected) = url.and_then(|url| forbidden_target(ctx.registry, &url)) {
+        return redirected;
+    }
     match err {
         OciDistributionError::RequestError(e) => match e.status() {
             Some(status) => from_status(status.as_u16(), &e.to_string(), ctx),
@@ -254,6 +283,39 @@ pub(crate) fn classify(err: OciDistributionError, ctx: Ctx<'_>) -> RegistryError
         }
         other => RegistryError::Protocol { registry, message: other.to_string() },
     }
+}
+
+/// The error for a request that reached `url` when it should not have: a
+/// link-local or unspecified address from any registry, or the loopback from
+/// a registry that is not itself on the loopback (an HTTP redirect took it
+/// there; the registry's own address never qualifies).
+fn forbidden_target(registry: &str, url: &str) -> Option<RegistryError> {
+    let host = host_of(url)?;
+    if host.eq_ignore_ascii_case(registry) || host_of(&format!("//{registry}")) == Some(host) {
+        return None;
+    }
+    let ip: std::net::IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let why = match ip {
+        std::net::IpAddr::V4(v4) if v4.is_link_local() => "a link-local address",
+        std::net::IpAddr::V6(v6) if v6.is_unicast_link_local() => "a link-local address",
+        ip if ip.is_unspecified() => "an unspecified address",
+        ip if ip.is_loopback() && !crate::config::is_loopback(registry) => "this machine's loopback",
+        _ => return None,
+    };
+    Some(RegistryError::Redirected { registry: registry.to_owned(), target: host.to_owned(), why })
+}
+
+/// The host of a URL (`[::1]` keeps its brackets), without user info or port.
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("//").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 /// An error while reading a body: a digest mismatch found by oci-client's
@@ -403,6 +465,35 @@ mod tests {
             credential_note: None,
             connect_timeout: Duration::from_secs(15),
         }
+    }
+
+    #[test]
+    fn redirects_to_link_local_or_foreign_loopback_are_named() {
+        let meta = OciDistributionError::ServerError {
+            code: 401,
+            url: "http://169.254.169.254/latest/meta-data".into(),
+            message: "no".into(),
+        };
+        let e = classify(meta, ctx());
+        assert!(
+            matches!(&e, RegistryError::Redirected { target, why, .. } if target == "169.254.169.254" && *why == "a link-local address"),
+            "{e:?}"
+        );
+        let e = classify(OciDistributionError::UnauthorizedError { url: "https://[fe80::1]:8080/x".into() }, ctx());
+        assert!(matches!(&e, RegistryError::Redirected { target, .. } if target == "[fe80::1]"), "{e:?}");
+        let e = classify(OciDistributionError::UnauthorizedError { url: "http://127.0.0.1:9/v2/".into() }, ctx());
+        assert!(matches!(&e, RegistryError::Redirected { why, .. } if *why == "this machine's loopback"), "{e:?}");
+        // The registry's own address, and a CDN, are ordinary.
+        let own = OciDistributionError::UnauthorizedError { url: "https://r.example.com/v2/x".into() };
+        assert!(matches!(classify(own, ctx()), RegistryError::Unauthorized { .. }));
+        let cdn = OciDistributionError::ServerError {
+            code: 503,
+            url: "https://cdn.example.net/b".into(),
+            message: String::new(),
+        };
+        assert!(matches!(classify(cdn, ctx()), RegistryError::Server { .. }));
+        assert_eq!(host_of("http://u:p@h.example:5000/v2/"), Some("h.example"));
+        assert_eq!(host_of("http://[::1]:5000/v2/"), Some("[::1]"));
     }
 
     #[test]
