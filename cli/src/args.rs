@@ -143,6 +143,12 @@ pub(crate) struct BuildArgs {
     #[arg(long, value_name = "SPEC", value_parser = parse_secret)]
     pub secret: Vec<bake_engine::exec::Secret>,
 
+    /// Grant an entitlement: `security.insecure` lets `run` steps that ask
+    /// for `security "insecure"` run with every capability and no seccomp
+    /// filter (repeatable).
+    #[arg(long, value_name = "ENTITLEMENT", value_parser = ["security.insecure"])]
+    pub allow: Vec<String>,
+
     /// Look results up in this registry cache before running a step:
     /// REGISTRY/REPOSITORY[:PREFIX] (repeatable; replaces `cache-from` in
     /// build.kdl).

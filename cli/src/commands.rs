@@ -177,6 +177,7 @@ fn build_options(args: &BuildArgs) -> BuildOptions {
         keep_going: args.keep_going,
         cache_from: args.cache_from.clone(),
         cache_to: args.cache_to.clone(),
+        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
     }
 }
 

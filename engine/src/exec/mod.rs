@@ -118,6 +118,21 @@ pub enum ExecError {
         help: Option<String>,
     },
 
+    /// A `security "insecure"` step in a build that did not allow it.
+    #[error("this step asks for `security \"insecure\"`, which the build does not allow")]
+    #[diagnostic(
+        code(bake::exec::insecure_not_allowed),
+        help(
+            "an insecure step runs with every capability, no seccomp filter and /proc/sys writable: it can take over the machine. Allow it for this build with `bake build --allow security.insecure`, only for a build file you trust"
+        )
+    )]
+    InsecureNotAllowed {
+        #[source_code]
+        src: crate::lang::Src,
+        #[label("needs --allow security.insecure")]
+        at: SourceSpan,
+    },
+
     #[error("{} changed while the build was copying it", path.display())]
     #[diagnostic(code(bake::exec::context_changed), help("something edited the file during the build; build again"))]
     ContextChanged { path: PathBuf },
@@ -267,6 +282,9 @@ pub struct BuildOptions {
     pub cache_from: Vec<CacheRef>,
     /// Registry caches to push every result of the build to.
     pub cache_to: Vec<CacheRef>,
+    /// `--allow security.insecure`: `run` steps may ask for
+    /// `security "insecure"`.
+    pub allow_insecure: bool,
 }
 
 /// `--secret id=ID,src=PATH` or `--secret id=ID,env=VARIABLE`.
@@ -517,6 +535,9 @@ impl Engine {
         events: &dyn Events,
     ) -> Result<BuildReport, ExecError> {
         let mut plan = Plan::build(ws, targets)?;
+        if !options.allow_insecure {
+            refuse_insecure(ws, &plan)?;
+        }
         let secrets = secrets::load(&options.secrets)?;
         let masked = secrets::MaskedEvents {
             inner: events,
@@ -575,6 +596,28 @@ impl Engine {
             }
         }
         Ok(report)
+    }
+}
+
+/// Fails when a step the build needs asks for `security "insecure"`: every
+/// such step is named, before anything runs.
+fn refuse_insecure(ws: &Workspace, plan: &Plan) -> Result<(), ExecError> {
+    let mut refused: Vec<ExecError> = plan
+        .needed()
+        .filter_map(|n| match &plan.graph[n].op {
+            Op::Run { run, .. } => match run.security {
+                crate::lang::Security::Insecure { at } => {
+                    Some(ExecError::InsecureNotAllowed { src: ws.file(at.file).src(), at: at.span })
+                }
+                crate::lang::Security::Sandbox => None,
+            },
+            _ => None,
+        })
+        .collect();
+    match refused.len() {
+        0 => Ok(()),
+        1 => Err(refused.remove(0)),
+        _ => Err(ExecError::Failed { errors: refused }),
     }
 }
 

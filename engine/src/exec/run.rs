@@ -95,6 +95,8 @@ impl Step<'_, '_> {
             user: self.config.user(),
             hostname: "bake".to_owned(),
             network: run.network,
+            // Allowed or not was checked before the build started.
+            insecure: matches!(run.security, crate::lang::Security::Insecure { .. }),
             mounts,
         };
 

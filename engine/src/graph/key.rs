@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// Bump when the encoding or the set of fields changes: every key changes.
-const KEY_VERSION: &str = "bake-key-v2";
+const KEY_VERSION: &str = "bake-key-v3";
 
 /// A node's cache key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

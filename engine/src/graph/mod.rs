@@ -425,6 +425,10 @@ impl Plan {
                 state_fields(&mut k, state);
                 k.field("script", &run.script);
                 k.field("network", format!("{:?}", run.network).to_lowercase());
+                // Only written for an insecure step, so other keys stay as they were.
+                if matches!(run.security, crate::lang::Security::Insecure { .. }) {
+                    k.field("security", "insecure");
+                }
                 k.list("env", run.env.iter().map(|(a, b)| format!("{a}={b}")));
                 k.list("cache", run.caches.iter().map(|c| format!("{} id={} sharing={:?}", c.path, c.id, c.sharing)));
                 k.list(

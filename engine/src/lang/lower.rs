@@ -13,8 +13,8 @@ use super::interp::{Piece, is_name, pieces};
 use super::schema::{self, Checked, Spec};
 use super::{
     Arg, Artifact, Base, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput, Instruction,
-    InstructionKind, LoadOptions, Member, Network, Port, Run, SecretMount, Sharing, SourceFile, Span, Stage, StageId,
-    Target, Workspace,
+    InstructionKind, LoadOptions, Member, Network, Port, Run, SecretMount, Security, Sharing, SourceFile, Span, Stage,
+    StageId, Target, Workspace,
 };
 use crate::reference::ImageRef;
 
@@ -828,12 +828,19 @@ impl<'f> Cx<'f> {
             );
         }
         let f = self.file(file);
-        let mut run = Run { script, caches: Vec::new(), secrets: Vec::new(), network: Network::Host, env: Vec::new() };
+        let mut run = Run {
+            script,
+            caches: Vec::new(),
+            secrets: Vec::new(),
+            network: Network::default(),
+            security: Security::default(),
+            env: Vec::new(),
+        };
         let mut network_seen: Option<SourceSpan> = None;
+        let mut security_seen: Option<SourceSpan> = None;
         for child in node.iter_children() {
-            let Some(spec) =
-                schema::lookup(schema::RUN, &["cache", "secret", "network", "env"], child, "run", f, &mut self.errors)
-            else {
+            let names = ["cache", "secret", "network", "security", "env"];
+            let Some(spec) = schema::lookup(schema::RUN, &names, child, "run", f, &mut self.errors) else {
                 continue;
             };
             let Some(cc) = schema::check(spec, child, f, &mut self.errors) else {
@@ -900,16 +907,41 @@ impl<'f> Cx<'f> {
                     }
                     network_seen = Some(child.span());
                     run.network = match self.string(file, cc.args[0]).as_str() {
+                        "private" => Network::Private,
                         "host" => Network::Host,
                         "none" => Network::None,
                         other => {
                             self.invalid(
                                 at,
                                 format!("`{other}` is not a network mode"),
-                                "expected \"none\" or \"host\"",
+                                "expected \"private\", \"host\" or \"none\"",
                                 None,
                             );
-                            Network::Host
+                            Network::default()
+                        }
+                    };
+                }
+                "security" => {
+                    if let Some(first) = security_seen {
+                        self.errors.push(LangError::DuplicateProperty {
+                            name: "security".to_owned(),
+                            src: self.file(file).src(),
+                            first,
+                            second: child.span(),
+                        });
+                    }
+                    security_seen = Some(child.span());
+                    run.security = match self.string(file, cc.args[0]).as_str() {
+                        "sandbox" => Security::Sandbox,
+                        "insecure" => Security::Insecure { at: Span { file, span: child.span() } },
+                        other => {
+                            self.invalid(
+                                at,
+                                format!("`{other}` is not a security mode"),
+                                "expected \"sandbox\" or \"insecure\"",
+                                None,
+                            );
+                            Security::default()
                         }
                     };
                 }

@@ -227,13 +227,14 @@ pub struct Copy {
     pub exclude: Vec<String>,
 }
 
-/// `run "script" { cache ...; secret ...; network ...; env ... }`.
+/// `run "script" { cache ...; secret ...; network ...; security ...; env ... }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
     pub script: String,
     pub caches: Vec<CacheMount>,
     pub secrets: Vec<SecretMount>,
     pub network: Network,
+    pub security: Security,
     pub env: Vec<(String, String)>,
 }
 
@@ -266,14 +267,34 @@ pub struct SecretMount {
 }
 
 /// The network a `run` step sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// The host's network (the default, as `docker build` does).
+    /// A network namespace of its own with outbound access through a
+    /// userspace NAT (slirp4netns), as `docker build` gives each RUN: the
+    /// host's loopback and traffic are out of reach.
     #[default]
+    Private,
+    /// The host's network, as asked with `network "host"`.
     Host,
     /// Loopback only.
     None,
+}
+
+/// How tightly a `run` step is confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Security {
+    /// Docker's defaults: its capabilities, seccomp profile, masked and
+    /// read-only paths, and `no_new_privs`.
+    #[default]
+    Sandbox,
+    /// `security "insecure"`: every capability, no seccomp filter, `/proc`
+    /// and `/sys` writable (BuildKit's `RUN --security=insecure`). A build
+    /// runs such a step only with `--allow security.insecure`.
+    Insecure {
+        /// The `security` node, for the error when it is not allowed.
+        at: Span,
+    },
 }
 
 /// `expose 8080` or `expose "53/udp"`.

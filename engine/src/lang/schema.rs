@@ -125,7 +125,7 @@ const IMAGE_BODY: &[&str] = &[
     "tag",
     "annotation",
 ];
-const RUN_BODY: &[&str] = &["cache", "secret", "network", "env"];
+const RUN_BODY: &[&str] = &["cache", "secret", "network", "security", "env"];
 
 /// Nodes at the top of a file.
 pub(super) const TOP: &[Spec] = &[
@@ -406,10 +406,20 @@ pub(super) const RUN: &[Spec] = &[
         min: 1,
         max: Some(1),
         args: &[Str],
-        args_doc: "\"none\" or \"host\"",
+        args_doc: "\"private\" (the default), \"host\" or \"none\"",
         props: &[],
         children: None,
         example: "network \"none\"",
+    },
+    Spec {
+        name: "security",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "\"sandbox\" (the default) or \"insecure\" (needs `bake build --allow security.insecure`)",
+        props: &[],
+        children: None,
+        example: "security \"insecure\"",
     },
     Spec {
         name: "env",

@@ -138,7 +138,10 @@ pub async fn run_container(
             cwd: spec.cwd.clone(),
             user: spec.user.clone(),
             hostname: spec.hostname.clone(),
-            new_network: false,
+            // Containers stay on the host's network (ports are reached as
+            // with `docker run --network host`).
+            network: crate::lang::Network::Host,
+            insecure: false,
             mounts: spec.mounts.clone(),
             copy,
         },

@@ -26,6 +26,7 @@ use super::init::{self, Bind, DEFAULT_PATH, Exec, Plan, RootFs};
 use super::rootfs;
 use super::sys::LinuxSys;
 use super::wire::{ContainerWire, Envelope, Failure, Report, Request, WireSpec};
+use crate::lang::Network;
 use crate::snapshot::MergedView;
 
 /// The name prefixes of the overlay probe's and `bake run`'s scratch folders
@@ -189,7 +190,7 @@ fn run(spec: &WireSpec) -> Report {
         Ok(p) => p,
         Err(f) => return Report::Failed(f),
     };
-    let outcome = supervise(&prepared.plan, &prepared.exec, Mode::step());
+    let outcome = supervise(&prepared.plan, &prepared.exec, Mode::step(), prepared.scratch.path());
     let report = match outcome {
         Ok(Outcome::Exited(code)) => match &prepared.copy {
             Some((rootfs, base)) => match super::copy::diff(rootfs, base, &spec.upper) {
@@ -254,7 +255,7 @@ fn run_container(mut container: ContainerWire, fds: Vec<OwnedFd>) -> Report {
         Ok(p) => p,
         Err(f) => return Report::Failed(f),
     };
-    let report = match supervise(&prepared.plan, &prepared.exec, Mode::container(console)) {
+    let report = match supervise(&prepared.plan, &prepared.exec, Mode::container(console), prepared.scratch.path()) {
         Ok(Outcome::Exited(code)) => Report::Exited(code),
         // Killed: as `docker kill` reports it.
         Ok(Outcome::Cancelled) => Report::Exited(128 + Signal::SIGKILL as i32),
@@ -287,8 +288,13 @@ fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
     let resolv = scratch.path().join("resolv.conf");
     let host_text = format!("127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback {0}\n", spec.hostname);
     std::fs::write(&hosts, host_text).map_err(io_failure("write hosts"))?;
-    std::fs::write(&resolv, std::fs::read("/etc/resolv.conf").unwrap_or_default())
-        .map_err(io_failure("write resolv.conf"))?;
+    // A private network asks slirp4netns's DNS forwarder: the host's own
+    // resolvers may be on its loopback (127.0.0.53), out of the step's reach.
+    let resolv_text = match spec.network {
+        Network::Private => super::nat::RESOLV_CONF.as_bytes().to_vec(),
+        Network::Host | Network::None => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+    };
+    std::fs::write(&resolv, resolv_text).map_err(io_failure("write resolv.conf"))?;
 
     // The upper's root is the container's `/`: give it the image's.
     let root_meta = view.find("/", false).ok().flatten().filter(|_| !spec.lowers.is_empty()).map(|f| f.meta);
@@ -302,6 +308,7 @@ fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
     let mut targets: Vec<(String, bool, Option<PathBuf>, bool)> = vec![
         ("/dev".into(), true, None, false),
         ("/proc".into(), true, None, false),
+        ("/sys".into(), true, None, false),
         ("/etc/hosts".into(), false, Some(hosts), true),
         ("/etc/resolv.conf".into(), false, Some(resolv), true),
     ];
@@ -345,7 +352,9 @@ fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
         }
     }
     rootfs::finish_mirror(&mut mirrored).map_err(io_failure("prepare the mountpoint skeleton"))?;
-    let [dev, proc] = [rel.remove(0), rel.remove(0)];
+    let [dev, proc, sys] = [rel.remove(0), rel.remove(0), rel.remove(0)];
+    let (masked, readonly) =
+        if spec.insecure { (Vec::new(), Vec::new()) } else { init::confinement(&proc, &sys, &thermal_throttle()) };
 
     let (rootfs, copy) = match from_lowers {
         Some(copied) => {
@@ -358,8 +367,20 @@ fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
     if !cwd.starts_with('/') {
         cwd.insert(0, '/');
     }
-    let plan =
-        Plan { root, rootfs, dev, proc, binds, hostname: spec.hostname.clone(), new_network: spec.new_network, cwd };
+    let plan = Plan {
+        root,
+        rootfs,
+        dev,
+        proc,
+        sys,
+        masked,
+        readonly,
+        sys_readonly: !spec.insecure,
+        binds,
+        hostname: spec.hostname.clone(),
+        network: spec.network,
+        cwd,
+    };
     Ok(Prepared { scratch, plan, exec, copy })
 }
 
@@ -423,7 +444,37 @@ fn exec_of(spec: &WireSpec, user: super::user::ExecUser) -> Result<Exec, Failure
     let args = spec.args.iter().map(|a| cstring("pass the command's arguments", a)).collect::<Result<_, _>>()?;
     let env =
         env.iter().map(|(k, v)| cstring("pass the environment", &format!("{k}={v}"))).collect::<Result<_, _>>()?;
-    Ok(Exec { user, program: program.clone(), path, args, env, console: None })
+    let (capabilities, seccomp) = if spec.insecure {
+        ((0..=last_capability()).collect(), Vec::new())
+    } else {
+        let filters = super::seccomp::compile(&init::CAPABILITIES, super::seccomp::kernel_version())
+            .map_err(|message| Failure::Io { what: "prepare the seccomp filter".into(), message })?;
+        (init::CAPABILITIES.to_vec(), filters)
+    };
+    Ok(Exec { user, program: program.clone(), path, args, env, console: None, capabilities, seccomp })
+}
+
+/// The highest capability number this kernel knows.
+fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|t| t.trim().parse().ok()).unwrap_or(40)
+}
+
+/// Docker masks each CPU's `thermal_throttle` folder in `/sys` (it lets a
+/// container watch another's power use); those this machine has.
+fn thermal_throttle() -> Vec<String> {
+    let Ok(cpus) = std::fs::read_dir("/sys/devices/system/cpu") else { return Vec::new() };
+    let mut paths: Vec<String> = cpus
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix("cpu").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .map(|e| format!("/sys/devices/system/cpu/{}/thermal_throttle", e.file_name().to_string_lossy()))
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    paths.sort();
+    paths
 }
 
 /// The signals a container's helper and PID 1 pass on to its process.
@@ -498,7 +549,7 @@ fn cancel_pending(cancel: &SigSet) -> bool {
 
 /// Forks PID 1 and waits for it; kills it when bake cancels, passes on the
 /// signals to forward (all blocked since the helper started).
-fn supervise(plan: &Plan, exec: &Exec, mode: Mode) -> Result<Outcome, Failure> {
+fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Outcome, Failure> {
     let mut signals = mode.cancel;
     signals.add(Signal::SIGCHLD);
     for s in &mode.forward {
@@ -509,21 +560,59 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode) -> Result<Outcome, Failure> {
         return Ok(Outcome::Cancelled);
     }
     let (mut report_r, report_w) = std::io::pipe().map_err(io_failure("create a pipe"))?;
+    // A private network: PID 1 is born in a namespace the helper makes, and
+    // waits at the gate until slirp4netns serves it.
+    let private = plan.network == Network::Private;
+    let gate = if private { Some(std::io::pipe().map_err(io_failure("create a pipe"))?) } else { None };
+    let netns = if private { Some(super::nat::create()?) } else { None };
+    // Before the PID namespace: see `nat::start`. Killed when dropped.
+    let starting = match &netns {
+        Some(ns) => Some(super::nat::start(ns, &scratch.join("slirp4netns.log"))?),
+        None => None,
+    };
     // A new PID namespace applies to the children of the caller only: the
     // helper itself stays where it is, its next child is PID 1.
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|e| Failure::kernel("unshare the PID namespace", e))?;
+    if let Some(ns) = &netns {
+        ns.enter()?;
+    }
     #[allow(unsafe_code)]
     // SAFETY: the helper is single-threaded (it runs no runtime and spawns no
     // threads), so the child starts with consistent locks and heap.
     let forked = unsafe { nix::unistd::fork() }.map_err(|e| Failure::kernel("fork", e))?;
+    let (gate_r, gate_w) = gate.map_or((None, None), |(r, w)| (Some(r), Some(w)));
     let pid1 = match forked {
         ForkResult::Child => {
-            drop(report_r);
-            std::process::exit(pid1(plan, exec, report_w, mode.console.as_ref()))
+            drop((report_r, gate_w));
+            std::process::exit(pid1(plan, exec, report_w, gate_r, mode.console.as_ref()))
         }
         ForkResult::Parent { child } => child,
     };
-    drop(report_w);
+    drop((report_w, gate_r));
+    let abort = |failure: Failure| {
+        let _ = kill(pid1, Signal::SIGKILL);
+        let _ = waitpid(pid1, None);
+        failure
+    };
+    // Dropped (slirp4netns killed and reaped) when this function returns.
+    let mut _nat = None;
+    if let (Some(netns), Some(starting)) = (netns, starting) {
+        netns.leave().map_err(abort)?;
+        match starting.ready() {
+            Ok(nat) => _nat = Some(nat),
+            Err(failure) => {
+                // PID 1 may have failed first (and slirp4netns for want of
+                // its namespace): its own report says more.
+                let failure = abort(failure);
+                let mut said = Vec::new();
+                let _ = report_r.read_to_end(&mut said);
+                return Err(serde_json::from_slice::<Failure>(said.trim_ascii()).unwrap_or(failure));
+            }
+        }
+        if let Some(mut gate) = gate_w {
+            gate.write_all(b"\n").map_err(|e| abort(Failure::io("start the step", &e)))?;
+        }
+    }
     // Only PID 1 sends on it: bake sees EOF if PID 1 fails before that.
     drop(mode.console);
     // EOF once the step has exec'd (the pipe is close-on-exec) or everyone
@@ -572,7 +661,13 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode) -> Result<Outcome, Failure> {
 /// keeps the forwarded signals blocked and takes them with sigwait, so they
 /// wait for it instead of vanishing, and the step (not PID 1 itself, so with
 /// the default actions) receives them, as with `docker run --init`.
-fn pid1(plan: &Plan, exec: &Exec, mut report: std::io::PipeWriter, console: Option<&Console>) -> i32 {
+fn pid1(
+    plan: &Plan,
+    exec: &Exec,
+    mut report: std::io::PipeWriter,
+    gate: Option<std::io::PipeReader>,
+    console: Option<&Console>,
+) -> i32 {
     let mut waited = set_of(&FORWARDED);
     waited.add(Signal::SIGCHLD);
     let _ = waited.thread_set_mask();
@@ -589,6 +684,14 @@ fn pid1(plan: &Plan, exec: &Exec, mut report: std::io::PipeWriter, console: Opti
     };
     if let Err(f) = init::enter(&LinuxSys, plan) {
         return fail(report, &f);
+    }
+    // The private network is served: the helper says so, or ends us (and
+    // reports why itself).
+    if let Some(mut gate) = gate {
+        let mut byte = [0u8; 1];
+        if !matches!(gate.read(&mut byte), Ok(1)) {
+            return 1;
+        }
     }
     let mut exec = std::borrow::Cow::Borrowed(exec);
     if let Some(console) = console {

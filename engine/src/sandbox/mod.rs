@@ -126,7 +126,9 @@ mod container;
 mod copy;
 mod helper;
 mod init;
+mod nat;
 mod rootfs;
+mod seccomp;
 mod sys;
 mod tty;
 mod user;
@@ -158,6 +160,9 @@ pub const HELPER_ARG: &str = "__bake-sandbox";
 /// The environment variable that forces a backend: `overlay` or `copy`.
 pub const BACKEND_VAR: &str = "BAKE_SANDBOX_BACKEND";
 
+/// The userspace NAT of a private network (Debian package `slirp4netns`).
+pub const NAT_PROGRAM: &str = "slirp4netns";
+
 /// How long a cancelled helper gets to clean up before it is killed.
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -183,8 +188,13 @@ pub struct RunSpec {
     /// `/etc/passwd` and `/etc/group`; `None` is root.
     pub user: Option<String>,
     pub hostname: String,
-    /// [`Network::None`]: a new network namespace with only `lo`, up.
+    /// [`Network::Private`]: a network namespace of its own, with outbound
+    /// access through slirp4netns; [`Network::None`]: one with only `lo`,
+    /// up; [`Network::Host`]: the host's.
     pub network: Network,
+    /// `security "insecure"`: every capability, no seccomp filter, no
+    /// masked or read-only paths (the caller checks it was allowed).
+    pub insecure: bool,
     /// Caches and secrets; never part of the upper.
     pub mounts: Vec<Mount>,
 }
@@ -283,6 +293,22 @@ pub enum SandboxError {
     #[diagnostic(code(bake::sandbox::io))]
     Io { what: String, message: String },
 
+    #[error("`slirp4netns` is needed for the step's private network, and it is not installed")]
+    #[diagnostic(
+        code(bake::sandbox::nat_missing),
+        help(
+            "install it (Debian and Ubuntu: `apt-get install slirp4netns`), or give the step `network \"host\"` or `network \"none\"`"
+        )
+    )]
+    NatMissing,
+
+    #[error("the step's private network could not be started: {message}")]
+    #[diagnostic(
+        code(bake::sandbox::nat),
+        help("slirp4netns failed; `network \"host\"` or `network \"none\"` avoids it")
+    )]
+    Nat { message: String },
+
     #[error("the sandbox helper ended without a report ({status})")]
     #[diagnostic(code(bake::sandbox::helper))]
     Helper { status: String },
@@ -314,6 +340,8 @@ impl From<Failure> for SandboxError {
             Failure::NotFound { program } => Self::NotFound { program },
             Failure::Exec { program, errno } => Self::Exec { program, errno: Errno::from_raw(errno) },
             Failure::Io { what, message } => Self::Io { what, message },
+            Failure::Nat { missing: true, .. } => Self::NatMissing,
+            Failure::Nat { missing: false, message } => Self::Nat { message },
         }
     }
 }
@@ -403,7 +431,8 @@ pub async fn run_with(
         cwd: spec.cwd.clone(),
         user: spec.user.clone(),
         hostname: spec.hostname.clone(),
-        new_network: spec.network == Network::None,
+        network: spec.network,
+        insecure: spec.insecure,
         mounts: spec.mounts.clone(),
         copy,
     };

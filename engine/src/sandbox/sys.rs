@@ -43,6 +43,16 @@ pub(crate) trait Sys {
     /// Shrinks the capability bounding set to `keep` (capability numbers):
     /// root's capabilities after `execve` are the bounding set.
     fn bound_capabilities(&self, keep: &[u32]) -> nix::Result<()>;
+    /// Sets the effective and permitted sets to `keep` (what of it the
+    /// process holds), empties the
+    /// inheritable and ambient sets: what root keeps through `execve` is
+    /// then exactly the bounding set, and nothing passes to a non-root user.
+    fn set_capabilities(&self, keep: &[u32]) -> nix::Result<()>;
+    /// `PR_SET_NO_NEW_PRIVS`: no setuid bit or file capability can raise
+    /// the step's privileges, and a seccomp filter may be loaded.
+    fn no_new_privs(&self) -> nix::Result<()>;
+    /// Loads a seccomp filter for this process and its children.
+    fn seccomp(&self, program: &[seccompiler::sock_filter]) -> nix::Result<()>;
     /// A new session whose controlling terminal is `tty`, which becomes
     /// stdin, stdout and stderr and is handed to `owner`.
     fn console(&self, tty: &Path, owner: Uid) -> nix::Result<()>;
@@ -174,6 +184,66 @@ impl Sys for LinuxSys {
         Ok(())
     }
 
+    #[allow(unsafe_code)]
+    fn set_capabilities(&self, keep: &[u32]) -> nix::Result<()> {
+        use nix::libc;
+        // `struct __user_cap_header_struct` and `__user_cap_data_struct`.
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        // _LINUX_CAPABILITY_VERSION_3: 64-bit sets, as two 32-bit words.
+        const VERSION_3: u32 = 0x2008_0522;
+        let mut header = Header { version: VERSION_3, pid: 0 };
+        let mut held = [Data::default(); 2];
+        // SAFETY: capget writes one header and two data structs we own.
+        let got = unsafe { libc::syscall(libc::SYS_capget, &raw mut header, held.as_mut_ptr()) };
+        Errno::result(got)?;
+        let mut data = [Data::default(); 2];
+        for &cap in keep.iter().filter(|&&c| c < 64) {
+            let (word, bit) = ((cap / 32) as usize, 1 << (cap % 32));
+            // Only what is held can be kept (root here lacks some).
+            if held[word].permitted & bit != 0 {
+                data[word].effective |= bit;
+                data[word].permitted |= bit;
+            }
+        }
+        // SAFETY: capset reads one header and two data structs, laid out as
+        // the kernel's (repr(C)), which live until the call returns.
+        let done = unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) };
+        Errno::result(done)?;
+        // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments only.
+        let cleared = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::c_ulong::try_from(libc::PR_CAP_AMBIENT_CLEAR_ALL).unwrap_or(4),
+                0,
+                0,
+                0,
+            )
+        };
+        Errno::result(cleared).map(drop)
+    }
+
+    fn no_new_privs(&self) -> nix::Result<()> {
+        nix::sys::prctl::set_no_new_privs()
+    }
+
+    fn seccomp(&self, program: &[seccompiler::sock_filter]) -> nix::Result<()> {
+        seccompiler::apply_filter(program).map_err(|e| match e {
+            seccompiler::Error::Seccomp(io) | seccompiler::Error::Prctl(io) => io_errno(io),
+            _ => Errno::EINVAL,
+        })
+    }
+
     fn setgroups(&self, groups: &[Gid]) -> nix::Result<()> {
         nix::unistd::setgroups(groups)
     }
@@ -286,6 +356,18 @@ pub(crate) mod tests {
 
         fn bound_capabilities(&self, keep: &[u32]) -> nix::Result<()> {
             self.record(format!("bound_capabilities {keep:?}"))
+        }
+
+        fn set_capabilities(&self, keep: &[u32]) -> nix::Result<()> {
+            self.record(format!("set_capabilities {keep:?}"))
+        }
+
+        fn no_new_privs(&self) -> nix::Result<()> {
+            self.record("no_new_privs".to_owned())
+        }
+
+        fn seccomp(&self, program: &[seccompiler::sock_filter]) -> nix::Result<()> {
+            self.record(format!("seccomp {} instructions", program.len()))
         }
 
         fn console(&self, tty: &Path, owner: Uid) -> nix::Result<()> {

@@ -52,7 +52,10 @@ pub(crate) struct WireSpec {
     pub(crate) cwd: String,
     pub(crate) user: Option<String>,
     pub(crate) hostname: String,
-    pub(crate) new_network: bool,
+    pub(crate) network: crate::lang::Network,
+    /// `security "insecure"`: no seccomp, no masked or read-only paths,
+    /// every capability.
+    pub(crate) insecure: bool,
     pub(crate) mounts: Vec<super::Mount>,
     pub(crate) copy: bool,
 }
@@ -96,6 +99,12 @@ pub(crate) enum Failure {
     },
     Io {
         what: String,
+        message: String,
+    },
+    /// The NAT of a private network could not be started: `missing` when
+    /// its program is not installed.
+    Nat {
+        missing: bool,
         message: String,
     },
 }
