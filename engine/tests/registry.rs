@@ -683,6 +683,25 @@ fn fake_image() -> FakeImage {
     FakeImage { manifest, config, config_digest, layer, layer_digest }
 }
 
+/// Serves `image`'s manifest (under every tag) and config, and answers
+/// every other request (its layer) with `layer`.
+fn serve_image(
+    image: std::sync::Arc<FakeImage>,
+    layer: impl Fn(&FakeImage) -> fake_registry::Reply + Send + Sync + 'static,
+) -> fake_registry::FakeRegistry {
+    fake_registry::FakeRegistry::start(move |_, path| {
+        if path == "/v2/" {
+            fake_registry::Reply::status(200)
+        } else if path.contains("/manifests/") {
+            fake_registry::Reply::json(media::OCI_MANIFEST, image.manifest.clone())
+        } else if path.ends_with(&image.config_digest.to_string()) {
+            fake_registry::Reply::json("application/octet-stream", image.config.clone())
+        } else {
+            layer(&image)
+        }
+    })
+}
+
 #[tokio::test]
 async fn a_registry_that_never_answers_times_out_naming_it() {
     let fake = fake_registry::FakeRegistry::start(|_, _| fake_registry::Reply::Silent);
@@ -704,20 +723,10 @@ async fn a_registry_that_never_answers_times_out_naming_it() {
 #[tokio::test]
 async fn a_blob_that_stops_midway_is_reported_stalled_then_times_out() {
     let image = std::sync::Arc::new(fake_image());
-    let served = image.clone();
-    let fake = fake_registry::FakeRegistry::start(move |_, path| {
-        let image = &served;
-        if path == "/v2/" {
-            fake_registry::Reply::status(200)
-        } else if path.contains("/manifests/") {
-            fake_registry::Reply::json(media::OCI_MANIFEST, image.manifest.clone())
-        } else if path.ends_with(&image.config_digest.to_string()) {
-            fake_registry::Reply::json("application/octet-stream", image.config.clone())
-        } else if path.ends_with(&image.layer_digest.to_string()) {
-            fake_registry::Reply::Partial { headers: vec![], body: image.layer.clone(), sent: 100 << 10 }
-        } else {
-            fake_registry::Reply::status(404)
-        }
+    let fake = serve_image(image.clone(), |image| fake_registry::Reply::Partial {
+        headers: vec![],
+        body: image.layer.clone(),
+        sent: 100 << 10,
     });
     let (_dir, store) = new_store();
     let client = client_with(&impatient(), &store, Credentials::Anonymous);
@@ -795,20 +804,9 @@ async fn an_oversized_manifest_is_refused_with_its_size() {
 #[tokio::test]
 async fn a_redirect_to_a_link_local_address_is_named_as_such() {
     let image = std::sync::Arc::new(fake_image());
-    let served = image.clone();
-    let fake = fake_registry::FakeRegistry::start(move |_, path| {
-        let image = &served;
-        if path == "/v2/" {
-            fake_registry::Reply::status(200)
-        } else if path.contains("/manifests/") {
-            fake_registry::Reply::json(media::OCI_MANIFEST, image.manifest.clone())
-        } else if path.ends_with(&image.config_digest.to_string()) {
-            fake_registry::Reply::json("application/octet-stream", image.config.clone())
-        } else {
-            // Where cloud metadata services answer.
-            fake_registry::Reply::redirect("http://169.254.169.254/latest/meta-data/iam/")
-        }
-    });
+    // Where cloud metadata services answer.
+    let fake =
+        serve_image(image.clone(), |_| fake_registry::Reply::redirect("http://169.254.169.254/latest/meta-data/iam/"));
     let (_dir, store) = new_store();
     let client = client_with(&impatient(), &store, Credentials::Anonymous);
     let err =
