@@ -14,6 +14,8 @@
 #                         debootstrap checks the mirror's signature, over HTTP(S)
 #   docker.io             a real Docker engine that loads and runs what bake built
 #                         (scripts/dockerd.sh)
+#   slirp4netns           the userspace NAT of a `run` step's private network (the
+#                         default `network "private"`); bake itself needs it too
 #
 # Needs root (or sudo) only when something is missing. `apt-get update` runs
 # only when a missing package has no install candidate, or when installing
@@ -23,7 +25,7 @@ set -euo pipefail
 
 packages=(
   docker-registry skopeo umoci busybox-static debootstrap
-  debian-archive-keyring ca-certificates docker.io
+  debian-archive-keyring ca-certificates docker.io slirp4netns
 )
 for arg in "$@"; do
   case $arg in

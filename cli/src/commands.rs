@@ -323,6 +323,8 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 pub(crate) fn exec_failure(e: ExecError) -> Failure {
     match e {
         ExecError::Plan(p) => Failure::from(p),
+        // What the command line allows, not a failed build.
+        e @ ExecError::InsecureNotAllowed { .. } => Failure::Usage(Report::new(e)),
         other => Failure::Build(Report::new(other)),
     }
 }

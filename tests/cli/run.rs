@@ -374,3 +374,31 @@ target "both" "slow" "broken"
     // The slow step was stopped, not waited for: it never finished.
     assert!(!failed.stderr.contains("done     slow/0"), "{}", failed.stderr);
 }
+
+/// `security "insecure"` needs `--allow security.insecure`: without it the
+/// build stops before running anything, at the `security` node; with it the
+/// step has no seccomp filter and every capability.
+#[test]
+fn insecure_steps_need_the_allow_flag() {
+    let home = home_with_busybox();
+    let p = project(
+        r#"
+stage "t" from="busybox" {
+    run "grep Seccomp: /proc/self/status > /seccomp" {
+        security "insecure"
+        network "none"
+    }
+}
+artifact "out" from="t" path="/seccomp" dest="out/seccomp"
+"#,
+    );
+    let refused = bake(p.path(), home.path(), &["build", "--progress", "plain", "out"]);
+    assert_eq!(refused.code, 2, "{}", refused.render());
+    assert!(refused.stderr.contains("bake::exec::insecure_not_allowed"), "{}", refused.render());
+    assert!(refused.stderr.contains("security \"insecure\""), "{}", refused.render());
+    assert!(refused.stderr.contains("--allow security.insecure"), "{}", refused.render());
+    assert!(!p.path().join("out/seccomp").exists());
+    let allowed = bake(p.path(), home.path(), &["build", "--progress", "plain", "--allow", "security.insecure", "out"]);
+    assert_eq!(allowed.code, 0, "{}", allowed.render());
+    assert_eq!(std::fs::read_to_string(p.path().join("out/seccomp")).expect("artifact"), "Seccomp:\t0\n");
+}

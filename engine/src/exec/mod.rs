@@ -131,6 +131,9 @@ pub enum ExecError {
         src: crate::lang::Src,
         #[label("needs --allow security.insecure")]
         at: SourceSpan,
+        /// The build's other insecure steps, reported at once.
+        #[related]
+        others: Vec<ExecError>,
     },
 
     #[error("{} changed while the build was copying it", path.display())]
@@ -602,22 +605,21 @@ impl Engine {
 /// Fails when a step the build needs asks for `security "insecure"`: every
 /// such step is named, before anything runs.
 fn refuse_insecure(ws: &Workspace, plan: &Plan) -> Result<(), ExecError> {
-    let mut refused: Vec<ExecError> = plan
-        .needed()
-        .filter_map(|n| match &plan.graph[n].op {
-            Op::Run { run, .. } => match run.security {
-                crate::lang::Security::Insecure { at } => {
-                    Some(ExecError::InsecureNotAllowed { src: ws.file(at.file).src(), at: at.span })
-                }
-                crate::lang::Security::Sandbox => None,
-            },
-            _ => None,
-        })
-        .collect();
-    match refused.len() {
-        0 => Ok(()),
-        1 => Err(refused.remove(0)),
-        _ => Err(ExecError::Failed { errors: refused }),
+    let mut refused = plan.needed().filter_map(|n| match &plan.graph[n].op {
+        Op::Run { run, .. } => match run.security {
+            crate::lang::Security::Insecure { at } => {
+                Some(ExecError::InsecureNotAllowed { src: ws.file(at.file).src(), at: at.span, others: Vec::new() })
+            }
+            crate::lang::Security::Sandbox => None,
+        },
+        _ => None,
+    });
+    match refused.next() {
+        None => Ok(()),
+        Some(ExecError::InsecureNotAllowed { src, at, .. }) => {
+            Err(ExecError::InsecureNotAllowed { src, at, others: refused.collect() })
+        }
+        Some(other) => Err(other),
     }
 }
 

@@ -20,6 +20,11 @@
 //!   IPC (and, for `network "none"`, network) namespaces itself. The helper
 //!   never enters them, so it keeps the host's view of the filesystem for the
 //!   cleanup (pivot_root re-roots every process of a mount namespace).
+//! - `network "private"` (the default): the helper makes the network
+//!   namespace itself, starts slirp4netns on it (in the host's namespaces,
+//!   before the PID namespace), forks PID 1 inside it and returns to the
+//!   host's; PID 1 starts the step once slirp4netns is ready (see
+//!   `nat.rs`).
 //! - PID 1 stays a tiny init: it forks the step, reaps every process, and
 //!   exits with the step's code (128 + signal when a signal killed it) as
 //!   soon as the step ends. Its end kills whatever the step left running.
@@ -42,21 +47,31 @@
 //! `unshare`; `mount / MS_REC|MS_PRIVATE` (nothing propagates to the host);
 //! overlay `lowerdir=SKEL:TOP:...:BOTTOM,upperdir,workdir` with
 //! `redirect_dir=off,index=off,metacopy=off` (so the upper folder is a plain
-//! diff: no redirect xattrs, no metadata-only copies) on an empty folder; a
-//! tmpfs `/dev` with `null zero full random urandom tty` bound from the host,
-//! a private devpts (`newinstance,ptmxmode=0666`) with `/dev/ptmx` linked to
-//! it, a tmpfs `/dev/shm` and the `fd`/`stdin`/`stdout`/`stderr` links; a
-//! fresh `/proc`; `/etc/hosts` (generated) and `/etc/resolv.conf` (the
-//! host's) bound read-only; caches bound read-write and secrets read-only;
-//! `pivot_root(".", ".")` and `umount2(".", MNT_DETACH)` (no `put_old`
-//! folder needed); `sethostname`; loopback up in a new network namespace;
-//! the working folder created (0755 root, part of the step's changes, as
-//! Docker does). The step's process then resets every signal to its default
-//! action, shrinks its capability bounding set to Docker's default set (no
-//! CAP_SYS_ADMIN: a step cannot mount, just as in `docker build`), and calls
-//! `setgroups`, `setgid`, `setuid`, `execve`. No rlimits are set: root here
-//! has no CAP_SYS_RESOURCE. The calls go through the `sys::Sys` trait, so
-//! unit tests check this order without root.
+//! diff: no redirect xattrs, no metadata-only copies) on an empty folder,
+//! `nodev`; a `nodev` tmpfs `/dev` with `null zero full random urandom tty`
+//! bound from the host (each bind is a mount of its own, with the host
+//! devtmpfs's flags, so they work and nothing else there does), a private
+//! devpts (`newinstance,ptmxmode=0666`) with `/dev/ptmx` linked to it, a
+//! tmpfs `/dev/shm` and the `fd`/`stdin`/`stdout`/`stderr` links; a fresh
+//! `/proc`; `/sys` read-only; Docker's read-only paths (`/proc/sys`, ...)
+//! bound read-only onto themselves and its masked paths covered
+//! (`/dev/null` on a file, a read-only tmpfs on a folder); `/etc/hosts`
+//! (generated) and `/etc/resolv.conf` (the host's, or slirp4netns's
+//! forwarder) bound read-only; caches bound read-write and secrets
+//! read-only, every bind `nodev,nosuid`; `pivot_root(".", ".")` and
+//! `umount2(".", MNT_DETACH)` (no `put_old` folder needed); `sethostname`;
+//! loopback up in a network namespace of the step's own; the working folder
+//! created (0755 root, part of the step's changes, as Docker does). The
+//! step's process then resets every signal to its default action, shrinks
+//! its capability bounding set to Docker's default set (no CAP_SYS_ADMIN: a
+//! step cannot mount, just as in `docker build`) and sets its effective and
+//! permitted sets to it (inheritable and ambient empty), calls `setgroups`,
+//! `setgid`, `setuid`, then `PR_SET_NO_NEW_PRIVS` and loads Docker's
+//! seccomp profile (`seccomp/`), and `execve`s. `security "insecure"` keeps
+//! every capability and skips the masks, the read-only paths, no_new_privs
+//! and seccomp. No rlimits are set: root here has no CAP_SYS_RESOURCE. The
+//! calls go through the `sys::Sys` trait, so unit tests check this order
+//! without root.
 //!
 //! An image with many layers does not fit one mount's option page with
 //! absolute paths; the lowers are then named through short symlinks (`0`,
@@ -79,7 +94,9 @@
 //!
 //! Every mount lives in PID 1's private mount namespace: the host never sees
 //! them, and they vanish with the namespace, which dies with its last
-//! process. PID 1's death kills every process of its PID namespace, and the
+//! process. slirp4netns, the one process outside it, is the helper's child:
+//! killed and reaped before the helper reports, and ended by its exit pipe
+//! when the helper dies. PID 1's death kills every process of its PID namespace, and the
 //! kernel reaps PID 1 only after they are all gone. So:
 //!
 //! - **Cancellation** (the `CancellationToken` fires): bake sends SIGTERM to
