@@ -28,6 +28,14 @@
 //! - `store max-size=SIZE`: a cap for the local store, as bytes (`1000000`) or
 //!   with a unit: `KB`/`MB`/`GB`/`TB` are powers of 1000, `KiB`/`MiB`/`GiB`/`TiB`
 //!   powers of 1024.
+//! - `allow-path "/abs/dir"...`: folders outside the workspace that build
+//!   files may name (`include`, `context=`, artifact `dest=`, ignore files),
+//!   as `--allow-path` does. This lives in the user's config, never in a
+//!   build file, so a build file cannot widen its own reach.
+//! - `limits NAME=VALUE...`: raise (or lower) the front end's limits
+//!   ([`crate::lang::Limits`]): `max-file-size`, `max-expanded` and
+//!   `max-expanded-total` are sizes; `max-files`, `max-nodes`, `max-stages`,
+//!   `max-include-walk` and `max-graph-depth` are counts.
 //!
 //! Every mistake in the file is reported at once, each pointing at what the
 //! user wrote, with a "did you mean" for misspelt names.
@@ -39,7 +47,7 @@ use std::sync::Arc;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
-use crate::lang::did_you_mean;
+use crate::lang::{Limits, did_you_mean};
 use crate::reference::{DEFAULT_REGISTRY, ImageRef};
 
 /// bake's configuration.
@@ -53,6 +61,10 @@ pub struct Config {
     /// The file this configuration was read from; `None` for the default
     /// configuration (no file).
     pub path: Option<PathBuf>,
+    /// Folders outside a workspace that its build files may name.
+    pub allow_paths: Vec<PathBuf>,
+    /// The front end's limits.
+    pub limits: Limits,
 }
 
 /// Settings for one registry.
@@ -155,7 +167,17 @@ pub enum ConfigProblem {
     },
 }
 
-const TOP_NODES: &[&str] = &["registry", "store"];
+const TOP_NODES: &[&str] = &["registry", "store", "allow-path", "limits"];
+const LIMIT_PROPS: &[&str] = &[
+    "max-file-size",
+    "max-files",
+    "max-nodes",
+    "max-stages",
+    "max-include-walk",
+    "max-expanded",
+    "max-expanded-total",
+    "max-graph-depth",
+];
 const REGISTRY_PROPS: &[&str] = &["insecure"];
 const REGISTRY_CHILDREN: &[&str] = &["mirror"];
 const STORE_PROPS: &[&str] = &["max-size"];
@@ -331,10 +353,95 @@ impl Parser<'_> {
                         config.store_max_size = Some(size);
                     }
                 }
+                "allow-path" => self.allow_paths(node, &mut config.allow_paths),
+                "limits" => self.limits(node, &mut config.limits),
                 other => self.unknown_node(node, other, "top-level", TOP_NODES),
             }
         }
         config
+    }
+
+    /// `allow-path "/abs/dir"...`: absolute folders, repeatable.
+    fn allow_paths(&mut self, node: &KdlNode, out: &mut Vec<PathBuf>) {
+        let help = Some("for example: allow-path \"/srv/shared-contexts\"".to_owned());
+        if node.entries().is_empty() {
+            self.errors.push(ConfigProblem::InvalidValue {
+                message: "`allow-path` needs a folder".to_owned(),
+                src: self.src.clone(),
+                at: node.name().span(),
+                label: "which folder?".to_owned(),
+                help: help.clone(),
+            });
+        }
+        for entry in node.entries() {
+            if let Some(name) = entry.name() {
+                self.unknown_property(entry, "allow-path", name.value(), &[]);
+                continue;
+            }
+            match entry.value().as_string() {
+                Some(path) if Path::new(path).is_absolute() => out.push(PathBuf::from(path)),
+                _ => self.invalid(
+                    entry,
+                    "`allow-path` takes absolute paths".to_owned(),
+                    "not an absolute path",
+                    help.clone(),
+                ),
+            }
+        }
+    }
+
+    /// `limits NAME=VALUE...`: sizes or counts, each at least 1.
+    fn limits(&mut self, node: &KdlNode, limits: &mut Limits) {
+        for entry in node.entries() {
+            let Some(name) = entry.name().map(kdl::KdlIdentifier::value) else {
+                self.invalid(
+                    entry,
+                    "`limits` takes properties only".to_owned(),
+                    "unexpected argument",
+                    Some("for example: limits max-graph-depth=512".to_owned()),
+                );
+                continue;
+            };
+            if !LIMIT_PROPS.contains(&name) {
+                self.unknown_property(entry, "limits", name, LIMIT_PROPS);
+                continue;
+            }
+            let is_size = matches!(name, "max-file-size" | "max-expanded" | "max-expanded-total");
+            let parsed = match entry.value() {
+                KdlValue::String(s) if is_size => parse_size(s),
+                KdlValue::Integer(i) => u64::try_from(*i).map_err(|_| "a limit cannot be negative".to_owned()),
+                _ if is_size => Err("a size is a string like \"32MiB\" or a number of bytes".to_owned()),
+                _ => Err("a count is a whole number".to_owned()),
+            }
+            .and_then(|n| if n == 0 { Err("a limit of 0 would refuse everything".to_owned()) } else { Ok(n) });
+            let value = match parsed {
+                Ok(n) => n,
+                Err(reason) => {
+                    self.invalid(entry, format!("`{name}=` is not a valid limit: {reason}"), "not a limit", None);
+                    continue;
+                }
+            };
+            let count = usize::try_from(value).unwrap_or(usize::MAX);
+            match name {
+                "max-file-size" => limits.max_file_size = value,
+                "max-files" => limits.max_files = count,
+                "max-nodes" => limits.max_nodes = count,
+                "max-stages" => limits.max_stages = count,
+                "max-include-walk" => limits.max_include_walk = count,
+                "max-expanded" => limits.max_expanded = count,
+                "max-expanded-total" => limits.max_expanded_total = count,
+                _ => limits.max_graph_depth = count,
+            }
+        }
+        if let Some(children) = node.children() {
+            self.errors.push(ConfigProblem::InvalidValue {
+                message: "`limits` takes no children block".to_owned(),
+                src: self.src.clone(),
+                at: children.span(),
+                label: "remove this block".to_owned(),
+                help: Some("for example: limits max-graph-depth=512".to_owned()),
+            });
+        }
     }
 
     /// `registry HOST [insecure=BOOL] { mirror HOST... }`: the host, where it

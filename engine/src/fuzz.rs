@@ -21,7 +21,7 @@ fn sandbox() -> &'static PathBuf {
 /// input (that is what the fuzzer checks); errors are simply dropped.
 pub fn pipeline(text: &str) {
     let dir = sandbox();
-    let options = LoadOptions { set: vec![("FUZZ".to_owned(), "x".to_owned())] };
+    let options = LoadOptions { set: vec![("FUZZ".to_owned(), "x".to_owned())], ..LoadOptions::default() };
     let Ok(ws) = load_str("build.kdl", dir, text, &options) else {
         return;
     };

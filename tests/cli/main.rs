@@ -5,6 +5,7 @@ mod book_help;
 mod container;
 mod examples;
 mod harness;
+mod hostile;
 mod images;
 mod lang;
 mod plan;

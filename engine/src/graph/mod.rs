@@ -217,7 +217,8 @@ impl Plan {
     pub fn build(ws: &Workspace, targets: &[String]) -> Result<Self, PlanError> {
         let mut b =
             Builder { ws, graph: DiGraph::new(), pulls: HashMap::new(), stage_nodes: vec![None; ws.stages.len()] };
-        for stage in 0..ws.stages.len() {
+        // Bases first, so `Builder::stage` never recurses down a long chain.
+        for stage in stage_order(ws) {
             b.stage(stage);
         }
         let stage_nodes: Vec<NodeIndex> = b.stage_nodes.iter().map(|n| n.unwrap_or_default()).collect();
@@ -306,7 +307,7 @@ impl Plan {
             .collect::<Vec<_>>()
             .into_par_iter()
             .map(|dir| {
-                let ctx = Context::open(&dir, options.index_dir.as_deref());
+                let ctx = Context::open_within(&dir, options.index_dir.as_deref(), Some(&ws.boundary));
                 (dir, ctx)
             })
             .collect();
@@ -562,6 +563,44 @@ fn select(ws: &Workspace, targets: &[String]) -> Result<(Vec<String>, Vec<Member
         }
     }
     Ok((requested, members))
+}
+
+/// Every stage after the stages it reads (`from=`, `copy from=`), found
+/// without recursion: `lang` bounds the depth, but a raised limit must not
+/// cost the stack.
+fn stage_order(ws: &Workspace) -> Vec<StageId> {
+    let deps = |s: StageId| {
+        let stage = &ws.stages[s];
+        let from = match stage.from {
+            Base::Stage(p) => Some(p),
+            _ => None,
+        };
+        from.into_iter().chain(stage.instructions.iter().filter_map(|ins| match &ins.kind {
+            InstructionKind::Copy(Copy { from: CopySource::Stage(p), .. }) => Some(*p),
+            _ => None,
+        }))
+    };
+    let mut placed = vec![false; ws.stages.len()];
+    let mut entered = vec![false; ws.stages.len()];
+    let mut order = Vec::with_capacity(ws.stages.len());
+    for start in 0..ws.stages.len() {
+        // (stage, whether its bases were pushed already)
+        let mut stack = vec![(start, false)];
+        while let Some((s, expanded)) = stack.pop() {
+            if placed[s] {
+                continue;
+            }
+            if expanded {
+                placed[s] = true;
+                order.push(s);
+            } else if !std::mem::replace(&mut entered[s], true) {
+                stack.push((s, true));
+                // Resolution rejected cycles; `entered` also ends any loop.
+                stack.extend(deps(s).filter(|&p| !placed[p] && p != s).map(|p| (p, false)));
+            }
+        }
+    }
+    order
 }
 
 /// Adds nodes for stages, resolving bases first.

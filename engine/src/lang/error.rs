@@ -8,10 +8,158 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use miette::{Diagnostic, NamedSource, SourceSpan};
+use miette::{Diagnostic, MietteError, MietteSpanContents, SourceCode, SourceSpan, SpanContents};
 
-/// The source of one `build.kdl`, named as diagnostics show it.
-pub type Src = NamedSource<Arc<String>>;
+/// Most diagnostics one load reports; the rest are counted in a last
+/// "and N more" entry. Rendering a diagnostic costs time proportional to its
+/// file, so 100,000 mistakes would print for minutes; the first 50 are what a
+/// user fixes first anyway.
+pub const MAX_REPORTED: usize = 50;
+
+/// Longest source line a diagnostic shows whole, in bytes. A longer one (a
+/// generated file, 1,000 properties on one line) is shown as a window of
+/// [`WINDOW`] bytes either side of the label, so one diagnostic stays a few
+/// lines long.
+pub const MAX_SHOWN_LINE: usize = 240;
+/// Bytes shown either side of a label inside a line longer than [`MAX_SHOWN_LINE`].
+pub(crate) const WINDOW: usize = 80;
+/// Longest user-written text (a name, a path) quoted in a message; the middle
+/// of a longer one is elided.
+pub const MAX_QUOTED: usize = 120;
+
+/// The source of one `build.kdl`, named as diagnostics show it. Lines longer
+/// than [`MAX_SHOWN_LINE`] are shown as a window around the label.
+#[derive(Clone)]
+pub struct Src {
+    name: String,
+    text: Arc<String>,
+}
+
+impl Src {
+    pub fn new(name: impl Into<String>, text: Arc<String>) -> Self {
+        Self { name: name.into(), text }
+    }
+
+    /// The name diagnostics show.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Debug for Src {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Src").field("name", &self.name).field("len", &self.text.len()).finish_non_exhaustive()
+    }
+}
+
+impl SourceCode for Src {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let text = self.text.as_str();
+        let inner = text.read_span(span, context_lines_before, context_lines_after)?;
+        let long = inner.data().split(|&b| b == b'\n').any(|line| line.len() > MAX_SHOWN_LINE);
+        let (start, end) = (span.offset().min(text.len()), (span.offset() + span.len()).min(text.len()));
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        if !long || end > line_end {
+            let (data, at, line, column, lines) =
+                (inner.data(), *inner.span(), inner.line(), inner.column(), inner.line_count());
+            return Ok(Box::new(MietteSpanContents::new_named(self.name.clone(), data, at, line, column, lines)));
+        }
+        // One long line: a window around the label, cut on character boundaries.
+        let mut from = start.saturating_sub(WINDOW).max(line_start);
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let mut to = (start + span.len().min(MAX_SHOWN_LINE) + WINDOW).min(line_end);
+        while !text.is_char_boundary(to) {
+            to += 1;
+        }
+        let line = text.as_bytes()[..from].iter().filter(|&&b| b == b'\n').count();
+        let column = text[line_start..from].chars().count();
+        let window = SourceSpan::from(from..to);
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            &text.as_bytes()[from..to],
+            window,
+            line,
+            column,
+            1,
+        )))
+    }
+}
+
+/// `text` as quoted in a message: whole up to [`MAX_QUOTED`] bytes, else its
+/// start and end around an ellipsis.
+pub fn quoted(text: &str) -> String {
+    if text.len() <= MAX_QUOTED {
+        return text.to_owned();
+    }
+    let mut head = MAX_QUOTED / 2;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - MAX_QUOTED / 2;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{} ({} bytes)", &text[..head], &text[tail..], text.len())
+}
+
+/// The errors of one load: the first [`MAX_REPORTED`] kept, the rest counted.
+#[derive(Debug, Default)]
+pub(crate) struct Errors {
+    kept: Vec<LangError>,
+    dropped: usize,
+}
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: LangError) {
+        if self.kept.len() < MAX_REPORTED {
+            self.kept.push(error);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// [`Errors::push`] for an error that is costly to build (a "did you
+    /// mean" compares names): built only when it will be reported.
+    pub(crate) fn push_with(&mut self, make: impl FnOnce() -> LangError) {
+        if self.kept.len() < MAX_REPORTED {
+            self.kept.push(make());
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    pub(crate) fn extend(&mut self, errors: impl IntoIterator<Item = LangError>) {
+        for e in errors {
+            self.push(e);
+        }
+    }
+
+    /// Every error found so far, kept or not.
+    pub(crate) fn len(&self) -> usize {
+        self.kept.len() + self.dropped
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The kept errors, with a last entry counting the others.
+    pub(crate) fn into_reported(self) -> Vec<LangError> {
+        let mut out = self.kept;
+        if self.dropped > 0 {
+            out.push(LangError::More { count: self.dropped, shown: MAX_REPORTED });
+        }
+        out
+    }
+}
 
 /// A pointer to a second place, possibly in another file.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -29,6 +177,43 @@ pub struct Note {
 /// A mistake in a `build.kdl` (or in the values given for it).
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum LangError {
+    #[error("{what} `{written}` is outside the workspace")]
+    #[diagnostic(
+        code(bake::lang::outside_workspace),
+        help(
+            "a build file may only name paths inside its workspace (the folder of the root build.kdl, or -C DIR); to let builds use a folder outside it, pass `--allow-path DIR`, set BAKE_ALLOW_PATHS, or add `allow-path \"DIR\"` to bake's config file"
+        )
+    )]
+    OutsideWorkspace {
+        what: &'static str,
+        written: String,
+        resolved: PathBuf,
+        workspace: PathBuf,
+        #[source_code]
+        src: Src,
+        #[label("leads to {}", resolved.display())]
+        at: SourceSpan,
+    },
+
+    #[error("{what}: more than {limit} {unit}")]
+    #[diagnostic(code(bake::lang::limit))]
+    Limit {
+        what: String,
+        limit: usize,
+        unit: &'static str,
+        #[source_code]
+        src: Option<Src>,
+        #[label("{label}")]
+        at: Option<SourceSpan>,
+        label: String,
+        #[help]
+        help: String,
+    },
+
+    #[error("… and {count} more errors (only the first {shown} are shown)")]
+    #[diagnostic(code(bake::lang::more_errors), help("fix the errors above and run bake again to see the rest"))]
+    More { count: usize, shown: usize },
+
     #[error("cannot read {}", path.display())]
     #[diagnostic(code(bake::lang::read), help("check that the file exists and is readable"))]
     Read {
@@ -279,14 +464,28 @@ pub enum LangError {
     },
 }
 
-/// Every error found while loading a workspace, in file order.
+/// Every error found while loading a workspace, in file order (the first
+/// [`MAX_REPORTED`], then a [`LangError::More`] counting the rest).
 #[derive(Debug, thiserror::Error, Diagnostic)]
-#[error("{} in {}", plural(errors.len(), "error"), root.display())]
+#[error("{} in {}", plural(self.count(), "error"), root.display())]
 #[diagnostic(code(bake::lang::load))]
 pub struct LoadError {
     pub root: PathBuf,
     #[related]
     pub errors: Vec<LangError>,
+}
+
+impl LoadError {
+    /// How many errors were found, reported or only counted.
+    pub fn count(&self) -> usize {
+        self.errors
+            .iter()
+            .map(|e| match e {
+                LangError::More { count, .. } => *count,
+                _ => 1,
+            })
+            .sum()
+    }
 }
 
 /// `1 error`, `2 errors`.

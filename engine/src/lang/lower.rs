@@ -8,8 +8,10 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::{LabeledSpan, SourceSpan};
 use petgraph::graph::DiGraph;
 
-use super::error::{LangError, LoadError, Note, did_you_mean, suggest};
+use super::boundary::{Boundary, Resolved as Place};
+use super::error::{Errors, LangError, LoadError, Note, did_you_mean, quoted, suggest};
 use super::interp::{Piece, is_name, pieces};
+use super::limits::{Limits, MAX_ARG_DEPTH};
 use super::schema::{self, Checked, Spec};
 use super::{
     Arg, Artifact, Base, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput, Instruction,
@@ -28,9 +30,24 @@ pub(super) fn load_str(name: &str, dir: &Path, text: &str, options: &LoadOptions
 
 fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOptions) -> Result<Workspace, LoadError> {
     let mut files = Vec::new();
-    let mut errors = Vec::new();
-    let docs = super::parse::parse_workspace(root, root_text, &mut files, &mut errors);
-    let mut cx = Cx { files: &files, errors, args: HashMap::new(), used: BTreeMap::new(), failed: HashSet::new() };
+    let mut errors = Errors::default();
+    let workspace = options.workspace.clone().unwrap_or_else(|| match root.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
+    let boundary = Boundary::new(&workspace, &options.allow_paths);
+    let docs = super::parse::parse_workspace(root, root_text, &boundary, &options.limits, &mut files, &mut errors);
+    let mut cx = Cx {
+        files: &files,
+        errors,
+        args: HashMap::new(),
+        used: BTreeMap::new(),
+        failed: HashSet::new(),
+        boundary: &boundary,
+        limits: options.limits,
+        expanded: 0,
+        args_too_deep: false,
+    };
 
     let args = cx.collect_args(&docs, options);
     let decls = cx.collect_names(&docs);
@@ -57,16 +74,20 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
     if complete {
         let before = cx.errors.len();
         cx.check_cycles(&stages, &targets);
-        // The exec-form rules walk `from` chains, which must be acyclic.
+        // Depth is measured on an acyclic graph; the exec-form rules walk
+        // `from` chains, which must be acyclic and no deeper than the limit.
+        if cx.errors.len() == before {
+            cx.check_depth(&stages);
+        }
         if cx.errors.len() == before {
             cx.check_exec_forms(&stages);
         }
     }
     let Cx { errors, .. } = cx;
     if errors.is_empty() {
-        Ok(Workspace { files, args, stages, artifacts, targets, cache_from, cache_to })
+        Ok(Workspace { files, args, stages, artifacts, targets, cache_from, cache_to, boundary })
     } else {
-        Err(LoadError { root: root.to_path_buf(), errors })
+        Err(LoadError { root: root.to_path_buf(), errors: errors.into_reported() })
     }
 }
 
@@ -147,13 +168,21 @@ enum ArgState {
 
 struct Cx<'f> {
     files: &'f [SourceFile],
-    errors: Vec<LangError>,
+    errors: Errors,
     args: HashMap<String, (ArgState, Span)>,
     /// Args used by the strings lowered since the last `take_used`.
     used: BTreeMap<String, String>,
     /// Values whose interpolation failed (already reported): checks of what
     /// they hold would only repeat the same mistake.
     failed: HashSet<(FileId, usize)>,
+    /// The host paths build files may name.
+    boundary: &'f Boundary,
+    limits: Limits,
+    /// Bytes interpolation has added so far, against
+    /// [`Limits::max_expanded_total`].
+    expanded: usize,
+    /// An arg chain deeper than [`MAX_ARG_DEPTH`] was reported.
+    args_too_deep: bool,
 }
 
 impl<'f> Cx<'f> {
@@ -220,7 +249,7 @@ impl<'f> Cx<'f> {
         }
         let mut out = Vec::new();
         for (name, span, default) in order {
-            let value = match self.resolve_arg(&name, &mut Vec::new()) {
+            let value = match self.resolve_arg(&name) {
                 ArgState::Value(v) => Some(v),
                 _ => None,
             };
@@ -232,48 +261,104 @@ impl<'f> Cx<'f> {
 
     /// The value of an arg, resolving defaults that use other args. Returns
     /// `Value`, `NoValue` or `Broken`.
-    fn resolve_arg(&mut self, name: &str, stack: &mut Vec<(String, Span)>) -> ArgState {
-        let Some((state, span)) = self.args.get(name).cloned() else {
-            return ArgState::Broken;
-        };
-        match state {
-            ArgState::Resolving => {
-                let start = stack.iter().position(|(n, _)| n == name).unwrap_or(0);
-                let members: Vec<(String, Span)> = stack[start..].to_vec();
-                self.cycle_error("arg", &members, name);
-                for (n, _) in &members {
-                    if let Some(a) = self.args.get_mut(n) {
-                        a.0 = ArgState::Broken;
+    ///
+    /// Depth first with an explicit stack, not recursion, so a chain of any
+    /// length cannot overflow the stack; a chain deeper than
+    /// [`MAX_ARG_DEPTH`] is an error, and a cycle is reported whole.
+    fn resolve_arg(&mut self, name: &str) -> ArgState {
+        // Args being resolved, outermost first: name, default and its span.
+        let mut chain: Vec<(String, String, Span)> = Vec::new();
+        let mut next = Some(name.to_owned());
+        loop {
+            if let Some(n) = next.take() {
+                match self.args.get(&n).cloned() {
+                    Some((ArgState::Pending { default: None }, span)) => {
+                        self.args.insert(n, (ArgState::NoValue, span));
                     }
+                    Some((ArgState::Pending { default: Some((raw, default_span)) }, span)) => {
+                        if chain.len() >= MAX_ARG_DEPTH {
+                            self.too_deep_args(&chain, &n, default_span);
+                            let members = chain.drain(..).map(|(m, ..)| m).chain([n]);
+                            for member in members {
+                                if let Some(a) = self.args.get_mut(&member) {
+                                    a.0 = ArgState::Broken;
+                                }
+                            }
+                            break;
+                        }
+                        self.args.insert(n.clone(), (ArgState::Resolving, span));
+                        chain.push((n, raw, default_span));
+                    }
+                    Some((ArgState::Resolving, _)) => {
+                        let start = chain.iter().position(|(m, ..)| *m == n).unwrap_or(0);
+                        let members: Vec<(String, Span)> =
+                            chain[start..].iter().map(|(m, _, at)| (m.clone(), *at)).collect();
+                        self.cycle_error("arg", &members, &n);
+                        for (m, _) in &members {
+                            if let Some(a) = self.args.get_mut(m) {
+                                a.0 = ArgState::Broken;
+                            }
+                        }
+                    }
+                    _ => {}
                 }
-                ArgState::Broken
             }
-            ArgState::Pending { default: None } => {
-                self.args.insert(name.to_owned(), (ArgState::NoValue, span));
-                ArgState::NoValue
+            let Some((top, raw, at)) = chain.last().cloned() else { break };
+            if matches!(self.args.get(&top), Some((ArgState::Broken, _))) {
+                chain.pop();
+                continue;
             }
-            ArgState::Pending { default: Some((raw, default_span)) } => {
-                self.args.insert(name.to_owned(), (ArgState::Resolving, span));
-                stack.push((name.to_owned(), default_span));
-                let value = self.interpolate_with(&raw, default_span, stack);
-                stack.pop();
-                let settled = match (self.args.get(name).map(|a| &a.0), value) {
-                    // A cycle through this arg already marked it.
-                    (Some(ArgState::Broken), _) | (_, None) => ArgState::Broken,
+            // The first arg this default uses that is not settled yet.
+            let unsettled = pieces(&raw).ok().and_then(|pieces| {
+                pieces.into_iter().find_map(|p| match p {
+                    Piece::Arg { name, .. }
+                        if matches!(self.args.get(name), Some((ArgState::Pending { .. } | ArgState::Resolving, _))) =>
+                    {
+                        Some(name.to_owned())
+                    }
+                    _ => None,
+                })
+            });
+            if unsettled.is_some() {
+                next = unsettled;
+                continue;
+            }
+            // Everything it uses is settled, so this does not recurse.
+            chain.pop();
+            let value = self.interpolate_with(&raw, at);
+            if let Some((state, _)) = self.args.get_mut(&top) {
+                *state = match (&*state, value) {
+                    (ArgState::Broken, _) | (_, None) => ArgState::Broken,
                     (_, Some(v)) => ArgState::Value(v),
                 };
-                self.args.insert(name.to_owned(), (settled.clone(), span));
-                settled
             }
-            done => done,
         }
+        self.args.get(name).map_or(ArgState::Broken, |a| a.0.clone())
+    }
+
+    /// Args that refer to each other deeper than [`MAX_ARG_DEPTH`]. Reported
+    /// once: the rest of a very long chain would repeat it every 64 args.
+    fn too_deep_args(&mut self, chain: &[(String, String, Span)], last: &str, at: Span) {
+        if std::mem::replace(&mut self.args_too_deep, true) {
+            return;
+        }
+        let first = chain.first().map_or(last, |(n, ..)| n.as_str());
+        self.errors.push(LangError::Limit {
+            what: format!("args refer to each other too deeply (from `{}` to `{}`)", quoted(first), quoted(last)),
+            limit: MAX_ARG_DEPTH,
+            unit: "levels",
+            src: Some(self.file(at.file).src()),
+            at: Some(at.span),
+            label: format!("`{}` is {} args down the chain", quoted(last), chain.len() + 1),
+            help: "give an arg in this chain a literal default instead of another arg".to_owned(),
+        });
     }
 
     // ---- interpolation ------------------------------------------------------
 
     /// Interpolates a string value written at `span`.
     fn interpolate(&mut self, raw: &str, span: Span) -> String {
-        self.interpolate_with(raw, span, &mut Vec::new()).unwrap_or_else(|| {
+        self.interpolate_with(raw, span).unwrap_or_else(|| {
             self.failed.insert((span.file, span.span.offset()));
             raw.to_owned()
         })
@@ -284,13 +369,13 @@ impl<'f> Cx<'f> {
         self.failed.contains(&(at.file, at.span.offset()))
     }
 
-    fn interpolate_with(&mut self, raw: &str, span: Span, stack: &mut Vec<(String, Span)>) -> Option<String> {
+    fn interpolate_with(&mut self, raw: &str, span: Span) -> Option<String> {
         let pieces = match pieces(raw) {
             Ok(p) => p,
             Err(m) => {
                 let at = self.locate(span, &raw[m.start..m.end]);
                 self.errors.push(LangError::InvalidValue {
-                    message: format!("malformed `${{...}}` in {raw:?}"),
+                    message: format!("malformed `${{...}}` in {:?}", quoted(raw)),
                     src: self.file(span.file).src(),
                     at,
                     label: m.message.to_owned(),
@@ -320,8 +405,11 @@ impl<'f> Cx<'f> {
                         ok = false;
                         continue;
                     }
-                    match self.resolve_arg(name, stack) {
+                    match self.resolve_arg(name) {
                         ArgState::Value(value) => {
+                            if !self.expand(out.len(), &value, name, span, at) {
+                                return None;
+                            }
                             out.push_str(&value);
                             self.used.insert(name.to_owned(), value);
                         }
@@ -345,6 +433,60 @@ impl<'f> Cx<'f> {
             }
         }
         ok.then_some(out)
+    }
+
+    /// Whether `value` may be added to a string already `len` bytes long,
+    /// within [`Limits::max_expanded`] and [`Limits::max_expanded_total`];
+    /// reports why not.
+    fn expand(&mut self, len: usize, value: &str, name: &str, span: Span, at: SourceSpan) -> bool {
+        let total = self.expanded.saturating_add(value.len());
+        let (what, limit, help) = if len.saturating_add(value.len()) > self.limits.max_expanded {
+            (
+                format!("`${{{}}}` makes this string too long", quoted(name)),
+                self.limits.max_expanded,
+                "args that repeat each other grow exponentially; raise `limits max-expanded=` in bake's config file if this string really is that long",
+            )
+        } else if total > self.limits.max_expanded_total {
+            // Reported once: every later string would go past it too.
+            if self.expanded <= self.limits.max_expanded_total {
+                self.expanded = total;
+                self.errors.push(LangError::Limit {
+                    what: "args expand to too much text in this workspace".to_owned(),
+                    limit: self.limits.max_expanded_total,
+                    unit: "bytes",
+                    src: Some(self.file(span.file).src()),
+                    at: Some(at),
+                    label: "the limit is reached here".to_owned(),
+                    help: "a large arg used in many strings is copied into each; raise `limits max-expanded-total=` in bake's config file if this is intended".to_owned(),
+                });
+            }
+            return false;
+        } else {
+            self.expanded = total;
+            return true;
+        };
+        self.errors.push(LangError::Limit {
+            what,
+            limit,
+            unit: "bytes",
+            src: Some(self.file(span.file).src()),
+            at: Some(at),
+            label: "expands past the limit here".to_owned(),
+            help: help.to_owned(),
+        });
+        false
+    }
+
+    /// A path a build file names that leads outside the workspace.
+    fn outside(&mut self, what: &'static str, written: &str, resolved: PathBuf, at: Span) {
+        self.errors.push(LangError::OutsideWorkspace {
+            what,
+            written: quoted(written),
+            resolved,
+            workspace: self.boundary.root().to_path_buf(),
+            src: self.file(at.file).src(),
+            at: at.span,
+        });
     }
 
     /// The span of `needle` inside the source text of `span`, or `span` itself.
@@ -479,6 +621,19 @@ impl<'f> Cx<'f> {
                     self.duplicate(what, &name, *first, span);
                     continue;
                 }
+                if decls.len() >= self.limits.max_stages {
+                    self.errors.push(LangError::Limit {
+                        what: "too many stages, images, artifacts and targets".to_owned(),
+                        limit: self.limits.max_stages,
+                        unit: "declarations",
+                        src: Some(file.src()),
+                        at: Some(span.span),
+                        label: "this one goes past the limit".to_owned(),
+                        help: "raise `limits max-stages=` in bake's config file if the workspace really is this large"
+                            .to_owned(),
+                    });
+                    return decls;
+                }
                 sites.insert(name.clone(), (span, kind));
                 let family = match kind {
                     DeclKind::Stage | DeclKind::Image => 0,
@@ -550,16 +705,25 @@ impl<'f> Cx<'f> {
             None => file.dir.clone(),
             Some(entry) => {
                 let raw = self.string(file_id, entry);
-                let dir = file.dir.join(&raw);
-                if !dir.is_dir() {
-                    self.invalid(
-                        Span { file: file_id, span: entry.span() },
-                        format!("context `{raw}` is not a folder"),
-                        "no such folder",
-                        Some("`context=` is relative to the folder of this build.kdl"),
-                    );
+                let at = Span { file: file_id, span: entry.span() };
+                match self.boundary.check(&file.dir.join(&raw)) {
+                    _ if self.suppressed(at) => normalize_host(&file.dir.join(&raw)),
+                    Place::Outside(resolved) => {
+                        self.outside("context", &raw, resolved, at);
+                        file.dir.clone()
+                    }
+                    Place::Inside(dir) => {
+                        if !dir.is_dir() {
+                            self.invalid(
+                                at,
+                                format!("context `{}` is not a folder", quoted(&raw)),
+                                "no such folder",
+                                Some("`context=` is relative to the folder of this build.kdl"),
+                            );
+                        }
+                        dir
+                    }
                 }
-                normalize_host(&dir)
             }
         };
 
@@ -993,21 +1157,19 @@ impl<'f> Cx<'f> {
         let path = normalize_absolute(&self.string(file_id, c.prop("path")?));
         let dest_entry = c.prop("dest")?;
         let dest_raw = self.string(file_id, dest_entry);
+        let dest_at = Span { file: file_id, span: dest_entry.span() };
         if dest_raw.is_empty() {
-            self.invalid(
-                Span { file: file_id, span: dest_entry.span() },
-                "`dest=` cannot be empty".to_owned(),
-                "empty",
-                None,
-            );
+            self.invalid(dest_at, "`dest=` cannot be empty".to_owned(), "empty", None);
         }
-        Some(Artifact {
-            name: decl.name.clone(),
-            span: decl.span,
-            from,
-            path,
-            dest: normalize_host(&file.dir.join(dest_raw)),
-        })
+        let dest = match self.boundary.check(&file.dir.join(&dest_raw)) {
+            _ if self.suppressed(dest_at) => return None,
+            Place::Inside(dest) => dest,
+            Place::Outside(resolved) => {
+                self.outside("artifact destination", &dest_raw, resolved, dest_at);
+                return None;
+            }
+        };
+        Some(Artifact { name: decl.name.clone(), span: decl.span, from, path, dest })
     }
 
     fn lower_target(&mut self, decl: &Decl<'_>, names: &Names) -> Option<Target> {
@@ -1198,6 +1360,59 @@ impl<'f> Cx<'f> {
                 cycle.iter().map(|(n, span)| (targets[*n].name.clone(), *span)).collect();
             let back = members[0].0.clone();
             self.cycle_error("target", &members, &back);
+        }
+    }
+
+    /// Stages built on each other (`from=`, `copy from=`) no deeper than
+    /// [`Limits::max_graph_depth`]: a deeper chain is refused before anything
+    /// is planned or built. Linear: depths are computed once, in dependency
+    /// order, without recursion.
+    fn check_depth(&mut self, stages: &[Stage]) {
+        let deps = |s: &Stage| -> Vec<(StageId, Span)> {
+            let mut out: Vec<(StageId, Span)> = Vec::new();
+            if let Base::Stage(p) = s.from {
+                out.push((p, s.from_span));
+            }
+            for ins in &s.instructions {
+                if let InstructionKind::Copy(Copy { from: CopySource::Stage(p), .. }) = &ins.kind {
+                    out.push((*p, ins.span));
+                }
+            }
+            out
+        };
+        let mut depth: Vec<usize> = vec![0; stages.len()];
+        for start in 0..stages.len() {
+            // Iterative post-order: a stage's depth once all its bases have one.
+            let mut stack = vec![start];
+            while let Some(&s) = stack.last() {
+                if depth[s] > 0 {
+                    stack.pop();
+                    continue;
+                }
+                let pending: Vec<StageId> =
+                    deps(&stages[s]).into_iter().map(|(p, _)| p).filter(|&p| depth[p] == 0).collect();
+                if pending.is_empty() {
+                    let deepest = deps(&stages[s]).into_iter().map(|(p, at)| (depth[p], at)).max_by_key(|(d, _)| *d);
+                    depth[s] = deepest.map_or(1, |(d, _)| d.saturating_add(1));
+                    stack.pop();
+                    if depth[s] > self.limits.max_graph_depth {
+                        let at = deepest.map_or(stages[s].span, |(_, at)| at);
+                        self.errors.push(LangError::Limit {
+                            what: format!("stage `{}` is built on too long a chain of stages", stages[s].name),
+                            limit: self.limits.max_graph_depth,
+                            unit: "stages in a chain (`from=` and `copy from=`)",
+                            src: Some(self.file(at.file).src()),
+                            at: Some(at.span),
+                            label: format!("stage {} of this chain", depth[s]),
+                            help: "split the chain, or raise `limits max-graph-depth=` in bake's config file"
+                                .to_owned(),
+                        });
+                        return;
+                    }
+                } else {
+                    stack.extend(pending);
+                }
+            }
         }
     }
 
