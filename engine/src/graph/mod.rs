@@ -56,7 +56,7 @@ pub use render::{Format, describe};
 use crate::context::{Context, ContextError, Selection};
 use crate::lang::{
     ArtifactId, Base, Copy, CopySource, HealthTest, InstructionKind, Member, Run, Span, StageId, Workspace,
-    did_you_mean,
+    did_you_mean, list_names,
 };
 use crate::reference::ImageRef;
 
@@ -543,9 +543,9 @@ fn select(ws: &Workspace, targets: &[String]) -> Result<(Vec<String>, Vec<Member
         let Some(m) = ws.member(name) else {
             let names = ws.member_names();
             let help = match did_you_mean(name, names.iter().copied()) {
-                Some(close) => format!("did you mean `{close}`? Names: {}", names.join(", ")),
+                Some(close) => format!("did you mean `{close}`? Names: {}", list_names(&names)),
                 None if names.is_empty() => "the workspace defines nothing to build".to_owned(),
-                None => format!("names: {}", names.join(", ")),
+                None => format!("names: {}", list_names(&names)),
             };
             return Err(PlanError::UnknownTarget { name: name.clone(), help });
         };

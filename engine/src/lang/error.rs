@@ -504,9 +504,21 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
         .map(|(_, c)| c)
 }
 
+/// Most names a help text lists; a workspace with 10,000 stages would
+/// otherwise print all of them in every "unknown name" diagnostic.
+pub const MAX_LISTED: usize = 20;
+
+/// Names joined with commas: the first [`MAX_LISTED`], then how many more.
+pub fn list_names(names: &[&str]) -> String {
+    if names.len() <= MAX_LISTED {
+        return names.join(", ");
+    }
+    format!("{}, … and {} more", names[..MAX_LISTED].join(", "), names.len() - MAX_LISTED)
+}
+
 /// A help text: "did you mean" when something is close, then the valid choices.
 pub(crate) fn suggest(name: &str, what: &str, valid: &[&str]) -> String {
-    let list = if valid.is_empty() { format!("there are no {what}") } else { format!("{what}: {}", valid.join(", ")) };
+    let list = if valid.is_empty() { format!("there are no {what}") } else { format!("{what}: {}", list_names(valid)) };
     match did_you_mean(name, valid.iter().copied()) {
         Some(close) => format!("did you mean `{close}`? {list}"),
         None => list,

@@ -59,9 +59,10 @@ impl Limits {
     /// 1 MiB per interpolated string: far beyond any version or path, small
     /// enough that doubling args stop after about 20 steps.
     pub const MAX_EXPANDED: usize = 1 << 20;
-    /// 32 MiB added by interpolation over the whole workspace, so fanning a
-    /// large arg out into many strings stays bounded too.
-    pub const MAX_EXPANDED_TOTAL: usize = 32 << 20;
+    /// 16 MiB added by interpolation over the whole workspace, so fanning a
+    /// large arg out into many strings stays bounded too (each use is kept
+    /// about three times: the string, and the args each step and stage used).
+    pub const MAX_EXPANDED_TOTAL: usize = 16 << 20;
     /// 256 stages in one chain. Each step of a chain is at least one layer,
     /// and overlayfs mounts at most about 500 lower layers.
     pub const MAX_GRAPH_DEPTH: usize = 256;

@@ -44,7 +44,10 @@ use miette::SourceSpan;
 
 pub use boundary::{Boundary, Resolved};
 pub(crate) use error::plural;
-pub use error::{LangError, LoadError, MAX_QUOTED, MAX_REPORTED, MAX_SHOWN_LINE, Note, Src, did_you_mean, quoted};
+pub use error::{
+    LangError, LoadError, MAX_LISTED, MAX_QUOTED, MAX_REPORTED, MAX_SHOWN_LINE, Note, Src, did_you_mean, list_names,
+    quoted,
+};
 pub use limits::{Limits, MAX_ARG_DEPTH};
 pub(crate) use lower::normalize_absolute as clean_absolute;
 pub use parse::MAX_DEPTH;

@@ -233,6 +233,8 @@ pub const MAX_DEPTH: usize = 32;
 pub(crate) enum Nesting {
     Children,
     Comments,
+    /// `/-` after `/-`, each commenting out the next.
+    Slashdash,
 }
 
 /// The byte offset of the first `{` or `/*` deeper than [`MAX_DEPTH`],
@@ -249,11 +251,24 @@ pub(crate) fn too_deep(text: &str) -> Option<(usize, Nesting)> {
 pub(crate) fn scan(text: &str, max: usize) -> Result<usize, (usize, Nesting)> {
     let b = text.as_bytes();
     let (mut i, mut depth, mut nodes, mut starts) = (0, 0usize, 0usize, true);
+    // Slashdashes in a row (`/- /- /- node`): the parser recurses on each.
+    let mut dashes = 0usize;
     while i < b.len() && nodes <= max {
         let c = b[i];
         if starts && !matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'{' | b'}' | b'/' | b'\\') {
             nodes += 1;
             starts = false;
+        }
+        if c == b'/' && b.get(i + 1) == Some(&b'-') {
+            dashes += 1;
+            if dashes > MAX_DEPTH {
+                return Err((i, Nesting::Slashdash));
+            }
+            i += 2;
+            continue;
+        }
+        if !matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'\\') {
+            dashes = 0;
         }
         match c {
             b'\n' | b';' => starts = true,
@@ -342,6 +357,11 @@ pub(crate) fn parse_checked(text: &str, help: &str, depth: &str) -> Result<KdlDo
             Nesting::Comments => (
                 format!("`/* */` comments are nested more than {MAX_DEPTH} levels deep"),
                 "close each `/*` with `*/` before opening the next, or use `//` line comments",
+                2,
+            ),
+            Nesting::Slashdash => (
+                format!("more than {MAX_DEPTH} `/-` in a row"),
+                "one `/-` comments out the whole node, entry or block after it",
                 2,
             ),
         };
@@ -614,6 +634,8 @@ mod tests {
         assert_eq!(too_deep(&"{".repeat(33)), Some((32, Nesting::Children)));
         assert_eq!(too_deep(&"/*".repeat(40)), Some((64, Nesting::Comments)));
         assert_eq!(too_deep(&format!("{}{}", "/*".repeat(32), "*/".repeat(32))), None);
+        assert_eq!(too_deep(&format!("{}node", "/- ".repeat(40))), Some((96, Nesting::Slashdash)));
+        assert_eq!(too_deep(&"/- a /- b\n".repeat(40)), None);
         assert_eq!(too_deep(&"{}".repeat(100)), None);
         let quoted = format!("run \"{}\" {{ cache \"/x\" }}", "{".repeat(100));
         assert_eq!(too_deep(&quoted), None);
