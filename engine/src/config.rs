@@ -757,4 +757,32 @@ store max-size="20 parsecs"
         assert!(out.contains("config.kdl"), "{out}");
         assert!(matches!(&err, ConfigError::Invalid { errors, .. } if !errors.is_empty()));
     }
+
+    #[test]
+    fn limits_and_allowed_paths() {
+        let config = Config::from_str(
+            "config.kdl",
+            "limits max-file-size=\"4MiB\" max-graph-depth=512 max-nodes=1000\nallow-path \"/srv/a\" \"/srv/b\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.limits.max_file_size, 4 << 20);
+        assert_eq!(config.limits.max_graph_depth, 512);
+        assert_eq!(config.limits.max_nodes, 1000);
+        assert_eq!(config.limits.max_stages, Limits::MAX_STAGES);
+        assert_eq!(config.allow_paths, [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        let err = Config::from_str(
+            "config.kdl",
+            "limits max-file=3 max-files=0 max-expanded=\"lots\"\nallow-path \"relative\"\n",
+        )
+        .expect_err("invalid");
+        let out = render(&err);
+        for needle in [
+            "did you mean `max-files`",
+            "a limit of 0 would refuse everything",
+            "`max-expanded=` is not a valid limit",
+            "`allow-path` takes absolute paths",
+        ] {
+            assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+        }
+    }
 }

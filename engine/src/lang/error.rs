@@ -524,3 +524,59 @@ pub(crate) fn suggest(name: &str, what: &str, valid: &[&str]) -> String {
         None => list,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(error: &LangError) -> String {
+        let mut out = String::new();
+        let handler =
+            miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor()).with_width(80);
+        handler.render_report(&mut out, error).expect("render");
+        out
+    }
+
+    #[test]
+    fn long_lines_show_a_window_and_long_names_are_elided() {
+        let line = format!("stage \"a\" from=\"b\" {} target=\"x\" {}\n", "p=\"v\" ".repeat(2000), "q ".repeat(2000));
+        let at = line.find("target").expect("target");
+        let src = Src::new("build.kdl", Arc::new(line.clone()));
+        let out = render(&LangError::UnknownProperty {
+            node: "stage".to_owned(),
+            name: quoted(&"n".repeat(10_000)),
+            src,
+            at: (at, 10).into(),
+            help: String::new(),
+        });
+        // The line is 14 KB; the diagnostic shows a window of it.
+        assert!(out.len() < 4_000 && out.lines().all(|l| l.len() < 600), "{} bytes:\n{out}", out.len());
+        assert!(out.contains("target=\"x\""), "{out}");
+        assert!(out.contains("build.kdl:1:"), "{out}");
+        assert!(out.contains("…") && out.contains("(10000"), "{out}");
+        // A short file is shown as it is, with its neighbouring lines.
+        let short = "a\nstage \"x\" bad=1\nb\n";
+        let out = render(&LangError::UnknownProperty {
+            node: "stage".to_owned(),
+            name: "bad".to_owned(),
+            src: Src::new("build.kdl", Arc::new(short.to_owned())),
+            at: (12, 5).into(),
+            help: String::new(),
+        });
+        assert!(out.contains(" 1 │ a") && out.contains(" 3 │ b"), "{out}");
+    }
+
+    #[test]
+    fn errors_past_the_cap_are_counted() {
+        let mut errors = Errors::default();
+        for i in 0..MAX_REPORTED + 7 {
+            errors.push_with(|| LangError::UnknownSet { name: format!("a{i}"), help: String::new() });
+        }
+        assert_eq!(errors.len(), MAX_REPORTED + 7);
+        let reported = errors.into_reported();
+        assert_eq!(reported.len(), MAX_REPORTED + 1);
+        assert!(matches!(reported.last(), Some(LangError::More { count: 7, .. })));
+        let load = LoadError { root: PathBuf::from("build.kdl"), errors: reported };
+        assert_eq!(load.to_string(), format!("{} errors in build.kdl", MAX_REPORTED + 7));
+    }
+}
