@@ -50,7 +50,8 @@ const HOSTILE_MAX: usize = 1_200_000;
 /// front end the most, each sized by the input: nested comments and children,
 /// arg chains, doubling args and cycles, unknown properties and nodes, long
 /// lines, `from=` and `copy from=` chains, slashdash and type annotations,
-/// include globs (inside the fuzz folder), and raw bytes between them.
+/// include globs (inside the fuzz folder), `env` carried by many steps, and
+/// raw bytes between them.
 ///
 /// Each pair of bytes is one shape: the first picks it, the second its size.
 pub fn hostile(data: &[u8]) -> String {
@@ -65,7 +66,7 @@ pub fn hostile(data: &[u8]) -> String {
         let (op, size) = (chunk[0], usize::from(chunk.get(1).copied().unwrap_or(1)));
         n += 1;
         let p = format!("h{n}");
-        match op % 20 {
+        match op % 21 {
             0 => {
                 let k = size * 8;
                 let _ = writeln!(out, "{}x{}", "/*".repeat(k), "*/".repeat(k));
@@ -170,8 +171,18 @@ pub fn hostile(data: &[u8]) -> String {
                 let _ =
                     writeln!(out, "artifact \"{p}a\" from=\"{p}\" path=\"/x\" dest=\"{}x\"", "../".repeat(size % 8));
             }
-            _ => {
+            19 => {
                 let _ = writeln!(out, "{}", "{".repeat(size));
+            }
+            _ => {
+                let _ = writeln!(out, "stage \"{p}\" from=\"busybox\" {{");
+                for i in 0..size * 8 {
+                    let _ = writeln!(out, "    env \"E{i}\" \"v\"");
+                }
+                for i in 0..size * 8 {
+                    let _ = writeln!(out, "    run \"r{i}\"");
+                }
+                out.push_str("}\n");
             }
         }
     }

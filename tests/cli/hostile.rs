@@ -207,6 +207,15 @@ fn hostile_inputs(dir: &Path) -> Vec<(&'static str, String, &'static str)> {
         let _ = writeln!(from, "stage \"s{}\" from=\"s{i}\" {{ run \"true\" }}", i + 1);
     }
     out.push(("from chain", from, "bake::lang::limit"));
+    let mut env = String::from("stage \"s\" from=\"busybox:1\" {\n");
+    for i in 0..3000 {
+        let _ = writeln!(env, "    env \"K{i}\" \"v\"");
+    }
+    for i in 0..3000 {
+        let _ = writeln!(env, "    run \"x{i}\"");
+    }
+    env.push_str("}\n");
+    out.push(("3,000 env entries carried by 3,000 steps", env, "bake::lang::limit"));
     // A symlink loop with three ways back at every level: a walk that follows
     // links visits 3^40 paths.
     std::fs::create_dir_all(dir.join("loop/a")).expect("mkdir");

@@ -98,7 +98,9 @@ pub struct StepState {
     /// relative to an unknown base workdir.
     pub workdir: Option<String>,
     /// Environment set by this build (the base image's comes on top at run time).
-    pub env: BTreeMap<String, String>,
+    /// Shared between the steps that see the same one: every step holds the
+    /// state it runs in, and copying the map into each would cost env × steps.
+    pub env: Arc<BTreeMap<String, String>>,
     pub user: Option<String>,
     pub shell: Option<Vec<String>>,
 }
@@ -686,7 +688,7 @@ fn apply(config: &mut Config, kind: &InstructionKind) {
             });
         }
         InstructionKind::Env(k, v) => {
-            config.state.env.insert(k.clone(), v.clone());
+            Arc::make_mut(&mut config.state.env).insert(k.clone(), v.clone());
         }
         InstructionKind::User(u) => config.state.user = Some(u.clone()),
         InstructionKind::Shell(s) => config.state.shell = Some(s.clone()),

@@ -11,12 +11,18 @@
 //! others are constants next to the code they bound:
 //! [`MAX_DEPTH`](super::parse::MAX_DEPTH) (children and comment nesting),
 //! [`MAX_ARG_DEPTH`] (args referring to args),
+//! [`MAX_CARRIED_ENV`] (environment carried by steps),
 //! [`MAX_REPORTED`](super::error::MAX_REPORTED) (diagnostics reported) and
 //! [`MAX_SHOWN_LINE`](super::error::MAX_SHOWN_LINE) (source shown per line).
 
 /// Deepest chain of args whose defaults refer to each other
 /// (`A` uses `B` uses `C` ...). Real files chain two or three.
 pub const MAX_ARG_DEPTH: usize = 64;
+
+/// Most `env` entries all steps carry, summed over the steps: each step's
+/// cache key lists the environment it runs in. A 10,000-stage monorepo carries
+/// about 100,000; 500,000 is about 50 MB of key inputs.
+pub const MAX_CARRIED_ENV: usize = 500_000;
 
 /// Limits a user may raise in bake's config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

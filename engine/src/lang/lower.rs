@@ -11,7 +11,7 @@ use petgraph::graph::DiGraph;
 use super::boundary::{Boundary, Resolved as Place};
 use super::error::{Errors, LangError, LoadError, Note, did_you_mean, list_names, quoted, suggest};
 use super::interp::{Piece, is_name, pieces};
-use super::limits::{Limits, MAX_ARG_DEPTH};
+use super::limits::{Limits, MAX_ARG_DEPTH, MAX_CARRIED_ENV};
 use super::schema::{self, Checked, Spec};
 use super::{
     Arg, Artifact, Base, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput, Instruction,
@@ -80,6 +80,9 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
         // `from` chains, which must be acyclic and no deeper than the limit.
         if cx.errors.len() == before {
             cx.check_depth(&stages);
+        }
+        if cx.errors.len() == before {
+            cx.check_carried_env(&stages);
         }
         if cx.errors.len() == before {
             cx.check_exec_forms(&stages);
@@ -1439,6 +1442,62 @@ impl<'f> Cx<'f> {
                 } else {
                     stack.extend(pending);
                 }
+            }
+        }
+    }
+
+    /// Every step is keyed with the environment it runs in, so a stage with
+    /// 3,000 `env` lines and 3,000 steps asks for 9 million key inputs (over
+    /// a gigabyte). Bounds the sum, over all steps, of the env entries each
+    /// one carries, by [`MAX_CARRIED_ENV`]. Linear: each stage's count is
+    /// computed once from its base's, without recursion.
+    fn check_carried_env(&mut self, stages: &[Stage]) {
+        // Env entries a stage ends with (an upper bound: a name set twice counts twice).
+        let mut env: Vec<Option<usize>> = vec![None; stages.len()];
+        let mut total = 0usize;
+        for start in 0..stages.len() {
+            let mut stack = vec![start];
+            while let Some(&s) = stack.last() {
+                if env[s].is_some() {
+                    stack.pop();
+                    continue;
+                }
+                let inherited = match stages[s].from {
+                    Base::Stage(p) => match env[p] {
+                        Some(n) => n,
+                        None => {
+                            stack.push(p);
+                            continue;
+                        }
+                    },
+                    _ => 0,
+                };
+                stack.pop();
+                let mut carried = inherited;
+                for ins in &stages[s].instructions {
+                    match &ins.kind {
+                        InstructionKind::Env(..) => carried += 1,
+                        InstructionKind::Copy(_) | InstructionKind::Run(_) => {
+                            total = total.saturating_add(carried);
+                            if total > MAX_CARRIED_ENV {
+                                self.errors.push(LangError::Limit {
+                                    what: "the steps of this workspace carry too many environment variables".to_owned(),
+                                    limit: MAX_CARRIED_ENV,
+                                    unit: "variables summed over every step",
+                                    src: Some(self.file(ins.span.file).src()),
+                                    at: Some(ins.span.span),
+                                    label: format!("this step runs with {carried} variables set by the build"),
+                                    help:
+                                        "set the variables in a `run`'s own `env` children, or in fewer, later places"
+                                            .to_owned(),
+                                });
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                env[s] = Some(carried);
             }
         }
     }

@@ -48,7 +48,7 @@ pub use error::{
     LangError, LoadError, MAX_LISTED, MAX_QUOTED, MAX_REPORTED, MAX_SHOWN_LINE, Note, Src, did_you_mean, list_names,
     quoted,
 };
-pub use limits::{Limits, MAX_ARG_DEPTH};
+pub use limits::{Limits, MAX_ARG_DEPTH, MAX_CARRIED_ENV};
 pub(crate) use lower::normalize_absolute as clean_absolute;
 pub use parse::MAX_DEPTH;
 pub(crate) use parse::parse_checked;
