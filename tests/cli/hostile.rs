@@ -216,6 +216,17 @@ fn hostile_inputs(dir: &Path) -> Vec<(&'static str, String, &'static str)> {
     }
     env.push_str("}\n");
     out.push(("3,000 env entries carried by 3,000 steps", env, "bake::lang::limit"));
+    // One default that uses 25,000 args declared after it.
+    let mut refs = String::from("arg \"A\" default=\"");
+    for i in 0..25_000 {
+        let _ = write!(refs, "${{B{i}}}");
+    }
+    refs.push_str("\"\n");
+    for i in 0..25_000 {
+        let _ = writeln!(refs, "arg \"B{i}\" default=\"x\"");
+    }
+    refs.push_str("stage \"s\" from=\"busybox:${A}\"\n");
+    out.push(("a default that uses 25,000 args", refs, "bake::lang::invalid_value"));
     // A symlink loop with three ways back at every level: a walk that follows
     // links visits 3^40 paths.
     std::fs::create_dir_all(dir.join("loop/a")).expect("mkdir");

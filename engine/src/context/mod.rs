@@ -481,7 +481,7 @@ fn settled(stat: &index::Stat, started: i64) -> bool {
 /// The rules of a context's ignore files. Each must be a regular file, or a
 /// symlink to one inside `boundary`: a symlink out of the project would
 /// otherwise be read, and its lines echoed in "bad pattern" errors.
-fn read_rules(root: &Path, boundary: &crate::lang::Boundary) -> Result<Rules, ContextError> {
+pub(crate) fn read_rules(root: &Path, boundary: &crate::lang::Boundary) -> Result<Rules, ContextError> {
     let mut rules = Rules::default();
     for name in IGNORE_FILES {
         let file = root.join(name);

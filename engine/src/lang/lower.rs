@@ -157,6 +157,34 @@ impl Names {
     }
 }
 
+/// An arg whose default is being resolved: the args it uses, and how many
+/// of them are known to be settled.
+struct Frame {
+    name: String,
+    raw: String,
+    at: Span,
+    refs: Vec<String>,
+    next: usize,
+}
+
+impl Frame {
+    fn new(name: String, raw: String, at: Span) -> Self {
+        // A malformed default has no references: interpolating it reports why.
+        let refs = pieces(&raw)
+            .map(|pieces| {
+                pieces
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Piece::Arg { name, .. } => Some(name.to_owned()),
+                        Piece::Text(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { name, raw, at, refs, next: 0 }
+    }
+}
+
 /// The state of an arg while values are resolved.
 #[derive(Debug, Clone)]
 enum ArgState {
@@ -191,6 +219,25 @@ struct Cx<'f> {
     /// [`Cx::close_stage`]'s answers, and how many names it compared.
     typos: HashMap<String, Option<String>>,
     compared: usize,
+}
+
+/// Longest message or label of an invalid-value diagnostic, in bytes.
+const MAX_MESSAGE: usize = 400;
+
+/// `text` whole up to [`MAX_MESSAGE`] bytes, else its start and end.
+fn capped(text: String) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text;
+    }
+    let mut head = MAX_MESSAGE / 2;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - MAX_MESSAGE / 2;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} … {}", &text[..head], &text[tail..])
 }
 
 /// Most name comparisons the "is this bare `from=` a misspelt stage?" check
@@ -279,8 +326,8 @@ impl<'f> Cx<'f> {
     /// length cannot overflow the stack; a chain deeper than
     /// [`MAX_ARG_DEPTH`] is an error, and a cycle is reported whole.
     fn resolve_arg(&mut self, name: &str) -> ArgState {
-        // Args being resolved, outermost first: name, default and its span.
-        let mut chain: Vec<(String, String, Span)> = Vec::new();
+        // Args being resolved, outermost first.
+        let mut chain: Vec<Frame> = Vec::new();
         let mut next = Some(name.to_owned());
         loop {
             if let Some(n) = next.take() {
@@ -288,11 +335,10 @@ impl<'f> Cx<'f> {
                     Some((ArgState::Pending { default: None }, span)) => {
                         self.args.insert(n, (ArgState::NoValue, span));
                     }
-                    Some((ArgState::Pending { default: Some((raw, default_span)) }, span)) => {
+                    Some((ArgState::Pending { default: Some((raw, at)) }, span)) => {
                         if chain.len() >= MAX_ARG_DEPTH {
-                            self.too_deep_args(&chain, &n, default_span);
-                            let members = chain.drain(..).map(|(m, ..)| m).chain([n]);
-                            for member in members {
+                            self.too_deep_args(&chain, &n, at);
+                            for member in chain.drain(..).map(|f| f.name).chain([n]) {
                                 if let Some(a) = self.args.get_mut(&member) {
                                     a.0 = ArgState::Broken;
                                 }
@@ -300,12 +346,12 @@ impl<'f> Cx<'f> {
                             break;
                         }
                         self.args.insert(n.clone(), (ArgState::Resolving, span));
-                        chain.push((n, raw, default_span));
+                        chain.push(Frame::new(n, raw, at));
                     }
                     Some((ArgState::Resolving, _)) => {
-                        let start = chain.iter().position(|(m, ..)| *m == n).unwrap_or(0);
+                        let start = chain.iter().position(|f| f.name == n).unwrap_or(0);
                         let members: Vec<(String, Span)> =
-                            chain[start..].iter().map(|(m, _, at)| (m.clone(), *at)).collect();
+                            chain[start..].iter().map(|f| (f.name.clone(), f.at)).collect();
                         self.cycle_error("arg", &members, &n);
                         for (m, _) in &members {
                             if let Some(a) = self.args.get_mut(m) {
@@ -316,28 +362,27 @@ impl<'f> Cx<'f> {
                     _ => {}
                 }
             }
-            let Some((top, raw, at)) = chain.last().cloned() else { break };
-            if matches!(self.args.get(&top), Some((ArgState::Broken, _))) {
+            let Some(frame) = chain.last_mut() else { break };
+            if matches!(self.args.get(&frame.name), Some((ArgState::Broken, _))) {
                 chain.pop();
                 continue;
             }
-            // The first arg this default uses that is not settled yet.
-            let unsettled = pieces(&raw).ok().and_then(|pieces| {
-                pieces.into_iter().find_map(|p| match p {
-                    Piece::Arg { name, .. }
-                        if matches!(self.args.get(name), Some((ArgState::Pending { .. } | ArgState::Resolving, _))) =>
-                    {
-                        Some(name.to_owned())
-                    }
-                    _ => None,
-                })
-            });
-            if unsettled.is_some() {
-                next = unsettled;
+            // The next arg this default uses that is not settled yet; each
+            // reference is looked at once it is settled, so a frame costs its
+            // references, not references × length.
+            while frame
+                .refs
+                .get(frame.next)
+                .is_some_and(|r| !matches!(self.args.get(r), Some((ArgState::Pending { .. } | ArgState::Resolving, _))))
+            {
+                frame.next += 1;
+            }
+            if let Some(unsettled) = frame.refs.get(frame.next) {
+                next = Some(unsettled.clone());
                 continue;
             }
             // Everything it uses is settled, so this does not recurse.
-            chain.pop();
+            let Some(Frame { name: top, raw, at, .. }) = chain.pop() else { break };
             let value = self.interpolate_with(&raw, at);
             if let Some((state, _)) = self.args.get_mut(&top) {
                 *state = match (&*state, value) {
@@ -351,11 +396,11 @@ impl<'f> Cx<'f> {
 
     /// Args that refer to each other deeper than [`MAX_ARG_DEPTH`]. Reported
     /// once: the rest of a very long chain would repeat it every 64 args.
-    fn too_deep_args(&mut self, chain: &[(String, String, Span)], last: &str, at: Span) {
+    fn too_deep_args(&mut self, chain: &[Frame], last: &str, at: Span) {
         if std::mem::replace(&mut self.args_too_deep, true) {
             return;
         }
-        let first = chain.first().map_or(last, |(n, ..)| n.as_str());
+        let first = chain.first().map_or(last, |f| f.name.as_str());
         self.errors.push(LangError::Limit {
             what: format!("args refer to each other too deeply (from `{}` to `{}`)", quoted(first), quoted(last)),
             limit: MAX_ARG_DEPTH,
@@ -403,30 +448,34 @@ impl<'f> Cx<'f> {
             match piece {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Arg { name, start, end } => {
-                    let at = self.locate(span, &raw[start..end]);
+                    // Where the reference is written: found only for an error,
+                    // since searching the source for each of thousands of
+                    // references would be quadratic.
+                    let written = &raw[start..end];
                     if !self.args.contains_key(name) {
-                        let mut known: Vec<&str> = self.args.keys().map(String::as_str).collect();
-                        known.sort_unstable();
-                        let mut help = suggest(name, "args", &known);
-                        let _ = write!(help, ". A shell variable is written $${{{name}}} or ${name}");
-                        self.errors.push(LangError::UnknownArg {
-                            name: name.to_owned(),
-                            src: self.file(span.file).src(),
-                            at,
-                            help,
+                        let at = self.locate(span, written);
+                        let args = &self.args;
+                        let src = self.files[span.file].src();
+                        self.errors.push_with(|| {
+                            let mut known: Vec<&str> = args.keys().map(String::as_str).collect();
+                            known.sort_unstable();
+                            let mut help = suggest(name, "args", &known);
+                            let _ = write!(help, ". A shell variable is written $${{{name}}} or ${name}");
+                            LangError::UnknownArg { name: quoted(name), src, at, help }
                         });
                         ok = false;
                         continue;
                     }
                     match self.resolve_arg(name) {
                         ArgState::Value(value) => {
-                            if !self.expand(out.len(), &value, name, span, at) {
+                            if !self.expand(out.len(), &value, name, span, written) {
                                 return None;
                             }
                             out.push_str(&value);
                             self.used.insert(name.to_owned(), value);
                         }
                         ArgState::NoValue => {
+                            let at = self.locate(span, written);
                             let declared = self.args.get(name).map(|a| a.1);
                             let declared = declared
                                 .map(|d| self.note(d, format!("arg `{name}` is declared here"), "no default"))
@@ -451,7 +500,7 @@ impl<'f> Cx<'f> {
     /// Whether `value` may be added to a string already `len` bytes long,
     /// within [`Limits::max_expanded`] and [`Limits::max_expanded_total`];
     /// reports why not.
-    fn expand(&mut self, len: usize, value: &str, name: &str, span: Span, at: SourceSpan) -> bool {
+    fn expand(&mut self, len: usize, value: &str, name: &str, span: Span, written: &str) -> bool {
         let total = self.expanded.saturating_add(value.len());
         let (what, limit, help) = if len.saturating_add(value.len()) > self.limits.max_expanded {
             (
@@ -463,6 +512,7 @@ impl<'f> Cx<'f> {
             // Reported once: every later string would go past it too.
             if self.expanded <= self.limits.max_expanded_total {
                 self.expanded = total;
+                let at = self.locate(span, written);
                 self.errors.push(LangError::Limit {
                     what: "args expand to too much text in this workspace".to_owned(),
                     limit: self.limits.max_expanded_total,
@@ -478,6 +528,7 @@ impl<'f> Cx<'f> {
             self.expanded = total;
             return true;
         };
+        let at = self.locate(span, written);
         self.errors.push(LangError::Limit {
             what,
             limit,
@@ -520,16 +571,19 @@ impl<'f> Cx<'f> {
 
     // ---- errors -------------------------------------------------------------
 
+    /// A value that is not valid. The message and label may quote what the
+    /// user wrote, after interpolation, so both are capped
+    /// ([`MAX_MESSAGE`]): a 25 KB value prints as its start and end.
     fn invalid(&mut self, at: Span, message: String, label: &str, help: Option<&str>) {
         if self.suppressed(at) {
             return;
         }
         self.errors.push(LangError::InvalidValue {
-            message,
+            message: capped(message),
             src: self.file(at.file).src(),
             at: at.span,
-            label: label.to_owned(),
-            help: help.map(str::to_owned),
+            label: capped(label.to_owned()),
+            help: help.map(|h| capped(h.to_owned())),
         });
     }
 
