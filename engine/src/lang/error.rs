@@ -142,6 +142,11 @@ impl Errors {
         }
     }
 
+    /// Whether the next error would only be counted, not reported.
+    pub(crate) fn full(&self) -> bool {
+        self.kept.len() >= MAX_REPORTED
+    }
+
     /// Every error found so far, kept or not.
     pub(crate) fn len(&self) -> usize {
         self.kept.len() + self.dropped

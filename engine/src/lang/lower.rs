@@ -49,6 +49,7 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
         args_too_deep: false,
         typos: HashMap::new(),
         compared: 0,
+        arg_names: None,
     };
 
     let args = cx.collect_args(&docs, options);
@@ -150,6 +151,8 @@ impl Names {
         names
     }
 
+    /// Every stage name, sorted, for help texts: only errors need it, so it
+    /// is computed on each call (once per error, never per reference).
     fn stage_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.stages.keys().map(String::as_str).collect();
         v.sort_unstable();
@@ -219,6 +222,8 @@ struct Cx<'f> {
     /// [`Cx::close_stage`]'s answers, and how many names it compared.
     typos: HashMap<String, Option<String>>,
     compared: usize,
+    /// [`Cx::sorted_arg_names`], once computed.
+    arg_names: Option<std::sync::Arc<Vec<String>>>,
 }
 
 /// Longest message or label of an invalid-value diagnostic, in bytes.
@@ -240,10 +245,10 @@ fn capped(text: String) -> String {
     format!("{} … {}", &text[..head], &text[tail..])
 }
 
-/// Most name comparisons the "is this bare `from=` a misspelt stage?" check
-/// makes in one load (about 0.2 s): without a bound, 10,000 stages with
-/// 10,000 different bare bases cost 10^8 edit distances.
-const TYPO_BUDGET: usize = 2_000_000;
+/// Most name comparisons "did you mean" and the "is this bare `from=` a
+/// misspelt stage?" check make in one load (about 0.02 s): without a bound,
+/// 10,000 stages with 10,000 different bare bases cost 10^8 edit distances.
+const TYPO_BUDGET: usize = 200_000;
 
 impl<'f> Cx<'f> {
     fn file(&self, id: FileId) -> &'f SourceFile {
@@ -454,12 +459,22 @@ impl<'f> Cx<'f> {
                     let written = &raw[start..end];
                     if !self.args.contains_key(name) {
                         let at = self.locate(span, written);
-                        let args = &self.args;
+                        // "Did you mean" compares every arg name: within the
+                        // same budget as the typo check, and only for errors
+                        // that are reported.
+                        let close = !self.errors.full() && {
+                            self.compared = self.compared.saturating_add(self.args.len());
+                            self.compared <= TYPO_BUDGET
+                        };
+                        let names = self.sorted_arg_names();
                         let src = self.files[span.file].src();
                         self.errors.push_with(|| {
-                            let mut known: Vec<&str> = args.keys().map(String::as_str).collect();
-                            known.sort_unstable();
-                            let mut help = suggest(name, "args", &known);
+                            let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                            let mut help = if close {
+                                suggest(name, "args", &known)
+                            } else {
+                                format!("args: {}", list_names(&known))
+                            };
                             let _ = write!(help, ". A shell variable is written $${{{name}}} or ${name}");
                             LangError::UnknownArg { name: quoted(name), src, at, help }
                         });
@@ -495,6 +510,17 @@ impl<'f> Cx<'f> {
             }
         }
         ok.then_some(out)
+    }
+
+    /// Every arg name, sorted, for "did you mean" help; computed once (every
+    /// arg is declared before any string is interpolated).
+    fn sorted_arg_names(&mut self) -> std::sync::Arc<Vec<String>> {
+        let args = &self.args;
+        std::sync::Arc::clone(self.arg_names.get_or_insert_with(|| {
+            let mut names: Vec<String> = args.keys().cloned().collect();
+            names.sort_unstable();
+            std::sync::Arc::new(names)
+        }))
     }
 
     /// Whether `value` may be added to a string already `len` bytes long,
@@ -1257,18 +1283,18 @@ impl<'f> Cx<'f> {
             match member {
                 Some(m) => members.push((m, span)),
                 None if self.suppressed(span) => {}
-                None => {
+                None => self.errors.push_with(|| {
                     let mut all: Vec<&str> = names.kinds.keys().map(String::as_str).collect();
                     all.sort_unstable();
                     let help = Some(suggest(&name, "known names", &all));
-                    self.errors.push(LangError::UnknownName {
+                    LangError::UnknownName {
                         kind: "stage, image, artifact or target",
-                        name,
+                        name: quoted(&name),
                         src: file.src(),
                         at: span.span,
                         help,
-                    });
-                }
+                    }
+                }),
             }
         }
         Some(Target { name: decl.name.clone(), span: decl.span, members })
@@ -1311,10 +1337,10 @@ impl<'f> Cx<'f> {
             });
             return None;
         }
-        let stages = names.stage_names();
         match ImageRef::parse(raw) {
             Ok(r) => Some(Resolved::Image(r)),
             Err(e) => {
+                let stages = names.stage_names();
                 let what = if usage == "copy" { "copy source" } else { "base" };
                 self.invalid(
                     span,
@@ -1355,13 +1381,13 @@ impl<'f> Cx<'f> {
         if self.suppressed(span) {
             return None;
         }
-        let stages = names.stage_names();
-        self.errors.push(LangError::UnknownName {
+        let src = self.file(span.file).src();
+        self.errors.push_with(|| LangError::UnknownName {
             kind: "stage",
-            name: raw.to_owned(),
-            src: self.file(span.file).src(),
+            name: quoted(raw),
+            src,
             at: span.span,
-            help: Some(suggest(raw, "stages", &stages)),
+            help: Some(suggest(raw, "stages", &names.stage_names())),
         });
         None
     }
