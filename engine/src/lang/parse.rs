@@ -82,27 +82,30 @@ pub(super) fn parse_workspace(
                 queue.clear();
                 break;
             }
-            let text = match pending.text {
-                Some(text) => text,
-                None => match read_limited(&pending.path, limits.max_file_size) {
-                    Ok(text) => text,
-                    Err(ReadError::Io(source)) => {
-                        errors.push(LangError::Read { path: pending.path, source });
-                        continue;
-                    }
-                    Err(ReadError::TooLarge) => {
-                        errors.push(limit_error(
-                            files,
-                            pending.from,
-                            format!("{} is too large", pending.path.display()),
-                            usize::try_from(limits.max_file_size).unwrap_or(usize::MAX),
-                            "bytes",
-                            "names a file past the size limit",
-                            "raise `limits max-file-size=` in bake's config file to load larger build files",
-                        ));
-                        continue;
-                    }
-                },
+            let read = match pending.text {
+                // Text given in memory (`load_str`) is held to the same limit.
+                Some(text) if text.len() as u64 > limits.max_file_size => Err(ReadError::TooLarge),
+                Some(text) => Ok(text),
+                None => read_limited(&pending.path, limits.max_file_size),
+            };
+            let text = match read {
+                Ok(text) => text,
+                Err(ReadError::Io(source)) => {
+                    errors.push(LangError::Read { path: pending.path, source });
+                    continue;
+                }
+                Err(ReadError::TooLarge) => {
+                    errors.push(limit_error(
+                        files,
+                        pending.from,
+                        format!("{} is too large", pending.path.display()),
+                        usize::try_from(limits.max_file_size).unwrap_or(usize::MAX),
+                        "bytes",
+                        "names a file past the size limit",
+                        "raise `limits max-file-size=` in bake's config file to load larger build files",
+                    ));
+                    continue;
+                }
             };
             // Too deep a nesting is reported by `parse_checked`; count nodes here,
             // before the parser spends memory on them.
