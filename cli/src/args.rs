@@ -21,6 +21,20 @@ pub(crate) struct Cli {
     pub command: Command,
 }
 
+impl Command {
+    /// The load options of a command that loads the workspace.
+    pub(crate) fn load_args_mut(&mut self) -> Option<&mut LoadArgs> {
+        match self {
+            Self::Check(load) => Some(load),
+            Self::Graph(args) => Some(&mut args.load),
+            Self::Build(args) => Some(&mut args.load),
+            Self::Explain(args) => Some(&mut args.load),
+            Self::Watch(args) => Some(&mut args.load),
+            Self::Run(_) | Self::Images | Self::Cache(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Parse, resolve and lint the workspace; build nothing.
@@ -74,6 +88,15 @@ pub(crate) struct LoadArgs {
     /// Override an arg: NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
     pub set: Vec<(String, String)>,
+
+    /// Let build files name paths under DIR, outside the workspace
+    /// (repeatable; the variable takes a `:`-separated list).
+    #[arg(long = "allow-path", value_name = "DIR", env = "BAKE_ALLOW_PATHS", value_delimiter = ':')]
+    pub allow_path: Vec<PathBuf>,
+
+    /// The workspace root when `-C` was given (set before the command runs).
+    #[arg(skip)]
+    pub workspace: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

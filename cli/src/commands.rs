@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use bake_engine::config::Config;
+use bake_engine::context::ContextError;
 use bake_engine::exec::{BuildOptions, Engine, Event, ExecError};
 use bake_engine::graph::{Format, KeyOptions, Plan, PlanError, describe};
 use bake_engine::home::Home;
@@ -48,7 +49,12 @@ impl Failure {
 impl From<PlanError> for Failure {
     fn from(e: PlanError) -> Self {
         match e {
-            PlanError::UnknownTarget { .. } => Self::Usage(Report::new(e)),
+            // A build file's ignore file reaching out of the workspace is the
+            // build file's mistake, as an `include` out of it is.
+            PlanError::UnknownTarget { .. }
+            | PlanError::Context(ContextError::IgnoreOutside { .. } | ContextError::IgnoreTooLarge { .. }) => {
+                Self::Usage(Report::new(e))
+            }
             PlanError::Many { errors } => {
                 let summary = format!("bake: {} while planning", count(errors.len(), "error"));
                 Self::BuildMany(errors.into_iter().map(Report::new).collect(), summary)
@@ -88,10 +94,14 @@ pub(crate) enum CliError {
     Stdio(#[source] std::io::Error),
 }
 
-pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
+pub(crate) fn run(mut cli: Cli) -> Result<(), Failure> {
     if let Some(dir) = &cli.directory {
         std::env::set_current_dir(dir)
             .map_err(|source| Failure::Usage(Report::new(CliError::Directory { dir: dir.clone(), source })))?;
+        // With -C, the workspace is that folder (not only the build file's).
+        if let (Some(load), Ok(cwd)) = (cli.command.load_args_mut(), std::env::current_dir()) {
+            load.workspace = Some(cwd);
+        }
     }
     match cli.command {
         Command::Check(load) => check(&cli.file, &load),
@@ -111,7 +121,12 @@ pub(crate) fn load(file: &Path, args: &LoadArgs) -> Result<Workspace, Failure> {
         let dir = std::env::current_dir().unwrap_or_default();
         return Err(Failure::Usage(Report::new(CliError::NoBuildFile { file: file.to_path_buf(), dir })));
     }
-    let options = LoadOptions { set: args.set.clone() };
+    let config =
+        Config::load(bake_engine::home::config_path().as_deref()).map_err(|e| Failure::Usage(Report::new(e)))?;
+    let mut allow_paths = args.allow_path.clone();
+    allow_paths.extend(config.allow_paths.iter().cloned());
+    let options =
+        LoadOptions { set: args.set.clone(), workspace: args.workspace.clone(), allow_paths, limits: config.limits };
     lang::load(file, &options).map_err(Failure::Load)
 }
 

@@ -39,6 +39,14 @@
 //!   `humantime` durations (`"15s"`, `"2m"`) or whole seconds; see
 //!   [`Timeouts`]. `BAKE_CONNECT_TIMEOUT`, `BAKE_FIRST_BYTE_TIMEOUT` and
 //!   `BAKE_IDLE_TIMEOUT` override the file.
+//! - `allow-path "/abs/dir"...`: folders outside the workspace that build
+//!   files may name (`include`, `context=`, artifact `dest=`, ignore files),
+//!   as `--allow-path` does. This lives in the user's config, never in a
+//!   build file, so a build file cannot widen its own reach.
+//! - `limits NAME=VALUE...`: raise (or lower) the front end's limits
+//!   ([`crate::lang::Limits`]): `max-file-size`, `max-expanded` and
+//!   `max-expanded-total` are sizes; `max-files`, `max-nodes`, `max-stages`,
+//!   `max-include-walk` and `max-graph-depth` are counts.
 //!
 //! Every mistake in the file is reported at once, each pointing at what the
 //! user wrote, with a "did you mean" for misspelt names.
@@ -51,7 +59,7 @@ use std::time::Duration;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
-use crate::lang::did_you_mean;
+use crate::lang::{Limits, did_you_mean};
 use crate::reference::{DEFAULT_REGISTRY, ImageRef};
 
 /// bake's configuration.
@@ -74,6 +82,10 @@ pub struct Config {
     pub path: Option<PathBuf>,
     /// How long a registry may keep bake waiting.
     pub timeouts: Timeouts,
+    /// Folders outside a workspace that its build files may name.
+    pub allow_paths: Vec<PathBuf>,
+    /// The front end's limits.
+    pub limits: Limits,
 }
 
 /// How long bake waits for a registry before it gives up on a request
@@ -217,8 +229,18 @@ pub enum ConfigProblem {
     },
 }
 
-const TOP_NODES: &[&str] = &["registry", "store", "network"];
+const TOP_NODES: &[&str] = &["registry", "store", "network", "allow-path", "limits"];
 const NETWORK_PROPS: &[&str] = &["connect-timeout", "first-byte-timeout", "idle-timeout"];
+const LIMIT_PROPS: &[&str] = &[
+    "max-file-size",
+    "max-files",
+    "max-nodes",
+    "max-stages",
+    "max-include-walk",
+    "max-expanded",
+    "max-expanded-total",
+    "max-graph-depth",
+];
 const REGISTRY_PROPS: &[&str] = &["insecure"];
 const REGISTRY_CHILDREN: &[&str] = &["mirror"];
 const STORE_PROPS: &[&str] = &["max-size", "max-layer-size", "max-image-size"];
@@ -481,6 +503,8 @@ impl Parser<'_> {
                     network_site = Some(node.name().span());
                     self.network(node, &mut config.timeouts);
                 }
+                "allow-path" => self.allow_paths(node, &mut config.allow_paths),
+                "limits" => self.limits(node, &mut config.limits),
                 other => self.unknown_node(node, other, "top-level", TOP_NODES),
             }
         }
@@ -533,6 +557,89 @@ impl Parser<'_> {
                 at: children.span(),
                 label: "remove this block".to_owned(),
                 help: Some(example.to_owned()),
+            });
+        }
+    }
+
+    /// `allow-path "/abs/dir"...`: absolute folders, repeatable.
+    fn allow_paths(&mut self, node: &KdlNode, out: &mut Vec<PathBuf>) {
+        let help = Some("for example: allow-path \"/srv/shared-contexts\"".to_owned());
+        if node.entries().is_empty() {
+            self.errors.push(ConfigProblem::InvalidValue {
+                message: "`allow-path` needs a folder".to_owned(),
+                src: self.src.clone(),
+                at: node.name().span(),
+                label: "which folder?".to_owned(),
+                help: help.clone(),
+            });
+        }
+        for entry in node.entries() {
+            if let Some(name) = entry.name() {
+                self.unknown_property(entry, "allow-path", name.value(), &[]);
+                continue;
+            }
+            match entry.value().as_string() {
+                Some(path) if Path::new(path).is_absolute() => out.push(PathBuf::from(path)),
+                _ => self.invalid(
+                    entry,
+                    "`allow-path` takes absolute paths".to_owned(),
+                    "not an absolute path",
+                    help.clone(),
+                ),
+            }
+        }
+    }
+
+    /// `limits NAME=VALUE...`: sizes or counts, each at least 1.
+    fn limits(&mut self, node: &KdlNode, limits: &mut Limits) {
+        for entry in node.entries() {
+            let Some(name) = entry.name().map(kdl::KdlIdentifier::value) else {
+                self.invalid(
+                    entry,
+                    "`limits` takes properties only".to_owned(),
+                    "unexpected argument",
+                    Some("for example: limits max-graph-depth=512".to_owned()),
+                );
+                continue;
+            };
+            if !LIMIT_PROPS.contains(&name) {
+                self.unknown_property(entry, "limits", name, LIMIT_PROPS);
+                continue;
+            }
+            let is_size = matches!(name, "max-file-size" | "max-expanded" | "max-expanded-total");
+            let parsed = match entry.value() {
+                KdlValue::String(s) if is_size => parse_size(s),
+                KdlValue::Integer(i) => u64::try_from(*i).map_err(|_| "a limit cannot be negative".to_owned()),
+                _ if is_size => Err("a size is a string like \"32MiB\" or a number of bytes".to_owned()),
+                _ => Err("a count is a whole number".to_owned()),
+            }
+            .and_then(|n| if n == 0 { Err("a limit of 0 would refuse everything".to_owned()) } else { Ok(n) });
+            let value = match parsed {
+                Ok(n) => n,
+                Err(reason) => {
+                    self.invalid(entry, format!("`{name}=` is not a valid limit: {reason}"), "not a limit", None);
+                    continue;
+                }
+            };
+            let count = usize::try_from(value).unwrap_or(usize::MAX);
+            match name {
+                "max-file-size" => limits.max_file_size = value,
+                "max-files" => limits.max_files = count,
+                "max-nodes" => limits.max_nodes = count,
+                "max-stages" => limits.max_stages = count,
+                "max-include-walk" => limits.max_include_walk = count,
+                "max-expanded" => limits.max_expanded = count,
+                "max-expanded-total" => limits.max_expanded_total = count,
+                _ => limits.max_graph_depth = count,
+            }
+        }
+        if let Some(children) = node.children() {
+            self.errors.push(ConfigProblem::InvalidValue {
+                message: "`limits` takes no children block".to_owned(),
+                src: self.src.clone(),
+                at: children.span(),
+                label: "remove this block".to_owned(),
+                help: Some("for example: limits max-graph-depth=512".to_owned()),
             });
         }
     }
@@ -888,5 +995,33 @@ store max-size="20 parsecs"
         let out = render(&err);
         assert!(out.contains("config.kdl"), "{out}");
         assert!(matches!(&err, ConfigError::Invalid { errors, .. } if !errors.is_empty()));
+    }
+
+    #[test]
+    fn limits_and_allowed_paths() {
+        let config = Config::from_str(
+            "config.kdl",
+            "limits max-file-size=\"4MiB\" max-graph-depth=512 max-nodes=1000\nallow-path \"/srv/a\" \"/srv/b\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.limits.max_file_size, 4 << 20);
+        assert_eq!(config.limits.max_graph_depth, 512);
+        assert_eq!(config.limits.max_nodes, 1000);
+        assert_eq!(config.limits.max_stages, Limits::MAX_STAGES);
+        assert_eq!(config.allow_paths, [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        let err = Config::from_str(
+            "config.kdl",
+            "limits max-file=3 max-files=0 max-expanded=\"lots\"\nallow-path \"relative\"\n",
+        )
+        .expect_err("invalid");
+        let out = render(&err);
+        for needle in [
+            "did you mean `max-files`",
+            "a limit of 0 would refuse everything",
+            "`max-expanded=` is not a valid limit",
+            "`allow-path` takes absolute paths",
+        ] {
+            assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+        }
     }
 }

@@ -89,7 +89,7 @@ impl WatchSet {
             let i = match contexts.iter().position(|c| c.root == root) {
                 Some(i) => i,
                 None => {
-                    contexts.push(ContextWatch { ignore: ignore_rules(&root), root, copies: Vec::new() });
+                    contexts.push(ContextWatch { ignore: ignore_rules(&root, &ws.boundary), root, copies: Vec::new() });
                     contexts.len() - 1
                 }
             };
@@ -177,16 +177,11 @@ fn is_scratch_file(path: &Path) -> bool {
         || name == "4913"
 }
 
-fn ignore_rules(root: &Path) -> Rules {
-    let mut rules = Rules::default();
-    for name in IGNORE_FILES {
-        if let Ok(text) = std::fs::read_to_string(root.join(name))
-            && let Ok(r) = Rules::parse_file(&text)
-        {
-            rules.extend(r);
-        }
-    }
-    rules
+/// The context's ignore rules, read as a build reads them (an ignore file
+/// that leads out of the workspace, or is not a regular file, is not read);
+/// none when they cannot be read, since the build then reports why.
+fn ignore_rules(root: &Path, boundary: &crate::lang::Boundary) -> Rules {
+    crate::context::read_rules(root, boundary).unwrap_or_default()
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -91,7 +91,12 @@ fn kdl_blocks(text: &str) -> Vec<Block> {
 
 #[test]
 fn every_kdl_block_in_the_book_loads_and_plans() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Each snippet is a service's file two folders below a monorepo's root,
+    // so `context=".."` and `context="../.."` stay inside the workspace.
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("services/app");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let options = LoadOptions { workspace: Some(root.path().to_path_buf()), ..LoadOptions::default() };
     let (mut builds, mut configs) = (0, 0);
     let mut failures = Vec::new();
     for page in book_pages() {
@@ -102,7 +107,7 @@ fn every_kdl_block_in_the_book_loads_and_plans() {
             match &block.kind {
                 Kind::Build => {
                     builds += 1;
-                    match load_str("build.kdl", dir.path(), &block.code, &LoadOptions::default()) {
+                    match load_str("build.kdl", &dir, &block.code, &options) {
                         Ok(ws) => {
                             if let Err(e) = Plan::build(&ws, &[]) {
                                 failures.push(format!("{name}: {e}"));

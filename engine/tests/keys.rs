@@ -62,7 +62,10 @@ struct Keys {
 }
 
 fn keys(dir: &Path, index: &Path, set: &[(&str, &str)]) -> Keys {
-    let options = LoadOptions { set: set.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect() };
+    let options = LoadOptions {
+        set: set.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect(),
+        ..LoadOptions::default()
+    };
     let ws = lang::load(&dir.join("build.kdl"), &options).expect("load");
     let mut plan = Plan::build(&ws, &[]).expect("plan");
     let key_options =

@@ -8,6 +8,7 @@ mod exports;
 #[path = "../../engine/tests/common/fake_registry.rs"]
 mod fake_registry;
 mod harness;
+mod hostile;
 mod images;
 mod lang;
 mod plan;

@@ -65,6 +65,10 @@ pub const RACY_COARSE_NS: i64 = 2_000_000_000;
 /// The ignore files read at a context's root, in order (later lines win).
 pub const IGNORE_FILES: [&str; 2] = [".dockerignore", ".bakeignore"];
 
+/// Largest ignore file read, in bytes: 1 MiB is tens of thousands of
+/// patterns, and bounds what a symlinked device or a generated file costs.
+pub const MAX_IGNORE_FILE: u64 = 1 << 20;
+
 /// Errors reading a build context.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum ContextError {
@@ -114,6 +118,22 @@ pub enum ContextError {
         help("copy sources are relative to the context folder and stay inside it")
     )]
     Escape { source_path: String },
+
+    #[error("the ignore file {} leads outside the workspace, to {}", path.display(), resolved.display())]
+    #[diagnostic(
+        code(bake::context::ignore_outside),
+        help(
+            "an ignore file may be a symlink only to a file inside the workspace; replace it with a copy, or allow the folder with `--allow-path DIR`"
+        )
+    )]
+    IgnoreOutside { path: PathBuf, resolved: PathBuf },
+
+    #[error("the ignore file {} is larger than {MAX_IGNORE_FILE} bytes", path.display())]
+    #[diagnostic(
+        code(bake::context::ignore_too_large),
+        help("an ignore file holds patterns, one a line; this one is not")
+    )]
+    IgnoreTooLarge { path: PathBuf },
 
     #[error("{} disappeared while the build was reading the context", path.display())]
     #[diagnostic(code(bake::context::vanished), help("something removed it during the build; build again"))]
@@ -182,14 +202,27 @@ pub struct Selected {
 
 impl Context {
     /// Walks `dir`, reading its ignore files, and merges the walk with the
-    /// index kept in `index_dir` (none: hash everything selected).
+    /// index kept in `index_dir` (none: hash everything selected). An ignore
+    /// file that is a symlink must lead inside `dir`.
     pub fn open(dir: &Path, index_dir: Option<&Path>) -> Result<Self, ContextError> {
+        Self::open_within(dir, index_dir, None)
+    }
+
+    /// [`Context::open`] for a context of a workspace: an ignore file that is
+    /// a symlink may lead anywhere inside `boundary` (the workspace root and
+    /// the allowed folders), and nowhere else.
+    pub fn open_within(
+        dir: &Path,
+        index_dir: Option<&Path>,
+        boundary: Option<&crate::lang::Boundary>,
+    ) -> Result<Self, ContextError> {
         let root = std::fs::canonicalize(dir)
             .map_err(|e| ContextError::Missing { dir: dir.to_path_buf(), source: Some(e) })?;
         if !root.is_dir() {
             return Err(ContextError::Missing { dir: dir.to_path_buf(), source: None });
         }
-        let rules = read_rules(&root)?;
+        let own = crate::lang::Boundary::new(&root, &[]);
+        let rules = read_rules(&root, boundary.unwrap_or(&own))?;
         let index_path = index_dir
             .map(|d| d.join(format!("{}.idx", &blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex()[..32])));
         // Never walk into bake's own state when it lives inside the context.
@@ -455,11 +488,35 @@ fn settled(stat: &index::Stat, started: i64) -> bool {
     stat.mtime_ns < horizon && stat.ctime_ns < horizon
 }
 
-fn read_rules(root: &Path) -> Result<Rules, ContextError> {
+/// The rules of a context's ignore files. Each must be a regular file, or a
+/// symlink to one inside `boundary`: a symlink out of the project would
+/// otherwise be read, and its lines echoed in "bad pattern" errors.
+pub(crate) fn read_rules(root: &Path, boundary: &crate::lang::Boundary) -> Result<Rules, ContextError> {
     let mut rules = Rules::default();
     for name in IGNORE_FILES {
         let file = root.join(name);
-        let text = match std::fs::read_to_string(&file) {
+        match std::fs::symlink_metadata(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ContextError::Io { path: file, source: e }),
+            Ok(meta) if meta.file_type().is_symlink() => {
+                if let crate::lang::Resolved::Outside(resolved) = boundary.check(&file) {
+                    return Err(ContextError::IgnoreOutside { path: file, resolved });
+                }
+            }
+            Ok(_) => {}
+        }
+        if std::fs::metadata(&file).is_ok_and(|m| !m.is_file()) {
+            return Err(ContextError::Io {
+                path: file,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            });
+        }
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(&file)
+            .and_then(|f| f.take(MAX_IGNORE_FILE + 1).read_to_end(&mut bytes))
+            .and_then(|_| String::from_utf8(std::mem::take(&mut bytes)).map_err(std::io::Error::other));
+        let text = match read {
+            Ok(t) if t.len() as u64 > MAX_IGNORE_FILE => return Err(ContextError::IgnoreTooLarge { path: file }),
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {

@@ -56,7 +56,7 @@ pub use render::{Format, describe};
 use crate::context::{Context, ContextError, Selection};
 use crate::lang::{
     ArtifactId, Base, Copy, CopySource, HealthTest, InstructionKind, Member, Run, Span, StageId, Workspace,
-    did_you_mean,
+    did_you_mean, list_names,
 };
 use crate::reference::ImageRef;
 
@@ -98,7 +98,9 @@ pub struct StepState {
     /// relative to an unknown base workdir.
     pub workdir: Option<String>,
     /// Environment set by this build (the base image's comes on top at run time).
-    pub env: BTreeMap<String, String>,
+    /// Shared between the steps that see the same one: every step holds the
+    /// state it runs in, and copying the map into each would cost env × steps.
+    pub env: Arc<BTreeMap<String, String>>,
     pub user: Option<String>,
     pub shell: Option<Vec<String>>,
 }
@@ -217,7 +219,8 @@ impl Plan {
     pub fn build(ws: &Workspace, targets: &[String]) -> Result<Self, PlanError> {
         let mut b =
             Builder { ws, graph: DiGraph::new(), pulls: HashMap::new(), stage_nodes: vec![None; ws.stages.len()] };
-        for stage in 0..ws.stages.len() {
+        // Bases first, so `Builder::stage` never recurses down a long chain.
+        for stage in stage_order(ws) {
             b.stage(stage);
         }
         let stage_nodes: Vec<NodeIndex> = b.stage_nodes.iter().map(|n| n.unwrap_or_default()).collect();
@@ -306,7 +309,7 @@ impl Plan {
             .collect::<Vec<_>>()
             .into_par_iter()
             .map(|dir| {
-                let ctx = Context::open(&dir, options.index_dir.as_deref());
+                let ctx = Context::open_within(&dir, options.index_dir.as_deref(), Some(&ws.boundary));
                 (dir, ctx)
             })
             .collect();
@@ -546,9 +549,9 @@ fn select(ws: &Workspace, targets: &[String]) -> Result<(Vec<String>, Vec<Member
         let Some(m) = ws.member(name) else {
             let names = ws.member_names();
             let help = match did_you_mean(name, names.iter().copied()) {
-                Some(close) => format!("did you mean `{close}`? Names: {}", names.join(", ")),
+                Some(close) => format!("did you mean `{close}`? Names: {}", list_names(&names)),
                 None if names.is_empty() => "the workspace defines nothing to build".to_owned(),
-                None => format!("names: {}", names.join(", ")),
+                None => format!("names: {}", list_names(&names)),
             };
             return Err(PlanError::UnknownTarget { name: name.clone(), help });
         };
@@ -566,6 +569,44 @@ fn select(ws: &Workspace, targets: &[String]) -> Result<(Vec<String>, Vec<Member
         }
     }
     Ok((requested, members))
+}
+
+/// Every stage after the stages it reads (`from=`, `copy from=`), found
+/// without recursion: `lang` bounds the depth, but a raised limit must not
+/// cost the stack.
+fn stage_order(ws: &Workspace) -> Vec<StageId> {
+    let deps = |s: StageId| {
+        let stage = &ws.stages[s];
+        let from = match stage.from {
+            Base::Stage(p) => Some(p),
+            _ => None,
+        };
+        from.into_iter().chain(stage.instructions.iter().filter_map(|ins| match &ins.kind {
+            InstructionKind::Copy(Copy { from: CopySource::Stage(p), .. }) => Some(*p),
+            _ => None,
+        }))
+    };
+    let mut placed = vec![false; ws.stages.len()];
+    let mut entered = vec![false; ws.stages.len()];
+    let mut order = Vec::with_capacity(ws.stages.len());
+    for start in 0..ws.stages.len() {
+        // (stage, whether its bases were pushed already)
+        let mut stack = vec![(start, false)];
+        while let Some((s, expanded)) = stack.pop() {
+            if placed[s] {
+                continue;
+            }
+            if expanded {
+                placed[s] = true;
+                order.push(s);
+            } else if !std::mem::replace(&mut entered[s], true) {
+                stack.push((s, true));
+                // Resolution rejected cycles; `entered` also ends any loop.
+                stack.extend(deps(s).filter(|&p| !placed[p] && p != s).map(|p| (p, false)));
+            }
+        }
+    }
+    order
 }
 
 /// Adds nodes for stages, resolving bases first.
@@ -651,7 +692,7 @@ fn apply(config: &mut Config, kind: &InstructionKind) {
             });
         }
         InstructionKind::Env(k, v) => {
-            config.state.env.insert(k.clone(), v.clone());
+            Arc::make_mut(&mut config.state.env).insert(k.clone(), v.clone());
         }
         InstructionKind::User(u) => config.state.user = Some(u.clone()),
         InstructionKind::Shell(s) => config.state.shell = Some(s.clone()),

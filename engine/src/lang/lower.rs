@@ -8,8 +8,10 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::{LabeledSpan, SourceSpan};
 use petgraph::graph::DiGraph;
 
-use super::error::{LangError, LoadError, Note, did_you_mean, suggest};
+use super::boundary::{Boundary, Resolved as Place};
+use super::error::{Errors, LangError, LoadError, Note, did_you_mean, list_names, quoted, suggest};
 use super::interp::{Piece, is_name, pieces};
+use super::limits::{Limits, MAX_ARG_DEPTH, MAX_CARRIED_ENV};
 use super::schema::{self, Checked, Spec};
 use super::{
     Arg, Artifact, Base, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput, Instruction,
@@ -28,9 +30,27 @@ pub(super) fn load_str(name: &str, dir: &Path, text: &str, options: &LoadOptions
 
 fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOptions) -> Result<Workspace, LoadError> {
     let mut files = Vec::new();
-    let mut errors = Vec::new();
-    let docs = super::parse::parse_workspace(root, root_text, &mut files, &mut errors);
-    let mut cx = Cx { files: &files, errors, args: HashMap::new(), used: BTreeMap::new(), failed: HashSet::new() };
+    let mut errors = Errors::default();
+    let workspace = options.workspace.clone().unwrap_or_else(|| match root.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
+    let boundary = Boundary::new(&workspace, &options.allow_paths);
+    let docs = super::parse::parse_workspace(root, root_text, &boundary, &options.limits, &mut files, &mut errors);
+    let mut cx = Cx {
+        files: &files,
+        errors,
+        args: HashMap::new(),
+        used: BTreeMap::new(),
+        failed: HashSet::new(),
+        boundary: &boundary,
+        limits: options.limits,
+        expanded: 0,
+        args_too_deep: false,
+        typos: HashMap::new(),
+        compared: 0,
+        arg_names: None,
+    };
 
     let args = cx.collect_args(&docs, options);
     let decls = cx.collect_names(&docs);
@@ -57,16 +77,23 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
     if complete {
         let before = cx.errors.len();
         cx.check_cycles(&stages, &targets);
-        // The exec-form rules walk `from` chains, which must be acyclic.
+        // Depth is measured on an acyclic graph; the exec-form rules walk
+        // `from` chains, which must be acyclic and no deeper than the limit.
+        if cx.errors.len() == before {
+            cx.check_depth(&stages);
+        }
+        if cx.errors.len() == before {
+            cx.check_carried_env(&stages);
+        }
         if cx.errors.len() == before {
             cx.check_exec_forms(&stages);
         }
     }
     let Cx { errors, .. } = cx;
     if errors.is_empty() {
-        Ok(Workspace { files, args, stages, artifacts, targets, cache_from, cache_to })
+        Ok(Workspace { files, args, stages, artifacts, targets, cache_from, cache_to, boundary })
     } else {
-        Err(LoadError { root: root.to_path_buf(), errors })
+        Err(LoadError { root: root.to_path_buf(), errors: errors.into_reported() })
     }
 }
 
@@ -124,10 +151,40 @@ impl Names {
         names
     }
 
+    /// Every stage name, sorted, for help texts: only errors need it, so it
+    /// is computed on each call (once per error, never per reference).
     fn stage_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.stages.keys().map(String::as_str).collect();
         v.sort_unstable();
         v
+    }
+}
+
+/// An arg whose default is being resolved: the args it uses, and how many
+/// of them are known to be settled.
+struct Frame {
+    name: String,
+    raw: String,
+    at: Span,
+    refs: Vec<String>,
+    next: usize,
+}
+
+impl Frame {
+    fn new(name: String, raw: String, at: Span) -> Self {
+        // A malformed default has no references: interpolating it reports why.
+        let refs = pieces(&raw)
+            .map(|pieces| {
+                pieces
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Piece::Arg { name, .. } => Some(name.to_owned()),
+                        Piece::Text(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { name, raw, at, refs, next: 0 }
     }
 }
 
@@ -147,14 +204,51 @@ enum ArgState {
 
 struct Cx<'f> {
     files: &'f [SourceFile],
-    errors: Vec<LangError>,
+    errors: Errors,
     args: HashMap<String, (ArgState, Span)>,
     /// Args used by the strings lowered since the last `take_used`.
     used: BTreeMap<String, String>,
     /// Values whose interpolation failed (already reported): checks of what
     /// they hold would only repeat the same mistake.
     failed: HashSet<(FileId, usize)>,
+    /// The host paths build files may name.
+    boundary: &'f Boundary,
+    limits: Limits,
+    /// Bytes interpolation has added so far, against
+    /// [`Limits::max_expanded_total`].
+    expanded: usize,
+    /// An arg chain deeper than [`MAX_ARG_DEPTH`] was reported.
+    args_too_deep: bool,
+    /// [`Cx::close_stage`]'s answers, and how many names it compared.
+    typos: HashMap<String, Option<String>>,
+    compared: usize,
+    /// [`Cx::sorted_arg_names`], once computed.
+    arg_names: Option<std::sync::Arc<Vec<String>>>,
 }
+
+/// Longest message or label of an invalid-value diagnostic, in bytes.
+const MAX_MESSAGE: usize = 400;
+
+/// `text` whole up to [`MAX_MESSAGE`] bytes, else its start and end.
+fn capped(text: String) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text;
+    }
+    let mut head = MAX_MESSAGE / 2;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - MAX_MESSAGE / 2;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} … {}", &text[..head], &text[tail..])
+}
+
+/// Most name comparisons "did you mean" and the "is this bare `from=` a
+/// misspelt stage?" check make in one load (about 0.02 s): without a bound,
+/// 10,000 stages with 10,000 different bare bases cost 10^8 edit distances.
+const TYPO_BUDGET: usize = 200_000;
 
 impl<'f> Cx<'f> {
     fn file(&self, id: FileId) -> &'f SourceFile {
@@ -220,7 +314,7 @@ impl<'f> Cx<'f> {
         }
         let mut out = Vec::new();
         for (name, span, default) in order {
-            let value = match self.resolve_arg(&name, &mut Vec::new()) {
+            let value = match self.resolve_arg(&name) {
                 ArgState::Value(v) => Some(v),
                 _ => None,
             };
@@ -232,48 +326,102 @@ impl<'f> Cx<'f> {
 
     /// The value of an arg, resolving defaults that use other args. Returns
     /// `Value`, `NoValue` or `Broken`.
-    fn resolve_arg(&mut self, name: &str, stack: &mut Vec<(String, Span)>) -> ArgState {
-        let Some((state, span)) = self.args.get(name).cloned() else {
-            return ArgState::Broken;
-        };
-        match state {
-            ArgState::Resolving => {
-                let start = stack.iter().position(|(n, _)| n == name).unwrap_or(0);
-                let members: Vec<(String, Span)> = stack[start..].to_vec();
-                self.cycle_error("arg", &members, name);
-                for (n, _) in &members {
-                    if let Some(a) = self.args.get_mut(n) {
-                        a.0 = ArgState::Broken;
+    ///
+    /// Depth first with an explicit stack, not recursion, so a chain of any
+    /// length cannot overflow the stack; a chain deeper than
+    /// [`MAX_ARG_DEPTH`] is an error, and a cycle is reported whole.
+    fn resolve_arg(&mut self, name: &str) -> ArgState {
+        // Args being resolved, outermost first.
+        let mut chain: Vec<Frame> = Vec::new();
+        let mut next = Some(name.to_owned());
+        loop {
+            if let Some(n) = next.take() {
+                match self.args.get(&n).cloned() {
+                    Some((ArgState::Pending { default: None }, span)) => {
+                        self.args.insert(n, (ArgState::NoValue, span));
                     }
+                    Some((ArgState::Pending { default: Some((raw, at)) }, span)) => {
+                        if chain.len() >= MAX_ARG_DEPTH {
+                            self.too_deep_args(&chain, &n, at);
+                            for member in chain.drain(..).map(|f| f.name).chain([n]) {
+                                if let Some(a) = self.args.get_mut(&member) {
+                                    a.0 = ArgState::Broken;
+                                }
+                            }
+                            break;
+                        }
+                        self.args.insert(n.clone(), (ArgState::Resolving, span));
+                        chain.push(Frame::new(n, raw, at));
+                    }
+                    Some((ArgState::Resolving, _)) => {
+                        let start = chain.iter().position(|f| f.name == n).unwrap_or(0);
+                        let members: Vec<(String, Span)> =
+                            chain[start..].iter().map(|f| (f.name.clone(), f.at)).collect();
+                        self.cycle_error("arg", &members, &n);
+                        for (m, _) in &members {
+                            if let Some(a) = self.args.get_mut(m) {
+                                a.0 = ArgState::Broken;
+                            }
+                        }
+                    }
+                    _ => {}
                 }
-                ArgState::Broken
             }
-            ArgState::Pending { default: None } => {
-                self.args.insert(name.to_owned(), (ArgState::NoValue, span));
-                ArgState::NoValue
+            let Some(frame) = chain.last_mut() else { break };
+            if matches!(self.args.get(&frame.name), Some((ArgState::Broken, _))) {
+                chain.pop();
+                continue;
             }
-            ArgState::Pending { default: Some((raw, default_span)) } => {
-                self.args.insert(name.to_owned(), (ArgState::Resolving, span));
-                stack.push((name.to_owned(), default_span));
-                let value = self.interpolate_with(&raw, default_span, stack);
-                stack.pop();
-                let settled = match (self.args.get(name).map(|a| &a.0), value) {
-                    // A cycle through this arg already marked it.
-                    (Some(ArgState::Broken), _) | (_, None) => ArgState::Broken,
+            // The next arg this default uses that is not settled yet; each
+            // reference is looked at once it is settled, so a frame costs its
+            // references, not references × length.
+            while frame
+                .refs
+                .get(frame.next)
+                .is_some_and(|r| !matches!(self.args.get(r), Some((ArgState::Pending { .. } | ArgState::Resolving, _))))
+            {
+                frame.next += 1;
+            }
+            if let Some(unsettled) = frame.refs.get(frame.next) {
+                next = Some(unsettled.clone());
+                continue;
+            }
+            // Everything it uses is settled, so this does not recurse.
+            let Some(Frame { name: top, raw, at, .. }) = chain.pop() else { break };
+            let value = self.interpolate_with(&raw, at);
+            if let Some((state, _)) = self.args.get_mut(&top) {
+                *state = match (&*state, value) {
+                    (ArgState::Broken, _) | (_, None) => ArgState::Broken,
                     (_, Some(v)) => ArgState::Value(v),
                 };
-                self.args.insert(name.to_owned(), (settled.clone(), span));
-                settled
             }
-            done => done,
         }
+        self.args.get(name).map_or(ArgState::Broken, |a| a.0.clone())
+    }
+
+    /// Args that refer to each other deeper than [`MAX_ARG_DEPTH`]. Reported
+    /// once: the rest of a very long chain would repeat it every 64 args.
+    fn too_deep_args(&mut self, chain: &[Frame], last: &str, at: Span) {
+        if std::mem::replace(&mut self.args_too_deep, true) {
+            return;
+        }
+        let first = chain.first().map_or(last, |f| f.name.as_str());
+        self.errors.push(LangError::Limit {
+            what: format!("args refer to each other too deeply (from `{}` to `{}`)", quoted(first), quoted(last)),
+            limit: MAX_ARG_DEPTH,
+            unit: "levels",
+            src: Some(self.file(at.file).src()),
+            at: Some(at.span),
+            label: format!("`{}` is {} args down the chain", quoted(last), chain.len() + 1),
+            help: "give an arg in this chain a literal default instead of another arg".to_owned(),
+        });
     }
 
     // ---- interpolation ------------------------------------------------------
 
     /// Interpolates a string value written at `span`.
     fn interpolate(&mut self, raw: &str, span: Span) -> String {
-        self.interpolate_with(raw, span, &mut Vec::new()).unwrap_or_else(|| {
+        self.interpolate_with(raw, span).unwrap_or_else(|| {
             self.failed.insert((span.file, span.span.offset()));
             raw.to_owned()
         })
@@ -284,13 +432,13 @@ impl<'f> Cx<'f> {
         self.failed.contains(&(at.file, at.span.offset()))
     }
 
-    fn interpolate_with(&mut self, raw: &str, span: Span, stack: &mut Vec<(String, Span)>) -> Option<String> {
+    fn interpolate_with(&mut self, raw: &str, span: Span) -> Option<String> {
         let pieces = match pieces(raw) {
             Ok(p) => p,
             Err(m) => {
                 let at = self.locate(span, &raw[m.start..m.end]);
                 self.errors.push(LangError::InvalidValue {
-                    message: format!("malformed `${{...}}` in {raw:?}"),
+                    message: format!("malformed `${{...}}` in {:?}", quoted(raw)),
                     src: self.file(span.file).src(),
                     at,
                     label: m.message.to_owned(),
@@ -305,27 +453,44 @@ impl<'f> Cx<'f> {
             match piece {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Arg { name, start, end } => {
-                    let at = self.locate(span, &raw[start..end]);
+                    // Where the reference is written: found only for an error,
+                    // since searching the source for each of thousands of
+                    // references would be quadratic.
+                    let written = &raw[start..end];
                     if !self.args.contains_key(name) {
-                        let mut known: Vec<&str> = self.args.keys().map(String::as_str).collect();
-                        known.sort_unstable();
-                        let mut help = suggest(name, "args", &known);
-                        let _ = write!(help, ". A shell variable is written $${{{name}}} or ${name}");
-                        self.errors.push(LangError::UnknownArg {
-                            name: name.to_owned(),
-                            src: self.file(span.file).src(),
-                            at,
-                            help,
+                        let at = self.locate(span, written);
+                        // "Did you mean" compares every arg name: within the
+                        // same budget as the typo check, and only for errors
+                        // that are reported.
+                        let close = !self.errors.full() && {
+                            self.compared = self.compared.saturating_add(self.args.len());
+                            self.compared <= TYPO_BUDGET
+                        };
+                        let names = self.sorted_arg_names();
+                        let src = self.files[span.file].src();
+                        self.errors.push_with(|| {
+                            let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                            let mut help = if close {
+                                suggest(name, "args", &known)
+                            } else {
+                                format!("args: {}", list_names(&known))
+                            };
+                            let _ = write!(help, ". A shell variable is written $${{{name}}} or ${name}");
+                            LangError::UnknownArg { name: quoted(name), src, at, help }
                         });
                         ok = false;
                         continue;
                     }
-                    match self.resolve_arg(name, stack) {
+                    match self.resolve_arg(name) {
                         ArgState::Value(value) => {
+                            if !self.expand(out.len(), &value, name, span, written) {
+                                return None;
+                            }
                             out.push_str(&value);
                             self.used.insert(name.to_owned(), value);
                         }
                         ArgState::NoValue => {
+                            let at = self.locate(span, written);
                             let declared = self.args.get(name).map(|a| a.1);
                             let declared = declared
                                 .map(|d| self.note(d, format!("arg `{name}` is declared here"), "no default"))
@@ -347,6 +512,73 @@ impl<'f> Cx<'f> {
         ok.then_some(out)
     }
 
+    /// Every arg name, sorted, for "did you mean" help; computed once (every
+    /// arg is declared before any string is interpolated).
+    fn sorted_arg_names(&mut self) -> std::sync::Arc<Vec<String>> {
+        let args = &self.args;
+        std::sync::Arc::clone(self.arg_names.get_or_insert_with(|| {
+            let mut names: Vec<String> = args.keys().cloned().collect();
+            names.sort_unstable();
+            std::sync::Arc::new(names)
+        }))
+    }
+
+    /// Whether `value` may be added to a string already `len` bytes long,
+    /// within [`Limits::max_expanded`] and [`Limits::max_expanded_total`];
+    /// reports why not.
+    fn expand(&mut self, len: usize, value: &str, name: &str, span: Span, written: &str) -> bool {
+        let total = self.expanded.saturating_add(value.len());
+        let (what, limit, help) = if len.saturating_add(value.len()) > self.limits.max_expanded {
+            (
+                format!("`${{{}}}` makes this string too long", quoted(name)),
+                self.limits.max_expanded,
+                "args that repeat each other grow exponentially; raise `limits max-expanded=` in bake's config file if this string really is that long",
+            )
+        } else if total > self.limits.max_expanded_total {
+            // Reported once: every later string would go past it too.
+            if self.expanded <= self.limits.max_expanded_total {
+                self.expanded = total;
+                let at = self.locate(span, written);
+                self.errors.push(LangError::Limit {
+                    what: "args expand to too much text in this workspace".to_owned(),
+                    limit: self.limits.max_expanded_total,
+                    unit: "bytes",
+                    src: Some(self.file(span.file).src()),
+                    at: Some(at),
+                    label: "the limit is reached here".to_owned(),
+                    help: "a large arg used in many strings is copied into each; raise `limits max-expanded-total=` in bake's config file if this is intended".to_owned(),
+                });
+            }
+            return false;
+        } else {
+            self.expanded = total;
+            return true;
+        };
+        let at = self.locate(span, written);
+        self.errors.push(LangError::Limit {
+            what,
+            limit,
+            unit: "bytes",
+            src: Some(self.file(span.file).src()),
+            at: Some(at),
+            label: "expands past the limit here".to_owned(),
+            help: help.to_owned(),
+        });
+        false
+    }
+
+    /// A path a build file names that leads outside the workspace.
+    fn outside(&mut self, what: &'static str, written: &str, resolved: PathBuf, at: Span) {
+        self.errors.push(LangError::OutsideWorkspace {
+            what,
+            written: quoted(written),
+            resolved,
+            workspace: self.boundary.root().to_path_buf(),
+            src: self.file(at.file).src(),
+            at: at.span,
+        });
+    }
+
     /// The span of `needle` inside the source text of `span`, or `span` itself.
     fn locate(&self, span: Span, needle: &str) -> SourceSpan {
         let text = &self.file(span.file).text;
@@ -365,16 +597,19 @@ impl<'f> Cx<'f> {
 
     // ---- errors -------------------------------------------------------------
 
+    /// A value that is not valid. The message and label may quote what the
+    /// user wrote, after interpolation, so both are capped
+    /// ([`MAX_MESSAGE`]): a 25 KB value prints as its start and end.
     fn invalid(&mut self, at: Span, message: String, label: &str, help: Option<&str>) {
         if self.suppressed(at) {
             return;
         }
         self.errors.push(LangError::InvalidValue {
-            message,
+            message: capped(message),
             src: self.file(at.file).src(),
             at: at.span,
-            label: label.to_owned(),
-            help: help.map(str::to_owned),
+            label: capped(label.to_owned()),
+            help: help.map(|h| capped(h.to_owned())),
         });
     }
 
@@ -479,6 +714,19 @@ impl<'f> Cx<'f> {
                     self.duplicate(what, &name, *first, span);
                     continue;
                 }
+                if decls.len() >= self.limits.max_stages {
+                    self.errors.push(LangError::Limit {
+                        what: "too many stages, images, artifacts and targets".to_owned(),
+                        limit: self.limits.max_stages,
+                        unit: "declarations",
+                        src: Some(file.src()),
+                        at: Some(span.span),
+                        label: "this one goes past the limit".to_owned(),
+                        help: "raise `limits max-stages=` in bake's config file if the workspace really is this large"
+                            .to_owned(),
+                    });
+                    return decls;
+                }
                 sites.insert(name.clone(), (span, kind));
                 let family = match kind {
                     DeclKind::Stage | DeclKind::Image => 0,
@@ -550,16 +798,25 @@ impl<'f> Cx<'f> {
             None => file.dir.clone(),
             Some(entry) => {
                 let raw = self.string(file_id, entry);
-                let dir = file.dir.join(&raw);
-                if !dir.is_dir() {
-                    self.invalid(
-                        Span { file: file_id, span: entry.span() },
-                        format!("context `{raw}` is not a folder"),
-                        "no such folder",
-                        Some("`context=` is relative to the folder of this build.kdl"),
-                    );
+                let at = Span { file: file_id, span: entry.span() };
+                match self.boundary.check(&file.dir.join(&raw)) {
+                    _ if self.suppressed(at) => normalize_host(&file.dir.join(&raw)),
+                    Place::Outside(resolved) => {
+                        self.outside("context", &raw, resolved, at);
+                        file.dir.clone()
+                    }
+                    Place::Inside(dir) => {
+                        if !dir.is_dir() {
+                            self.invalid(
+                                at,
+                                format!("context `{}` is not a folder", quoted(&raw)),
+                                "no such folder",
+                                Some("`context=` is relative to the folder of this build.kdl"),
+                            );
+                        }
+                        dir
+                    }
                 }
-                normalize_host(&dir)
             }
         };
 
@@ -1025,22 +1282,20 @@ impl<'f> Cx<'f> {
         let path = normalize_absolute(&self.string(file_id, c.prop("path")?));
         let dest_entry = c.prop("dest")?;
         let dest_raw = self.string(file_id, dest_entry);
+        let dest_at = Span { file: file_id, span: dest_entry.span() };
         if dest_raw.is_empty() {
-            self.invalid(
-                Span { file: file_id, span: dest_entry.span() },
-                "`dest=` cannot be empty".to_owned(),
-                "empty",
-                None,
-            );
+            self.invalid(dest_at, "`dest=` cannot be empty".to_owned(), "empty", None);
         }
-        Some(Artifact {
-            name: decl.name.clone(),
-            span: decl.span,
-            from,
-            path,
-            dest: normalize_host(&file.dir.join(dest_raw)),
-            keep_setuid: c.prop("keep-setuid").and_then(|e| e.value().as_bool()).unwrap_or(false),
-        })
+        let dest = match self.boundary.check(&file.dir.join(&dest_raw)) {
+            _ if self.suppressed(dest_at) => return None,
+            Place::Inside(dest) => dest,
+            Place::Outside(resolved) => {
+                self.outside("artifact destination", &dest_raw, resolved, dest_at);
+                return None;
+            }
+        };
+        let keep_setuid = c.prop("keep-setuid").and_then(|e| e.value().as_bool()).unwrap_or(false);
+        Some(Artifact { name: decl.name.clone(), span: decl.span, from, path, dest, keep_setuid })
     }
 
     fn lower_target(&mut self, decl: &Decl<'_>, names: &Names) -> Option<Target> {
@@ -1061,18 +1316,18 @@ impl<'f> Cx<'f> {
             match member {
                 Some(m) => members.push((m, span)),
                 None if self.suppressed(span) => {}
-                None => {
+                None => self.errors.push_with(|| {
                     let mut all: Vec<&str> = names.kinds.keys().map(String::as_str).collect();
                     all.sort_unstable();
                     let help = Some(suggest(&name, "known names", &all));
-                    self.errors.push(LangError::UnknownName {
+                    LangError::UnknownName {
                         kind: "stage, image, artifact or target",
-                        name,
+                        name: quoted(&name),
                         src: file.src(),
                         at: span.span,
                         help,
-                    });
-                }
+                    }
+                }),
             }
         }
         Some(Target { name: decl.name.clone(), span: decl.span, members })
@@ -1100,16 +1355,15 @@ impl<'f> Cx<'f> {
             );
             return None;
         }
-        let stages = names.stage_names();
         // A bare name one or two edits from a stage name (same length give or
         // take one: `biuld`, `bulder`) is far likelier a typo than an image.
         if !ImageRef::looks_explicit(raw)
-            && let Some(close) = did_you_mean(raw, stages.iter().copied())
+            && let Some(close) = self.close_stage(raw, names)
             && close.len().abs_diff(raw.len()) <= 1
         {
             self.errors.push(LangError::UnknownName {
                 kind: "stage",
-                name: raw.to_owned(),
+                name: quoted(raw),
                 src: self.file(span.file).src(),
                 at: span.span,
                 help: Some(format!("did you mean `{close}`? To use the image `{raw}` from a registry instead, give it a tag: `{raw}:latest`")),
@@ -1119,6 +1373,7 @@ impl<'f> Cx<'f> {
         match ImageRef::parse(raw) {
             Ok(r) => Some(Resolved::Image(r)),
             Err(e) => {
+                let stages = names.stage_names();
                 let what = if usage == "copy" { "copy source" } else { "base" };
                 self.invalid(
                     span,
@@ -1126,12 +1381,29 @@ impl<'f> Cx<'f> {
                     &e.to_string(),
                     Some(&format!(
                         "a {what} is a stage name ({}), `scratch`, or an image like `debian:bookworm-slim`",
-                        if stages.is_empty() { "none defined".to_owned() } else { stages.join(", ") }
+                        if stages.is_empty() { "none defined".to_owned() } else { list_names(&stages) }
                     )),
                 );
                 None
             }
         }
+    }
+
+    /// The stage name closest to a bare `from=` name, if close enough to be a
+    /// typo. Remembered per name, since thousands of stages often share one
+    /// base; once [`TYPO_BUDGET`] comparisons are spent, no more are made
+    /// (a name is then taken as the image it reads as).
+    fn close_stage(&mut self, raw: &str, names: &Names) -> Option<String> {
+        if let Some(hit) = self.typos.get(raw) {
+            return hit.clone();
+        }
+        self.compared = self.compared.saturating_add(names.stages.len());
+        if self.compared > TYPO_BUDGET {
+            return None;
+        }
+        let close = did_you_mean(raw, names.stages.keys().map(String::as_str)).map(str::to_owned);
+        self.typos.insert(raw.to_owned(), close.clone());
+        close
     }
 
     /// Resolves a name that must be a stage (artifacts).
@@ -1142,13 +1414,13 @@ impl<'f> Cx<'f> {
         if self.suppressed(span) {
             return None;
         }
-        let stages = names.stage_names();
-        self.errors.push(LangError::UnknownName {
+        let src = self.file(span.file).src();
+        self.errors.push_with(|| LangError::UnknownName {
             kind: "stage",
-            name: raw.to_owned(),
-            src: self.file(span.file).src(),
+            name: quoted(raw),
+            src,
             at: span.span,
-            help: Some(suggest(raw, "stages", &stages)),
+            help: Some(suggest(raw, "stages", &names.stage_names())),
         });
         None
     }
@@ -1231,6 +1503,115 @@ impl<'f> Cx<'f> {
                 cycle.iter().map(|(n, span)| (targets[*n].name.clone(), *span)).collect();
             let back = members[0].0.clone();
             self.cycle_error("target", &members, &back);
+        }
+    }
+
+    /// Stages built on each other (`from=`, `copy from=`) no deeper than
+    /// [`Limits::max_graph_depth`]: a deeper chain is refused before anything
+    /// is planned or built. Linear: depths are computed once, in dependency
+    /// order, without recursion.
+    fn check_depth(&mut self, stages: &[Stage]) {
+        let deps = |s: &Stage| -> Vec<(StageId, Span)> {
+            let mut out: Vec<(StageId, Span)> = Vec::new();
+            if let Base::Stage(p) = s.from {
+                out.push((p, s.from_span));
+            }
+            for ins in &s.instructions {
+                if let InstructionKind::Copy(Copy { from: CopySource::Stage(p), .. }) = &ins.kind {
+                    out.push((*p, ins.span));
+                }
+            }
+            out
+        };
+        let mut depth: Vec<usize> = vec![0; stages.len()];
+        for start in 0..stages.len() {
+            // Iterative post-order: a stage's depth once all its bases have one.
+            let mut stack = vec![start];
+            while let Some(&s) = stack.last() {
+                if depth[s] > 0 {
+                    stack.pop();
+                    continue;
+                }
+                let pending: Vec<StageId> =
+                    deps(&stages[s]).into_iter().map(|(p, _)| p).filter(|&p| depth[p] == 0).collect();
+                if pending.is_empty() {
+                    let deepest = deps(&stages[s]).into_iter().map(|(p, at)| (depth[p], at)).max_by_key(|(d, _)| *d);
+                    depth[s] = deepest.map_or(1, |(d, _)| d.saturating_add(1));
+                    stack.pop();
+                    if depth[s] > self.limits.max_graph_depth {
+                        let at = deepest.map_or(stages[s].span, |(_, at)| at);
+                        self.errors.push(LangError::Limit {
+                            what: format!("stage `{}` is built on too long a chain of stages", stages[s].name),
+                            limit: self.limits.max_graph_depth,
+                            unit: "stages in a chain (`from=` and `copy from=`)",
+                            src: Some(self.file(at.file).src()),
+                            at: Some(at.span),
+                            label: format!("stage {} of this chain", depth[s]),
+                            help: "split the chain, or raise `limits max-graph-depth=` in bake's config file"
+                                .to_owned(),
+                        });
+                        return;
+                    }
+                } else {
+                    stack.extend(pending);
+                }
+            }
+        }
+    }
+
+    /// Every step is keyed with the environment it runs in, so a stage with
+    /// 3,000 `env` lines and 3,000 steps asks for 9 million key inputs (over
+    /// a gigabyte). Bounds the sum, over all steps, of the env entries each
+    /// one carries, by [`MAX_CARRIED_ENV`]. Linear: each stage's count is
+    /// computed once from its base's, without recursion.
+    fn check_carried_env(&mut self, stages: &[Stage]) {
+        // Env entries a stage ends with (an upper bound: a name set twice counts twice).
+        let mut env: Vec<Option<usize>> = vec![None; stages.len()];
+        let mut total = 0usize;
+        for start in 0..stages.len() {
+            let mut stack = vec![start];
+            while let Some(&s) = stack.last() {
+                if env[s].is_some() {
+                    stack.pop();
+                    continue;
+                }
+                let inherited = match stages[s].from {
+                    Base::Stage(p) => match env[p] {
+                        Some(n) => n,
+                        None => {
+                            stack.push(p);
+                            continue;
+                        }
+                    },
+                    _ => 0,
+                };
+                stack.pop();
+                let mut carried = inherited;
+                for ins in &stages[s].instructions {
+                    match &ins.kind {
+                        InstructionKind::Env(..) => carried += 1,
+                        InstructionKind::Copy(_) | InstructionKind::Run(_) => {
+                            total = total.saturating_add(carried);
+                            if total > MAX_CARRIED_ENV {
+                                self.errors.push(LangError::Limit {
+                                    what: "the steps of this workspace carry too many environment variables".to_owned(),
+                                    limit: MAX_CARRIED_ENV,
+                                    unit: "variables summed over every step",
+                                    src: Some(self.file(ins.span.file).src()),
+                                    at: Some(ins.span.span),
+                                    label: format!("this step runs with {carried} variables set by the build"),
+                                    help:
+                                        "set the variables in a `run`'s own `env` children, or in fewer, later places"
+                                            .to_owned(),
+                                });
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                env[s] = Some(carried);
+            }
         }
     }
 

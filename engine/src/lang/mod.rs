@@ -20,12 +20,18 @@
 //!    target members are resolved, cycles found with Tarjan's algorithm, and the
 //!    exec-form rules for `entrypoint`/`cmd` checked against the stage chain.
 //!
+//! Every host path a file names stays inside the workspace boundary
+//! ([`boundary`]), and every pass is bounded ([`limits`]), so hostile input
+//! ends in a diagnostic, fast.
+//!
 //! Every span is a byte span into its own file, kept with a [`FileId`], so the
 //! graph and the executor can point back into the user's file later (a failing
 //! `run` step is reported against its own line).
 
+mod boundary;
 mod error;
 mod interp;
+mod limits;
 mod lower;
 mod parse;
 mod schema;
@@ -34,11 +40,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use miette::{NamedSource, SourceSpan};
+use miette::SourceSpan;
 
+pub use boundary::{Boundary, Resolved};
 pub(crate) use error::plural;
-pub use error::{LangError, LoadError, Note, Src, did_you_mean};
+pub use error::{
+    LangError, LoadError, MAX_LISTED, MAX_QUOTED, MAX_REPORTED, MAX_SHOWN_LINE, Note, Src, did_you_mean, list_names,
+    quoted,
+};
+pub use limits::{Limits, MAX_ARG_DEPTH, MAX_CARRIED_ENV};
 pub(crate) use lower::normalize_absolute as clean_absolute;
+pub use parse::MAX_DEPTH;
 pub(crate) use parse::parse_checked;
 
 use crate::reference::ImageRef;
@@ -74,7 +86,7 @@ pub struct SourceFile {
 impl SourceFile {
     /// This file as a miette source.
     pub fn src(&self) -> Src {
-        NamedSource::new(self.name.clone(), Arc::clone(&self.text)).with_language("kdl")
+        Src::new(self.name.clone(), Arc::clone(&self.text))
     }
 
     /// 1-based line of a byte offset, for short references like `build.kdl:12`.
@@ -89,6 +101,12 @@ impl SourceFile {
 pub struct LoadOptions {
     /// `--set NAME=VALUE` overrides, in command-line order.
     pub set: Vec<(String, String)>,
+    /// The workspace root (`-C`); `None`: the root file's folder.
+    pub workspace: Option<PathBuf>,
+    /// Folders outside the workspace that build files may name too
+    /// (`--allow-path`, `BAKE_ALLOW_PATHS`, `allow-path` in the config).
+    pub allow_paths: Vec<PathBuf>,
+    pub limits: Limits,
 }
 
 /// A fully loaded and resolved workspace.
@@ -103,6 +121,9 @@ pub struct Workspace {
     pub cache_from: Vec<(String, Span)>,
     /// `cache-to` registry caches.
     pub cache_to: Vec<(String, Span)>,
+    /// The host paths this workspace's files may name: contexts and their
+    /// ignore files are read only inside it.
+    pub boundary: Boundary,
 }
 
 /// `arg NAME default=...`.

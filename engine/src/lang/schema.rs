@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use kdl::{KdlEntry, KdlNode, KdlValue};
 
 use super::SourceFile;
-use super::error::{LangError, suggest};
+use super::error::{Errors, LangError, quoted, suggest};
 
 /// The type a value must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,22 +440,18 @@ pub(super) fn lookup<'s>(
     node: &KdlNode,
     context: &'static str,
     file: &SourceFile,
-    errors: &mut Vec<LangError>,
+    errors: &mut Errors,
 ) -> Option<&'s Spec> {
     let name = node.name().value();
     if let Some(spec) = specs.iter().find(|s| s.name == name && allowed.contains(&s.name)) {
         return Some(spec);
     }
-    let mut help = suggest(name, &format!("{context} nodes"), allowed);
-    if context == "stage" && (name == "tag" || name == "annotation") {
-        help = format!("`{name}` belongs in an `image`, which is a stage that is exported; {help}");
-    }
-    errors.push(LangError::UnknownNode {
-        name: name.to_owned(),
-        context,
-        src: file.src(),
-        at: node.name().span(),
-        help,
+    errors.push_with(|| {
+        let mut help = suggest(name, &format!("{context} nodes"), allowed);
+        if context == "stage" && (name == "tag" || name == "annotation") {
+            help = format!("`{name}` belongs in an `image`, which is a stage that is exported; {help}");
+        }
+        LangError::UnknownNode { name: quoted(name), context, src: file.src(), at: node.name().span(), help }
     });
     None
 }
@@ -480,12 +476,7 @@ impl<'a> Checked<'a> {
 
 /// Validates a node against its spec. Returns `None` (after reporting) when
 /// the node cannot be lowered.
-pub(super) fn check<'a>(
-    spec: &Spec,
-    node: &'a KdlNode,
-    file: &SourceFile,
-    errors: &mut Vec<LangError>,
-) -> Option<Checked<'a>> {
+pub(super) fn check<'a>(spec: &Spec, node: &'a KdlNode, file: &SourceFile, errors: &mut Errors) -> Option<Checked<'a>> {
     let before = errors.len();
     let mut args = Vec::new();
     let mut props: HashMap<&'static str, Vec<&'a KdlEntry>> = HashMap::new();
@@ -501,17 +492,19 @@ pub(super) fn check<'a>(
             }
             Some(key) => {
                 let Some(p) = spec.props.iter().find(|p| p.name == key.value()) else {
-                    let valid: Vec<&str> = spec.props.iter().map(|p| p.name).collect();
-                    errors.push(LangError::UnknownProperty {
-                        node: spec.name.to_owned(),
-                        name: key.value().to_owned(),
-                        src: file.src(),
-                        at: entry.span(),
-                        help: if valid.is_empty() {
-                            format!("`{}` takes no properties; for example: {}", spec.name, spec.example)
-                        } else {
-                            suggest(key.value(), &format!("properties of `{}`", spec.name), &valid)
-                        },
+                    errors.push_with(|| {
+                        let valid: Vec<&str> = spec.props.iter().map(|p| p.name).collect();
+                        LangError::UnknownProperty {
+                            node: spec.name.to_owned(),
+                            name: quoted(key.value()),
+                            src: file.src(),
+                            at: entry.span(),
+                            help: if valid.is_empty() {
+                                format!("`{}` takes no properties; for example: {}", spec.name, spec.example)
+                            } else {
+                                suggest(key.value(), &format!("properties of `{}`", spec.name), &valid)
+                            },
+                        }
                     });
                     continue;
                 };
