@@ -566,25 +566,29 @@ fn probe_finds_overlay() {
     println!("    probe(): {}", sandbox::probe());
 }
 
+/// Prints (asserts nothing) what a trivial step costs on each network.
 fn measure_trivial_step() {
     let image = image();
     let rt = runtime();
-    let mut times = Vec::new();
-    for _ in 0..50 {
-        let mut s = spec(&image, "");
-        s.args = vec!["/bin/true".into()];
-        let start = Instant::now();
-        let code = rt.block_on(sandbox::run_with(&s, &Backend::Overlay, &mut |_, _| {}, &CancellationToken::new()));
-        times.push(start.elapsed());
-        assert_eq!(code.unwrap(), 0);
+    for network in [Network::Host, Network::None, Network::Private] {
+        let mut times = Vec::new();
+        for _ in 0..50 {
+            let mut s = spec(&image, "");
+            s.args = vec!["/bin/true".into()];
+            s.network = network;
+            let start = Instant::now();
+            let code = rt.block_on(sandbox::run_with(&s, &Backend::Overlay, &mut |_, _| {}, &CancellationToken::new()));
+            times.push(start.elapsed());
+            assert_eq!(code.unwrap(), 0);
+        }
+        times.sort();
+        println!(
+            "    /bin/true end to end, network {network:?}, 50 runs: median {:.2} ms (min {:.2}, max {:.2})",
+            times[25].as_secs_f64() * 1e3,
+            times[0].as_secs_f64() * 1e3,
+            times[49].as_secs_f64() * 1e3
+        );
     }
-    times.sort();
-    println!(
-        "    /bin/true end to end, 50 runs: median {:.2} ms (min {:.2}, max {:.2})",
-        times[25].as_secs_f64() * 1e3,
-        times[0].as_secs_f64() * 1e3,
-        times[49].as_secs_f64() * 1e3
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -922,8 +926,9 @@ fn nat_ends_with_the_step() {
         }
         let result = rt.block_on(task).unwrap();
         assert_eq!(result.is_err(), cancel_it, "{result:?}");
-        // Reaped by the helper before it reported: gone at once.
-        assert!(nat.iter().all(|&p| state_of(p).is_none()), "slirp4netns outlived the step");
+        // Killed by the helper before it reported: gone, or a zombie for
+        // init to reap once the kernel has torn its tap device down.
+        poll("slirp4netns to die", || nat.iter().all(|&p| state_of(p).is_none_or(|s| s == 'Z')));
     }
 }
 

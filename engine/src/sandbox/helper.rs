@@ -594,15 +594,15 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Out
         let _ = waitpid(pid1, None);
         failure
     };
-    // Dropped (slirp4netns killed and reaped) when this function returns.
+    // Dropped (slirp4netns killed) when this function returns.
     let mut _nat = None;
     if let (Some(netns), Some(starting)) = (netns, starting) {
         netns.leave().map_err(abort)?;
         match starting.ready() {
             Ok(nat) => _nat = Some(nat),
             Err(failure) => {
-                // PID 1 may have failed first (and slirp4netns for want of
-                // its namespace): its own report says more.
+                // PID 1 may have failed as well, for its own reason: its
+                // report, when there is one, says more.
                 let failure = abort(failure);
                 let mut said = Vec::new();
                 let _ = report_r.read_to_end(&mut said);
@@ -610,7 +610,8 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Out
             }
         }
         if let Some(mut gate) = gate_w {
-            gate.write_all(b"\n").map_err(|e| abort(Failure::io("start the step", &e)))?;
+            // Fails only when PID 1 is gone: its report, read below, says why.
+            let _ = gate.write_all(b"\n");
         }
     }
     // Only PID 1 sends on it: bake sees EOF if PID 1 fails before that.

@@ -95,8 +95,9 @@
 //! Every mount lives in PID 1's private mount namespace: the host never sees
 //! them, and they vanish with the namespace, which dies with its last
 //! process. slirp4netns, the one process outside it, is the helper's child:
-//! killed and reaped before the helper reports, and ended by its exit pipe
-//! when the helper dies. PID 1's death kills every process of its PID namespace, and the
+//! SIGKILLed before the helper reports (init reaps it once the kernel has
+//! torn its tap device down), and ended by its exit pipe when the helper
+//! dies. PID 1's death kills every process of its PID namespace, and the
 //! kernel reaps PID 1 only after they are all gone. So:
 //!
 //! - **Cancellation** (the `CancellationToken` fires): bake sends SIGTERM to

@@ -15,8 +15,10 @@
 //!
 //! - `--disable-host-loopback`: the gateway address does not lead to the
 //!   host's 127.0.0.1, and no address does; a server bound to the host's
-//!   loopback is out of reach. (Its DNS forwarder still asks the host's
-//!   resolvers, a local 127.0.0.53 included.)
+//!   loopback is out of reach. The one exception is by design: the DNS
+//!   forwarder at 10.0.2.3 asks the resolvers of the host's
+//!   `/etc/resolv.conf`, a loopback one (127.0.0.53) included, so DNS works
+//!   on any host (slirp4netns(1) says so too).
 //! - The namespace holds only `lo` and `tap0`: a packet socket there sees
 //!   the step's own traffic, never the host's.
 //! - `--enable-sandbox` (its own mount namespace over an empty root, fewer
@@ -25,8 +27,9 @@
 //!
 //! Lifetime: slirp4netns ends when its `--exit-fd` reaches end of file, that
 //! is when the helper closes it or dies (bake killed: the helper's death
-//! signal, then the kernel closes the fd); the helper also kills and reaps
-//! it when the step ends. It starts before the fork and configures the
+//! signal, then the kernel closes the fd); the helper also SIGKILLs it when
+//! the step ends, before it reports (without waiting for the kernel to tear
+//! its tap device down: see [`Nat`]'s `Drop`). It starts before the fork and configures the
 //! interface while PID 1 mounts; PID 1 lets the step start only once
 //! slirp4netns reports it ready (`--ready-fd`), so its start-up mostly
 //! hides behind the mount sequence. It is started before the helper's
@@ -77,10 +80,12 @@ pub(crate) struct Namespace {
 pub(crate) fn create() -> Result<Namespace, Failure> {
     let host = File::open("/proc/self/ns/net").map_err(|e| Failure::io("open the host's network namespace", &e))?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Failure::kernel("unshare the network namespace", e))?;
-    let step = File::open("/proc/self/ns/net").map_err(|e| Failure::io("open the step's network namespace", &e));
-    let namespace = step.map(|step| Namespace { host, step });
-    let back = |ns: Namespace| ns.leave().map(|()| ns);
-    namespace.and_then(back)
+    let step = File::open("/proc/self/ns/net");
+    // Back in the host's namespace at once, whatever happened.
+    nix::sched::setns(host.as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Failure::kernel("return to the host's network namespace", e))?;
+    let step = step.map_err(|e| Failure::io("open the step's network namespace", &e))?;
+    Ok(Namespace { host, step })
 }
 
 impl Namespace {
@@ -103,9 +108,13 @@ pub(crate) struct Nat {
 }
 
 impl Drop for Nat {
+    /// SIGKILL, and no wait: closing its tap device unregisters it, which
+    /// takes the kernel about 20 ms (an RCU grace period) that the step
+    /// need not wait for. The process runs nothing after the signal; it is
+    /// reaped by init once the helper, its parent, has exited.
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.try_wait();
     }
 }
 
