@@ -314,8 +314,26 @@ image "hello" from="scratch" {
     assert!(image_size(&built.stderr, "hello") * 20.0 < image_size(&built.stderr, "builder"), "{}", built.stderr);
     docker();
     run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("hello.tar")));
-    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/hello-go:e2e"]));
-    assert_eq!(said, "hello, scratch, from Go\n");
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--network", "host", "bake-test/hello-go:e2e"])
+        .output()
+        .expect("docker run");
+    // This once failed in CI with "stat /hello: no such file or directory"
+    // and never again: on a failure, show what the archive holds.
+    assert!(
+        out.status.success(),
+        "docker run failed: {}\nwhat hello.tar holds:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        archive_listing(&p.path().join("hello.tar"))
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello, scratch, from Go\n");
+}
+
+/// The entries of a `docker save` archive, and of every layer in it.
+fn archive_listing(archive: &Path) -> String {
+    let script = r#"tar -tvf "$1"; for l in $(tar -tf "$1" | grep -E '^blobs/|\.tar$'); do echo "== $l"; tar -xOf "$1" "$l" | tar -tvf - 2>/dev/null; done"#;
+    let out = Command::new("sh").args(["-c", script, "sh"]).arg(archive).output().expect("sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `(start, end)` of a step, from the `/proc/uptime` lines it printed.
