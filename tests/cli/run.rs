@@ -3,9 +3,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::bake;
+use crate::harness::{bake, bake_cmd, wait_until};
 use crate::images::{busybox_fixture, docker, run};
 
 /// A store that holds `docker.io/library/busybox:latest`, built by bake.
@@ -110,10 +110,8 @@ image "uses-secret" from="busybox" {
 }
 "#,
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
+    let out = bake_cmd(p.path(), home.path())
         .args(["build", "--secret", "id=token,env=BAKE_TEST_TOKEN", "-o", "type=docker,dest=image.tar"])
-        .current_dir(p.path())
-        .env("BAKE_HOME", home.path())
         .env("BAKE_TEST_TOKEN", VALUE)
         .output()
         .expect("run bake");
@@ -176,19 +174,13 @@ stage "long" from="first" {{
         ));
         let warm = bake(p.path(), home.path(), &["build", "first"]);
         assert_eq!(warm.code, 0, "{}", warm.render());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bake"))
+        let mut child = bake_cmd(p.path(), home.path())
             .args(["build", "long"])
-            .current_dir(p.path())
-            .env("BAKE_HOME", home.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn bake");
-        let started = Instant::now();
-        while processes_with(&format!("sleep {marker}")).len() < 2 {
-            assert!(started.elapsed() < Duration::from_mins(1), "the step never started");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(Duration::from_mins(1), "the step starts", || processes_with(&format!("sleep {marker}")).len() >= 2);
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
         nix::sys::signal::kill(pid, signal).expect("signal");
         let status = child.wait().expect("wait");
