@@ -584,7 +584,10 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Out
     let pid1 = match forked {
         ForkResult::Child => {
             drop((report_r, gate_w));
-            std::process::exit(pid1(plan, exec, report_w, gate_r, mode.console.as_ref()))
+            // A forked child of the sandbox helper (a process of its own, not
+            // the engine): it cannot return to the caller's stack, so it exits.
+            #[allow(clippy::exit)]
+            std::process::exit(pid1(plan, exec, report_w, gate_r, mode.console.as_ref()));
         }
         ForkResult::Parent { child } => child,
     };
@@ -711,7 +714,9 @@ fn pid1(
         ForkResult::Child => {
             let failure = init::exec(&LinuxSys, &exec);
             let _ = fail(report, &failure);
-            std::process::exit(127)
+            // The forked step whose exec failed: a process of its own, it exits.
+            #[allow(clippy::exit)]
+            std::process::exit(127);
         }
         ForkResult::Parent { child } => child,
     };
