@@ -7,13 +7,14 @@ use std::path::Path;
 
 use kdl::{KdlDocument, KdlEntry, KdlNode};
 
-use super::values::{normalize_absolute, normalize_host, parse_port, parse_signal};
+use super::values::{normalize_absolute, normalize_host, parse_port};
 use super::{Cx, Decl, DeclKind, Names, Resolved, Spanned};
 use crate::lang::boundary::Resolved as Place;
 use crate::lang::error::{LangError, quoted, suggest};
 use crate::lang::schema::{self, Checked, Spec};
 use crate::lang::{Artifact, Base, FileId, ImageOutput, Instruction, InstructionKind, Member, Span, Stage, Target};
 use crate::reference::ImageRef;
+use crate::sandbox::normalize_signal;
 
 impl Cx<'_> {
     /// `cache-from` and `cache-to` nodes: registry caches, in file order.
@@ -217,7 +218,7 @@ impl Cx<'_> {
             }
             "stopsignal" => {
                 let raw = self.string(file, c.args[0]);
-                match parse_signal(&raw) {
+                match normalize_signal(&raw) {
                     Some(sig) => InstructionKind::StopSignal(sig),
                     None => {
                         self.invalid(

@@ -1,6 +1,6 @@
 //! Parsing of scalar values that the language gives a meaning: context and
-//! image paths (normalised), host paths, ports, signal names and Go-style
-//! durations.
+//! image paths (normalised), host paths, ports and Go-style durations.
+//! Signal names are parsed in [`crate::sandbox`] (`signal.rs`).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -61,27 +61,6 @@ pub(super) fn parse_port(raw: &str) -> Option<Port> {
     matches!(protocol.as_str(), "tcp" | "udp" | "sctp").then_some(Port { port, protocol })
 }
 
-const SIGNALS: &[&str] = &[
-    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM", "TERM",
-    "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO",
-    "PWR", "SYS",
-];
-
-/// A signal name (`SIGTERM`, `TERM`, `SIGRTMIN+3`) or number, normalised to
-/// `SIGTERM` form or the number as written.
-pub(super) fn parse_signal(raw: &str) -> Option<String> {
-    if let Ok(n) = raw.parse::<u8>() {
-        return (1..=64).contains(&n).then(|| n.to_string());
-    }
-    let upper = raw.to_ascii_uppercase();
-    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    let rt = name
-        .strip_prefix("RTMIN+")
-        .or_else(|| name.strip_prefix("RTMAX-"))
-        .is_some_and(|n| n.parse::<u8>().is_ok_and(|n| n <= 30));
-    (SIGNALS.contains(&name) || rt || name == "RTMIN" || name == "RTMAX").then(|| format!("SIG{name}"))
-}
-
 /// Go-style durations: `30s`, `1m30s`, `500ms`, `1h`.
 pub(super) fn parse_duration(raw: &str) -> Option<u64> {
     if raw.is_empty() {
@@ -128,17 +107,12 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_signals() {
+    fn durations_and_ports() {
         assert_eq!(parse_duration("30s"), Some(30_000_000_000));
         assert_eq!(parse_duration("1m30s"), Some(90_000_000_000));
         assert_eq!(parse_duration("500ms"), Some(500_000_000));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("s"), None);
-        assert_eq!(parse_signal("SIGTERM").as_deref(), Some("SIGTERM"));
-        assert_eq!(parse_signal("int").as_deref(), Some("SIGINT"));
-        assert_eq!(parse_signal("9").as_deref(), Some("9"));
-        assert_eq!(parse_signal("SIGRTMIN+3").as_deref(), Some("SIGRTMIN+3"));
-        assert_eq!(parse_signal("SIGFOO"), None);
         assert_eq!(parse_port("8080"), Some(Port { port: 8080, protocol: "tcp".into() }));
         assert_eq!(parse_port("53/UDP"), Some(Port { port: 53, protocol: "udp".into() }));
         assert_eq!(parse_port("0"), None);
