@@ -36,7 +36,7 @@ mod interp;
 mod limits;
 mod lower;
 mod parse;
-mod schema;
+pub(crate) mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
