@@ -1,5 +1,6 @@
-//! bake's configuration file: registry mirrors, insecure registries and the
-//! store's size cap.
+//! bake's configuration file: registry mirrors and insecure registries, the
+//! store's and unpacking's size caps, network timeouts, folders build files
+//! may name outside their workspace, and the front end's limits.
 //!
 //! The file is KDL v2, like `build.kdl`, at the path [`crate::home::config_path`]
 //! names (`BAKE_CONFIG`, else `$XDG_CONFIG_HOME/bake/config.kdl`, else

@@ -483,6 +483,7 @@ impl<'a> Checked<'a> {
 /// One way a node does not fit its spec. [`shape`] finds them; [`check`]
 /// turns them into language diagnostics and the config file (`config.rs`)
 /// into its own, so both report the same mistakes the same way.
+#[derive(Clone, Copy)]
 pub(crate) enum Mismatch<'a> {
     /// A value of the wrong type: argument `index` (from 0), or property `prop`.
     WrongType { index: usize, prop: Option<&'static Prop>, kind: Kind, entry: &'a KdlEntry },
