@@ -40,6 +40,7 @@ cases! {
     outside_context => "outside-context",
     outside_include => "outside-include",
     outside_symlink => "outside-symlink",
+    run_options => "run-options",
     stage_cycle => "stage-cycle",
     syntax_error => "syntax-error",
     targets => "targets",

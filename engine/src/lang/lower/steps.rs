@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use kdl::{KdlNode, KdlValue};
+use kdl::{KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
 use super::values::{normalize_absolute, normalize_relative, parse_duration};
@@ -75,57 +75,59 @@ impl Cx<'_> {
                 Some("write `to=\".\"` for the working directory"),
             );
         }
-        let chown = c.prop("chown").map(|e| {
-            let v = self.string(file, e);
-            let ok = !v.is_empty()
-                && !v.contains(char::is_whitespace)
-                && v.split(':').count() <= 2
-                && v.split(':').all(|p| !p.is_empty());
-            if !ok {
-                self.invalid(
-                    Span { file, span: e.span() },
-                    format!("`{v}` is not an owner"),
-                    "expected user or user:group",
-                    Some("for example: chown=\"65532:65532\""),
-                );
-            }
-            v
-        });
-        let chmod = match c.prop("chmod") {
-            None => None,
-            Some(e) => {
-                // Modes are octal, as in `chmod 755`: an integer written in
-                // decimal digits is read as octal; `0o755` is octal already.
-                let mode = match e.value() {
-                    KdlValue::Integer(i) => {
-                        let repr = e.format().map(|f| f.value_repr.trim().to_owned()).unwrap_or_default();
-                        if repr.is_empty() || repr.starts_with("0o") {
-                            u32::try_from(*i).ok()
-                        } else {
-                            u32::from_str_radix(&i.to_string(), 8).ok()
-                        }
-                    }
-                    _ => {
-                        let v = self.string(file, e);
-                        u32::from_str_radix(&v, 8).ok().filter(|_| !v.is_empty())
-                    }
-                };
-                match mode.filter(|m| *m <= 0o7777) {
-                    Some(m) => Some(m),
-                    None => {
-                        self.invalid(
-                            Span { file, span: e.span() },
-                            "`chmod=` is not a file mode".to_owned(),
-                            "expected octal permissions up to 7777",
-                            Some("for example: chmod=\"0755\" or chmod=0o755"),
-                        );
-                        None
-                    }
-                }
-            }
-        };
+        let chown = c.prop("chown").map(|e| self.lower_chown(e, file));
+        let chmod = c.prop("chmod").and_then(|e| self.lower_chmod(e, file));
         let exclude = c.props("exclude").iter().map(|e| self.string(file, e)).collect();
         Some(Copy { sources, source_spans, dest, from, chown, chmod, exclude })
+    }
+
+    /// `chown=`: `user` or `user:group`, names or ids (checked, kept as written).
+    fn lower_chown(&mut self, e: &KdlEntry, file: FileId) -> String {
+        let v = self.string(file, e);
+        let ok = !v.is_empty()
+            && !v.contains(char::is_whitespace)
+            && v.split(':').count() <= 2
+            && v.split(':').all(|p| !p.is_empty());
+        if !ok {
+            self.invalid(
+                Span { file, span: e.span() },
+                format!("`{v}` is not an owner"),
+                "expected user or user:group",
+                Some("for example: chown=\"65532:65532\""),
+            );
+        }
+        v
+    }
+
+    /// `chmod=`: octal, as in `chmod 755`. An integer written in decimal
+    /// digits is read as octal; `0o755` is octal already.
+    fn lower_chmod(&mut self, e: &KdlEntry, file: FileId) -> Option<u32> {
+        let mode = match e.value() {
+            KdlValue::Integer(i) => {
+                let repr = e.format().map(|f| f.value_repr.trim().to_owned()).unwrap_or_default();
+                if repr.is_empty() || repr.starts_with("0o") {
+                    u32::try_from(*i).ok()
+                } else {
+                    u32::from_str_radix(&i.to_string(), 8).ok()
+                }
+            }
+            _ => {
+                let v = self.string(file, e);
+                u32::from_str_radix(&v, 8).ok().filter(|_| !v.is_empty())
+            }
+        };
+        match mode.filter(|m| *m <= 0o7777) {
+            Some(m) => Some(m),
+            None => {
+                self.invalid(
+                    Span { file, span: e.span() },
+                    "`chmod=` is not a file mode".to_owned(),
+                    "expected octal permissions up to 7777",
+                    Some("for example: chmod=\"0755\" or chmod=0o755"),
+                );
+                None
+            }
+        }
     }
 
     pub(super) fn lower_run(&mut self, c: &Checked<'_>, node: &KdlNode, file: FileId) -> Run {
@@ -159,64 +161,10 @@ impl Cx<'_> {
             };
             let at = Span { file, span: cc.args[0].span() };
             match spec.name {
-                "cache" => {
-                    let path = self.string(file, cc.args[0]);
-                    if !path.starts_with('/') {
-                        self.invalid(at, format!("cache path `{path}` is not absolute"), "must start with /", None);
-                    }
-                    let id = cc.prop("id").map_or_else(|| path.clone(), |e| self.string(file, e));
-                    let sharing = match cc.prop("sharing").map(|e| (self.string(file, e), e.span())) {
-                        None => Sharing::Shared,
-                        Some((s, _)) if s == "shared" => Sharing::Shared,
-                        Some((s, _)) if s == "private" => Sharing::Private,
-                        Some((s, _)) if s == "locked" => Sharing::Locked,
-                        Some((s, span)) => {
-                            self.invalid(
-                                Span { file, span },
-                                format!("`{s}` is not a sharing mode"),
-                                "expected shared, private or locked",
-                                None,
-                            );
-                            Sharing::Shared
-                        }
-                    };
-                    run.caches.push(CacheMount { path, id, sharing });
-                }
-                "secret" => {
-                    let id = self.string(file, cc.args[0]);
-                    if id.is_empty()
-                        || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
-                    {
-                        self.invalid(
-                            at,
-                            format!("`{id}` is not a secret id"),
-                            "use letters, digits, `.`, `_` and `-`",
-                            None,
-                        );
-                    }
-                    let target =
-                        cc.prop("target").map_or_else(|| format!("/run/secrets/{id}"), |e| self.string(file, e));
-                    if !target.starts_with('/') {
-                        self.invalid(
-                            at,
-                            format!("secret target `{target}` is not absolute"),
-                            "must start with /",
-                            None,
-                        );
-                    }
-                    let required = cc.prop("required").and_then(|e| e.value().as_bool()).unwrap_or(true);
-                    run.secrets.push(SecretMount { id, target, required });
-                }
+                "cache" => run.caches.push(self.lower_cache(&cc, file, at)),
+                "secret" => run.secrets.push(self.lower_secret(&cc, file, at)),
                 "network" => {
-                    if let Some(first) = network_seen {
-                        self.errors.push(LangError::DuplicateProperty {
-                            name: "network".to_owned(),
-                            src: self.file(file).src(),
-                            first,
-                            second: child.span(),
-                        });
-                    }
-                    network_seen = Some(child.span());
+                    self.once("network", &mut network_seen, child, file);
                     run.network = match self.string(file, cc.args[0]).as_str() {
                         "private" => Network::Private,
                         "host" => Network::Host,
@@ -233,15 +181,7 @@ impl Cx<'_> {
                     };
                 }
                 "security" => {
-                    if let Some(first) = security_seen {
-                        self.errors.push(LangError::DuplicateProperty {
-                            name: "security".to_owned(),
-                            src: self.file(file).src(),
-                            first,
-                            second: child.span(),
-                        });
-                    }
-                    security_seen = Some(child.span());
+                    self.once("security", &mut security_seen, child, file);
                     run.security = match self.string(file, cc.args[0]).as_str() {
                         "sandbox" => Security::Sandbox,
                         "insecure" => Security::Insecure { at: Span { file, span: child.span() } },
@@ -264,6 +204,59 @@ impl Cx<'_> {
             }
         }
         run
+    }
+
+    /// Reports `node` when another `name` node came before it in the same
+    /// block (`seen` holds the first one's span).
+    fn once(&mut self, name: &str, seen: &mut Option<SourceSpan>, node: &KdlNode, file: FileId) {
+        if let Some(first) = *seen {
+            self.errors.push(LangError::DuplicateProperty {
+                name: name.to_owned(),
+                src: self.file(file).src(),
+                first,
+                second: node.span(),
+            });
+        }
+        *seen = Some(node.span());
+    }
+
+    /// `cache PATH [id=] [sharing=]` in a `run` block.
+    fn lower_cache(&mut self, cc: &Checked<'_>, file: FileId, at: Span) -> CacheMount {
+        let path = self.string(file, cc.args[0]);
+        if !path.starts_with('/') {
+            self.invalid(at, format!("cache path `{path}` is not absolute"), "must start with /", None);
+        }
+        let id = cc.prop("id").map_or_else(|| path.clone(), |e| self.string(file, e));
+        let sharing = match cc.prop("sharing").map(|e| (self.string(file, e), e.span())) {
+            None => Sharing::Shared,
+            Some((s, _)) if s == "shared" => Sharing::Shared,
+            Some((s, _)) if s == "private" => Sharing::Private,
+            Some((s, _)) if s == "locked" => Sharing::Locked,
+            Some((s, span)) => {
+                self.invalid(
+                    Span { file, span },
+                    format!("`{s}` is not a sharing mode"),
+                    "expected shared, private or locked",
+                    None,
+                );
+                Sharing::Shared
+            }
+        };
+        CacheMount { path, id, sharing }
+    }
+
+    /// `secret ID [target=] [required=]` in a `run` block.
+    fn lower_secret(&mut self, cc: &Checked<'_>, file: FileId, at: Span) -> SecretMount {
+        let id = self.string(file, cc.args[0]);
+        if id.is_empty() || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-')) {
+            self.invalid(at, format!("`{id}` is not a secret id"), "use letters, digits, `.`, `_` and `-`", None);
+        }
+        let target = cc.prop("target").map_or_else(|| format!("/run/secrets/{id}"), |e| self.string(file, e));
+        if !target.starts_with('/') {
+            self.invalid(at, format!("secret target `{target}` is not absolute"), "must start with /", None);
+        }
+        let required = cc.prop("required").and_then(|e| e.value().as_bool()).unwrap_or(true);
+        SecretMount { id, target, required }
     }
 
     pub(super) fn lower_healthcheck(&mut self, c: &Checked<'_>, node: &KdlNode, file: FileId) -> Option<Healthcheck> {
