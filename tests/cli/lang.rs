@@ -42,6 +42,7 @@ cases! {
     outside_symlink => "outside-symlink",
     run_options => "run-options",
     stage_cycle => "stage-cycle",
+    stage_options => "stage-options",
     syntax_error => "syntax-error",
     targets => "targets",
     unknown_node_and_property => "unknown-node-and-property",

@@ -3,7 +3,7 @@
 //! caches. The steps inside a stage (`copy`, `run`, `healthcheck`) are lowered
 //! in [`super::steps`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kdl::{KdlDocument, KdlEntry, KdlNode};
 
@@ -12,7 +12,9 @@ use super::{Cx, Decl, DeclKind, Names, Resolved, Spanned};
 use crate::lang::boundary::Resolved as Place;
 use crate::lang::error::{LangError, quoted, suggest};
 use crate::lang::schema::{self, Checked, Spec};
-use crate::lang::{Artifact, Base, FileId, ImageOutput, Instruction, InstructionKind, Member, Span, Stage, Target};
+use crate::lang::{
+    Artifact, Base, FileId, ImageOutput, Instruction, InstructionKind, Member, Port, Span, Stage, Target,
+};
 use crate::reference::ImageRef;
 use crate::sandbox::normalize_signal;
 
@@ -68,31 +70,7 @@ impl Cx<'_> {
             None => None,
         };
 
-        let context = match checked.prop("context") {
-            None => file.dir.clone(),
-            Some(entry) => {
-                let raw = self.string(file_id, entry);
-                let at = Span { file: file_id, span: entry.span() };
-                match self.boundary.check(&file.dir.join(&raw)) {
-                    _ if self.suppressed(at) => normalize_host(&file.dir.join(&raw)),
-                    Place::Outside(resolved) => {
-                        self.outside("context", &raw, resolved, at);
-                        file.dir.clone()
-                    }
-                    Place::Inside(dir) => {
-                        if !dir.is_dir() {
-                            self.invalid(
-                                at,
-                                format!("context `{}` is not a folder", quoted(&raw)),
-                                "no such folder",
-                                Some("`context=` is relative to the folder of this build.kdl"),
-                            );
-                        }
-                        dir
-                    }
-                }
-            }
-        };
+        let context = self.lower_context(checked.prop("context"), file_id);
 
         let allowed: &[&str] = spec.children.unwrap_or(&[]);
         let mut instructions = Vec::new();
@@ -108,21 +86,7 @@ impl Cx<'_> {
             };
             let span = Span { file: file_id, span: node.span() };
             match (body_spec.name, image.as_mut()) {
-                ("tag", Some(out)) => {
-                    for entry in &checked.args {
-                        let raw = self.string(file_id, entry);
-                        let at = Span { file: file_id, span: entry.span() };
-                        match ImageRef::parse(&raw) {
-                            Ok(r) => out.tags.push((r, at)),
-                            Err(e) => self.invalid(
-                                at,
-                                format!("`{raw}` is not a valid image reference"),
-                                &e.to_string(),
-                                Some("a tag looks like `registry.example.com/team/app:1.0`"),
-                            ),
-                        }
-                    }
-                }
+                ("tag", Some(out)) => self.lower_tags(&checked, file_id, &mut out.tags),
                 ("annotation", Some(out)) => {
                     let key = self.string(file_id, checked.args[0]);
                     let value = self.string(file_id, checked.args[1]);
@@ -177,22 +141,7 @@ impl Cx<'_> {
                 }
                 InstructionKind::User(user)
             }
-            "expose" => {
-                let mut ports = Vec::new();
-                for e in &c.args {
-                    let raw = self.string(file, e);
-                    match parse_port(&raw) {
-                        Some(p) => ports.push(p),
-                        None => self.invalid(
-                            at(e),
-                            format!("`{raw}` is not a port"),
-                            "expected a port from 1 to 65535, optionally with /tcp, /udp or /sctp",
-                            Some("for example: expose 8080 \"53/udp\""),
-                        ),
-                    }
-                }
-                InstructionKind::Expose(ports)
-            }
+            "expose" => InstructionKind::Expose(self.lower_ports(c, file)),
             "entrypoint" | "cmd" | "shell" => {
                 let args = strings(self);
                 // A `cmd` names a program only when no entrypoint is set, which
@@ -234,6 +183,72 @@ impl Cx<'_> {
             "healthcheck" => InstructionKind::Healthcheck(self.lower_healthcheck(c, node, file)?),
             _ => return None,
         })
+    }
+
+    /// A stage's `context=` (the folder of its build file when there is
+    /// none), checked against the workspace boundary.
+    fn lower_context(&mut self, entry: Option<&KdlEntry>, file_id: FileId) -> PathBuf {
+        let file = self.file(file_id);
+        match entry {
+            None => file.dir.clone(),
+            Some(entry) => {
+                let raw = self.string(file_id, entry);
+                let at = Span { file: file_id, span: entry.span() };
+                match self.boundary.check(&file.dir.join(&raw)) {
+                    _ if self.suppressed(at) => normalize_host(&file.dir.join(&raw)),
+                    Place::Outside(resolved) => {
+                        self.outside("context", &raw, resolved, at);
+                        file.dir.clone()
+                    }
+                    Place::Inside(dir) => {
+                        if !dir.is_dir() {
+                            self.invalid(
+                                at,
+                                format!("context `{}` is not a folder", quoted(&raw)),
+                                "no such folder",
+                                Some("`context=` is relative to the folder of this build.kdl"),
+                            );
+                        }
+                        dir
+                    }
+                }
+            }
+        }
+    }
+
+    /// An image's `tag` node: each argument an image reference.
+    fn lower_tags(&mut self, checked: &Checked<'_>, file_id: FileId, tags: &mut Vec<(ImageRef, Span)>) {
+        for entry in &checked.args {
+            let raw = self.string(file_id, entry);
+            let at = Span { file: file_id, span: entry.span() };
+            match ImageRef::parse(&raw) {
+                Ok(r) => tags.push((r, at)),
+                Err(e) => self.invalid(
+                    at,
+                    format!("`{raw}` is not a valid image reference"),
+                    &e.to_string(),
+                    Some("a tag looks like `registry.example.com/team/app:1.0`"),
+                ),
+            }
+        }
+    }
+
+    /// `expose PORT...`: each `8080` or `53/udp`.
+    fn lower_ports(&mut self, c: &Checked<'_>, file: FileId) -> Vec<Port> {
+        let mut ports = Vec::new();
+        for e in &c.args {
+            let raw = self.string(file, e);
+            match parse_port(&raw) {
+                Some(p) => ports.push(p),
+                None => self.invalid(
+                    Span { file, span: e.span() },
+                    format!("`{raw}` is not a port"),
+                    "expected a port from 1 to 65535, optionally with /tcp, /udp or /sctp",
+                    Some("for example: expose 8080 \"53/udp\""),
+                ),
+            }
+        }
+        ports
     }
 
     pub(super) fn lower_artifact(&mut self, decl: &Decl<'_>, names: &Names) -> Option<Artifact> {
