@@ -1018,6 +1018,27 @@ store max-size="20 parsecs"
     }
 
     #[test]
+    fn shapes_are_checked_by_the_schema() {
+        // Arguments where only properties go: one error from the first one on.
+        let err = Config::from_str("config.kdl", "network 5 6\n").expect_err("invalid");
+        let ConfigError::Invalid { errors, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(errors.len(), 1, "{}", render(&err));
+        assert!(render(&err).contains("`network` takes properties only"), "{}", render(&err));
+        // A children block where none goes, with the node's example.
+        let out = render(
+            &Config::from_str("config.kdl", "registry \"a.io\" { mirror \"m.io\" { }; }\n").expect_err("invalid"),
+        );
+        assert!(out.contains("`mirror` takes no children block"), "{out}");
+        assert!(out.contains("for example: mirror \"mirror.example.com\""), "{out}");
+        // The wrong type for a typed property, in the config's own words.
+        let out = render(&Config::from_str("config.kdl", "registry \"a.io\" insecure=\"yes\"\n").expect_err("bad"));
+        assert!(out.contains("`insecure=` must be #true or #false"), "{out}");
+        // A setting given twice: the last one counts, as it always has.
+        let config = Config::from_str("config.kdl", "store max-size=1 max-size=\"2KiB\"\n").expect("valid");
+        assert_eq!(config.store_max_size, Some(2048));
+    }
+
+    #[test]
     fn syntax_errors_name_the_file() {
         let err = Config::from_str("config.kdl", "registry \"docker.io\" {\n").expect_err("invalid");
         let out = render(&err);
