@@ -20,14 +20,17 @@ runs=${RUNS:-20}
 
 mono=$work/mono
 make_monorepo "$mono" "$services"
+debian=$(./scripts/fixtures.sh path debian)/build.kdl
 golang=$repo/fixtures/golang/build.kdl
 for side in before after; do
   bin=${!side}
   home=$work/home-$side
   mkdir -p "$home"
-  # The toolchain image from the shared bench store's cache, then a full build.
-  BAKE_HOME=$home "$bin" -f "$golang" build --progress plain >/dev/null 2>&1 ||
-    { echo "bench-change: $side could not build the golang fixture" >&2; exit 1; }
+  # The toolchain image (Debian's golang-go on the debian fixture), then a full build.
+  for file in "$debian" "$golang"; do
+    BAKE_HOME=$home "$bin" -f "$file" build --progress plain >/dev/null 2>&1 ||
+      { echo "bench-change: $side could not build $file" >&2; exit 1; }
+  done
   (cd "$mono" && BAKE_HOME=$home "$bin" build --progress plain >/dev/null 2>&1) ||
     { echo "bench-change: $side could not build the monorepo" >&2; exit 1; }
 done
