@@ -507,6 +507,19 @@ pub fn compression_of(media_type: &str) -> Option<Compression> {
     media::layer_compression(media_type)
 }
 
+impl SnapshotError {
+    /// Whose the error is: the disk's or the image's (bytes from a registry).
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::Store(e) => e.tier(),
+            Self::Layer(e) => e.tier(),
+            Self::Io { .. } | Self::MediaType { .. } | Self::ImageTooLarge { .. } | Self::LinkLoop { .. } => {
+                crate::Tier::Environment
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

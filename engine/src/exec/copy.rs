@@ -77,7 +77,7 @@ impl Copier<'_, '_> {
         let mut items: BTreeMap<String, Item> = BTreeMap::new();
         match source {
             Source::Context(read) => {
-                let read = read.ok_or_else(|| ExecError::Task("context copy without a selection".to_owned()))?;
+                let read = read.ok_or(ExecError::NoSelection)?;
                 let sel = &read.selection;
                 let mut roots: Vec<&str> = sel.entries.iter().map(|e| e.root.as_str()).collect();
                 roots.dedup();

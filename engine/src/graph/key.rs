@@ -42,6 +42,39 @@ impl Key {
     }
 }
 
+/// Keys derived from something other than a node's inputs. Each hashes a
+/// versioned tag, then its parts; the bytes must never change, or every
+/// store's entries under the old keys are lost.
+impl Key {
+    /// The identity a `copy from=STAGE` passes on: a digest of its result's
+    /// config (which covers every layer's diffID), for the early cutoff.
+    pub fn cutoff(config: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"bake-cutoff-v1\0");
+        h.update(config.as_bytes());
+        Self(*h.finalize().as_bytes())
+    }
+
+    /// The cache entry holding layer `diff_id` compressed with
+    /// `compression` (its `Debug` name: `Gzip`, `Zstd`).
+    pub fn compressed_layer(diff_id: &str, compression: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(format!("bake-compress-v1\0{diff_id}\0{compression}").as_bytes());
+        Self(*h.finalize().as_bytes())
+    }
+
+    /// The record of node `id`'s last build in the workspace whose first
+    /// file is `workspace` (`bake explain`).
+    pub fn last_build(workspace: &str, id: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"bake-last-v1\0");
+        h.update(workspace.as_bytes());
+        h.update(b"\0");
+        h.update(id.as_bytes());
+        Self(*h.finalize().as_bytes())
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Key({})", self.short())
