@@ -1,18 +1,37 @@
 //! The executor: runs a [`Plan`] and produces images.
 //!
+//! # The rooms
+//!
+//! | File | What lives there |
+//! | --- | --- |
+//! | `mod.rs` | this map, [`Engine`] and all its methods (`open`, `build`, `explain`, `local_image`; `bake run`'s `container` is in [`crate::container`]), re-exports |
+//! | `contract.rs` | what callers see: [`BuildOptions`], [`Output`], [`Secret`], [`Event`] / [`Events`], [`Direction`], results ([`FsResult`], [`BuiltImage`], [`BuildReport`]) and [`ExecError`] with its [`Tier`](crate::Tier) |
+//! | `schedule.rs` | the scheduler: the one owner of per-node state (`State`), the loop that starts workers and records their outcomes, `--jobs`, `--keep-going`, cancellation, early cutoff, demotion |
+//! | `resolve.rs` | resolvers, tried in order before a node runs: the local store, the registry caches, and the place a remote executor plugs in |
+//! | `remote.rs` | the registry cache itself: lookups, and `--cache-to` export |
+//! | `execute.rs` | the fallback executor for what no resolver had, and [`Build`](execute::Build), what every part of one build reads |
+//! | `run.rs`, `copy.rs`, `secrets.rs` | the executor's body: `run` steps in the sandbox, `copy` steps (and writing stage paths to the host), secrets |
+//! | `fetch.rs` | base images, and results' layers made local when a step reads them (materialize) |
+//! | `export.rs` | images into the store, artifacts, `--output`, `--push`; layer compression; transfer progress as events |
+//! | `explain.rs` | why a node rebuilds (`bake explain`) |
+//! | `tests.rs` | the scheduler with a fake executor, and the resolvers alone |
+//!
 //! # How a build runs
 //!
-//! 1. **Bases.** Every external image the needed nodes use is made local
-//!    first: taken from the store when it is there, pulled otherwise. Its
-//!    manifest digest then enters the keys, so a base image that moved under
-//!    its tag rebuilds everything on top of it.
+//! 1. **Bases.** Every external image the needed nodes use is resolved
+//!    first: taken from the store when it is there, otherwise its manifest
+//!    is resolved in its registry; its layers are pulled only when a step
+//!    that runs reads them (`fetch.rs`). Its manifest digest then enters the
+//!    keys, so a base image that moved under its tag rebuilds everything on
+//!    top of it.
 //! 2. **Keys.** [`Plan::compute_keys`] hashes the contexts (a no-op build
 //!    only stats files) and keys every node.
-//! 3. **Nodes**, in dependency order. A filesystem node (`copy`, `run`,
-//!    `stage`) whose key has a result in the store is not executed: its
-//!    result is the layers and config recorded under that key. Otherwise it
-//!    runs and its result is recorded, last, under its key. Failures are
-//!    never cached.
+//! 3. **Nodes**, in dependency order (`schedule.rs`). A filesystem node
+//!    (`copy`, `run`, `stage`) whose key a resolver has a result for (the
+//!    local store, a registry cache) is not executed: its result is the
+//!    layers and config recorded under that key. Otherwise the fallback
+//!    executor runs it and its result is recorded, last, under its key.
+//!    Failures are never cached.
 //! 4. **Exports**: images are written to the store under their tags and
 //!    names, then to `--output` destinations, then pushed.
 //!
@@ -20,19 +39,6 @@
 //! filesystem it leaves behind, plus a config document in the store that
 //! already holds those layers' diffIDs and history. An `image` node only
 //! writes a manifest around its stage's result.
-//!
-//! # Copies
-//!
-//! A `copy` becomes exactly one layer. Its entries follow Docker's `COPY`
-//! rules: a folder source copies its contents, a file source lands at the
-//! destination or inside it when the destination is a folder (ends with `/`,
-//! names several sources, or already is one); entries are owned by 0:0 unless
-//! `chown=` says otherwise (names resolved in the stage's own `/etc/passwd`
-//! and `/etc/group`); `chmod=` sets every copied entry's mode. Parent
-//! folders that the stage already has keep their metadata; new ones are
-//! 0755 root. Context files are hashed again while they are written and
-//! compared with the digest their key was computed from, so a file edited in
-//! the middle of a build fails the build instead of caching the wrong content.
 
 mod contract;
 mod copy;
@@ -45,6 +51,8 @@ mod resolve;
 mod run;
 mod schedule;
 mod secrets;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 
@@ -138,24 +146,7 @@ impl Engine {
         } else {
             build.cancellable(resolve::lookups(&plan, &local, &cache, &state.view)).await?
         };
-        let failures = tokio::task::block_in_place(|| {
-            let registry = resolve::RegistryCache { cache: &cache };
-            let resolvers: [&dyn resolve::Resolver; 2] = [&local, &registry];
-            let executor = execute::Fallback { build: &build, plan: &plan };
-            let scheduler = schedule::Scheduler {
-                plan: &plan,
-                ws,
-                resolvers: &resolvers,
-                executor: &executor,
-                events,
-                jobs: options.parallelism(),
-                keep_going: options.keep_going,
-                no_cache: options.no_cache,
-                interrupt: &options.cancel,
-                cancel: &build.cancel,
-            };
-            scheduler.run(&mut state, hits)
-        })?;
+        let failures = tokio::task::block_in_place(|| run_nodes(&build, &plan, &mut state, hits, &local, &cache))?;
         let mut report = BuildReport::default();
         build.cancellable(build.exports(&plan, &mut state, &mut report)).await?;
         build
@@ -172,19 +163,23 @@ impl Engine {
             let mut failures = failures;
             return Err(if failures.len() == 1 { failures.remove(0) } else { ExecError::Failed { errors: failures } });
         }
-        if let Some(max_size) = self.max_size {
-            let options = crate::store::PruneOptions { max_size: Some(max_size), ..Default::default() };
-            let pruned = tokio::task::block_in_place(|| -> Result<(), ExecError> {
-                self.store.prune(&options)?;
-                self.snapshots.prune()?;
-                Ok(())
-            });
-            // The build succeeded; a store that stays too big is worth a word, not a failure.
-            if let Err(e) = pruned {
-                events.event(Event::Warning { message: format!("could not trim the store to its size cap: {e}") });
-            }
-        }
+        self.trim_store(events);
         Ok(report)
+    }
+
+    /// After a build that succeeded: the store trimmed to its size cap.
+    fn trim_store(&self, events: &dyn Events) {
+        let Some(max_size) = self.max_size else { return };
+        let options = crate::store::PruneOptions { max_size: Some(max_size), ..Default::default() };
+        let pruned = tokio::task::block_in_place(|| -> Result<(), ExecError> {
+            self.store.prune(&options)?;
+            self.snapshots.prune()?;
+            Ok(())
+        });
+        // The build succeeded; a store that stays too big is worth a word, not a failure.
+        if let Err(e) = pruned {
+            events.event(Event::Warning { message: format!("could not trim the store to its size cap: {e}") });
+        }
     }
 
     /// Why each node that a build of `targets` would run has to run, in
@@ -219,6 +214,35 @@ impl Engine {
         events.event(Event::Pulled { image: name, digest: pulled.manifest_digest.to_string() });
         Ok((pulled.manifest_digest, result))
     }
+}
+
+/// The scheduler with the real stack: the local store, then the registry
+/// caches (a remote executor would come next), then the fallback executor.
+fn run_nodes(
+    build: &Build<'_>,
+    plan: &Plan,
+    state: &mut State,
+    hits: HashMap<petgraph::graph::NodeIndex, resolve::Hit>,
+    local: &resolve::LocalStore<'_>,
+    cache: &remote::RemoteCache<'_>,
+) -> Result<Vec<ExecError>, ExecError> {
+    let registry = resolve::RegistryCache { cache };
+    let resolvers: [&dyn resolve::Resolver; 2] = [local, &registry];
+    let executor = execute::Fallback { build, plan };
+    let options = build.options;
+    let scheduler = schedule::Scheduler {
+        plan,
+        ws: build.ws,
+        resolvers: &resolvers,
+        executor: &executor,
+        events: build.events,
+        jobs: options.parallelism(),
+        keep_going: options.keep_going,
+        no_cache: options.no_cache,
+        interrupt: &options.cancel,
+        cancel: &build.cancel,
+    };
+    scheduler.run(state, hits)
 }
 
 /// Fails when a step the build needs asks for `security "insecure"`: every

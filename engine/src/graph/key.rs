@@ -153,6 +153,37 @@ impl KeyBuilder {
 mod tests {
     use super::*;
 
+    #[test]
+    fn derived_keys_keep_their_bytes() {
+        // Pinned: a change here loses every store's entries under them.
+        let config = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        assert_eq!(
+            [
+                Key::cutoff(config).to_hex(),
+                Key::compressed_layer(config, "Zstd").to_hex(),
+                Key::last_build("/w/build.kdl", "app/1").to_hex()
+            ],
+            [
+                "013e1f9cee6fa4ed7c18195ebbe06065f0ed587b6b01cc07d5eeb2fb8ca96500",
+                "64a8ec6b673bf5657d0c63fbc475d1140b85f2860a0d6bc44b9a64adff6f3377",
+                "29dd8ecc89f7443834bb21a5224288a029fa9052be4109b1d5a379299c7faaf3"
+            ]
+        );
+        // The bytes exec hashed before these moved here.
+        let hash = |parts: &[&[u8]]| {
+            let mut h = blake3::Hasher::new();
+            parts.iter().for_each(|p| drop(h.update(p)));
+            Key(*h.finalize().as_bytes())
+        };
+        assert_eq!(Key::cutoff(config), hash(&[b"bake-cutoff-v1\0", config.as_bytes()]));
+        let compress = format!("bake-compress-v1\0{config}\0Zstd");
+        assert_eq!(Key::compressed_layer(config, "Zstd"), hash(&[compress.as_bytes()]));
+        assert_eq!(
+            Key::last_build("/w/build.kdl", "app/1"),
+            hash(&[b"bake-last-v1\0", b"/w/build.kdl", b"\0", b"app/1"])
+        );
+    }
+
     fn key(f: impl FnOnce(&mut KeyBuilder)) -> Key {
         let mut b = KeyBuilder::new("test");
         f(&mut b);
