@@ -9,7 +9,7 @@
 //! | `schedule.rs` | the scheduler: the one owner of per-node state (`State`), the loop that starts workers and records their outcomes, `--jobs`, `--keep-going`, cancellation, early cutoff, demotion |
 //! | `resolve.rs` | resolvers, tried in order before a node runs: the local store, the registry caches, and the place a remote executor plugs in |
 //! | `remote.rs` | the registry cache itself: lookups, and `--cache-to` export |
-//! | `execute.rs` | the fallback executor for what no resolver had, and [`Build`](execute::Build), what every part of one build reads |
+//! | `execute.rs` | the fallback executor for what no resolver had, and `Build`, what every part of one build reads |
 //! | `run.rs`, `copy.rs`, `secrets.rs` | the executor's body: `run` steps in the sandbox, `copy` steps (and writing stage paths to the host), secrets |
 //! | `fetch.rs` | base images, and results' layers made local when a step reads them (materialize) |
 //! | `export.rs` | images into the store, artifacts, `--output`, `--push`; layer compression; transfer progress as events |
