@@ -426,3 +426,74 @@ fn the_local_store_resolver_finds_what_was_recorded() {
     assert_eq!((hit.result, hit.out, hit.origin.is_none()), (result, Some(other), true));
     assert!(local.resolve(n, &other, &View::default()).expect("lookup").is_none());
 }
+
+#[path = "../../tests/common/fake_registry.rs"]
+mod fake_registry;
+
+/// A registry cache that has an entry under every tag, with no layers, and
+/// counts the requests.
+fn cache_registry() -> fake_registry::FakeRegistry {
+    use crate::oci::{canonical_json, digest_of, media};
+    let config = canonical_json(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "config": {}
+    }))
+    .expect("json");
+    let config_digest = digest_of(&config);
+    let manifest = canonical_json(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+        "layers": []
+    }))
+    .expect("json");
+    fake_registry::FakeRegistry::start(move |_, path| {
+        if path == "/v2/" {
+            fake_registry::Reply::status(200)
+        } else if path.contains("/manifests/") {
+            fake_registry::Reply::json(media::OCI_MANIFEST, manifest.clone())
+        } else if path.ends_with(&config_digest.to_string()) {
+            fake_registry::Reply::json("application/octet-stream", config.clone())
+        } else {
+            fake_registry::Reply::status(404)
+        }
+    })
+}
+
+#[test]
+fn the_registry_cache_resolver_asks_its_cache_unless_the_node_was_demoted() {
+    let fake = cache_registry();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world(BUILD, &["c"], &dir.path().join("store"));
+    let config = crate::config::Config::default();
+    let engine = super::Engine {
+        home: crate::home::Home::new(dir.path().join("home")),
+        store: w.store.clone(),
+        snapshots: crate::snapshot::Snapshots::new(dir.path().join("snapshots"), w.store.clone()),
+        registry: crate::registry::Registry::new(&config, w.store.clone()).expect("registry"),
+        max_size: None,
+    };
+    let options = super::BuildOptions {
+        cache_from: vec![format!("{}/cache", fake.addr).parse().expect("cache reference")],
+        ..super::BuildOptions::default()
+    };
+    let heard = Heard::default();
+    let build = super::execute::Build::new(&engine, &w.ws, &options, &heard);
+    let cache = super::remote::RemoteCache::new(&build, &w.ws);
+    let resolver = super::resolve::RegistryCache { cache: &cache };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _inside = runtime.enter();
+    let n = node(&w, "run c1");
+    let key = w.plan.graph[n].key.expect("keyed");
+
+    let hit = resolver.resolve(n, &key, &View::default()).expect("lookup").expect("the cache has it");
+    let origin = hit.origin.expect("a registry hit says where its layers are");
+    assert_eq!(origin.cache_key, Some(key));
+    assert!(origin.image.to_string().starts_with(&format!("{}/cache@sha256:", fake.addr)), "{}", origin.image);
+    let asked = fake.requests();
+    assert!(asked > 0);
+
+    let demoted = View { demoted: HashSet::from([n]), ..View::default() };
+    assert!(resolver.resolve(n, &key, &demoted).expect("lookup").is_none(), "a demoted node is built here");
+    assert_eq!(fake.requests(), asked, "and its cache is not asked");
+    assert!(heard.warnings().is_empty(), "{:?}", heard.warnings());
+}

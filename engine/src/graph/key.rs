@@ -172,7 +172,9 @@ mod tests {
         // The bytes exec hashed before these moved here.
         let hash = |parts: &[&[u8]]| {
             let mut h = blake3::Hasher::new();
-            parts.iter().for_each(|p| drop(h.update(p)));
+            for p in parts {
+                h.update(p);
+            }
             Key(*h.finalize().as_bytes())
         };
         assert_eq!(Key::cutoff(config), hash(&[b"bake-cutoff-v1\0", config.as_bytes()]));
