@@ -4,6 +4,7 @@
 //! and each resolver alone.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -148,9 +149,10 @@ impl Executor for Fake<'_> {
             return Err(ExecError::MissingBlob { what: "layer", digest: label });
         }
         let key = self.w.plan.graph[n].key.expect("keyed");
-        let content = match self.script.stable.iter().any(|s| label.ends_with(s)) {
-            true => label,
-            false => format!("{label} {}", key.to_hex()),
+        let content = if self.script.stable.iter().any(|s| label.ends_with(s)) {
+            label
+        } else {
+            format!("{label} {}", key.to_hex())
         };
         let config = self.w.store.put_blob(content.as_bytes())?;
         Ok(FsResult { layers: Vec::new(), config })
@@ -276,9 +278,11 @@ fn every_node_runs_after_its_inputs_and_once() {
 
 #[test]
 fn no_more_steps_run_at_once_than_jobs() {
-    let text = (0..6)
-        .map(|i| format!("stage \"s{i}\" from=\"scratch\" {{\n    copy \"sh\" to=\"/bin/sh\"\n    run \"r{i}\"\n}}\n"))
-        .collect::<String>();
+    let mut text = String::new();
+    for i in 0..6 {
+        let _ =
+            write!(text, "stage \"s{i}\" from=\"scratch\" {{\n    copy \"sh\" to=\"/bin/sh\"\n    run \"r{i}\"\n}}\n");
+    }
     let targets: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
     let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
     for jobs in [1, 2, 3] {
