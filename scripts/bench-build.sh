@@ -42,56 +42,7 @@ DOCKERFILE
 
 # ---- the monorepo ---------------------------------------------------------
 mono=$work/mono
-mkdir -p "$mono/services"
-cat >"$mono/build.kdl" <<'KDL'
-include "services/*/build.kdl"
-
-stage "go-builder" from="golang:1.19" {
-    workdir "/src"
-    env "CGO_ENABLED" "0"
-    run "go build std"
-}
-KDL
-{
-  echo 'FROM golang:1.19 AS go-builder'
-  echo 'WORKDIR /src'
-  echo 'ENV CGO_ENABLED=0'
-  echo 'RUN go build std'
-} >"$mono/Dockerfile"
-all=()
-for i in $(seq -w 1 "$services"); do
-  s=svc$i
-  mkdir -p "$mono/services/$s"
-  printf 'module example.com/%s\n\ngo 1.19\n' "$s" >"$mono/services/$s/go.mod"
-  printf 'package main\n\nimport "fmt"\n\nfunc main() {\n\tfmt.Println("%s")\n}\n' "$s" >"$mono/services/$s/main.go"
-  cat >"$mono/services/$s/build.kdl" <<KDL
-stage "$s-build" from="go-builder" {
-    copy "go.mod" "main.go" to="./"
-    run "go build -o /out/$s ."
-}
-
-image "$s" from="scratch" {
-    copy "/out/$s" to="/$s" from="$s-build"
-    entrypoint "/$s"
-}
-KDL
-  cat >>"$mono/Dockerfile" <<DOCKERFILE
-
-FROM go-builder AS $s-build
-COPY services/$s/go.mod services/$s/main.go ./
-RUN go build -o /out/$s .
-
-FROM scratch AS $s
-COPY --from=$s-build /out/$s /$s
-ENTRYPOINT ["/$s"]
-DOCKERFILE
-  all+=("$s")
-done
-{
-  echo
-  echo 'FROM scratch AS all'
-  for s in "${all[@]}"; do echo "COPY --from=$s /$s /$s"; done
-} >>"$mono/Dockerfile"
+make_monorepo "$mono" "$services"
 
 # ---- runs -----------------------------------------------------------------
 results=$work/results

@@ -71,6 +71,14 @@ start() {
   command -v dockerd >/dev/null || die "no dockerd: run scripts/install-deps.sh"
   ((EUID == 0)) || die "starting dockerd needs root"
   mkdir -p "$state"
+  # Tests call this in parallel: one caller starts dockerd, the others wait
+  # for it (two engines on one data root would corrupt each other's state).
+  exec 9>"$state/lock"
+  flock 9
+  if answers "unix://$socket"; then
+    echo "DOCKER_HOST=unix://$socket"
+    return
+  fi
   local pid log t0
   t0=$(date +%s%N)
   if pid=$(our_pid); then

@@ -242,7 +242,7 @@ impl Loop<'_> {
     /// timeout. Returns whether there was one.
     async fn stop(&mut self) -> bool {
         let Some(mut running) = self.running.take() else { return false };
-        let signal = parse_signal(&running.stop_signal);
+        let signal = bake_engine::sandbox::stop_signal(&running.stop_signal);
         let _ = running.control.send(Control::Signal(signal));
         let timeout = Duration::from_secs(self.args.stop_timeout);
         if tokio::time::timeout(timeout, &mut running.exit).await.is_err() {
@@ -251,18 +251,4 @@ impl Loop<'_> {
         }
         true
     }
-}
-
-/// `SIGTERM`, `TERM` or `15`; one bake can forward, else SIGTERM.
-fn parse_signal(s: &str) -> nix::sys::signal::Signal {
-    use nix::sys::signal::Signal;
-    let s = s.trim();
-    let parsed = match s.parse::<i32>() {
-        Ok(n) => Signal::try_from(n).ok(),
-        Err(_) => {
-            let name = if s.starts_with("SIG") { s.to_owned() } else { format!("SIG{s}") };
-            name.parse::<Signal>().ok()
-        }
-    };
-    parsed.filter(|s| bake_engine::sandbox::FORWARDED_SIGNALS.contains(s)).unwrap_or(Signal::SIGTERM)
 }

@@ -1,5 +1,6 @@
-//! bake's configuration file: registry mirrors, insecure registries and the
-//! store's size cap.
+//! bake's configuration file: registry mirrors and insecure registries, the
+//! store's and unpacking's size caps, network timeouts, folders build files
+//! may name outside their workspace, and the front end's limits.
 //!
 //! The file is KDL v2, like `build.kdl`, at the path [`crate::home::config_path`]
 //! names (`BAKE_CONFIG`, else `$XDG_CONFIG_HOME/bake/config.kdl`, else
@@ -49,7 +50,11 @@
 //!   `max-include-walk` and `max-graph-depth` are counts.
 //!
 //! Every mistake in the file is reported at once, each pointing at what the
-//! user wrote, with a "did you mean" for misspelt names.
+//! user wrote, with a "did you mean" for misspelt names. The shape of each
+//! node (arguments, properties, children) is a table ([`TOP`]) checked by the
+//! same machinery as `build.kdl` ([`crate::lang::schema::shape`]); the
+//! values are then read by each setting's own parser. The environment
+//! variables that override the file are one table too ([`ENV`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,8 +64,10 @@ use std::time::Duration;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
+use crate::lang::schema::{self, Checked, Kind, Mismatch, Prop, Spec};
 use crate::lang::{Limits, did_you_mean};
 use crate::reference::{DEFAULT_REGISTRY, ImageRef};
+use Kind::{Any, Bool};
 
 /// bake's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -229,22 +236,6 @@ pub enum ConfigProblem {
     },
 }
 
-const TOP_NODES: &[&str] = &["registry", "store", "network", "allow-path", "limits"];
-const NETWORK_PROPS: &[&str] = &["connect-timeout", "first-byte-timeout", "idle-timeout"];
-const LIMIT_PROPS: &[&str] = &[
-    "max-file-size",
-    "max-files",
-    "max-nodes",
-    "max-stages",
-    "max-include-walk",
-    "max-expanded",
-    "max-expanded-total",
-    "max-graph-depth",
-];
-const REGISTRY_PROPS: &[&str] = &["insecure"];
-const REGISTRY_CHILDREN: &[&str] = &["mirror"];
-const STORE_PROPS: &[&str] = &["max-size", "max-layer-size", "max-image-size"];
-
 /// Overrides `store max-layer-size=`.
 pub const MAX_LAYER_SIZE_VAR: &str = "BAKE_MAX_LAYER_SIZE";
 /// Overrides `store max-image-size=`.
@@ -253,14 +244,31 @@ pub const MAX_IMAGE_SIZE_VAR: &str = "BAKE_MAX_IMAGE_SIZE";
 /// use (CUDA development images, ML stacks) unpack to 20-30 GiB.
 pub const MAX_IMAGE_SIZE: u64 = 64 << 30;
 
+/// A setting an environment variable overrides, and where it lives.
+enum EnvSetting {
+    /// A size in bytes (`32GiB`), as [`parse_size`] reads it.
+    Size(fn(&mut Config) -> &mut Option<u64>),
+    /// A timeout (`30s`, `2m`, whole seconds), as [`parse_timeout`] reads it.
+    Timeout(fn(&mut Timeouts) -> &mut Duration),
+}
+
+/// Every environment variable that overrides the config file, in the order
+/// they are read (the first invalid one is the error).
+const ENV: [(&str, EnvSetting); 5] = [
+    (MAX_LAYER_SIZE_VAR, EnvSetting::Size(|c| &mut c.max_layer_size)),
+    (MAX_IMAGE_SIZE_VAR, EnvSetting::Size(|c| &mut c.max_image_size)),
+    (TIMEOUT_VARS[0], EnvSetting::Timeout(|t| &mut t.connect)),
+    (TIMEOUT_VARS[1], EnvSetting::Timeout(|t| &mut t.first_byte)),
+    (TIMEOUT_VARS[2], EnvSetting::Timeout(|t| &mut t.idle)),
+];
+
 impl Config {
     /// Reads the configuration file at `path`, or at [`crate::home::config_path`]
     /// when `path` is `None`. A file that does not exist is the default
     /// configuration.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config = Self::load_file(path)?;
-        config.apply_env(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))?;
-        config.timeouts_from_env(|var| std::env::var(var).ok())?;
+        config.apply_env(|name| std::env::var(name).ok())?;
         Ok(config)
     }
 
@@ -278,38 +286,32 @@ impl Config {
         Ok(config)
     }
 
-    /// The timeouts [`TIMEOUT_VARS`] set, over the file's.
-    fn timeouts_from_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let [connect, first_byte, idle] = TIMEOUT_VARS;
-        let t = &mut self.timeouts;
-        for (var, slot) in [(connect, &mut t.connect), (first_byte, &mut t.first_byte), (idle, &mut t.idle)] {
-            if let Some(value) = get(var).filter(|v| !v.is_empty()) {
-                *slot = parse_timeout(&value).map_err(|reason| ConfigError::Env {
-                    var,
-                    what: "timeout",
-                    value,
-                    reason,
-                    help: "a duration such as \"30s\" or \"2m\", or whole seconds; unset it for the default".into(),
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The settings environment variables override: the unpack limits.
+    /// The settings environment variables override ([`ENV`]), over the
+    /// file's; an unset or empty variable leaves the setting alone.
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        for (name, slot) in
-            [(MAX_LAYER_SIZE_VAR, &mut self.max_layer_size), (MAX_IMAGE_SIZE_VAR, &mut self.max_image_size)]
-        {
-            if let Some(value) = var(name) {
-                let bytes = parse_size(&value).map_err(|reason| ConfigError::Env {
-                    var: name,
-                    what: "size",
-                    value,
-                    reason,
-                    help: format!("write a size such as {name}=32GiB, or unset it for the default"),
-                })?;
-                *slot = Some(bytes);
+        for (name, setting) in ENV {
+            let Some(value) = var(name).filter(|v| !v.is_empty()) else { continue };
+            let invalid = |what, reason, help| ConfigError::Env { var: name, what, value: value.clone(), reason, help };
+            match setting {
+                EnvSetting::Size(slot) => {
+                    let bytes = parse_size(&value).map_err(|reason| {
+                        invalid(
+                            "size",
+                            reason,
+                            format!("write a size such as {name}=32GiB, or unset it for the default"),
+                        )
+                    })?;
+                    *slot(self) = Some(bytes);
+                }
+                EnvSetting::Timeout(slot) => {
+                    *slot(&mut self.timeouts) = parse_timeout(&value).map_err(|reason| {
+                        invalid(
+                            "timeout",
+                            reason,
+                            "a duration such as \"30s\" or \"2m\", or whole seconds; unset it for the default".into(),
+                        )
+                    })?;
+                }
             }
         }
         Ok(())
@@ -447,6 +449,96 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// A property of a config node. Given twice, the last one counts (KDL's
+/// rule), as it always has in this file.
+const fn setting(name: &'static str, kind: Kind) -> Prop {
+    Prop { name, kind, required: false, repeat: true }
+}
+
+const STORE_PROPS: &[Prop] =
+    &[setting("max-size", Any), setting("max-layer-size", Any), setting("max-image-size", Any)];
+const NETWORK_PROPS: &[Prop] =
+    &[setting("connect-timeout", Any), setting("first-byte-timeout", Any), setting("idle-timeout", Any)];
+/// `limits`: the sizes, then the counts.
+const LIMIT_PROPS: &[Prop] = &[
+    setting("max-file-size", Any),
+    setting("max-files", Any),
+    setting("max-nodes", Any),
+    setting("max-stages", Any),
+    setting("max-include-walk", Any),
+    setting("max-expanded", Any),
+    setting("max-expanded-total", Any),
+    setting("max-graph-depth", Any),
+];
+
+/// The shape of every top-level node, checked by the same machinery as
+/// `build.kdl` ([`crate::lang::schema`]). Values are [`Kind::Any`] where the
+/// setting's own parser explains the format (sizes, durations, hosts).
+const TOP: &[Spec] = &[
+    Spec {
+        name: "registry",
+        min: 1,
+        max: Some(1),
+        args: &[Any],
+        args_doc: "a registry host",
+        props: &[setting("insecure", Bool)],
+        children: Some(&["mirror"]),
+        example: "registry \"docker.io\" { mirror \"mirror.example.com\" }",
+    },
+    Spec {
+        name: "store",
+        min: 0,
+        max: Some(0),
+        args: &[Any],
+        args_doc: "properties only",
+        props: STORE_PROPS,
+        children: None,
+        example: "store max-size=\"20GiB\"",
+    },
+    Spec {
+        name: "network",
+        min: 0,
+        max: Some(0),
+        args: &[Any],
+        args_doc: "properties only",
+        props: NETWORK_PROPS,
+        children: None,
+        example: "network connect-timeout=\"15s\" first-byte-timeout=\"30s\" idle-timeout=\"60s\"",
+    },
+    Spec {
+        name: "allow-path",
+        min: 1,
+        max: None,
+        args: &[Any],
+        args_doc: "a folder",
+        props: &[],
+        children: None,
+        example: "allow-path \"/srv/shared-contexts\"",
+    },
+    Spec {
+        name: "limits",
+        min: 0,
+        max: Some(0),
+        args: &[Any],
+        args_doc: "properties only",
+        props: LIMIT_PROPS,
+        children: None,
+        example: "limits max-graph-depth=512",
+    },
+];
+
+/// The nodes of a `registry` block.
+const REGISTRY_BODY: &[Spec] = &[Spec {
+    name: "mirror",
+    min: 1,
+    max: None,
+    args: &[Any],
+    args_doc: "a registry host",
+    props: &[],
+    children: None,
+    example: "mirror \"mirror.example.com\"",
+}];
+
 /// Walks the document, collecting settings and every mistake.
 struct Parser<'a> {
     src: &'a Src,
@@ -461,16 +553,13 @@ impl Parser<'_> {
         let mut store_site: Option<SourceSpan> = None;
         let mut network_site: Option<SourceSpan> = None;
         for node in doc.nodes() {
-            match node.name().value() {
+            let before = self.errors.len();
+            let Some((spec, checked)) = self.check(TOP, "top-level", node) else { continue };
+            match spec.name {
                 "registry" => {
-                    if let Some((host, at, settings)) = self.registry(node) {
+                    if let Some((host, at, settings)) = self.registry(node, &checked, before) {
                         if let Some(first) = registry_sites.get(&host) {
-                            self.errors.push(ConfigProblem::Duplicate {
-                                what: format!("registry `{host}`"),
-                                src: self.src.clone(),
-                                first: *first,
-                                second: at,
-                            });
+                            self.duplicate(format!("registry `{host}`"), *first, at);
                         } else {
                             registry_sites.insert(host.clone(), at);
                             if let Some(settings) = settings {
@@ -481,242 +570,214 @@ impl Parser<'_> {
                 }
                 "store" => {
                     if let Some(first) = store_site {
-                        self.errors.push(ConfigProblem::Duplicate {
-                            what: "`store`".to_owned(),
-                            src: self.src.clone(),
-                            first,
-                            second: node.name().span(),
-                        });
+                        self.duplicate("`store`".to_owned(), first, node.name().span());
                     }
                     store_site = Some(node.name().span());
-                    self.store(node, &mut config);
+                    self.store(spec, &checked, &mut config);
                 }
                 "network" => {
                     if let Some(first) = network_site {
-                        self.errors.push(ConfigProblem::Duplicate {
-                            what: "`network`".to_owned(),
-                            src: self.src.clone(),
-                            first,
-                            second: node.name().span(),
-                        });
+                        self.duplicate("`network`".to_owned(), first, node.name().span());
                     }
                     network_site = Some(node.name().span());
-                    self.network(node, &mut config.timeouts);
+                    self.network(spec, &checked, &mut config.timeouts);
                 }
-                "allow-path" => self.allow_paths(node, &mut config.allow_paths),
-                "limits" => self.limits(node, &mut config.limits),
-                other => self.unknown_node(node, other, "top-level", TOP_NODES),
+                "allow-path" => self.allow_paths(spec, &checked, &mut config.allow_paths),
+                _ => self.limits(&checked, &mut config.limits),
             }
         }
         config
     }
 
-    /// `network connect-timeout= first-byte-timeout= idle-timeout=`.
-    fn network(&mut self, node: &KdlNode, timeouts: &mut Timeouts) {
-        let example = "for example: network connect-timeout=\"15s\" first-byte-timeout=\"30s\" idle-timeout=\"60s\"";
-        for entry in node.entries() {
-            let Some(name) = entry.name().map(kdl::KdlIdentifier::value) else {
-                self.invalid(
-                    entry,
-                    "`network` takes properties only".to_owned(),
-                    "unexpected argument",
-                    Some(example.to_owned()),
-                );
-                continue;
-            };
-            let slot = match name {
-                "connect-timeout" => &mut timeouts.connect,
-                "first-byte-timeout" => &mut timeouts.first_byte,
-                "idle-timeout" => &mut timeouts.idle,
-                other => {
-                    self.unknown_property(entry, "network", other, NETWORK_PROPS);
-                    continue;
+    /// Finds `node`'s spec among `specs` and matches the node against it,
+    /// reporting what does not fit; `None` for a node that is not a setting.
+    fn check<'n>(
+        &mut self,
+        specs: &'static [Spec],
+        context: &'static str,
+        node: &'n KdlNode,
+    ) -> Option<(&'static Spec, Checked<'n>)> {
+        let name = node.name().value();
+        let Some(spec) = specs.iter().find(|s| s.name == name) else {
+            let valid: Vec<&str> = specs.iter().map(|s| s.name).collect();
+            self.unknown_node(node, name, context, &valid);
+            return None;
+        };
+        let checked = schema::shape(spec, node, &mut |mismatch| {
+            let problem = self.mismatch(spec, node, mismatch);
+            self.errors.push(problem);
+        });
+        Some((spec, checked))
+    }
+
+    /// A shape mistake, in the config file's words.
+    fn mismatch(&self, spec: &Spec, node: &KdlNode, mismatch: Mismatch<'_>) -> ConfigProblem {
+        let example = Some(format!("for example: {}", spec.example));
+        let invalid = |message: String, at: SourceSpan, label: String, help: Option<String>| {
+            ConfigProblem::InvalidValue { message, src: self.src.clone(), at, label, help }
+        };
+        match mismatch {
+            Mismatch::WrongType { index, prop, kind, entry } => {
+                let what = prop
+                    .map_or_else(|| format!("argument {} of `{}`", index + 1, spec.name), |p| format!("`{}=`", p.name));
+                invalid(
+                    format!("{what} must be {}", kind.describe()),
+                    entry.span(),
+                    format!("expected {}", kind.describe()),
+                    None,
+                )
+            }
+            Mismatch::UnknownProperty { entry, name } => {
+                let valid: Vec<&str> = spec.props.iter().map(|p| p.name).collect();
+                let help = if valid.is_empty() {
+                    format!("`{}` takes no properties", spec.name)
+                } else {
+                    let list = format!("properties of `{}`: {}", spec.name, valid.join(", "));
+                    match did_you_mean(name, valid.iter().copied()) {
+                        Some(close) => format!("did you mean `{close}`? {list}"),
+                        None => list,
+                    }
+                };
+                ConfigProblem::UnknownProperty {
+                    node: spec.name,
+                    name: name.to_owned(),
+                    src: self.src.clone(),
+                    at: entry.span(),
+                    help,
                 }
-            };
-            let parsed = match entry.value() {
-                KdlValue::String(s) => parse_timeout(s),
-                KdlValue::Integer(i) => u64::try_from(*i)
-                    .map_err(|_| "a timeout cannot be negative".to_owned())
-                    .and_then(|secs| parse_timeout(&secs.to_string())),
-                _ => Err("a timeout is a string like \"30s\" or a number of seconds".to_owned()),
-            };
-            match parsed {
-                Ok(duration) => *slot = duration,
-                Err(reason) => self.invalid(
-                    entry,
-                    format!("`{name}=` is not a valid timeout: {reason}"),
-                    "not a timeout",
-                    Some(example.to_owned()),
-                ),
+            }
+            Mismatch::DuplicateProperty { prop, first, second } => ConfigProblem::Duplicate {
+                what: format!("`{}=`", prop.name),
+                src: self.src.clone(),
+                first: first.span(),
+                second: second.span(),
+            },
+            Mismatch::ArgumentCount { extra: None, .. } => invalid(
+                format!("`{}` needs {}", spec.name, spec.args_doc),
+                node.name().span(),
+                format!("needs {}", spec.args_doc),
+                example,
+            ),
+            Mismatch::ArgumentCount { extra: Some(extra), .. } => invalid(
+                if spec.max == Some(0) {
+                    format!("`{}` takes properties only", spec.name)
+                } else {
+                    format!("`{}` takes only {}", spec.name, spec.args_doc)
+                },
+                extra.span(),
+                "unexpected from here on".to_owned(),
+                example,
+            ),
+            Mismatch::MissingProperty { prop } => invalid(
+                format!("`{}` needs `{}=`", spec.name, prop.name),
+                node.name().span(),
+                format!("needs `{}=`", prop.name),
+                example,
+            ),
+            Mismatch::UnexpectedChildren { at } => {
+                invalid(format!("`{}` takes no children block", spec.name), at, "remove this block".to_owned(), example)
             }
         }
-        if let Some(children) = node.children() {
-            self.errors.push(ConfigProblem::InvalidValue {
-                message: "`network` takes no children block".to_owned(),
-                src: self.src.clone(),
-                at: children.span(),
-                label: "remove this block".to_owned(),
-                help: Some(example.to_owned()),
-            });
+    }
+
+    /// `network connect-timeout= first-byte-timeout= idle-timeout=`.
+    fn network(&mut self, spec: &Spec, checked: &Checked<'_>, timeouts: &mut Timeouts) {
+        for (name, slot) in [
+            ("connect-timeout", &mut timeouts.connect),
+            ("first-byte-timeout", &mut timeouts.first_byte),
+            ("idle-timeout", &mut timeouts.idle),
+        ] {
+            for entry in checked.props(name) {
+                let parsed = match entry.value() {
+                    KdlValue::String(s) => parse_timeout(s),
+                    KdlValue::Integer(i) => u64::try_from(*i)
+                        .map_err(|_| "a timeout cannot be negative".to_owned())
+                        .and_then(|secs| parse_timeout(&secs.to_string())),
+                    _ => Err("a timeout is a string like \"30s\" or a number of seconds".to_owned()),
+                };
+                match parsed {
+                    Ok(duration) => *slot = duration,
+                    Err(reason) => self.invalid(
+                        entry,
+                        format!("`{name}=` is not a valid timeout: {reason}"),
+                        "not a timeout",
+                        Some(format!("for example: {}", spec.example)),
+                    ),
+                }
+            }
         }
     }
 
     /// `allow-path "/abs/dir"...`: absolute folders, repeatable.
-    fn allow_paths(&mut self, node: &KdlNode, out: &mut Vec<PathBuf>) {
-        let help = Some("for example: allow-path \"/srv/shared-contexts\"".to_owned());
-        if node.entries().is_empty() {
-            self.errors.push(ConfigProblem::InvalidValue {
-                message: "`allow-path` needs a folder".to_owned(),
-                src: self.src.clone(),
-                at: node.name().span(),
-                label: "which folder?".to_owned(),
-                help: help.clone(),
-            });
-        }
-        for entry in node.entries() {
-            if let Some(name) = entry.name() {
-                self.unknown_property(entry, "allow-path", name.value(), &[]);
-                continue;
-            }
+    fn allow_paths(&mut self, spec: &Spec, checked: &Checked<'_>, out: &mut Vec<PathBuf>) {
+        for entry in &checked.args {
             match entry.value().as_string() {
                 Some(path) if Path::new(path).is_absolute() => out.push(PathBuf::from(path)),
                 _ => self.invalid(
                     entry,
                     "`allow-path` takes absolute paths".to_owned(),
                     "not an absolute path",
-                    help.clone(),
+                    Some(format!("for example: {}", spec.example)),
                 ),
             }
         }
     }
 
     /// `limits NAME=VALUE...`: sizes or counts, each at least 1.
-    fn limits(&mut self, node: &KdlNode, limits: &mut Limits) {
-        for entry in node.entries() {
-            let Some(name) = entry.name().map(kdl::KdlIdentifier::value) else {
-                self.invalid(
-                    entry,
-                    "`limits` takes properties only".to_owned(),
-                    "unexpected argument",
-                    Some("for example: limits max-graph-depth=512".to_owned()),
-                );
-                continue;
-            };
-            if !LIMIT_PROPS.contains(&name) {
-                self.unknown_property(entry, "limits", name, LIMIT_PROPS);
-                continue;
-            }
-            let is_size = matches!(name, "max-file-size" | "max-expanded" | "max-expanded-total");
-            let parsed = match entry.value() {
-                KdlValue::String(s) if is_size => parse_size(s),
-                KdlValue::Integer(i) => u64::try_from(*i).map_err(|_| "a limit cannot be negative".to_owned()),
-                _ if is_size => Err("a size is a string like \"32MiB\" or a number of bytes".to_owned()),
-                _ => Err("a count is a whole number".to_owned()),
-            }
-            .and_then(|n| if n == 0 { Err("a limit of 0 would refuse everything".to_owned()) } else { Ok(n) });
-            let value = match parsed {
-                Ok(n) => n,
-                Err(reason) => {
-                    self.invalid(entry, format!("`{name}=` is not a valid limit: {reason}"), "not a limit", None);
-                    continue;
+    fn limits(&mut self, checked: &Checked<'_>, limits: &mut Limits) {
+        for prop in LIMIT_PROPS {
+            let name = prop.name;
+            for entry in checked.props(name) {
+                let is_size = matches!(name, "max-file-size" | "max-expanded" | "max-expanded-total");
+                let parsed = match entry.value() {
+                    KdlValue::String(s) if is_size => parse_size(s),
+                    KdlValue::Integer(i) => u64::try_from(*i).map_err(|_| "a limit cannot be negative".to_owned()),
+                    _ if is_size => Err("a size is a string like \"32MiB\" or a number of bytes".to_owned()),
+                    _ => Err("a count is a whole number".to_owned()),
                 }
-            };
-            let count = usize::try_from(value).unwrap_or(usize::MAX);
-            match name {
-                "max-file-size" => limits.max_file_size = value,
-                "max-files" => limits.max_files = count,
-                "max-nodes" => limits.max_nodes = count,
-                "max-stages" => limits.max_stages = count,
-                "max-include-walk" => limits.max_include_walk = count,
-                "max-expanded" => limits.max_expanded = count,
-                "max-expanded-total" => limits.max_expanded_total = count,
-                _ => limits.max_graph_depth = count,
+                .and_then(|n| if n == 0 { Err("a limit of 0 would refuse everything".to_owned()) } else { Ok(n) });
+                let value = match parsed {
+                    Ok(n) => n,
+                    Err(reason) => {
+                        self.invalid(entry, format!("`{name}=` is not a valid limit: {reason}"), "not a limit", None);
+                        continue;
+                    }
+                };
+                let count = usize::try_from(value).unwrap_or(usize::MAX);
+                match name {
+                    "max-file-size" => limits.max_file_size = value,
+                    "max-files" => limits.max_files = count,
+                    "max-nodes" => limits.max_nodes = count,
+                    "max-stages" => limits.max_stages = count,
+                    "max-include-walk" => limits.max_include_walk = count,
+                    "max-expanded" => limits.max_expanded = count,
+                    "max-expanded-total" => limits.max_expanded_total = count,
+                    _ => limits.max_graph_depth = count,
+                }
             }
-        }
-        if let Some(children) = node.children() {
-            self.errors.push(ConfigProblem::InvalidValue {
-                message: "`limits` takes no children block".to_owned(),
-                src: self.src.clone(),
-                at: children.span(),
-                label: "remove this block".to_owned(),
-                help: Some("for example: limits max-graph-depth=512".to_owned()),
-            });
         }
     }
 
     /// `registry HOST [insecure=BOOL] { mirror HOST... }`: the host, where it
-    /// is written, and the settings when they have no mistake.
-    fn registry(&mut self, node: &KdlNode) -> Option<(String, SourceSpan, Option<RegistryConfig>)> {
-        let before = self.errors.len();
+    /// is written, and the settings when the node has no mistake (counting
+    /// from `before`, so that those its shape check found count too).
+    fn registry(
+        &mut self,
+        node: &KdlNode,
+        checked: &Checked<'_>,
+        before: usize,
+    ) -> Option<(String, SourceSpan, Option<RegistryConfig>)> {
         let mut settings = RegistryConfig::default();
-        let mut host = None;
-        let mut args = 0;
-        for entry in node.entries() {
-            match entry.name().map(kdl::KdlIdentifier::value) {
-                None => {
-                    args += 1;
-                    if args == 1 {
-                        host = self.host(entry, "a registry").map(|h| (h, entry.span()));
-                    } else {
-                        self.invalid(
-                            entry,
-                            "`registry` takes one registry host".to_owned(),
-                            "unexpected",
-                            Some("write one `registry` node per registry".to_owned()),
-                        );
-                    }
-                }
-                Some("insecure") => match entry.value() {
-                    KdlValue::Bool(b) => settings.insecure = *b,
-                    _ => self.invalid(
-                        entry,
-                        "`insecure=` must be #true or #false".to_owned(),
-                        "expected #true or #false",
-                        None,
-                    ),
-                },
-                Some(other) => self.unknown_property(entry, "registry", other, REGISTRY_PROPS),
-            }
-        }
-        if args == 0 {
-            self.errors.push(ConfigProblem::InvalidValue {
-                message: "`registry` needs a registry host".to_owned(),
-                src: self.src.clone(),
-                at: node.name().span(),
-                label: "which registry?".to_owned(),
-                help: Some("for example: registry \"docker.io\" { mirror \"mirror.example.com\" }".to_owned()),
-            });
+        let host = checked.args.first().and_then(|entry| self.host(entry, "a registry").map(|h| (h, entry.span())));
+        if let Some(KdlValue::Bool(b)) = checked.prop("insecure").map(KdlEntry::value) {
+            settings.insecure = *b;
         }
         for child in node.children().map(KdlDocument::nodes).unwrap_or_default() {
-            match child.name().value() {
-                "mirror" => {
-                    if child.entries().is_empty() {
-                        self.errors.push(ConfigProblem::InvalidValue {
-                            message: "`mirror` needs a registry host".to_owned(),
-                            src: self.src.clone(),
-                            at: child.name().span(),
-                            label: "which mirror?".to_owned(),
-                            help: Some("for example: mirror \"mirror.example.com\"".to_owned()),
-                        });
-                    }
-                    for entry in child.entries() {
-                        if let Some(name) = entry.name() {
-                            self.unknown_property(entry, "mirror", name.value(), &[]);
-                        } else if let Some(mirror) = self.host(entry, "a mirror") {
-                            settings.mirrors.push(mirror);
-                        }
-                    }
-                    if let Some(children) = child.children() {
-                        self.errors.push(ConfigProblem::InvalidValue {
-                            message: "`mirror` takes no children block".to_owned(),
-                            src: self.src.clone(),
-                            at: children.span(),
-                            label: "remove this block".to_owned(),
-                            help: None,
-                        });
-                    }
+            let Some((_, mirror)) = self.check(REGISTRY_BODY, "registry", child) else { continue };
+            for entry in &mirror.args {
+                if let Some(host) = self.host(entry, "a mirror") {
+                    settings.mirrors.push(host);
                 }
-                other => self.unknown_node(child, other, "registry", REGISTRY_CHILDREN),
             }
         }
         let ok = self.errors.len() == before;
@@ -725,46 +786,28 @@ impl Parser<'_> {
 
     /// `store max-size=SIZE max-layer-size=SIZE max-image-size=SIZE`, into
     /// `config`.
-    fn store(&mut self, node: &KdlNode, config: &mut Config) {
-        let example = || Some("for example: store max-size=\"20GiB\"".to_owned());
-        for entry in node.entries() {
-            let name = entry.name().map(kdl::KdlIdentifier::value);
-            let slot = match name {
-                Some("max-size") => &mut config.store_max_size,
-                Some("max-layer-size") => &mut config.max_layer_size,
-                Some("max-image-size") => &mut config.max_image_size,
-                Some(other) => {
-                    self.unknown_property(entry, "store", other, STORE_PROPS);
-                    continue;
+    fn store(&mut self, spec: &Spec, checked: &Checked<'_>, config: &mut Config) {
+        for (name, slot) in [
+            ("max-size", &mut config.store_max_size),
+            ("max-layer-size", &mut config.max_layer_size),
+            ("max-image-size", &mut config.max_image_size),
+        ] {
+            for entry in checked.props(name) {
+                let parsed = match entry.value() {
+                    KdlValue::String(s) => parse_size(s),
+                    KdlValue::Integer(i) => u64::try_from(*i).map_err(|_| "a size cannot be negative".to_owned()),
+                    _ => Err("a size is a string like \"20GiB\" or a number of bytes".to_owned()),
+                };
+                match parsed {
+                    Ok(bytes) => *slot = Some(bytes),
+                    Err(reason) => self.invalid(
+                        entry,
+                        format!("`{name}=` is not a valid size: {reason}"),
+                        "not a size",
+                        Some(format!("for example: {}", spec.example)),
+                    ),
                 }
-                None => {
-                    self.invalid(entry, "`store` takes properties only".to_owned(), "unexpected argument", example());
-                    continue;
-                }
-            };
-            let parsed = match entry.value() {
-                KdlValue::String(s) => parse_size(s),
-                KdlValue::Integer(i) => u64::try_from(*i).map_err(|_| "a size cannot be negative".to_owned()),
-                _ => Err("a size is a string like \"20GiB\" or a number of bytes".to_owned()),
-            };
-            match parsed {
-                Ok(bytes) => *slot = Some(bytes),
-                Err(reason) => self.invalid(
-                    entry,
-                    format!("`{}=` is not a valid size: {reason}", name.unwrap_or_default()),
-                    "not a size",
-                    example(),
-                ),
             }
-        }
-        if let Some(children) = node.children() {
-            self.errors.push(ConfigProblem::InvalidValue {
-                message: "`store` takes no children block".to_owned(),
-                src: self.src.clone(),
-                at: children.span(),
-                label: "remove this block".to_owned(),
-                help: example(),
-            });
         }
     }
 
@@ -833,23 +876,8 @@ impl Parser<'_> {
         });
     }
 
-    fn unknown_property(&mut self, entry: &KdlEntry, node: &'static str, name: &str, valid: &[&str]) {
-        let help = if valid.is_empty() {
-            format!("`{node}` takes no properties")
-        } else {
-            let list = format!("properties of `{node}`: {}", valid.join(", "));
-            match did_you_mean(name, valid.iter().copied()) {
-                Some(close) => format!("did you mean `{close}`? {list}"),
-                None => list,
-            }
-        };
-        self.errors.push(ConfigProblem::UnknownProperty {
-            node,
-            name: name.to_owned(),
-            src: self.src.clone(),
-            at: entry.span(),
-            help,
-        });
+    fn duplicate(&mut self, what: String, first: SourceSpan, second: SourceSpan) {
+        self.errors.push(ConfigProblem::Duplicate { what, src: self.src.clone(), first, second });
     }
 }
 
@@ -917,10 +945,10 @@ mod tests {
         assert_eq!(config.timeouts.connect, Duration::from_secs(5));
         assert_eq!(config.timeouts.first_byte, Duration::from_secs(90));
         assert_eq!(config.timeouts.idle, Duration::from_mins(2));
-        config.timeouts_from_env(|var| (var == "BAKE_IDLE_TIMEOUT").then(|| "3s".to_owned())).expect("valid variable");
+        config.apply_env(|var| (var == "BAKE_IDLE_TIMEOUT").then(|| "3s".to_owned())).expect("valid variable");
         assert_eq!(config.timeouts.idle, Duration::from_secs(3));
         assert_eq!(config.timeouts.connect, Duration::from_secs(5));
-        let err = config.timeouts_from_env(|_| Some("soon".to_owned())).expect_err("invalid");
+        let err = config.apply_env(|var| var.ends_with("_TIMEOUT").then(|| "soon".to_owned())).expect_err("invalid");
         assert!(err.to_string().contains("BAKE_CONNECT_TIMEOUT"), "{err}");
         let err = Config::from_str("c", r#"network idle-timeout="0s" connect=1"#).expect_err("invalid");
         let text = render(&err);
@@ -997,6 +1025,27 @@ store max-size="20 parsecs"
         }
         // Labels point into the file.
         assert!(out.contains("config.kdl:1:1"), "{out}");
+    }
+
+    #[test]
+    fn shapes_are_checked_by_the_schema() {
+        // Arguments where only properties go: one error from the first one on.
+        let err = Config::from_str("config.kdl", "network 5 6\n").expect_err("invalid");
+        let ConfigError::Invalid { errors, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(errors.len(), 1, "{}", render(&err));
+        assert!(render(&err).contains("`network` takes properties only"), "{}", render(&err));
+        // A children block where none goes, with the node's example.
+        let out = render(
+            &Config::from_str("config.kdl", "registry \"a.io\" { mirror \"m.io\" { }; }\n").expect_err("invalid"),
+        );
+        assert!(out.contains("`mirror` takes no children block"), "{out}");
+        assert!(out.contains("for example: mirror \"mirror.example.com\""), "{out}");
+        // The wrong type for a typed property, in the config's own words.
+        let out = render(&Config::from_str("config.kdl", "registry \"a.io\" insecure=\"yes\"\n").expect_err("bad"));
+        assert!(out.contains("`insecure=` must be #true or #false"), "{out}");
+        // A setting given twice: the last one counts, as it always has.
+        let config = Config::from_str("config.kdl", "store max-size=1 max-size=\"2KiB\"\n").expect("valid");
+        assert_eq!(config.store_max_size, Some(2048));
     }
 
     #[test]

@@ -45,6 +45,13 @@
 //! and sends progress as [`exec::Event`]s that the CLI renders. Every error
 //! says whose it is ([`Tier`]), and the CLI turns that into an exit code.
 
+// The engine never prints or exits: it sends `exec::Event`s and returns typed
+// errors, and the CLI decides what reaches the terminal and the exit code
+// (STYLE.md, "Typed events out, rendering at the edge"). Cargo cannot add
+// lints to one member on top of `[workspace.lints]`, so they are denied here;
+// the engine's integration tests and benches are other crates and may print.
+#![deny(clippy::print_stdout, clippy::print_stderr, clippy::exit, clippy::dbg_macro)]
+
 pub mod config;
 pub mod container;
 pub mod context;

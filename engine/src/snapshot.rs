@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use miette::Diagnostic;
 
 use crate::layer::{LayerError, LayerInfo, Limits, UnpackOptions};
-use crate::oci::{Compression, media};
+use crate::oci::media;
 use crate::store::{Store, StoreError};
 
 /// The name prefix of a layer being unpacked (see [`crate::scratch`]).
@@ -499,12 +499,6 @@ fn components(path: &str) -> Vec<String> {
 
 fn join(parents: &[String], name: &str) -> String {
     if parents.is_empty() { name.to_owned() } else { format!("{}/{name}", parents.join("/")) }
-}
-
-/// Compression of a layer from its media type, for callers that only have
-/// the descriptor.
-pub fn compression_of(media_type: &str) -> Option<Compression> {
-    media::layer_compression(media_type)
 }
 
 impl SnapshotError {

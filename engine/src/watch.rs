@@ -159,11 +159,6 @@ impl WatchSet {
                 .any(|(sources, everything, exclude)| (*everything || sources.is_excluded(&rel)) && !excluded(exclude))
         })
     }
-
-    /// Whether `path` is one of the workspace's own files.
-    pub fn is_build_file(&self, path: &Path) -> bool {
-        self.files.contains(path)
-    }
 }
 
 /// Editors' swap, backup and probe files.

@@ -13,6 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+#[path = "common/tmpfs.rs"]
+mod tmpfs;
+use tmpfs::Tmpfs;
+
 use bake_engine::oci::{Digest, HashReader, digest_of, media};
 use bake_engine::store::{BlobWriter, CacheEntry, ImageRecord, PruneOptions, Store, StoreError};
 
@@ -666,28 +670,6 @@ fn an_existing_home_open_to_others_is_tightened() {
 }
 
 // ---- a full disk -----------------------------------------------------------
-
-/// A tmpfs of `size` mounted at `dir`, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Self(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
 
 fn render(diagnostic: &dyn miette::Diagnostic) -> String {
     let mut out = String::new();

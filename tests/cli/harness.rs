@@ -1,7 +1,8 @@
 //! Runs the real `bake` binary and formats what it did for snapshots.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// The repository root.
 pub(crate) fn root() -> PathBuf {
@@ -22,22 +23,52 @@ impl Run {
     }
 }
 
-/// Runs `bake ARGS` in `dir` with a private BAKE_HOME, no colour, 80 columns.
-pub(crate) fn bake(dir: &Path, home: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
-        .args(args)
-        .current_dir(dir)
-        .env("BAKE_HOME", home)
-        .env("NO_COLOR", "1")
-        .env("COLUMNS", "80")
-        .env_remove("CLICOLOR_FORCE")
-        .output()
-        .expect("run bake");
+/// `bake` in `dir` with a private BAKE_HOME, no colour, 80 columns: the
+/// command, for a test to add arguments, env or pipes to before it runs.
+pub(crate) fn bake_cmd(dir: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
+    cmd.current_dir(dir).env("BAKE_HOME", home).env("NO_COLOR", "1").env("COLUMNS", "80").env_remove("CLICOLOR_FORCE");
+    cmd
+}
+
+/// Runs `cmd` to its end and keeps what it printed.
+pub(crate) fn finish(cmd: &mut Command) -> Run {
+    let out = cmd.output().expect("run bake");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Runs `bake ARGS` in `dir` with a private BAKE_HOME, no colour, 80 columns.
+pub(crate) fn bake(dir: &Path, home: &Path, args: &[&str]) -> Run {
+    finish(bake_cmd(dir, home).args(args))
+}
+
+/// Polls `done` every 20 ms until it holds; fails the test, naming `what`,
+/// if it does not within `limit`.
+pub(crate) fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit, polling, for at most `limit`; its exit code
+/// and how long it took, or `None` (and the child killed) if it did not.
+pub(crate) fn exit_within(child: &mut Child, limit: Duration) -> Option<(i32, Duration)> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some((status.code().unwrap_or(-1), start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 /// insta settings that hide this machine's paths.

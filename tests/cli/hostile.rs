@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Run, bake};
+use crate::harness::{Run, bake, bake_cmd};
 
 /// A line the tests write into files outside the project: it must never
 /// appear in bake's output.
@@ -129,23 +129,16 @@ fn allowed_paths_open_the_boundary_explicitly() {
     let flag = l.run(build, &["check", "--allow-path", &outside]);
     assert_eq!(flag.code, 0, "{}", flag.render());
     std::fs::write(l.project.join("build.kdl"), build).expect("write");
-    let env = std::process::Command::new(env!("CARGO_BIN_EXE_bake"))
+    let env = bake_cmd(&l.project, l.home.path())
         .arg("check")
-        .current_dir(&l.project)
-        .env("BAKE_HOME", l.home.path())
         .env("BAKE_ALLOW_PATHS", format!("/nonexistent:{outside}"))
         .output()
         .expect("run bake");
     assert!(env.status.success(), "{}", String::from_utf8_lossy(&env.stderr));
     let config = l.home.path().join("config.kdl");
     std::fs::write(&config, format!("allow-path \"{outside}\"\n")).expect("write");
-    let configured = std::process::Command::new(env!("CARGO_BIN_EXE_bake"))
-        .arg("check")
-        .current_dir(&l.project)
-        .env("BAKE_HOME", l.home.path())
-        .env("BAKE_CONFIG", &config)
-        .output()
-        .expect("run bake");
+    let configured =
+        bake_cmd(&l.project, l.home.path()).arg("check").env("BAKE_CONFIG", &config).output().expect("run bake");
     assert!(configured.status.success(), "{}", String::from_utf8_lossy(&configured.stderr));
     // With -C, the workspace is that folder: a file in a subfolder may name
     // its siblings.

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{bake, root};
+use crate::harness::{bake, bake_cmd, root};
 use crate::registry::TestRegistry;
 
 /// A context with busybox (a static binary) and a build.kdl.
@@ -242,12 +242,9 @@ image "greeter" from="busybox" {
 }
 "#,
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
+    let out = bake_cmd(p.path(), home.path())
         .args(["build", "-o", "type=docker,dest=greeter.tar"])
-        .current_dir(p.path())
-        .env("BAKE_HOME", home.path())
         .env("BAKE_CONFIG", &config)
-        .env("NO_COLOR", "1")
         .output()
         .expect("run bake");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -21,3 +21,5 @@ mod scratch;
 mod secrets;
 mod stall;
 mod store_errors;
+#[path = "../../engine/tests/common/tmpfs.rs"]
+mod tmpfs;

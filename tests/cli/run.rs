@@ -3,9 +3,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::bake;
+use crate::harness::{bake, bake_cmd, wait_until};
 use crate::images::{busybox_fixture, docker, run};
 
 /// A store that holds `docker.io/library/busybox:latest`, built by bake.
@@ -110,10 +110,8 @@ image "uses-secret" from="busybox" {
 }
 "#,
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
+    let out = bake_cmd(p.path(), home.path())
         .args(["build", "--secret", "id=token,env=BAKE_TEST_TOKEN", "-o", "type=docker,dest=image.tar"])
-        .current_dir(p.path())
-        .env("BAKE_HOME", home.path())
         .env("BAKE_TEST_TOKEN", VALUE)
         .output()
         .expect("run bake");
@@ -176,19 +174,13 @@ stage "long" from="first" {{
         ));
         let warm = bake(p.path(), home.path(), &["build", "first"]);
         assert_eq!(warm.code, 0, "{}", warm.render());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bake"))
+        let mut child = bake_cmd(p.path(), home.path())
             .args(["build", "long"])
-            .current_dir(p.path())
-            .env("BAKE_HOME", home.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn bake");
-        let started = Instant::now();
-        while processes_with(&format!("sleep {marker}")).len() < 2 {
-            assert!(started.elapsed() < Duration::from_mins(1), "the step never started");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(Duration::from_mins(1), "the step starts", || processes_with(&format!("sleep {marker}")).len() >= 2);
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
         nix::sys::signal::kill(pid, signal).expect("signal");
         let status = child.wait().expect("wait");
@@ -314,8 +306,26 @@ image "hello" from="scratch" {
     assert!(image_size(&built.stderr, "hello") * 20.0 < image_size(&built.stderr, "builder"), "{}", built.stderr);
     docker();
     run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("hello.tar")));
-    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/hello-go:e2e"]));
-    assert_eq!(said, "hello, scratch, from Go\n");
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--network", "host", "bake-test/hello-go:e2e"])
+        .output()
+        .expect("docker run");
+    // This once failed in CI with "stat /hello: no such file or directory"
+    // and never again: on a failure, show what the archive holds.
+    assert!(
+        out.status.success(),
+        "docker run failed: {}\nwhat hello.tar holds:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        archive_listing(&p.path().join("hello.tar"))
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello, scratch, from Go\n");
+}
+
+/// The entries of a `docker save` archive, and of every layer in it.
+fn archive_listing(archive: &Path) -> String {
+    let script = r#"tar -tvf "$1"; for l in $(tar -tf "$1" | grep -E '^blobs/|\.tar$'); do echo "== $l"; tar -xOf "$1" "$l" | tar -tvf - 2>/dev/null; done"#;
+    let out = Command::new("sh").args(["-c", script, "sh"]).arg(archive).output().expect("sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `(start, end)` of a step, from the `/proc/uptime` lines it printed.

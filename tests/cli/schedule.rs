@@ -5,12 +5,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Run, bake};
+use crate::harness::{Run, bake, bake_cmd};
 use crate::registry::TestRegistry;
 use crate::run::{home_with_busybox, project};
 
@@ -291,11 +291,9 @@ image "c" from="busybox" {
 "#,
     );
     let spawn = |targets: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_bake"))
+        bake_cmd(p.path(), home.path())
             .arg("build")
             .args(targets)
-            .current_dir(p.path())
-            .env("BAKE_HOME", home.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -325,10 +323,8 @@ image "app" from="busybox" {
         .replace("SLEEP", "60")
         .as_str(),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bake"))
+    let mut child = bake_cmd(p.path(), home.path())
         .args(["build", "--progress", "json"])
-        .current_dir(p.path())
-        .env("BAKE_HOME", home.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -364,11 +360,19 @@ fn cache_mounts_shared_locked_and_private() {
             "stage \"{name}\" from=\"busybox\" {{\n    run \"echo {name} > /c/{name}; sleep 1; ls /c | tr '\\\\n' ' '\" {{\n        cache \"/c\" id=\"{sharing}\" sharing=\"{sharing}\"\n    }}\n}}\n"
         )
     };
+    // The private steps meet in a shared cache before they look, so they
+    // surely run at once (a loaded machine could otherwise run them one
+    // after the other, and a later private step may reuse a folder).
+    let private = |name: &str, other: &str| {
+        format!(
+            "stage \"{name}\" from=\"busybox\" {{\n    run \"echo {name} > /c/{name}; touch /sync/{name}; i=0; until [ -e /sync/{other} ] || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done; ls /c | tr '\\\\n' ' '\" {{\n        cache \"/c\" id=\"private\" sharing=\"private\"\n        cache \"/sync\" id=\"sync\" sharing=\"shared\"\n    }}\n}}\n"
+        )
+    };
     let kdl = [
         stage("locked1", "locked"),
         stage("locked2", "locked"),
-        stage("private1", "private"),
-        stage("private2", "private"),
+        private("private1", "private2"),
+        private("private2", "private1"),
         "target \"all\" \"locked1\" \"locked2\" \"private1\" \"private2\"\n".to_owned(),
     ]
     .concat();

@@ -1,10 +1,9 @@
 //! `bake cache prune` and the scratch that killed builds leave behind.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::bake;
+use crate::harness::{bake, bake_cmd, wait_until};
 use crate::run::{home_with_busybox, mounts_under, processes_with, project};
 
 /// The names in `dir` that start with `prefix`.
@@ -42,27 +41,18 @@ stage "long" from="first" {{
 }}
 "#
     ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bake"))
+    let mut child = bake_cmd(p.path(), home.path())
         .args(["build", "long"])
-        .current_dir(p.path())
-        .env("BAKE_HOME", home.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn bake");
-    let started = Instant::now();
-    while processes_with(&format!("sleep {marker}")).is_empty() {
-        assert!(started.elapsed() < Duration::from_mins(1), "the step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let sleeping = || processes_with(&format!("sleep {marker}"));
+    wait_until(Duration::from_mins(1), "the step starts", || !sleeping().is_empty());
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
     // The step's own processes end with their helper; wait for them.
-    let killed = Instant::now();
-    while !processes_with(&format!("sleep {marker}")).is_empty() {
-        assert!(killed.elapsed() < Duration::from_secs(30), "the step outlived bake");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(30), "the step ends with bake", || sleeping().is_empty());
     let tmp = home.path().join("tmp");
     assert_eq!(named(&tmp, "run-").len(), 1, "the killed step's scratch is there: {:?}", named(&tmp, "run-"));
 

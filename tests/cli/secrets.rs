@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::harness::{Run, bake};
+use crate::harness::{Run, bake, bake_cmd, finish};
 use crate::run::{home_with_busybox, project};
 
 const FILE_VALUE: &str = "file-s3cr3t-value-9f2c";
@@ -26,22 +26,13 @@ fn forbidden() -> Vec<String> {
 }
 
 fn build(dir: &std::path::Path, home: &std::path::Path, progress: &str, secret_file: &std::path::Path) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_bake"))
-        .args(["build", "--no-cache", "--progress", progress, "--secret"])
-        .arg(format!("id=file,src={}", secret_file.display()))
-        .args(["--secret", "id=env,env=BAKE_TEST_SECRET"])
-        .current_dir(dir)
-        .env("BAKE_HOME", home)
-        .env("BAKE_TEST_SECRET", ENV_VALUE)
-        .env("NO_COLOR", "1")
-        .env("COLUMNS", "80")
-        .output()
-        .expect("run bake");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    finish(
+        bake_cmd(dir, home)
+            .args(["build", "--no-cache", "--progress", progress, "--secret"])
+            .arg(format!("id=file,src={}", secret_file.display()))
+            .args(["--secret", "id=env,env=BAKE_TEST_SECRET"])
+            .env("BAKE_TEST_SECRET", ENV_VALUE),
+    )
 }
 
 #[test]

@@ -3,44 +3,24 @@
 //! second, whatever it is doing, and the next build reuses what finished.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::fake_registry::{FakeRegistry, Reply};
-use crate::harness::bake;
+use crate::harness::{bake, bake_cmd, exit_within, wait_until};
 use crate::run::{home_with_busybox, project};
 
 /// `bake build` in `dir`, in the background, output captured.
 fn spawn_build(dir: &Path, home: &Path, env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
-    cmd.args(["build", "--progress", "plain"])
-        .current_dir(dir)
-        .env("BAKE_HOME", home)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = bake_cmd(dir, home);
+    cmd.args(["build", "--progress", "plain"]).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn bake")
-}
-
-/// Waits for `child` to exit, polling, for at most `limit`; its exit code
-/// and how long it took, or `None` (and the child killed) if it did not.
-fn exit_within(child: &mut Child, limit: Duration) -> Option<(i32, Duration)> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some((status.code().unwrap_or(-1), start.elapsed()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 fn stderr_of(child: Child) -> String {
@@ -72,12 +52,7 @@ fn stops_on(signal: Signal, expected: i32) {
     let p = project(&format!("stage \"s\" from=\"{}/stalls/forever:1\" {{\n    run \"true\"\n}}\n", fake.addr));
     let home = tempfile::tempdir().expect("tempdir");
     let mut child = spawn_build(p.path(), home.path(), &[]);
-    // Bounded polling: until bake is waiting on the registry.
-    let start = Instant::now();
-    while fake.requests() == 0 && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(fake.requests() > 0, "bake never asked the registry");
+    wait_until(Duration::from_secs(20), "bake asks the registry", || fake.requests() > 0);
     std::thread::sleep(Duration::from_millis(1500));
     kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), signal).expect("signal");
     // The one timed assertion the issue asks for: gone within a second.

@@ -1,37 +1,13 @@
 //! Errors that used to mislead, made clear: a FIFO named in `copy`, a stack
 //! of layers deeper than overlayfs mounts, a full disk.
 
-use std::path::Path;
-use std::process::Command;
-
 use crate::harness::{bake, settings};
 use crate::run::project;
+use crate::tmpfs::Tmpfs;
 
 /// The diagnostic at the end of a failed build's stderr (progress lines cut).
 fn diagnostic(stderr: &str) -> &str {
     stderr.find("bake::").map_or(stderr, |at| &stderr[at..])
-}
-
-/// A tmpfs of `size` mounted at `dir`, unmounted on drop.
-struct Tmpfs<'a>(&'a Path);
-
-impl<'a> Tmpfs<'a> {
-    fn mount(dir: &'a Path, size: &str) -> Self {
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Self(dir)
-    }
-}
-
-impl Drop for Tmpfs<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0).status();
-    }
 }
 
 #[test]

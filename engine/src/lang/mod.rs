@@ -8,17 +8,19 @@
 //!    `include` globs match (paths relative to the including file). Each file is
 //!    parsed with the `kdl` crate; syntax errors are re-wrapped with the file's
 //!    name.
-//! 2. **Args**: every `arg` of every file, `--set` overrides, defaults that
-//!    interpolate other args (cycles reported whole).
-//! 3. **Names**: stages, images, artifacts and targets share one namespace
-//!    across all files; a duplicate shows both sites.
-//! 4. **Lowering** ([`lower`]): each node is checked against its schema
-//!    ([`schema`]: argument count and types, known properties, children) and
-//!    turned into typed instructions, with `${NAME}` interpolated in every string
-//!    ([`interp`]).
-//! 5. **Resolution**: `from=` names become stage ids or image references,
-//!    target members are resolved, cycles found with Tarjan's algorithm, and the
-//!    exec-form rules for `entrypoint`/`cmd` checked against the stage chain.
+//! 2. **Args** (`lower/args.rs`): every `arg` of every file, `--set`
+//!    overrides, defaults that interpolate other args (cycles reported whole).
+//! 3. **Names** (`lower/names.rs`): stages, images, artifacts and targets share
+//!    one namespace across all files; a duplicate shows both sites.
+//! 4. **Lowering** ([`lower`], `lower/stages.rs` and `lower/steps.rs`): each
+//!    node is checked against its schema ([`schema`]: argument count and types,
+//!    known properties, children) and turned into typed instructions, with
+//!    `${NAME}` interpolated in every string ([`interp`],
+//!    `lower/interpolate.rs`); `from=` names become stage ids or image
+//!    references (`lower/refs.rs`) and target members are resolved.
+//! 5. **Checks** (`lower/checks.rs`): cycles found with Tarjan's algorithm,
+//!    the depth of `from` chains and the env they carry, and the exec-form
+//!    rules for `entrypoint`/`cmd` checked against the stage chain.
 //!
 //! Every host path a file names stays inside the workspace boundary
 //! ([`boundary`]), and every pass is bounded ([`limits`]), so hostile input
@@ -34,7 +36,7 @@ mod interp;
 mod limits;
 mod lower;
 mod parse;
-mod schema;
+pub(crate) mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -198,27 +200,6 @@ pub enum InstructionKind {
     StopSignal(String),
     Healthcheck(Healthcheck),
     Shell(Vec<String>),
-}
-
-impl InstructionKind {
-    /// The node name that wrote this instruction.
-    pub fn keyword(&self) -> &'static str {
-        match self {
-            Self::Workdir(_) => "workdir",
-            Self::Copy(_) => "copy",
-            Self::Run(_) => "run",
-            Self::Env(..) => "env",
-            Self::User(_) => "user",
-            Self::Expose(_) => "expose",
-            Self::Entrypoint(_) => "entrypoint",
-            Self::Cmd(_) => "cmd",
-            Self::Label(..) => "label",
-            Self::Volume(_) => "volume",
-            Self::StopSignal(_) => "stopsignal",
-            Self::Healthcheck(_) => "healthcheck",
-            Self::Shell(_) => "shell",
-        }
-    }
 }
 
 /// Where a `copy` reads from.
@@ -415,19 +396,6 @@ impl Workspace {
             .chain(self.artifacts.iter().map(|a| a.name.as_str()))
             .chain(self.targets.iter().map(|t| t.name.as_str()))
             .collect()
-    }
-
-    /// The stage at the root of a stage's `from` chain, and whether the chain
-    /// starts from `scratch`.
-    pub fn root_base(&self, mut stage: StageId) -> &Base {
-        // Resolution guarantees the chain has no cycle.
-        for _ in 0..=self.stages.len() {
-            match &self.stages[stage].from {
-                Base::Stage(parent) => stage = *parent,
-                base => return base,
-            }
-        }
-        &self.stages[stage].from
     }
 }
 

@@ -8,13 +8,14 @@
 use std::collections::HashMap;
 
 use kdl::{KdlEntry, KdlNode, KdlValue};
+use miette::SourceSpan;
 
 use super::SourceFile;
 use super::error::{Errors, LangError, quoted, suggest};
 
 /// The type a value must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Str,
     Int,
     Bool,
@@ -22,6 +23,9 @@ pub(super) enum Kind {
     Scalar,
     /// A string or an integer (ports, signals, users).
     StrOrInt,
+    /// Any value: the setting's own parser says what it must be (the config
+    /// file's sizes and durations, whose messages explain the format).
+    Any,
 }
 
 impl Kind {
@@ -32,16 +36,18 @@ impl Kind {
             Self::Bool => value.is_bool(),
             Self::Scalar => value.is_string() || value.is_integer() || value.is_bool(),
             Self::StrOrInt => value.is_string() || value.is_integer(),
+            Self::Any => true,
         }
     }
 
-    fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Self::Str => "a string",
             Self::Int => "an integer",
             Self::Bool => "#true or #false",
             Self::Scalar => "a string, number or boolean",
             Self::StrOrInt => "a string or an integer",
+            Self::Any => "any value",
         }
     }
 }
@@ -59,7 +65,7 @@ pub(super) fn found(value: &KdlValue) -> &'static str {
 
 /// A property a node accepts.
 #[derive(Debug)]
-pub(super) struct Prop {
+pub(crate) struct Prop {
     pub name: &'static str,
     pub kind: Kind,
     pub required: bool,
@@ -77,7 +83,7 @@ const fn required(name: &'static str, kind: Kind) -> Prop {
 
 /// The shape of one node.
 #[derive(Debug)]
-pub(super) struct Spec {
+pub(crate) struct Spec {
     pub name: &'static str,
     pub min: usize,
     pub max: Option<usize>,
@@ -457,27 +463,46 @@ pub(super) fn lookup<'s>(
 }
 
 /// A node whose shape matched its spec.
-pub(super) struct Checked<'a> {
+pub(crate) struct Checked<'a> {
     pub args: Vec<&'a KdlEntry>,
     props: HashMap<&'static str, Vec<&'a KdlEntry>>,
 }
 
 impl<'a> Checked<'a> {
     /// The (last) value of a property.
-    pub(super) fn prop(&self, name: &str) -> Option<&'a KdlEntry> {
+    pub(crate) fn prop(&self, name: &str) -> Option<&'a KdlEntry> {
         self.props.get(name).and_then(|v| v.last().copied())
     }
 
     /// Every value of a repeatable property.
-    pub(super) fn props(&self, name: &str) -> &[&'a KdlEntry] {
+    pub(crate) fn props(&self, name: &str) -> &[&'a KdlEntry] {
         self.props.get(name).map_or(&[], Vec::as_slice)
     }
 }
 
-/// Validates a node against its spec. Returns `None` (after reporting) when
-/// the node cannot be lowered.
-pub(super) fn check<'a>(spec: &Spec, node: &'a KdlNode, file: &SourceFile, errors: &mut Errors) -> Option<Checked<'a>> {
-    let before = errors.len();
+/// One way a node does not fit its spec. [`shape`] finds them; [`check`]
+/// turns them into language diagnostics and the config file (`config.rs`)
+/// into its own, so both report the same mistakes the same way.
+#[derive(Clone, Copy)]
+pub(crate) enum Mismatch<'a> {
+    /// A value of the wrong type: argument `index` (from 0), or property `prop`.
+    WrongType { index: usize, prop: Option<&'static Prop>, kind: Kind, entry: &'a KdlEntry },
+    /// A property the node does not take.
+    UnknownProperty { entry: &'a KdlEntry, name: &'a str },
+    /// A property given twice that may be given once.
+    DuplicateProperty { prop: &'static Prop, first: &'a KdlEntry, second: &'a KdlEntry },
+    /// Too few arguments (`extra` is `None`), or too many from `extra` on.
+    ArgumentCount { found: usize, extra: Option<&'a KdlEntry> },
+    /// A required property is missing.
+    MissingProperty { prop: &'static Prop },
+    /// A children block on a node that takes none.
+    UnexpectedChildren { at: SourceSpan },
+}
+
+/// Matches a node against its spec: the arguments and properties it has,
+/// each mismatch passed to `report` in the order of the node's entries,
+/// then the argument count, required properties and children.
+pub(crate) fn shape<'a>(spec: &'static Spec, node: &'a KdlNode, report: &mut dyn FnMut(Mismatch<'a>)) -> Checked<'a> {
     let mut args = Vec::new();
     let mut props: HashMap<&'static str, Vec<&'a KdlEntry>> = HashMap::new();
     for entry in node.entries() {
@@ -487,38 +512,20 @@ pub(super) fn check<'a>(spec: &Spec, node: &'a KdlNode, file: &SourceFile, error
                 args.push(entry);
                 let kind = spec.args.get(index).or(spec.args.last()).copied().unwrap_or(Str);
                 if !kind.accepts(entry.value()) {
-                    errors.push(wrong_type(format!("argument {} of `{}`", index + 1, spec.name), kind, entry, file));
+                    report(Mismatch::WrongType { index, prop: None, kind, entry });
                 }
             }
             Some(key) => {
                 let Some(p) = spec.props.iter().find(|p| p.name == key.value()) else {
-                    errors.push_with(|| {
-                        let valid: Vec<&str> = spec.props.iter().map(|p| p.name).collect();
-                        LangError::UnknownProperty {
-                            node: spec.name.to_owned(),
-                            name: quoted(key.value()),
-                            src: file.src(),
-                            at: entry.span(),
-                            help: if valid.is_empty() {
-                                format!("`{}` takes no properties; for example: {}", spec.name, spec.example)
-                            } else {
-                                suggest(key.value(), &format!("properties of `{}`", spec.name), &valid)
-                            },
-                        }
-                    });
+                    report(Mismatch::UnknownProperty { entry, name: key.value() });
                     continue;
                 };
                 if !p.kind.accepts(entry.value()) {
-                    errors.push(wrong_type(format!("`{}=` of `{}`", p.name, spec.name), p.kind, entry, file));
+                    report(Mismatch::WrongType { index: 0, prop: Some(p), kind: p.kind, entry });
                 }
                 let seen = props.entry(p.name).or_default();
                 if let (false, Some(first)) = (p.repeat, seen.first()) {
-                    errors.push(LangError::DuplicateProperty {
-                        name: format!("{}=", p.name),
-                        src: file.src(),
-                        first: first.span(),
-                        second: entry.span(),
-                    });
+                    report(Mismatch::DuplicateProperty { prop: p, first, second: entry });
                 }
                 seen.push(entry);
             }
@@ -526,33 +533,80 @@ pub(super) fn check<'a>(spec: &Spec, node: &'a KdlNode, file: &SourceFile, error
     }
     let count_ok = args.len() >= spec.min && spec.max.is_none_or(|max| args.len() <= max);
     if !count_ok {
-        let (at, label) = match args.get(spec.max.unwrap_or(usize::MAX)) {
-            Some(extra) => (extra.span(), "unexpected from here on".to_owned()),
-            None => (node.name().span(), format!("needs {}", spec.args_doc)),
-        };
-        errors.push(LangError::ArgumentCount {
-            node: spec.name.to_owned(),
-            expected: spec.args_doc.to_owned(),
-            found: args.len(),
-            src: file.src(),
-            at,
-            label,
-            help: Some(format!("for example: {}", spec.example)),
-        });
+        report(Mismatch::ArgumentCount { found: args.len(), extra: args.get(spec.max.unwrap_or(usize::MAX)).copied() });
     }
     for p in spec.props.iter().filter(|p| p.required && !props.contains_key(p.name)) {
-        errors.push(LangError::MissingProperty {
+        report(Mismatch::MissingProperty { prop: p });
+    }
+    if let (None, Some(children)) = (spec.children, node.children()) {
+        report(Mismatch::UnexpectedChildren { at: children.span() });
+    }
+    Checked { args, props }
+}
+
+/// Validates a node against its spec. Returns `None` (after reporting) when
+/// the node cannot be lowered.
+pub(super) fn check<'a>(
+    spec: &'static Spec,
+    node: &'a KdlNode,
+    file: &SourceFile,
+    errors: &mut Errors,
+) -> Option<Checked<'a>> {
+    let before = errors.len();
+    let checked = shape(spec, node, &mut |mismatch| match mismatch {
+        Mismatch::WrongType { index, prop: None, kind, entry } => {
+            errors.push(wrong_type(format!("argument {} of `{}`", index + 1, spec.name), kind, entry, file));
+        }
+        Mismatch::WrongType { prop: Some(p), kind, entry, .. } => {
+            errors.push(wrong_type(format!("`{}=` of `{}`", p.name, spec.name), kind, entry, file));
+        }
+        Mismatch::UnknownProperty { entry, name } => errors.push_with(|| {
+            let valid: Vec<&str> = spec.props.iter().map(|p| p.name).collect();
+            LangError::UnknownProperty {
+                node: spec.name.to_owned(),
+                name: quoted(name),
+                src: file.src(),
+                at: entry.span(),
+                help: if valid.is_empty() {
+                    format!("`{}` takes no properties; for example: {}", spec.name, spec.example)
+                } else {
+                    suggest(name, &format!("properties of `{}`", spec.name), &valid)
+                },
+            }
+        }),
+        Mismatch::DuplicateProperty { prop, first, second } => errors.push(LangError::DuplicateProperty {
+            name: format!("{}=", prop.name),
+            src: file.src(),
+            first: first.span(),
+            second: second.span(),
+        }),
+        Mismatch::ArgumentCount { found, extra } => {
+            let (at, label) = match extra {
+                Some(extra) => (extra.span(), "unexpected from here on".to_owned()),
+                None => (node.name().span(), format!("needs {}", spec.args_doc)),
+            };
+            errors.push(LangError::ArgumentCount {
+                node: spec.name.to_owned(),
+                expected: spec.args_doc.to_owned(),
+                found,
+                src: file.src(),
+                at,
+                label,
+                help: Some(format!("for example: {}", spec.example)),
+            });
+        }
+        Mismatch::MissingProperty { prop } => errors.push(LangError::MissingProperty {
             node: spec.name.to_owned(),
-            name: p.name,
+            name: prop.name,
             src: file.src(),
             at: node.name().span(),
             help: Some(format!("for example: {}", spec.example)),
-        });
-    }
-    if let (None, Some(children)) = (spec.children, node.children()) {
-        errors.push(LangError::UnexpectedChildren { node: spec.name.to_owned(), src: file.src(), at: children.span() });
-    }
-    (errors.len() == before).then_some(Checked { args, props })
+        }),
+        Mismatch::UnexpectedChildren { at } => {
+            errors.push(LangError::UnexpectedChildren { node: spec.name.to_owned(), src: file.src(), at });
+        }
+    });
+    (errors.len() == before).then_some(checked)
 }
 
 fn wrong_type(what: String, kind: Kind, entry: &KdlEntry, file: &SourceFile) -> LangError {

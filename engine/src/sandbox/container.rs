@@ -20,7 +20,7 @@
 //!   of a container is kept.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -31,7 +31,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::helper::{FORWARDED, KILL_SIGNAL};
-use super::wire::{ContainerWire, Report, Request, WireSpec};
+use super::wire::{self, ContainerWire, Report, Request, WireSpec};
 use super::{Backend, HELPER_ARG, Mount, SandboxError, parse_report, probe_in, request_bytes, spawn_error};
 
 /// The signals [`Control::Signal`] passes on; others are ignored.
@@ -166,7 +166,8 @@ pub async fn run_container(
     if let Some((_, theirs)) = &console {
         fds.push(theirs.as_raw_fd());
     }
-    let sent = send_fds(&ours, &fds)
+    let sent = wire::send_fds(&ours, &fds)
+        .map_err(std::io::Error::from)
         .and_then(|()| ours.write_all(&bytes))
         .and_then(|()| ours.shutdown(std::net::Shutdown::Write));
     drop(stdio);
@@ -235,37 +236,10 @@ pub async fn run_container(
     }
 }
 
-fn send_fds(socket: &UnixStream, fds: &[i32]) -> std::io::Result<()> {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let byte = [0u8];
-    sendmsg::<()>(
-        socket.as_raw_fd(),
-        &[std::io::IoSlice::new(&byte)],
-        &[ControlMessage::ScmRights(fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map(drop)
-    .map_err(std::io::Error::from)
-}
-
 /// The terminal's master side, sent by PID 1; `None` when it closed the
 /// socket without sending one (the container failed before).
 fn receive_master(socket: &UnixStream) -> Option<OwnedFd> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let mut byte = [0u8; 1];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
-    let mut fds = Vec::new();
-    for cmsg in msg.cmsgs().ok()? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            // SAFETY: the kernel just installed these descriptors in this
-            // process for us; nothing else owns them.
-            #[allow(unsafe_code)]
-            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-    }
+    let (_, fds) = wire::receive_fds::<1>(socket, &mut [0u8; 1]).ok()?;
     fds.into_iter().next()
 }
 

@@ -10,7 +10,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::init::{self, Bind, DEFAULT_PATH, Exec, Plan, RootFs};
 use super::rootfs;
 use super::sys::LinuxSys;
-use super::wire::{ContainerWire, Envelope, Failure, Report, Request, WireSpec};
+use super::wire::{self, ContainerWire, Envelope, Failure, Report, Request, WireSpec};
 use crate::lang::Network;
 use crate::snapshot::MergedView;
 
@@ -85,24 +85,8 @@ pub(crate) fn main() -> i32 {
 /// The request, and the file descriptors that came with its first byte
 /// (a container's stdio; a step gets none).
 fn receive(control: &mut UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut first = [0u8; 1];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let mut fds = Vec::new();
-    let got = {
-        let mut iov = [std::io::IoSliceMut::new(&mut first)];
-        let msg = recvmsg::<()>(control.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(std::io::Error::from)?;
-        for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                // SAFETY: the kernel just installed these descriptors in this
-                // process for us; nothing else owns them.
-                #[allow(unsafe_code)]
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-            }
-        }
-        msg.bytes
-    };
+    let (got, fds) = wire::receive_fds::<4>(control, &mut first).map_err(std::io::Error::from)?;
     let mut request = Vec::new();
     // A zero byte only carries descriptors; otherwise it starts the JSON.
     if got == 1 && first[0] != 0 {
@@ -584,7 +568,10 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Out
     let pid1 = match forked {
         ForkResult::Child => {
             drop((report_r, gate_w));
-            std::process::exit(pid1(plan, exec, report_w, gate_r, mode.console.as_ref()))
+            // A forked child of the sandbox helper (a process of its own, not
+            // the engine): it cannot return to the caller's stack, so it exits.
+            #[allow(clippy::exit)]
+            std::process::exit(pid1(plan, exec, report_w, gate_r, mode.console.as_ref()));
         }
         ForkResult::Parent { child } => child,
     };
@@ -711,7 +698,9 @@ fn pid1(
         ForkResult::Child => {
             let failure = init::exec(&LinuxSys, &exec);
             let _ = fail(report, &failure);
-            std::process::exit(127)
+            // The forked step whose exec failed: a process of its own, it exits.
+            #[allow(clippy::exit)]
+            std::process::exit(127);
         }
         ForkResult::Parent { child } => child,
     };
@@ -742,7 +731,6 @@ fn pid1(
 /// Returns the terminal's path for the process to open.
 fn open_console(console: &Console) -> Result<PathBuf, Failure> {
     use nix::fcntl::OFlag;
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| Failure::kernel("open /dev/ptmx", e))?;
     nix::pty::grantpt(&master).map_err(|e| Failure::kernel("grantpt", e))?;
@@ -752,15 +740,7 @@ fn open_console(console: &Console) -> Result<PathBuf, Failure> {
     if rows > 0 && cols > 0 {
         super::tty::set_size(master.as_fd(), rows, cols).map_err(|e| Failure::kernel("set the terminal's size", e))?;
     }
-    let fds = [master.as_raw_fd()];
-    let byte = [0u8];
-    sendmsg::<()>(
-        console.socket.as_raw_fd(),
-        &[std::io::IoSlice::new(&byte)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(|e| Failure::kernel("send the terminal to bake", e))?;
+    wire::send_fds(&console.socket, &[master.as_raw_fd()])
+        .map_err(|e| Failure::kernel("send the terminal to bake", e))?;
     Ok(PathBuf::from(slave))
 }

@@ -147,6 +147,7 @@ mod init;
 mod nat;
 mod rootfs;
 mod seccomp;
+mod signal;
 mod sys;
 mod tty;
 mod user;
@@ -154,6 +155,8 @@ mod wire;
 
 pub use container::{ContainerIo, ContainerSpec, Control, FORWARDED_SIGNALS, run_container};
 pub(crate) use helper::{CONTAINER_SCRATCH, PROBE_SCRATCH};
+pub(crate) use signal::normalize as normalize_signal;
+pub use signal::stop_signal;
 pub use tty::size as terminal_size;
 
 use std::collections::HashMap;

@@ -1,6 +1,9 @@
 //! What bake and its sandbox helper say to each other over the helper's
-//! stdin (a Unix socket): one JSON request in, one JSON report out.
+//! stdin (a Unix socket): one JSON request in, one JSON report out; and the
+//! file descriptors that travel beside them (`SCM_RIGHTS`): a container's
+//! stdio with the request, a terminal's master side from PID 1 back to bake.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -117,4 +120,42 @@ impl Failure {
     pub(crate) fn io(what: impl Into<String>, e: &std::io::Error) -> Self {
         Self::Io { what: what.into(), message: e.to_string() }
     }
+}
+
+/// Sends `fds` to the other end of `socket` with one zero byte (a message
+/// must carry at least one byte for its descriptors to travel).
+pub(crate) fn send_fds(socket: &impl AsRawFd, fds: &[RawFd]) -> nix::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let byte = [0u8];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[std::io::IoSlice::new(&byte)],
+        &[ControlMessage::ScmRights(fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(drop)
+}
+
+/// Receives one byte into `byte` and the descriptors that came with it (at
+/// most `N`; the kernel closes any beyond), close-on-exec. Returns how many
+/// bytes arrived (0 at end of stream) and the descriptors.
+pub(crate) fn receive_fds<const N: usize>(
+    socket: &impl AsRawFd,
+    byte: &mut [u8; 1],
+) -> nix::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut space = nix::cmsg_space!([RawFd; N]);
+    let mut iov = [std::io::IoSliceMut::new(byte)];
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            // SAFETY: the kernel just installed these descriptors in this
+            // process for us; nothing else owns them.
+            #[allow(unsafe_code)]
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok((msg.bytes, fds))
 }
