@@ -251,7 +251,7 @@ pub(super) struct Scheduler<'s> {
 }
 
 /// The loop's bookkeeping for one run.
-struct Run {
+struct Books {
     /// Topological position of each node, for `Pending`.
     position: HashMap<NodeIndex, usize>,
     pending: Pending,
@@ -266,36 +266,36 @@ impl Scheduler<'_> {
     /// failures when `--keep-going` let the build go on after them; without
     /// it the first failure is the error.
     pub(super) fn run(&self, state: &mut State, hits: HashMap<NodeIndex, Hit>) -> Result<Vec<ExecError>, ExecError> {
-        let mut run = self.seed(state, hits);
+        let mut books = self.seed(state, hits);
         let (tx, rx) = std::sync::mpsc::channel::<(NodeIndex, Result<Outcome, ExecError>)>();
         // Rounds: run what is pending; then make the exported stages' layers
         // local, which may demote a registry cache hit and start a round again.
         for round in 0.. {
             if round > self.plan.graph.node_count() {
-                run.failures.push(ExecError::CacheKeepsFailing);
+                books.failures.push(ExecError::CacheKeepsFailing);
                 break;
             }
-            std::thread::scope(|scope| self.round(scope, state, &mut run, &tx, &rx));
-            if !run.failures.is_empty() || self.cancel.is_cancelled() {
+            std::thread::scope(|scope| self.round(scope, state, &mut books, &tx, &rx));
+            if !books.failures.is_empty() || self.cancel.is_cancelled() {
                 break;
             }
             match self.executor.prefetch_exports(&state.view) {
                 Ok(()) => break,
                 Err(ExecError::CacheFetch { index, message, .. }) => {
-                    self.demote(state, &mut run, NodeIndex::new(index), &message);
+                    self.demote(state, &mut books, NodeIndex::new(index), &message);
                 }
                 Err(e) => {
-                    run.failures.push(e);
+                    books.failures.push(e);
                     break;
                 }
             }
         }
-        self.finish(run.failures)
+        self.finish(books.failures)
     }
 
     /// Takes the hits and the base images in, says what will run and what
     /// is reused, and returns what is pending.
-    fn seed(&self, state: &mut State, hits: HashMap<NodeIndex, Hit>) -> Run {
+    fn seed(&self, state: &mut State, hits: HashMap<NodeIndex, Hit>) -> Books {
         let plan = self.plan;
         let required = required(plan, &hits, &state.view);
         state.visited.extend(required.iter().copied());
@@ -331,7 +331,7 @@ impl Scheduler<'_> {
             .collect();
         self.announce(state, &order, &position, &pending, &remote_hits);
         self.executor.starting(&pending.iter().map(|(_, n)| *n).collect::<Vec<_>>());
-        Run { position, pending, running: HashSet::new(), dropped: HashSet::new(), failures: Vec::new() }
+        Books { position, pending, running: HashSet::new(), dropped: HashSet::new(), failures: Vec::new() }
     }
 
     /// Every needed step that will not run is reused: says so up front, then
@@ -371,24 +371,24 @@ impl Scheduler<'_> {
         &'scope self,
         scope: &'scope std::thread::Scope<'scope, '_>,
         state: &mut State,
-        run: &mut Run,
+        books: &mut Books,
         tx: &std::sync::mpsc::Sender<(NodeIndex, Result<Outcome, ExecError>)>,
         rx: &std::sync::mpsc::Receiver<(NodeIndex, Result<Outcome, ExecError>)>,
     ) {
         loop {
             let stopping = self.cancel.is_cancelled();
             if !stopping {
-                self.start_ready(scope, state, run, tx);
+                self.start_ready(scope, state, books, tx);
             }
-            if run.running.is_empty() {
-                if !run.pending.is_empty() && !stopping {
-                    run.failures.push(ExecError::Stuck);
+            if books.running.is_empty() {
+                if !books.pending.is_empty() && !stopping {
+                    books.failures.push(ExecError::Stuck);
                 }
                 return;
             }
             let Ok((n, outcome)) = rx.recv() else { return };
-            run.running.remove(&n);
-            self.record(state, run, n, outcome);
+            books.running.remove(&n);
+            self.record(state, books, n, outcome);
         }
     }
 
@@ -397,32 +397,32 @@ impl Scheduler<'_> {
         &'scope self,
         scope: &'scope std::thread::Scope<'scope, '_>,
         state: &mut State,
-        run: &mut Run,
+        books: &mut Books,
         tx: &std::sync::mpsc::Sender<(NodeIndex, Result<Outcome, ExecError>)>,
     ) {
         let plan = self.plan;
-        let ready: Vec<(usize, NodeIndex)> = run
+        let ready: Vec<(usize, NodeIndex)> = books
             .pending
             .iter()
             .filter(|(_, n)| plan.graph.neighbors_directed(*n, Direction::Incoming).all(|p| state.view.has_result(p)))
-            .take(self.jobs.saturating_sub(run.running.len()))
+            .take(self.jobs.saturating_sub(books.running.len()))
             .copied()
             .collect();
         for entry in ready {
-            run.pending.remove(&entry);
+            books.pending.remove(&entry);
             let n = entry.1;
             let Some(key) = plan.graph[n].key else {
                 if !self.keep_going {
                     self.cancel.cancel();
                 }
-                self.record(state, run, n, Err(ExecError::NoKey { node: plan.graph[n].id.clone() }));
+                self.record(state, books, n, Err(ExecError::NoKey { node: plan.graph[n].id.clone() }));
                 continue;
             };
             let effective = self.effective_key(&state.view, n, key);
             if effective != key {
                 state.effective.insert(n, effective);
             }
-            run.running.insert(n);
+            books.running.insert(n);
             let (view, tx) = (Arc::clone(&state.view), tx.clone());
             let handle = tokio::runtime::Handle::try_current().ok();
             scope.spawn(move || {
@@ -457,7 +457,7 @@ impl Scheduler<'_> {
 
     /// Records what a worker returned: the only place node state changes
     /// while nodes run.
-    fn record(&self, state: &mut State, run: &mut Run, n: NodeIndex, outcome: Result<Outcome, ExecError>) {
+    fn record(&self, state: &mut State, books: &mut Books, n: NodeIndex, outcome: Result<Outcome, ExecError>) {
         match outcome {
             Ok(Outcome::Done { result, out, origin, step }) => {
                 let view = state.view_mut();
@@ -471,29 +471,29 @@ impl Scheduler<'_> {
                 }
             }
             Ok(Outcome::Demote(p, why)) => {
-                run.pending.insert((run.position[&n], n));
-                self.demote(state, run, p, &why);
+                books.pending.insert((books.position[&n], n));
+                self.demote(state, books, p, &why);
             }
             Err(e) => {
                 // What depends on a failed node can never run.
                 let mut stack = vec![n];
-                run.dropped.insert(n);
+                books.dropped.insert(n);
                 while let Some(m) = stack.pop() {
                     for d in self.plan.graph.neighbors_directed(m, Direction::Outgoing) {
-                        run.pending.remove(&(run.position[&d], d));
-                        if run.dropped.insert(d) {
+                        books.pending.remove(&(books.position[&d], d));
+                        if books.dropped.insert(d) {
                             stack.push(d);
                         }
                     }
                 }
-                run.failures.push(e);
+                books.failures.push(e);
             }
         }
     }
 
     /// A registry cache hit whose layers cannot be fetched: it, and every
     /// result built on it without its files, are built here instead.
-    fn demote(&self, state: &mut State, run: &mut Run, p: NodeIndex, why: &str) {
+    fn demote(&self, state: &mut State, books: &mut Books, p: NodeIndex, why: &str) {
         let plan = self.plan;
         let view = state.view_mut();
         if view.demoted.insert(p) {
@@ -507,7 +507,7 @@ impl Scheduler<'_> {
         let mut stack = vec![p];
         let mut seen = HashSet::new();
         while let Some(m) = stack.pop() {
-            if !seen.insert(m) || run.running.contains(&m) {
+            if !seen.insert(m) || books.running.contains(&m) {
                 continue;
             }
             view.results.remove(&m);
@@ -519,10 +519,10 @@ impl Scheduler<'_> {
             state.visited.insert(m);
             if is_fs(&plan.graph[m].op)
                 && !state.view.has_result(m)
-                && !run.running.contains(&m)
-                && !run.dropped.contains(&m)
+                && !books.running.contains(&m)
+                && !books.dropped.contains(&m)
             {
-                run.pending.insert((run.position[&m], m));
+                books.pending.insert((books.position[&m], m));
             }
         }
     }
