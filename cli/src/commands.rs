@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use bake_engine::Tier;
 use bake_engine::config::Config;
 use bake_engine::context::ContextError;
 use bake_engine::exec::{BuildOptions, Engine, Event, ExecError};
@@ -20,6 +21,21 @@ use crate::args::{
     LoadArgs, PruneArgs, RunArgs,
 };
 
+/// Exit code: the build failed (a step the user wrote failed).
+pub(crate) const EXIT_BUILD: u8 = 1;
+/// Exit code: a usage, build file or configuration error.
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit code: the environment failed the build (registry, disk, kernel,
+/// permissions). The same as a failed build for now: CLI tests assert 1
+/// for a full disk, a stalled registry and a hostile layer; a distinct code
+/// (3) is one line here once they change.
+pub(crate) const EXIT_ENVIRONMENT: u8 = 1;
+/// Exit code: a bug in bake (`EX_SOFTWARE` of sysexits.h).
+pub(crate) const EXIT_BUG: u8 = 70;
+
+/// Where to report a bug (no public tracker address is set yet).
+pub(crate) const REPORT_BUGS: &str = "bake's issue tracker";
+
 /// Why a command failed, which decides the exit code.
 pub(crate) enum Failure {
     /// The workspace did not load: every error, each with its span.
@@ -30,6 +46,10 @@ pub(crate) enum Failure {
     Build(Report),
     /// Several build errors, each rendered on its own, then a summary (exit 1).
     BuildMany(Vec<Report>, String),
+    /// The machine or the network failed the command ([`EXIT_ENVIRONMENT`]).
+    Environment(Report),
+    /// A bug in bake: printed with a request to report it ([`EXIT_BUG`]).
+    Bug(Report),
     /// `bake run`: an error with its own exit code (126, 127).
     Run(Report, u8),
     /// `bake run`: the container's exit code, nothing to print.
@@ -39,9 +59,20 @@ pub(crate) enum Failure {
 impl Failure {
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            Self::Build(_) | Self::BuildMany(..) => 1,
-            Self::Load(_) | Self::Usage(_) => 2,
+            Self::Build(_) | Self::BuildMany(..) => EXIT_BUILD,
+            Self::Load(_) | Self::Usage(_) => EXIT_USAGE,
+            Self::Environment(_) => EXIT_ENVIRONMENT,
+            Self::Bug(_) => EXIT_BUG,
             Self::Run(_, code) | Self::Exit(code) => *code,
+        }
+    }
+
+    /// `report` as the failure its tier says, or else as `input` says.
+    pub(crate) fn by_tier(tier: Tier, report: Report, input: impl FnOnce(Report) -> Self) -> Self {
+        match tier {
+            Tier::Bug => Self::Bug(report),
+            Tier::Environment => Self::Environment(report),
+            Tier::Input => input(report),
         }
     }
 }
@@ -59,7 +90,7 @@ impl From<PlanError> for Failure {
                 let summary = format!("bake: {} while planning", count(errors.len(), "error"));
                 Self::BuildMany(errors.into_iter().map(Report::new).collect(), summary)
             }
-            _ => Self::Build(Report::new(e)),
+            _ => Self::by_tier(e.tier(), Report::new(e), Self::Build),
         }
     }
 }
@@ -340,7 +371,7 @@ pub(crate) fn exec_failure(e: ExecError) -> Failure {
         ExecError::Plan(p) => Failure::from(p),
         // What the command line allows, not a failed build.
         e @ ExecError::InsecureNotAllowed { .. } => Failure::Usage(Report::new(e)),
-        other => Failure::Build(Report::new(other)),
+        other => Failure::by_tier(other.tier(), Report::new(other), Failure::Build),
     }
 }
 
@@ -396,19 +427,24 @@ pub(crate) fn run_failure(e: bake_engine::container::ContainerError) -> Failure 
         ContainerError::Sandbox(SandboxError::NotFound { .. }) => Failure::Run(Report::new(e), 127),
         ContainerError::Sandbox(SandboxError::Exec { .. }) => Failure::Run(Report::new(e), 126),
         e if e.is_usage() => Failure::Usage(Report::new(e)),
-        e => Failure::Build(Report::new(e)),
+        e => Failure::by_tier(e.tier(), Report::new(e), Failure::Build),
     }
+}
+
+/// A store error: the disk's, mostly.
+fn store_failure(e: bake_engine::store::StoreError) -> Failure {
+    Failure::by_tier(e.tier(), Report::new(e), Failure::Build)
 }
 
 fn store() -> Result<Store, Failure> {
     let home = home()?;
-    home.prepare().map_err(|e| Failure::Build(Report::new(e)))?;
-    Store::open(&home.store_dir()).map_err(|e| Failure::Build(Report::new(e)))
+    home.prepare().map_err(|e| Failure::by_tier(e.tier(), Report::new(e), Failure::Build))?;
+    Store::open(&home.store_dir()).map_err(store_failure)
 }
 
 fn images() -> Result<(), Failure> {
     let store = store()?;
-    let images = store.images().map_err(|e| Failure::Build(Report::new(e)))?;
+    let images = store.images().map_err(store_failure)?;
     let mut out = format!("{:<50} {:<19} {:>10} {:>12}  {}\n", "NAME", "DIGEST", "SIZE", "UNCOMPRESSED", "CREATED");
     for (name, image) in images {
         let digest = image.manifest.to_string();
@@ -421,7 +457,7 @@ fn images() -> Result<(), Failure> {
 
 fn cache_du() -> Result<(), Failure> {
     let store = store()?;
-    let u = store.usage().map_err(|e| Failure::Build(Report::new(e)))?;
+    let u = store.usage().map_err(store_failure)?;
     print(&format!(
         "{} holding {}: {}, {}\n  {} kept only by cache entries (cache prune --all frees it)\n  {} kept by nothing (cache prune frees it once it is 10 minutes old)\n",
         count(u.blobs, "blob"),
@@ -445,9 +481,11 @@ fn cache_prune(args: &PruneArgs) -> Result<(), Failure> {
         }
     };
     let options = PruneOptions { max_size, all_cache: args.all, ..PruneOptions::default() };
-    let r = store.prune(&options).map_err(|e| Failure::Build(Report::new(e)))?;
-    let snapshots = Snapshots::new(home.snapshots_dir(), store).prune().map_err(|e| Failure::Build(Report::new(e)))?;
-    let scratch = home.prune_scratch().map_err(|e| Failure::Build(Report::new(e)))?;
+    let r = store.prune(&options).map_err(store_failure)?;
+    let snapshots = Snapshots::new(home.snapshots_dir(), store)
+        .prune()
+        .map_err(|e| Failure::by_tier(e.tier(), Report::new(e), Failure::Build))?;
+    let scratch = home.prune_scratch().map_err(|e| Failure::by_tier(e.tier(), Report::new(e), Failure::Build))?;
     print(&format!(
         "removed {} and {}, freed {} in the store, {} of unpacked layers and {} of scratch left by killed builds\n",
         count(r.blobs_removed, "blob"),
@@ -476,4 +514,28 @@ pub(crate) fn count(n: usize, word: &str) -> String {
 
 pub(crate) fn count_as(n: usize, one: &str, many: &str) -> String {
     if n == 1 { format!("{n} {one}") } else { format!("{n} {many}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use bake_engine::exec::ExecError;
+    use bake_engine::graph::PlanError;
+    use bake_engine::registry::RegistryError;
+
+    use super::{EXIT_BUG, EXIT_BUILD, EXIT_ENVIRONMENT, EXIT_USAGE, exec_failure};
+
+    #[test]
+    fn exit_codes_follow_the_tier_of_the_error() {
+        let bug = ExecError::Panicked { node: "app/1".to_owned() };
+        assert_eq!(exec_failure(bug).exit_code(), EXIT_BUG);
+        assert_eq!(exec_failure(ExecError::NoResult { node: "app/1".to_owned() }).exit_code(), EXIT_BUG);
+        let down = RegistryError::Unreachable { registry: "r".to_owned(), reason: "refused".to_owned(), cause: None };
+        assert!(matches!(exec_failure(ExecError::Registry(down)), super::Failure::Environment(_)));
+        assert_eq!(exec_failure(ExecError::CacheKeepsFailing).exit_code(), EXIT_ENVIRONMENT);
+        let unknown = PlanError::UnknownTarget { name: "x".to_owned(), help: String::new() };
+        assert_eq!(exec_failure(ExecError::Plan(unknown)).exit_code(), EXIT_USAGE);
+        let failed = ExecError::Failed { errors: vec![ExecError::Interrupted, ExecError::Stuck] };
+        assert_eq!(exec_failure(failed).exit_code(), EXIT_BUG, "the worst tier of several");
+        assert_eq!(exec_failure(ExecError::Interrupted).exit_code(), EXIT_BUILD);
+    }
 }

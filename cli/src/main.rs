@@ -1,7 +1,10 @@
 //! The `bake` command line: arguments in, engine calls, rendering out.
 //!
-//! Only this crate prints, and only `main` decides the exit code:
-//! 0 success, 1 build failed, 2 usage or configuration error.
+//! Only this crate prints, and only `main` decides the exit code, from the
+//! failure's kind and its error's [`bake_engine::Tier`]: 0 success, 1 build
+//! failed, 2 usage or configuration error, 70 a bug in bake (printed with a
+//! request to report it), the environment's failures as a failed build for
+//! now; 130 and 143 when a signal stopped it (the book's "Exit codes").
 
 mod args;
 mod commands;
@@ -62,7 +65,14 @@ pub(crate) fn render_failure(failure: Failure) {
             }
             writeln!(err, "{summary}")
         }
-        Failure::Usage(report) | Failure::Build(report) | Failure::Run(report, _) => writeln!(err, "{report:?}"),
+        Failure::Usage(report) | Failure::Build(report) | Failure::Environment(report) | Failure::Run(report, _) => {
+            writeln!(err, "{report:?}")
+        }
+        Failure::Bug(report) => writeln!(
+            err,
+            "{report:?}\nbake: this is a bug in bake. Please report it on {}, with the command, `bake --version` and the output above.",
+            commands::REPORT_BUGS
+        ),
         Failure::Exit(_) => Ok(()),
     };
 }

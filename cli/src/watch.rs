@@ -229,7 +229,7 @@ impl Loop<'_> {
 
     fn start(&mut self, container: Container) -> Result<(), ContainerError> {
         let io = crate::terminal::container_io(false, false)
-            .map_err(|e| ContainerError::Exec(bake_engine::exec::ExecError::Task(e.to_string())))?;
+            .map_err(|e| ContainerError::Exec(bake_engine::exec::ExecError::Stdio(e)))?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let digest = container.digest.to_string();
         let stop_signal = container.stop_signal.clone();

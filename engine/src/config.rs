@@ -881,6 +881,16 @@ impl Parser<'_> {
     }
 }
 
+impl ConfigError {
+    /// Whose the error is: the config file's, unless it cannot be read.
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::Read { .. } => crate::Tier::Environment,
+            Self::Env { .. } | Self::Invalid { .. } => crate::Tier::Input,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,6 +91,20 @@ impl ContainerError {
     pub fn is_usage(&self) -> bool {
         matches!(self, Self::UnknownImage { .. } | Self::NoCommand { .. } | Self::Workdir { .. } | Self::Volume { .. })
     }
+
+    /// Whose the error is.
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::UnknownImage { .. }
+            | Self::NoCommand { .. }
+            | Self::TooManyLayers { .. }
+            | Self::Workdir { .. }
+            | Self::Volume { .. } => crate::Tier::Input,
+            Self::Pull { source, .. } => source.tier(),
+            Self::Exec(e) => e.tier(),
+            Self::Sandbox(e) => e.tier(),
+        }
+    }
 }
 
 /// What `bake run` changes in the image's config.
@@ -175,7 +189,7 @@ impl Engine {
         let layers = result.layers.clone();
         let lowers = tokio::task::spawn_blocking(move || snapshots.unpacked_all(&layers))
             .await
-            .map_err(|e| ExecError::Task(e.to_string()))?
+            .map_err(|_| ExecError::Panicked { node: "unpacking the image's layers".to_owned() })?
             .map_err(ExecError::from)?;
         let hostname =
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "bake".to_owned());

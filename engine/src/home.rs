@@ -217,6 +217,13 @@ fn config_path_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<
     var("HOME").map(|home| PathBuf::from(home).join(".config/bake/config.kdl"))
 }
 
+impl HomeError {
+    /// Whose the error is: bake's folder cannot be made, the machine's.
+    pub fn tier(&self) -> crate::Tier {
+        crate::Tier::Environment
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,8 @@
 //!   `docker load` archives; [`oci`] holds what they all share.
 //!
 //! The engine never prints and never exits: it returns values and typed errors,
-//! and sends progress as [`exec::Event`]s that the CLI renders.
+//! and sends progress as [`exec::Event`]s that the CLI renders. Every error
+//! says whose it is ([`Tier`]), and the CLI turns that into an exit code.
 
 // The engine never prints or exits: it sends `exec::Event`s and returns typed
 // errors, and the CLI decides what reaches the terminal and the exit code
@@ -70,3 +71,20 @@ pub mod scratch;
 pub mod snapshot;
 pub mod store;
 pub mod watch;
+
+/// Whose an error is: it decides the exit code and what the message asks of
+/// the reader. Ordered from the least to the most serious, so the tier of
+/// several errors is the greatest of theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    /// What the user wrote or asked for: a build file, an argument, a step
+    /// that failed. Fixed by changing the input.
+    Input,
+    /// The machine or the network the build ran on: a registry that is
+    /// down or refuses access, a full disk, a damaged store, a kernel
+    /// without a feature, missing permissions. Fixed outside bake.
+    Environment,
+    /// A bug in bake: an invariant broken, a thread that panicked. Reported
+    /// with a request to tell the maintainers.
+    Bug,
+}

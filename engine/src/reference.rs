@@ -144,6 +144,13 @@ fn check_repository(path: &str) -> Result<(), RefError> {
     }
 }
 
+impl RefError {
+    /// Whose the error is: a reference is always something the user wrote.
+    pub fn tier(&self) -> crate::Tier {
+        crate::Tier::Input
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -501,6 +501,19 @@ fn join(parents: &[String], name: &str) -> String {
     if parents.is_empty() { name.to_owned() } else { format!("{}/{name}", parents.join("/")) }
 }
 
+impl SnapshotError {
+    /// Whose the error is: the disk's or the image's (bytes from a registry).
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::Store(e) => e.tier(),
+            Self::Layer(e) => e.tier(),
+            Self::Io { .. } | Self::MediaType { .. } | Self::ImageTooLarge { .. } | Self::LinkLoop { .. } => {
+                crate::Tier::Environment
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

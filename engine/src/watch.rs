@@ -284,6 +284,13 @@ impl Watcher {
     }
 }
 
+impl WatchError {
+    /// Whose the error is: the kernel's (inotify limits, permissions).
+    pub fn tier(&self) -> crate::Tier {
+        crate::Tier::Environment
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 mod book_help;
 mod container;
 mod examples;
+mod exit_codes;
 mod exports;
 #[path = "../../engine/tests/common/fake_registry.rs"]
 mod fake_registry;

@@ -582,5 +582,23 @@ fn special_kind(ft: std::fs::FileType) -> Option<&'static str> {
     }
 }
 
+impl ContextError {
+    /// Whose the error is: the files named, or the disk they are on (and
+    /// whoever edits them during the build).
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::Io { .. } | Self::Vanished { .. } | Self::Unstable { .. } => crate::Tier::Environment,
+            Self::Missing { .. }
+            | Self::NonUtf8 { .. }
+            | Self::IgnorePattern { .. }
+            | Self::Pattern { .. }
+            | Self::NoMatch { .. }
+            | Self::Escape { .. }
+            | Self::IgnoreOutside { .. }
+            | Self::IgnoreTooLarge { .. } => crate::Tier::Input,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,16 @@
 //! `copy`: from the context, another stage or an image, into one layer; and
 //! exporting paths of a stage to the host (artifacts, `type=local`).
+//!
+//! A `copy` becomes exactly one layer. Its entries follow Docker's `COPY`
+//! rules: a folder source copies its contents, a file source lands at the
+//! destination or inside it when the destination is a folder (ends with `/`,
+//! names several sources, or already is one); entries are owned by 0:0 unless
+//! `chown=` says otherwise (names resolved in the stage's own `/etc/passwd`
+//! and `/etc/group`); `chmod=` sets every copied entry's mode. Parent
+//! folders that the stage already has keep their metadata; new ones are
+//! 0755 root. Context files are hashed again while they are written and
+//! compared with the digest their key was computed from, so a file edited in
+//! the middle of a build fails the build instead of caching the wrong content.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -77,7 +88,7 @@ impl Copier<'_, '_> {
         let mut items: BTreeMap<String, Item> = BTreeMap::new();
         match source {
             Source::Context(read) => {
-                let read = read.ok_or_else(|| ExecError::Task("context copy without a selection".to_owned()))?;
+                let read = read.ok_or(ExecError::NoSelection)?;
                 let sel = &read.selection;
                 let mut roots: Vec<&str> = sel.entries.iter().map(|e| e.root.as_str()).collect();
                 roots.dedup();

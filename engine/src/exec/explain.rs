@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Build, Engine, ExecError, local_base_digests};
+use super::execute::Build;
+use super::resolve::{Hit, LocalStore};
+use super::schedule::{State, View, required};
+use super::{Engine, ExecError, local_base_digests};
 use crate::graph::{Inputs, Key, KeyOptions, Op, Plan};
 use crate::home::Home;
 use crate::lang::Workspace;
@@ -74,12 +77,8 @@ struct Last {
 
 /// The file keeping node `id`'s last build in the workspace `ws`.
 fn last_path(home: &Home, ws: &Workspace, id: &str) -> PathBuf {
-    let mut h = blake3::Hasher::new();
-    h.update(b"bake-last-v1\0");
-    h.update(ws.files.first().map(|f| f.path.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-    h.update(b"\0");
-    h.update(id.as_bytes());
-    home.root().join("explain").join(format!("{}.json", Key(*h.finalize().as_bytes()).to_hex()))
+    let workspace = ws.files.first().map(|f| f.path.to_string_lossy().into_owned()).unwrap_or_default();
+    home.root().join("explain").join(format!("{}.json", Key::last_build(&workspace, id).to_hex()))
 }
 
 fn read_last(home: &Home, ws: &Workspace, id: &str) -> Option<Last> {
@@ -109,9 +108,9 @@ fn file_lines(plan: &Plan, n: petgraph::graph::NodeIndex) -> Option<String> {
 
 /// Keeps the key and inputs of every node the build looked at (those that
 /// ran, and the cached ones it stopped at) as "the last build".
-pub(super) fn remember(build: &Build<'_>, plan: &Plan) {
+pub(super) fn remember(build: &Build<'_>, plan: &Plan, state: &State) {
     let home = &build.engine.home;
-    let looked_at = super::lock(&build.visited).clone();
+    let looked_at = &state.visited;
     for n in plan.needed().filter(|n| looked_at.contains(n)) {
         let node = &plan.graph[n];
         if matches!(node.op, Op::Image { .. } | Op::Artifact { .. }) {
@@ -127,56 +126,54 @@ pub(super) fn remember(build: &Build<'_>, plan: &Plan) {
     }
 }
 
-impl Engine {
-    /// Why each node that a build of `targets` would run has to run, in build order.
-    pub fn explain(
-        &self,
-        ws: &Workspace,
-        targets: &[String],
-        options: &super::BuildOptions,
-    ) -> Result<Vec<Explanation>, ExecError> {
-        let mut plan = Plan::build(ws, targets)?;
-        let key_options = KeyOptions {
-            index_dir: Some(self.home.index_dir()),
-            base_digests: local_base_digests(&self.store, &plan),
-            include_pruned: false,
-            compression: options.compression,
-            epoch: options.epoch,
-        };
-        plan.compute_keys(ws, &key_options)?;
-        let events = super::Quiet;
-        let build = Build::new(self, ws, options, &events);
-        let mut hits = HashMap::new();
-        if !options.no_cache {
-            for n in plan.needed() {
-                let node = &plan.graph[n];
-                if matches!(node.op, Op::Copy { .. } | Op::Run { .. } | Op::Stage { .. })
-                    && let Some(key) = node.key
-                    && let Some((result, out)) = super::schedule::local_result(&build, &key)?
-                {
-                    hits.insert(n, super::schedule::Hit { result, out, origin: None });
-                }
-            }
-        }
-        let required = build.required(&plan, &hits);
-        let mut out = Vec::new();
-        for n in plan.topo_order() {
+/// Why each node that a build of `targets` would run has to run, in build
+/// order ([`Engine::explain`]).
+pub(super) fn explain(
+    engine: &Engine,
+    ws: &Workspace,
+    targets: &[String],
+    options: &super::BuildOptions,
+) -> Result<Vec<Explanation>, ExecError> {
+    let mut plan = Plan::build(ws, targets)?;
+    let key_options = KeyOptions {
+        index_dir: Some(engine.home.index_dir()),
+        base_digests: local_base_digests(&engine.store, &plan),
+        include_pruned: false,
+        compression: options.compression,
+        epoch: options.epoch,
+    };
+    plan.compute_keys(ws, &key_options)?;
+    let local = LocalStore { store: &engine.store };
+    let mut hits = HashMap::new();
+    if !options.no_cache {
+        for n in plan.needed() {
             let node = &plan.graph[n];
-            if !required.contains(&n) || hits.contains_key(&n) || !matches!(node.op, Op::Copy { .. } | Op::Run { .. }) {
-                continue;
+            if matches!(node.op, Op::Copy { .. } | Op::Run { .. } | Op::Stage { .. })
+                && let Some(key) = node.key
+                && let Some((result, out)) = local.get(&key)?
+            {
+                hits.insert(n, Hit { result, out, origin: None });
             }
-            let reasons = if options.no_cache {
-                vec![Reason::Forced]
-            } else {
-                match read_last(&self.home, ws, &node.id) {
-                    None => vec![Reason::NoEntry],
-                    Some(last) => diff(&self.home, &plan, ws, n, &last),
-                }
-            };
-            out.push(Explanation { node: node.id.clone(), description: crate::graph::describe(node, ws), reasons });
         }
-        Ok(out)
     }
+    let required = required(&plan, &hits, &View::default());
+    let mut out = Vec::new();
+    for n in plan.topo_order() {
+        let node = &plan.graph[n];
+        if !required.contains(&n) || hits.contains_key(&n) || !matches!(node.op, Op::Copy { .. } | Op::Run { .. }) {
+            continue;
+        }
+        let reasons = if options.no_cache {
+            vec![Reason::Forced]
+        } else {
+            match read_last(&engine.home, ws, &node.id) {
+                None => vec![Reason::NoEntry],
+                Some(last) => diff(&engine.home, &plan, ws, n, &last),
+            }
+        };
+        out.push(Explanation { node: node.id.clone(), description: crate::graph::describe(node, ws), reasons });
+    }
+    Ok(out)
 }
 
 /// The reasons node `n`'s inputs differ from `last`.

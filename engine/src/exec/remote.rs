@@ -35,7 +35,10 @@ use futures_util::StreamExt;
 use petgraph::graph::NodeIndex;
 use serde_json::json;
 
-use super::{Build, Event, FsResult, Origin, fs_result, lock};
+use super::execute::{Build, lock};
+use super::fetch::{Origin, fs_result};
+use super::schedule::State;
+use super::{Event, FsResult};
 use crate::graph::{Key, Op, Plan};
 use crate::oci::{Digest, media};
 use crate::reference::{CacheRef, ImageRef};
@@ -142,7 +145,7 @@ impl<'b> RemoteCache<'b> {
     }
 
     /// Pushes every result of the build to the `cache-to` caches.
-    pub(super) async fn export(&self, build: &Build<'_>, plan: &Plan) {
+    pub(super) async fn export(&self, build: &Build<'_>, plan: &Plan, state: &State) {
         if self.to.is_empty() {
             return;
         }
@@ -156,10 +159,10 @@ impl<'b> RemoteCache<'b> {
             }
             let Some(key) = node.key else { continue };
             let mut keys = vec![key];
-            keys.extend(lock(&build.effective).get(&n).copied());
-            let result = match build.result(n) {
-                Ok(r) => Some((*r).clone()),
-                Err(_) => store
+            keys.extend(state.effective.get(&n).copied());
+            let result = match state.view.results.get(&n) {
+                Some(r) => Some((**r).clone()),
+                None => store
                     .cache(&key.to_hex())
                     .ok()
                     .flatten()
@@ -193,13 +196,14 @@ impl<'b> RemoteCache<'b> {
                         .event(Event::Warning { message: format!("cannot export {node} to the cache: {e}") }),
                 }
             }
-            let progress = super::TransferEvents::new(build.events, format!("cache {cache}"));
+            let progress = super::export::TransferEvents::new(build.events, format!("cache {cache}"));
             let mut pushed = build.engine.registry.push(&pushes, &progress).await;
             if matches!(pushed, Err(crate::registry::RegistryError::MissingBlob { .. })) {
                 // Layers from another cache, not mountable here: fetch them.
-                let nodes: Vec<NodeIndex> = lock(&build.origins).keys().copied().collect();
-                let fetched =
-                    tokio::task::block_in_place(|| nodes.iter().try_for_each(|n| build.materialize(plan, *n)));
+                let nodes: Vec<NodeIndex> = state.view.origins.keys().copied().collect();
+                let fetched = tokio::task::block_in_place(|| {
+                    nodes.iter().try_for_each(|n| build.materialize(&state.view, plan, *n))
+                });
                 if fetched.is_ok() {
                     pushed = build.engine.registry.push(&pushes, &progress).await;
                 }
@@ -225,7 +229,7 @@ fn entry_manifest(
 ) -> Result<Digest, super::ExecError> {
     let config_size = store
         .blob_len(&result.config)
-        .ok_or_else(|| super::ExecError::Task(format!("config {} is not in the store", result.config)))?;
+        .ok_or_else(|| super::ExecError::MissingBlob { what: "config", digest: result.config.to_string() })?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": media::OCI_MANIFEST,

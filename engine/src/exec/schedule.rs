@@ -1,14 +1,16 @@
-//! The scheduler: which nodes run, in what order, how many at once.
+//! The scheduler: which nodes run, in what order, how many at once, and
+//! the one owner of what the build knows about each node.
 //!
 //! # What runs
 //!
 //! Every filesystem node the requested targets need has a key. Before
 //! anything runs, each key is looked up in the local store, then (for the
-//! nodes still missing) in the registry caches, all at once. The nodes that
-//! must run are then found by walking back from the requested targets and
-//! stopping at every node that has a result: a cached final stage needs
-//! nothing below it, so neither its builder stage nor its base image layers
-//! are touched. A `test` stage no target names is never looked at.
+//! nodes still missing) in the registry caches, all at once
+//! ([`super::resolve::lookups`]). The nodes that must run are then found by
+//! walking back from the requested targets and stopping at every node that
+//! has a result: a cached final stage needs nothing below it, so neither its
+//! builder stage nor its base image layers are touched. A `test` stage no
+//! target names is never looked at.
 //!
 //! # Order
 //!
@@ -16,44 +18,159 @@
 //! `--jobs` at a time, each on its own thread: steps block on processes and
 //! compression, so they are threads, not tasks; the async parts (registry
 //! lookups and pulls) are driven from those threads through the runtime's
-//! handle. The scheduler's loop owns every decision; workers only report.
+//! handle.
+//!
+//! # Who owns what
+//!
+//! The loop in [`Scheduler::run`] owns every node's state ([`State`]):
+//! results, where their layers are, the identity each passes on, the keys
+//! an early cutoff changed, how each step's result was obtained. A worker
+//! gets a read-only snapshot of the finished nodes ([`View`], shared, copied
+//! on write only while workers hold it), tries the [`Resolver`]s in order
+//! for the node, else has the [`Executor`] run it, and *returns* an
+//! [`Outcome`]; only the loop records it. So the scheduler can be driven by
+//! fakes in the tests below, without a store, a registry or root.
 //!
 //! # Early cutoff
 //!
 //! A `copy from=STAGE` passes on to the nodes after it an identity derived
 //! from its *result* (its config digest, which covers every layer's diffID),
-//! not its key. When a builder stage rebuilds (a comment changed in the
-//! source) but the copied binary comes out identical, the copy's result and
-//! so its identity are the same as last time: the nodes after it are keyed
-//! again with that identity, find their earlier results, and do not run.
-//! Results are recorded under both keys, so the next unchanged build finds
-//! them by the plain key.
+//! not its key ([`Key::cutoff`]). When a builder stage rebuilds (a comment
+//! changed in the source) but the copied binary comes out identical, the
+//! copy's result and so its identity are the same as last time: the nodes
+//! after it are keyed again with that identity, find their earlier results,
+//! and do not run. Results are recorded under both keys, so the next
+//! unchanged build finds them by the plain key.
 //!
 //! # Failure
 //!
 //! A failing step cancels the steps running beside it and nothing new
 //! starts; with `--keep-going` only the nodes that depend on it are dropped.
-//! A registry cache entry whose layers cannot be fetched is a warning: the
-//! node is built locally instead, with whatever it needs below it.
+//! A step that panics is a failure like another (a [`Tier::Bug`](crate::Tier)
+//! one), never a hang. A registry cache entry whose layers cannot be fetched
+//! is a warning: the node is built locally instead ("demoted"), with
+//! whatever it needs below it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
+use tokio_util::sync::CancellationToken;
 
-use super::remote::RemoteCache;
-use super::{Build, Event, ExecError, FsResult, Origin, StepOutcome, lock, record};
+use super::fetch::Origin;
+use super::resolve::{Hit, Resolver};
+use super::{Event, Events, ExecError, FsResult};
 use crate::graph::{Key, Op, Plan};
-use crate::lang::CopySource;
+use crate::lang::{CopySource, Workspace};
 
-/// A result found in a cache before the build.
-pub(super) struct Hit {
-    pub result: FsResult,
-    /// The identity recorded with it, passed on to the nodes after it.
-    pub out: Option<Key>,
-    /// Set when it came from a registry cache: where its layers are.
-    pub origin: Option<Origin>,
+/// How a step's result was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StepOutcome {
+    Ran,
+    Cached,
+}
+
+/// What workers may read of the finished nodes: a snapshot the loop hands
+/// them, never changed under them.
+#[derive(Debug, Clone, Default)]
+pub(super) struct View {
+    /// Finished nodes' results. A result may name layers that are not local
+    /// yet (a registry cache hit, a base image resolved but not pulled): see
+    /// `origins` and [`Executor::materialize`].
+    pub results: HashMap<NodeIndex, Arc<FsResult>>,
+    /// Where to fetch the layers of a result that is not all local: a base
+    /// image, or a registry cache entry, pinned by digest.
+    pub origins: HashMap<NodeIndex, Origin>,
+    /// The identity each finished node passes on to the nodes after it
+    /// (early cutoff).
+    pub out_keys: HashMap<NodeIndex, Key>,
+    /// Registry cache hits whose layers could not be fetched: built here, and
+    /// never taken from a registry cache again in this build.
+    pub demoted: HashSet<NodeIndex>,
+}
+
+impl View {
+    /// A finished node's result.
+    pub(super) fn result(&self, plan: &Plan, n: NodeIndex) -> Result<Arc<FsResult>, ExecError> {
+        self.results.get(&n).cloned().ok_or_else(|| ExecError::NoResult { node: plan.graph[n].id.clone() })
+    }
+
+    pub(super) fn has_result(&self, n: NodeIndex) -> bool {
+        self.results.contains_key(&n)
+    }
+}
+
+/// Everything a build knows about its nodes; owned by the scheduler loop
+/// while it runs, then read by the exports.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// What workers may read (copied on write while they hold it).
+    pub view: Arc<View>,
+    /// Keys that differ from the plan's because of an early cutoff.
+    pub effective: HashMap<NodeIndex, Key>,
+    /// How each step's result was obtained.
+    pub steps: HashMap<NodeIndex, StepOutcome>,
+    /// The nodes this build looked at: what ran, and the cached nodes it
+    /// stopped at (`explain` remembers their inputs).
+    pub visited: HashSet<NodeIndex>,
+}
+
+impl State {
+    /// The view, to change (copied first if a worker still reads it).
+    pub(super) fn view_mut(&mut self) -> &mut View {
+        Arc::make_mut(&mut self.view)
+    }
+
+    /// Steps whose result came about as `f` says.
+    pub(super) fn count(&self, f: impl Fn(StepOutcome) -> bool) -> usize {
+        self.steps.values().filter(|s| f(**s)).count()
+    }
+}
+
+/// The fallback: runs a node no resolver had a result for, and makes
+/// results' layers local. The real one is `execute::Fallback` (sandboxed
+/// `run`, `copy`, registry pulls); tests use a fake.
+pub(super) trait Executor: Sync {
+    /// Makes every layer of node `n`'s result local (from its origin, or the
+    /// origins of the nodes it is built on). A registry cache entry that
+    /// cannot be fetched is [`ExecError::CacheFetch`]: the scheduler demotes
+    /// it.
+    fn materialize(&self, view: &View, n: NodeIndex) -> Result<(), ExecError>;
+
+    /// Runs node `n` (its inputs are finished and local).
+    fn execute(&self, view: &View, n: NodeIndex) -> Result<FsResult, ExecError>;
+
+    /// Records `result` under `key`, with the identity `out` it passes on.
+    fn record(&self, key: &Key, result: &FsResult, out: Option<Key>) -> Result<(), ExecError>;
+
+    /// Makes local the layers the exports will read, once every node ran.
+    fn prefetch_exports(&self, view: &View) -> Result<(), ExecError>;
+
+    /// Told once, before anything runs, which nodes will (after the
+    /// `planned` event): to warn about how they will run.
+    fn starting(&self, _pending: &[NodeIndex]) {}
+}
+
+/// What a worker returns to the loop (one per node run: its size does not
+/// matter).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Outcome {
+    /// The node has a result.
+    Done {
+        result: FsResult,
+        /// The identity it passes on.
+        out: Key,
+        /// Set when it came from a registry cache: where its layers are.
+        origin: Option<Origin>,
+        /// For a `copy` or `run` step: whether it ran or was reused.
+        step: Option<StepOutcome>,
+    },
+    /// Input `.0` came from a registry cache whose layers could not be
+    /// fetched (`.1` says why): it must be built here.
+    Demote(NodeIndex, String),
 }
 
 /// Sends a worker's outcome when dropped: a step that panics reports a
@@ -61,138 +178,136 @@ pub(super) struct Hit {
 struct Report {
     tx: std::sync::mpsc::Sender<(NodeIndex, Result<Outcome, ExecError>)>,
     n: NodeIndex,
+    node: String,
     outcome: Option<Result<Outcome, ExecError>>,
 }
 
 impl Drop for Report {
     fn drop(&mut self) {
-        let outcome = self.outcome.take().unwrap_or_else(|| Err(ExecError::Task("a build step panicked".to_owned())));
+        let node = std::mem::take(&mut self.node);
+        let outcome = self.outcome.take().unwrap_or(Err(ExecError::Panicked { node }));
         let _ = self.tx.send((self.n, outcome));
     }
 }
 
-/// What a worker reports.
-enum Outcome {
-    /// The node has a result, and the identity it passes on.
-    Done(FsResult, Key),
-    /// Input `.0` came from a registry cache whose layers could not be
-    /// fetched (`.1` says why): it must be built here.
-    Demote(NodeIndex, String),
-}
-
-fn is_step(op: &Op) -> bool {
+pub(super) fn is_step(op: &Op) -> bool {
     matches!(op, Op::Copy { .. } | Op::Run { .. })
 }
 
-fn is_fs(op: &Op) -> bool {
+pub(super) fn is_fs(op: &Op) -> bool {
     matches!(op, Op::Copy { .. } | Op::Run { .. } | Op::Stage { .. })
-}
-
-/// The local store's result under `key`.
-pub(super) fn local_result(build: &Build<'_>, key: &Key) -> Result<Option<(FsResult, Option<Key>)>, ExecError> {
-    let Some(entry) = build.engine.store.cache(&key.to_hex())? else { return Ok(None) };
-    let out = entry.value.get("out").and_then(|v| v.as_str()).and_then(Key::from_hex);
-    Ok(serde_json::from_value::<FsResult>(entry.value).ok().map(|r| (r, out)))
 }
 
 /// The identity node `n` passes on: its key, or for a `copy from=STAGE`, a
 /// digest of its result (early cutoff).
-fn out_key(plan: &Plan, n: NodeIndex, key: Key, result: &FsResult) -> Key {
+pub(super) fn out_key(plan: &Plan, n: NodeIndex, key: Key, result: &FsResult) -> Key {
     match &plan.graph[n].op {
-        Op::Copy { copy, .. } if matches!(copy.from, CopySource::Stage(_)) => {
-            let mut h = blake3::Hasher::new();
-            h.update(b"bake-cutoff-v1\0");
-            h.update(result.config.to_string().as_bytes());
-            Key(*h.finalize().as_bytes())
-        }
+        Op::Copy { copy, .. } if matches!(copy.from, CopySource::Stage(_)) => Key::cutoff(result.config.as_ref()),
         _ => key,
     }
 }
 
-impl Build<'_> {
-    /// Looks every needed node's key up: the local store, then the registry
-    /// caches for what the local store lacks and the build would need.
-    pub(super) async fn lookups(
-        &self,
-        plan: &Plan,
-        cache: &RemoteCache<'_>,
-    ) -> Result<HashMap<NodeIndex, Hit>, ExecError> {
-        let mut hits = HashMap::new();
-        if self.options.no_cache {
-            return Ok(hits);
+/// The nodes the requested targets need, walking back from them and
+/// stopping at every node that has a result or a hit.
+pub(super) fn required(plan: &Plan, hits: &HashMap<NodeIndex, Hit>, view: &View) -> HashSet<NodeIndex> {
+    let mut required = HashSet::new();
+    let mut stack = plan.roots.clone();
+    while let Some(n) = stack.pop() {
+        if !required.insert(n) {
+            continue;
         }
-        // From the requested targets down, stopping at every hit: an
-        // unchanged build looks up its final stages and nothing below them.
-        tokio::task::block_in_place(|| -> Result<(), ExecError> {
-            let mut seen = HashSet::new();
-            let mut stack = plan.roots.clone();
-            while let Some(n) = stack.pop() {
-                if !seen.insert(n) {
-                    continue;
-                }
-                let node = &plan.graph[n];
-                if is_fs(&node.op)
-                    && let Some(key) = node.key
-                    && let Some((result, out)) = local_result(self, &key)?
-                {
-                    hits.insert(n, Hit { result, out, origin: None });
-                    continue;
-                }
-                stack.extend(plan.graph.neighbors_directed(n, Direction::Incoming));
+        let op = &plan.graph[n].op;
+        if matches!(op, Op::Pull { .. }) || (is_fs(op) && (hits.contains_key(&n) || view.has_result(n))) {
+            continue;
+        }
+        stack.extend(plan.graph.neighbors_directed(n, Direction::Incoming));
+    }
+    required
+}
+
+/// Nodes waiting to run, in build order.
+type Pending = BTreeSet<(usize, NodeIndex)>;
+
+/// One build's scheduling: the graph, the stack of resolvers, the fallback
+/// executor, and the rules (`--jobs`, `--keep-going`, cancellation).
+pub(super) struct Scheduler<'s> {
+    pub plan: &'s Plan,
+    pub ws: &'s Workspace,
+    /// Tried in order for a node keyed again by an early cutoff: the local
+    /// store, then the registry caches (a remote executor would come after
+    /// them, before the fallback).
+    pub resolvers: &'s [&'s dyn Resolver],
+    pub executor: &'s dyn Executor,
+    pub events: &'s dyn Events,
+    /// Steps at once ([`super::BuildOptions::parallelism`]).
+    pub jobs: usize,
+    pub keep_going: bool,
+    pub no_cache: bool,
+    /// The caller's token (Ctrl-C): the build is interrupted.
+    pub interrupt: &'s CancellationToken,
+    /// The build's own, fired by the caller's or by a failing step to stop
+    /// the steps running beside it.
+    pub cancel: &'s CancellationToken,
+}
+
+/// The loop's bookkeeping for one run.
+struct Books {
+    /// Topological position of each node, for `Pending`.
+    position: HashMap<NodeIndex, usize>,
+    pending: Pending,
+    running: HashSet<NodeIndex>,
+    /// Failed steps and what depends on them: never scheduled again.
+    dropped: HashSet<NodeIndex>,
+    failures: Vec<ExecError>,
+}
+
+impl Scheduler<'_> {
+    /// Runs what must run, recording every outcome in `state`. Returns the
+    /// failures when `--keep-going` let the build go on after them; without
+    /// it the first failure is the error.
+    pub(super) fn run(&self, state: &mut State, hits: HashMap<NodeIndex, Hit>) -> Result<Vec<ExecError>, ExecError> {
+        let mut books = self.seed(state, hits);
+        let (tx, rx) = std::sync::mpsc::channel::<(NodeIndex, Result<Outcome, ExecError>)>();
+        // Rounds: run what is pending; then make the exported stages' layers
+        // local, which may demote a registry cache hit and start a round again.
+        for round in 0.. {
+            if round > self.plan.graph.node_count() {
+                books.failures.push(ExecError::CacheKeepsFailing);
+                break;
             }
-            Ok(())
-        })?;
-        if cache.is_empty() {
-            return Ok(hits);
+            std::thread::scope(|scope| self.round(scope, state, &mut books, &tx, &rx));
+            if !books.failures.is_empty() || self.cancel.is_cancelled() {
+                break;
+            }
+            match self.executor.prefetch_exports(&state.view) {
+                Ok(()) => break,
+                Err(ExecError::CacheFetch { index, message, .. }) => {
+                    self.demote(state, &mut books, NodeIndex::new(index), &message);
+                }
+                Err(e) => {
+                    books.failures.push(e);
+                    break;
+                }
+            }
         }
-        let wanted: Vec<(NodeIndex, Key)> = self
-            .required(plan, &hits)
-            .into_iter()
-            .filter(|n| is_fs(&plan.graph[*n].op) && !hits.contains_key(n))
-            .filter_map(|n| plan.graph[n].key.map(|k| (n, k)))
-            .collect();
-        for (n, (origin, result)) in cache.lookup_many(&wanted).await {
-            hits.insert(n, Hit { result, out: None, origin: Some(origin) });
-        }
-        Ok(hits)
+        self.finish(books.failures)
     }
 
-    /// The nodes the requested targets need, walking back from them and
-    /// stopping at every node that has a result or a hit.
-    pub(super) fn required(&self, plan: &Plan, hits: &HashMap<NodeIndex, Hit>) -> HashSet<NodeIndex> {
-        let mut required = HashSet::new();
-        let mut stack = plan.roots.clone();
-        while let Some(n) = stack.pop() {
-            if !required.insert(n) {
-                continue;
-            }
-            let op = &plan.graph[n].op;
-            if matches!(op, Op::Pull { .. }) || (is_fs(op) && (hits.contains_key(&n) || self.has_result(n))) {
-                continue;
-            }
-            stack.extend(plan.graph.neighbors_directed(n, Direction::Incoming));
-        }
-        required
-    }
-
-    /// Runs what must run. Returns the failures when `--keep-going` let the
-    /// build go on after them; without it the first failure is the error.
-    pub(super) fn nodes(
-        &self,
-        plan: &Plan,
-        hits: HashMap<NodeIndex, Hit>,
-        cache: &RemoteCache<'_>,
-    ) -> Result<Vec<ExecError>, ExecError> {
-        let required = self.required(plan, &hits);
-        lock(&self.visited).extend(required.iter().copied());
+    /// Takes the hits and the base images in, says what will run and what
+    /// is reused, and returns what is pending.
+    fn seed(&self, state: &mut State, hits: HashMap<NodeIndex, Hit>) -> Books {
+        let plan = self.plan;
+        let required = required(plan, &hits, &state.view);
+        state.visited.extend(required.iter().copied());
         let order = plan.topo_order();
         let position: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let view = state.view_mut();
         for &n in &order {
             let node = &plan.graph[n];
             if matches!(node.op, Op::Pull { .. })
                 && let Some(key) = node.key
             {
-                lock(&self.out_keys).insert(n, key);
+                view.out_keys.insert(n, key);
             }
         }
         let mut remote_hits = HashMap::new();
@@ -202,23 +317,36 @@ impl Build<'_> {
             }
             let key = plan.graph[n].key.unwrap_or(Key([0; 32]));
             let out = hit.out.unwrap_or_else(|| out_key(plan, n, key, &hit.result));
-            lock(&self.out_keys).insert(n, out);
+            view.out_keys.insert(n, out);
             if let Some(origin) = hit.origin {
                 remote_hits.insert(n, origin.image.to_string());
-                lock(&self.origins).insert(n, origin);
+                view.origins.insert(n, origin);
             }
-            self.set_result(n, hit.result);
+            view.results.insert(n, Arc::new(hit.result));
         }
-        let mut pending: BTreeSet<(usize, NodeIndex)> = required
+        let pending: Pending = required
             .iter()
-            .filter(|n| is_fs(&plan.graph[**n].op) && !self.has_result(**n))
+            .filter(|n| is_fs(&plan.graph[**n].op) && !view.has_result(**n))
             .map(|n| (position[n], *n))
             .collect();
+        self.announce(state, &order, &position, &pending, &remote_hits);
+        self.executor.starting(&pending.iter().map(|(_, n)| *n).collect::<Vec<_>>());
+        Books { position, pending, running: HashSet::new(), dropped: HashSet::new(), failures: Vec::new() }
+    }
 
-        // Every needed step that will not run is reused: say so up front.
+    /// Every needed step that will not run is reused: says so up front, then
+    /// how many will run.
+    fn announce(
+        &self,
+        state: &mut State,
+        order: &[NodeIndex],
+        position: &HashMap<NodeIndex, usize>,
+        pending: &Pending,
+        remote_hits: &HashMap<NodeIndex, String>,
+    ) {
         let mut steps = 0;
-        for &n in &order {
-            let node = &plan.graph[n];
+        for &n in order {
+            let node = &self.plan.graph[n];
             if !node.needed || !is_step(&node.op) {
                 continue;
             }
@@ -226,165 +354,149 @@ impl Build<'_> {
             if pending.contains(&(position[&n], n)) {
                 continue;
             }
-            lock(&self.steps).insert(n, StepOutcome::Cached);
-            let description = crate::graph::describe(node, self.ws);
+            state.steps.insert(n, StepOutcome::Cached);
             self.events.event(Event::Cached {
                 node: node.id.clone(),
-                description,
+                description: crate::graph::describe(node, self.ws),
                 remote: remote_hits.get(&n).cloned(),
                 cutoff: false,
             });
         }
-        let run = pending.iter().filter(|(_, n)| is_step(&plan.graph[*n].op)).count();
+        let run = pending.iter().filter(|(_, n)| is_step(&self.plan.graph[*n].op)).count();
         self.events.event(Event::Planned { steps, run, cached: steps - run });
+    }
 
-        // Say once, up front, when `run` steps will use the copy fallback.
-        if pending.iter().any(|(_, n)| matches!(plan.graph[*n].op, Op::Run { .. })) {
-            let tmp = self.engine.home.tmp_dir();
-            let _ = std::fs::create_dir_all(&tmp);
-            if let crate::sandbox::Backend::Copy { reason } = crate::sandbox::probe_in(&tmp) {
-                self.events.event(Event::Warning {
-                    message: format!(
-                        "overlayfs cannot be used here ({reason}): `run` steps use the slower copy fallback"
-                    ),
-                });
+    /// Starts what is ready and records what finishes, until nothing runs.
+    fn round<'scope>(
+        &'scope self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        state: &mut State,
+        books: &mut Books,
+        tx: &std::sync::mpsc::Sender<(NodeIndex, Result<Outcome, ExecError>)>,
+        rx: &std::sync::mpsc::Receiver<(NodeIndex, Result<Outcome, ExecError>)>,
+    ) {
+        loop {
+            let stopping = self.cancel.is_cancelled();
+            if !stopping {
+                self.start_ready(scope, state, books, tx);
             }
-        }
-
-        let jobs = match self.options.jobs {
-            0 => std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
-            n => n,
-        };
-        let handle = tokio::runtime::Handle::current();
-        let mut failures: Vec<ExecError> = Vec::new();
-        let mut running: HashSet<NodeIndex> = HashSet::new();
-        // Failed steps and what depends on them: never scheduled again.
-        let mut dropped: HashSet<NodeIndex> = HashSet::new();
-        let (tx, rx) = std::sync::mpsc::channel::<(NodeIndex, Result<Outcome, ExecError>)>();
-        // Rounds: run what is pending; then make the exported stages' layers
-        // local, which may demote a registry cache hit and start a round again.
-        for round in 0.. {
-            if round > plan.graph.node_count() {
-                failures.push(ExecError::Task("registry cache entries keep failing: giving up".to_owned()));
-                break;
-            }
-            std::thread::scope(|scope| {
-                loop {
-                    let stopping = self.cancel.is_cancelled();
-                    if !stopping {
-                        let ready: Vec<(usize, NodeIndex)> = pending
-                            .iter()
-                            .filter(|(_, n)| {
-                                plan.graph.neighbors_directed(*n, Direction::Incoming).all(|p| self.has_result(p))
-                            })
-                            .take(jobs.saturating_sub(running.len()))
-                            .copied()
-                            .collect();
-                        for entry in ready {
-                            pending.remove(&entry);
-                            let n = entry.1;
-                            running.insert(n);
-                            let (tx, handle) = (tx.clone(), handle.clone());
-                            scope.spawn(move || {
-                                // Reports even if the step panics, so the loop never waits forever.
-                                let mut report = Report { tx, n, outcome: None };
-                                let _runtime = handle.enter();
-                                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    self.step(plan, n, cache)
-                                }))
-                                .unwrap_or_else(|_| {
-                                    Err(ExecError::Task(format!("step {} panicked", plan.graph[n].id)))
-                                });
-                                if outcome.is_err() && !self.options.keep_going {
-                                    // Stop the steps running beside it.
-                                    self.cancel.cancel();
-                                }
-                                report.outcome = Some(outcome);
-                            });
-                        }
-                    }
-                    if running.is_empty() {
-                        if !pending.is_empty() && !stopping {
-                            failures.push(ExecError::Task(
-                                "no step is ready to run: the graph has an unresolved input".to_owned(),
-                            ));
-                        }
-                        break;
-                    }
-                    let Ok((n, outcome)) = rx.recv() else { break };
-                    running.remove(&n);
-                    match outcome {
-                        Ok(Outcome::Done(result, out)) => {
-                            lock(&self.out_keys).insert(n, out);
-                            self.set_result(n, result);
-                        }
-                        Ok(Outcome::Demote(p, why)) => {
-                            pending.insert((position[&n], n));
-                            self.demote(plan, p, &why, &running, &dropped, &mut pending, &position);
-                        }
-                        Err(e) => {
-                            // What depends on a failed node can never run.
-                            let mut stack = vec![n];
-                            dropped.insert(n);
-                            while let Some(m) = stack.pop() {
-                                for d in plan.graph.neighbors_directed(m, Direction::Outgoing) {
-                                    pending.remove(&(position[&d], d));
-                                    if dropped.insert(d) {
-                                        stack.push(d);
-                                    }
-                                }
-                            }
-                            failures.push(e);
-                        }
-                    }
+            if books.running.is_empty() {
+                if !books.pending.is_empty() && !stopping {
+                    books.failures.push(ExecError::Stuck);
                 }
+                return;
+            }
+            let Ok((n, outcome)) = rx.recv() else { return };
+            books.running.remove(&n);
+            self.record(state, books, n, outcome);
+        }
+    }
+
+    /// Starts every pending node whose inputs are done, up to `--jobs`.
+    fn start_ready<'scope>(
+        &'scope self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        state: &mut State,
+        books: &mut Books,
+        tx: &std::sync::mpsc::Sender<(NodeIndex, Result<Outcome, ExecError>)>,
+    ) {
+        let plan = self.plan;
+        let ready: Vec<(usize, NodeIndex)> = books
+            .pending
+            .iter()
+            .filter(|(_, n)| plan.graph.neighbors_directed(*n, Direction::Incoming).all(|p| state.view.has_result(p)))
+            .take(self.jobs.saturating_sub(books.running.len()))
+            .copied()
+            .collect();
+        for entry in ready {
+            books.pending.remove(&entry);
+            let n = entry.1;
+            let Some(key) = plan.graph[n].key else {
+                if !self.keep_going {
+                    self.cancel.cancel();
+                }
+                self.record(state, books, n, Err(ExecError::NoKey { node: plan.graph[n].id.clone() }));
+                continue;
+            };
+            let effective = self.effective_key(&state.view, n, key);
+            if effective != key {
+                state.effective.insert(n, effective);
+            }
+            books.running.insert(n);
+            let (view, tx) = (Arc::clone(&state.view), tx.clone());
+            let handle = tokio::runtime::Handle::try_current().ok();
+            scope.spawn(move || {
+                // Reports even if the step panics, so the loop never waits forever.
+                let mut report = Report { tx, n, node: plan.graph[n].id.clone(), outcome: None };
+                let _runtime = handle.as_ref().map(tokio::runtime::Handle::enter);
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.work(&view, n, key, effective)))
+                        .unwrap_or_else(|_| Err(ExecError::Panicked { node: plan.graph[n].id.clone() }));
+                if outcome.is_err() && !self.keep_going {
+                    // Stop the steps running beside it.
+                    self.cancel.cancel();
+                }
+                report.outcome = Some(outcome);
             });
-            if !failures.is_empty() || self.cancel.is_cancelled() {
-                break;
-            }
-            match tokio::task::block_in_place(|| self.prefetch_exports(plan)) {
-                Ok(()) => break,
-                Err(ExecError::CacheFetch { index, message, .. }) => {
-                    let p = NodeIndex::new(index);
-                    self.demote(plan, p, &message, &running, &dropped, &mut pending, &position);
+        }
+    }
+
+    /// Node `n`'s key, again, when an input passes on another identity than
+    /// its key (early cutoff).
+    fn effective_key(&self, view: &View, n: NodeIndex, key: Key) -> Key {
+        let plan = self.plan;
+        let changed = plan
+            .graph
+            .neighbors_directed(n, Direction::Incoming)
+            .any(|p| view.out_keys.get(&p).is_some_and(|o| Some(*o) != plan.graph[p].key));
+        if !changed {
+            return key;
+        }
+        plan.key_with(self.ws, n, &|p| view.out_keys.get(&p).copied().or(plan.graph[p].key)).unwrap_or(key)
+    }
+
+    /// Records what a worker returned: the only place node state changes
+    /// while nodes run.
+    fn record(&self, state: &mut State, books: &mut Books, n: NodeIndex, outcome: Result<Outcome, ExecError>) {
+        match outcome {
+            Ok(Outcome::Done { result, out, origin, step }) => {
+                let view = state.view_mut();
+                view.out_keys.insert(n, out);
+                if let Some(origin) = origin {
+                    view.origins.insert(n, origin);
                 }
-                Err(e) => {
-                    failures.push(e);
-                    break;
+                view.results.insert(n, Arc::new(result));
+                if let Some(step) = step {
+                    state.steps.insert(n, step);
                 }
             }
+            Ok(Outcome::Demote(p, why)) => {
+                books.pending.insert((books.position[&n], n));
+                self.demote(state, books, p, &why);
+            }
+            Err(e) => {
+                // What depends on a failed node can never run.
+                let mut stack = vec![n];
+                books.dropped.insert(n);
+                while let Some(m) = stack.pop() {
+                    for d in self.plan.graph.neighbors_directed(m, Direction::Outgoing) {
+                        books.pending.remove(&(books.position[&d], d));
+                        if books.dropped.insert(d) {
+                            stack.push(d);
+                        }
+                    }
+                }
+                books.failures.push(e);
+            }
         }
-        if self.options.cancel.is_cancelled() {
-            return Err(ExecError::Interrupted);
-        }
-        // The step that failed is the news, not the ones it stopped.
-        let (stopped, mut real): (Vec<ExecError>, Vec<ExecError>) =
-            failures.into_iter().partition(|e| matches!(e, ExecError::Interrupted));
-        if real.is_empty()
-            && let Some(e) = stopped.into_iter().next()
-        {
-            real.push(e);
-        }
-        if !self.options.keep_going && !real.is_empty() {
-            return Err(real.remove(0));
-        }
-        Ok(real)
     }
 
     /// A registry cache hit whose layers cannot be fetched: it, and every
     /// result built on it without its files, are built here instead.
-    #[allow(clippy::too_many_arguments)]
-    fn demote(
-        &self,
-        plan: &Plan,
-        p: NodeIndex,
-        why: &str,
-        running: &HashSet<NodeIndex>,
-        dropped: &HashSet<NodeIndex>,
-        pending: &mut BTreeSet<(usize, NodeIndex)>,
-        position: &HashMap<NodeIndex, usize>,
-    ) {
-        if lock(&self.demoted).insert(p) {
+    fn demote(&self, state: &mut State, books: &mut Books, p: NodeIndex, why: &str) {
+        let plan = self.plan;
+        let view = state.view_mut();
+        if view.demoted.insert(p) {
             self.events.event(Event::Warning {
                 message: format!(
                     "the registry cache entry for {} could not be fetched ({why}); building it here",
@@ -395,98 +507,61 @@ impl Build<'_> {
         let mut stack = vec![p];
         let mut seen = HashSet::new();
         while let Some(m) = stack.pop() {
-            if !seen.insert(m) || running.contains(&m) {
+            if !seen.insert(m) || books.running.contains(&m) {
                 continue;
             }
-            self.results.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&m);
-            lock(&self.origins).remove(&m);
-            lock(&self.out_keys).remove(&m);
+            view.results.remove(&m);
+            view.origins.remove(&m);
+            view.out_keys.remove(&m);
             stack.extend(plan.graph.neighbors_directed(m, Direction::Outgoing).filter(|d| is_fs(&plan.graph[*d].op)));
         }
-        for m in self.required(plan, &HashMap::new()) {
-            lock(&self.visited).insert(m);
-            if is_fs(&plan.graph[m].op) && !self.has_result(m) && !running.contains(&m) && !dropped.contains(&m) {
-                pending.insert((position[&m], m));
+        for m in required(plan, &HashMap::new(), &state.view) {
+            state.visited.insert(m);
+            if is_fs(&plan.graph[m].op)
+                && !state.view.has_result(m)
+                && !books.running.contains(&m)
+                && !books.dropped.contains(&m)
+            {
+                books.pending.insert((books.position[&m], m));
             }
         }
     }
 
-    /// Makes local the layers of every stage an export will read: images
-    /// kept in the store or written out, artifacts. Pushing alone needs none
-    /// (the registry mounts them), unless they must be compressed first.
-    fn prefetch_exports(&self, plan: &Plan) -> Result<(), ExecError> {
-        let push_only = self.options.push && self.options.outputs.is_empty();
-        for &root in &plan.roots {
-            let stage = match &plan.graph[root].op {
-                Op::Image { stage } | Op::Stage { stage, .. } => *stage,
-                Op::Artifact { artifact } => self.ws.artifacts[*artifact].from,
-                _ => continue,
-            };
-            let n = plan.stage_node(stage);
-            let Ok(result) = self.result(n) else { continue };
-            let artifact = matches!(plan.graph[root].op, Op::Artifact { .. });
-            if push_only && !self.needs_compression(&result) && !artifact {
-                continue;
-            }
-            self.materialize(plan, n)?;
+    /// The build's error, if any: the step that failed is the news, not the
+    /// ones it stopped.
+    fn finish(&self, failures: Vec<ExecError>) -> Result<Vec<ExecError>, ExecError> {
+        if self.interrupt.is_cancelled() {
+            return Err(ExecError::Interrupted);
         }
-        Ok(())
+        let (stopped, mut real): (Vec<ExecError>, Vec<ExecError>) =
+            failures.into_iter().partition(|e| matches!(e, ExecError::Interrupted));
+        if real.is_empty()
+            && let Some(e) = stopped.into_iter().next()
+        {
+            real.push(e);
+        }
+        if !self.keep_going && !real.is_empty() {
+            return Err(real.remove(0));
+        }
+        Ok(real)
     }
 
-    /// One node, on a worker thread: a cutoff hit, or executed and recorded.
-    fn step(&self, plan: &Plan, n: NodeIndex, cache: &RemoteCache<'_>) -> Result<Outcome, ExecError> {
+    /// One node, on a worker thread: a result found under the key an early
+    /// cutoff gave it, or executed and recorded.
+    fn work(&self, view: &View, n: NodeIndex, key: Key, effective: Key) -> Result<Outcome, ExecError> {
+        let plan = self.plan;
         let node = &plan.graph[n];
-        let key = node.key.ok_or_else(|| ExecError::Task(format!("{} has no key", node.id)))?;
-        let inputs: Vec<NodeIndex> = plan.graph.neighbors_directed(n, Direction::Incoming).collect();
         let step = is_step(&node.op);
-        let description = || crate::graph::describe(node, self.ws);
-
-        // Keyed again when an input passes on another identity than its key.
-        let effective = {
-            let outs = lock(&self.out_keys);
-            let changed = inputs.iter().any(|p| outs.get(p).is_some_and(|o| Some(*o) != plan.graph[*p].key));
-            if changed {
-                plan.key_with(self.ws, n, &|p| outs.get(&p).copied().or(plan.graph[p].key)).unwrap_or(key)
-            } else {
-                key
-            }
-        };
-        if effective != key {
-            lock(&self.effective).insert(n, effective);
+        if effective != key
+            && !self.no_cache
+            && let Some(outcome) = self.resolve(view, n, key, effective)?
+        {
+            return Ok(outcome);
         }
-        if effective != key && !self.options.no_cache {
-            let found = match local_result(self, &effective)? {
-                Some((result, out)) => Some((result, out, None)),
-                // A node demoted once is built here: its cache entry lost its layers.
-                None if lock(&self.demoted).contains(&n) => None,
-                None => cache.lookup_one(n, &effective).map(|(origin, result)| (result, None, Some(origin))),
-            };
-            if let Some((result, out, origin)) = found {
-                let remote = origin.as_ref().map(|o| o.image.to_string());
-                let out = out.unwrap_or_else(|| out_key(plan, n, effective, &result));
-                match origin {
-                    Some(origin) => {
-                        lock(&self.origins).insert(n, origin);
-                    }
-                    None => record(&self.engine.store, &key, &result, Some(out))?,
-                }
-                if step {
-                    lock(&self.steps).insert(n, StepOutcome::Cached);
-                    self.events.event(Event::Cached {
-                        node: node.id.clone(),
-                        description: description(),
-                        remote,
-                        cutoff: true,
-                    });
-                }
-                return Ok(Outcome::Done(result, out));
-            }
-        }
-
         // Running it needs the files of what it starts from and copies from.
         if step {
-            for &p in &inputs {
-                match self.materialize(plan, p) {
+            for p in plan.graph.neighbors_directed(n, Direction::Incoming) {
+                match self.executor.materialize(view, p) {
                     Ok(()) => {}
                     // The node whose layers could not be fetched, wherever
                     // below this input it is.
@@ -496,11 +571,12 @@ impl Build<'_> {
                     Err(e) => return Err(e),
                 }
             }
-            self.events.event(Event::Started { node: node.id.clone(), description: description() });
+            self.events
+                .event(Event::Started { node: node.id.clone(), description: crate::graph::describe(node, self.ws) });
         }
         let started = Instant::now();
         let millis = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let result = match self.execute(plan, n) {
+        let result = match self.executor.execute(view, n) {
             Ok(result) => result,
             Err(e) => {
                 if step {
@@ -513,16 +589,45 @@ impl Build<'_> {
                 return Err(e);
             }
         };
-        let store = &self.engine.store;
         let out = out_key(plan, n, effective, &result);
-        record(store, &key, &result, Some(out))?;
+        self.executor.record(&key, &result, Some(out))?;
         if effective != key {
-            record(store, &effective, &result, Some(out))?;
+            self.executor.record(&effective, &result, Some(out))?;
         }
         if step {
-            lock(&self.steps).insert(n, StepOutcome::Ran);
             self.events.event(Event::Finished { node: node.id.clone(), millis: millis() });
         }
-        Ok(Outcome::Done(result, out))
+        Ok(Outcome::Done { result, out, origin: None, step: step.then_some(StepOutcome::Ran) })
+    }
+
+    /// The resolvers, in order, for node `n` keyed again as `effective`.
+    fn resolve(&self, view: &View, n: NodeIndex, key: Key, effective: Key) -> Result<Option<Outcome>, ExecError> {
+        let node = &self.plan.graph[n];
+        for resolver in self.resolvers {
+            let Some(hit) = resolver.resolve(n, &effective, view)? else { continue };
+            let remote = hit.origin.as_ref().map(|o| o.image.to_string());
+            let out = hit.out.unwrap_or_else(|| out_key(self.plan, n, effective, &hit.result));
+            // Found here: recorded under the plain key too, so the next
+            // unchanged build finds it without the cutoff.
+            if hit.origin.is_none() {
+                self.executor.record(&key, &hit.result, Some(out))?;
+            }
+            let step = is_step(&node.op);
+            if step {
+                self.events.event(Event::Cached {
+                    node: node.id.clone(),
+                    description: crate::graph::describe(node, self.ws),
+                    remote,
+                    cutoff: true,
+                });
+            }
+            return Ok(Some(Outcome::Done {
+                result: hit.result,
+                out,
+                origin: hit.origin,
+                step: step.then_some(StepOutcome::Cached),
+            }));
+        }
+        Ok(None)
     }
 }

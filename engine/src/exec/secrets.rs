@@ -155,8 +155,7 @@ impl Masker {
         }
         // Fails only past the matcher's size limits, far above what a few
         // 500 KiB secrets make; never mask nothing silently.
-        let matcher =
-            AhoCorasick::new(&patterns).map_err(|e| ExecError::Task(format!("cannot prepare secret masking: {e}")))?;
+        let matcher = AhoCorasick::new(&patterns).map_err(|e| ExecError::Masking { message: e.to_string() })?;
         Ok(Self { matcher: Some(matcher) })
     }
 

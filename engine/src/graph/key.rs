@@ -42,6 +42,39 @@ impl Key {
     }
 }
 
+/// Keys derived from something other than a node's inputs. Each hashes a
+/// versioned tag, then its parts; the bytes must never change, or every
+/// store's entries under the old keys are lost.
+impl Key {
+    /// The identity a `copy from=STAGE` passes on: a digest of its result's
+    /// config (which covers every layer's diffID), for the early cutoff.
+    pub fn cutoff(config: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"bake-cutoff-v1\0");
+        h.update(config.as_bytes());
+        Self(*h.finalize().as_bytes())
+    }
+
+    /// The cache entry holding layer `diff_id` compressed with
+    /// `compression` (its `Debug` name: `Gzip`, `Zstd`).
+    pub fn compressed_layer(diff_id: &str, compression: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(format!("bake-compress-v1\0{diff_id}\0{compression}").as_bytes());
+        Self(*h.finalize().as_bytes())
+    }
+
+    /// The record of node `id`'s last build in the workspace whose first
+    /// file is `workspace` (`bake explain`).
+    pub fn last_build(workspace: &str, id: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"bake-last-v1\0");
+        h.update(workspace.as_bytes());
+        h.update(b"\0");
+        h.update(id.as_bytes());
+        Self(*h.finalize().as_bytes())
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Key({})", self.short())
@@ -119,6 +152,39 @@ impl KeyBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_keys_keep_their_bytes() {
+        // Pinned: a change here loses every store's entries under them.
+        let config = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        assert_eq!(
+            [
+                Key::cutoff(config).to_hex(),
+                Key::compressed_layer(config, "Zstd").to_hex(),
+                Key::last_build("/w/build.kdl", "app/1").to_hex()
+            ],
+            [
+                "013e1f9cee6fa4ed7c18195ebbe06065f0ed587b6b01cc07d5eeb2fb8ca96500",
+                "64a8ec6b673bf5657d0c63fbc475d1140b85f2860a0d6bc44b9a64adff6f3377",
+                "29dd8ecc89f7443834bb21a5224288a029fa9052be4109b1d5a379299c7faaf3"
+            ]
+        );
+        // The bytes exec hashed before these moved here.
+        let hash = |parts: &[&[u8]]| {
+            let mut h = blake3::Hasher::new();
+            for p in parts {
+                h.update(p);
+            }
+            Key(*h.finalize().as_bytes())
+        };
+        assert_eq!(Key::cutoff(config), hash(&[b"bake-cutoff-v1\0", config.as_bytes()]));
+        let compress = format!("bake-compress-v1\0{config}\0Zstd");
+        assert_eq!(Key::compressed_layer(config, "Zstd"), hash(&[compress.as_bytes()]));
+        assert_eq!(
+            Key::last_build("/w/build.kdl", "app/1"),
+            hash(&[b"bake-last-v1\0", b"/w/build.kdl", b"\0", b"app/1"])
+        );
+    }
 
     fn key(f: impl FnOnce(&mut KeyBuilder)) -> Key {
         let mut b = KeyBuilder::new("test");

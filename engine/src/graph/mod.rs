@@ -737,3 +737,14 @@ fn apply(config: &mut Config, kind: &InstructionKind) {
         InstructionKind::Copy(_) | InstructionKind::Run(_) => {}
     }
 }
+
+impl PlanError {
+    /// Whose the error is.
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::UnknownTarget { .. } | Self::CopySource { .. } => crate::Tier::Input,
+            Self::Context(e) => e.tier(),
+            Self::Many { errors } => errors.iter().map(Self::tier).max().unwrap_or(crate::Tier::Input),
+        }
+    }
+}

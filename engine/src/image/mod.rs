@@ -139,3 +139,13 @@ pub fn read_manifest(store: &Store, digest: &Digest) -> Result<(Digest, Vec<Laye
         .unwrap_or_default();
     Ok((config, layers))
 }
+
+impl ImageError {
+    /// Whose the error is: the store's or the disk's.
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::Store(e) => e.tier(),
+            Self::BadManifest { .. } | Self::Output { .. } => crate::Tier::Environment,
+        }
+    }
+}

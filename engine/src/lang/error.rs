@@ -530,6 +530,16 @@ pub(crate) fn suggest(name: &str, what: &str, valid: &[&str]) -> String {
     }
 }
 
+impl LangError {
+    /// Whose the error is: the build file's, unless it cannot be read.
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::Read { .. } => crate::Tier::Environment,
+            _ => crate::Tier::Input,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

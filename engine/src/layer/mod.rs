@@ -103,6 +103,31 @@ mod read;
 mod unpack;
 mod write;
 
+impl LayerError {
+    /// Whose the error is. Writing: a path the user's files cannot be
+    /// stored under is theirs, entries out of order are bake's. Reading: a
+    /// layer is bytes from a registry or the store, the environment's.
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::Options { .. } | Self::InvalidEntry { .. } => crate::Tier::Input,
+            Self::OutOfOrder { .. } | Self::Duplicate { .. } | Self::Broken => crate::Tier::Bug,
+            Self::ContentSize { .. }
+            | Self::Content { .. }
+            | Self::Write { .. }
+            | Self::DiskFull { .. }
+            | Self::Read { .. }
+            | Self::Malformed { .. }
+            | Self::Unsafe { .. }
+            | Self::TooLarge { .. }
+            | Self::TooManyEntries { .. }
+            | Self::DiffId { .. }
+            | Self::NeedsRoot { .. }
+            | Self::Extract { .. }
+            | Self::Dest { .. } => crate::Tier::Environment,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
 

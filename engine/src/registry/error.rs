@@ -452,6 +452,37 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+impl RegistryError {
+    /// Whose the error is: an image the user named that does not exist or
+    /// cannot be used is theirs; a registry that fails, refuses or sends
+    /// bad bytes is the environment's.
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::NotFound { .. } | Self::NoPlatform { .. } | Self::Unsupported { .. } => crate::Tier::Input,
+            Self::Store(e) => e.tier(),
+            Self::Internal(_) => crate::Tier::Bug,
+            Self::Unreachable { .. }
+            | Self::Timeout { .. }
+            | Self::Server { .. }
+            | Self::Unauthorized { .. }
+            | Self::Denied { .. }
+            | Self::Rejected { .. }
+            | Self::IndexTooDeep { .. }
+            | Self::TooLarge { .. }
+            | Self::DigestMismatch { .. }
+            | Self::Invalid { .. }
+            | Self::Redirected { .. }
+            | Self::Protocol { .. }
+            | Self::MissingBlob { .. }
+            | Self::MissingImage { .. }
+            | Self::PushUnsupported { .. }
+            | Self::AllSources { .. }
+            | Self::Client { .. }
+            | Self::StoreWrite { .. } => crate::Tier::Environment,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

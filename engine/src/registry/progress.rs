@@ -4,8 +4,10 @@
 
 use crate::oci::Digest;
 
-/// Which way a blob travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which way a blob travels (the one `Direction` of the engine: build
+/// events carry it too, as `pull` or `push`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Direction {
     Pull,
     Push,

@@ -574,3 +574,22 @@ fn terminate(child: &tokio::process::Child) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
     }
 }
+
+impl SandboxError {
+    /// Whose the error is: a step's user, mount or program is what the
+    /// user wrote; a sandbox that cannot be set up is the machine's.
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::User { .. } | Self::Target { .. } | Self::NotFound { .. } | Self::Exec { .. } | Self::Cancelled => {
+                crate::Tier::Input
+            }
+            Self::Spawn { .. }
+            | Self::Unavailable { .. }
+            | Self::Setup { .. }
+            | Self::Io { .. }
+            | Self::NatMissing
+            | Self::Nat { .. }
+            | Self::Helper { .. } => crate::Tier::Environment,
+        }
+    }
+}

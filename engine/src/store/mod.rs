@@ -134,6 +134,25 @@
 
 mod blob;
 mod gc;
+impl StoreError {
+    /// Whose the error is: the disk's, mostly; a name or key the user typed
+    /// is theirs.
+    pub fn tier(&self) -> crate::Tier {
+        match self {
+            Self::InvalidKey { .. } | Self::InvalidName => crate::Tier::Input,
+            Self::Encode(_) => crate::Tier::Bug,
+            Self::Io { .. }
+            | Self::DiskFull { .. }
+            | Self::MissingBlob { .. }
+            | Self::CorruptBlob { .. }
+            | Self::DigestMismatch { .. }
+            | Self::UnsupportedDigest { .. }
+            | Self::TooLarge { .. }
+            | Self::CorruptRecord { .. } => crate::Tier::Environment,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
