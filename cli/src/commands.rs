@@ -26,10 +26,8 @@ pub(crate) const EXIT_BUILD: u8 = 1;
 /// Exit code: a usage, build file or configuration error.
 pub(crate) const EXIT_USAGE: u8 = 2;
 /// Exit code: the environment failed the build (registry, disk, kernel,
-/// permissions). The same as a failed build for now: CLI tests assert 1
-/// for a full disk, a stalled registry and a hostile layer; a distinct code
-/// (3) is one line here once they change.
-pub(crate) const EXIT_ENVIRONMENT: u8 = 1;
+/// permissions), so retrying elsewhere or later may succeed.
+pub(crate) const EXIT_ENVIRONMENT: u8 = 3;
 /// Exit code: a bug in bake (`EX_SOFTWARE` of sysexits.h).
 pub(crate) const EXIT_BUG: u8 = 70;
 

@@ -6,9 +6,8 @@
 use crate::harness::bake;
 use crate::run::project;
 
-/// The exit code of an environment failure (`EXIT_ENVIRONMENT`): still 1,
-/// as the CLI tests of a full disk and a stalled registry assert.
-const ENVIRONMENT: i32 = 1;
+/// The exit code of an environment failure (`EXIT_ENVIRONMENT`).
+pub(crate) const ENVIRONMENT: i32 = 3;
 
 #[test]
 fn an_unreachable_registry_is_an_environment_failure() {

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::exit_codes::ENVIRONMENT;
 use crate::harness::{bake, bake_cmd, root};
 use crate::registry::TestRegistry;
 
@@ -365,7 +366,7 @@ fn a_hostile_base_layer_is_refused_naming_layer_and_entry() {
         "image \"victim\" from=\"scratch\" {{\n    copy \"/x\" from=\"{addr}/bake/evil:1\" to=\"/x\"\n}}\n"
     ));
     let build = bake(p.path(), home.path(), &["build"]);
-    assert_eq!(build.code, 1, "{}", build.render());
+    assert_eq!(build.code, ENVIRONMENT, "{}", build.render());
     assert!(build.stderr.contains(&layer[..12]), "the error names the layer:\n{}", build.stderr);
     assert!(build.stderr.contains("../../bake-evil"), "the error names the entry:\n{}", build.stderr);
     let escaped = Command::new("find").arg(home.path()).args(["-name", "bake-evil"]).output().expect("find");

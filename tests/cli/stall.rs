@@ -9,6 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::exit_codes::ENVIRONMENT;
 use crate::fake_registry::{FakeRegistry, Reply};
 use crate::harness::{bake, bake_cmd, exit_within, wait_until};
 use crate::run::{home_with_busybox, project};
@@ -38,7 +39,7 @@ fn a_stalled_registry_fails_the_build_with_a_timeout_error() {
     // 4 attempts of 0.5 s plus backoff; the bound guards against a hang.
     let (code, _) = exit_within(&mut child, Duration::from_secs(30)).expect("bake did not give up");
     let stderr = stderr_of(child);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, ENVIRONMENT, "{stderr}");
     let stalled = format!("registry {} stalled", fake.addr);
     for needle in [stalled.as_str(), "bake::registry::timeout", "first-byte-timeout", "BAKE_FIRST_BYTE_TIMEOUT"] {
         assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");

@@ -1,6 +1,7 @@
 //! Errors that used to mislead, made clear: a FIFO named in `copy`, a stack
 //! of layers deeper than overlayfs mounts, a full disk.
 
+use crate::exit_codes::ENVIRONMENT;
 use crate::harness::{bake, settings};
 use crate::run::project;
 use crate::tmpfs::Tmpfs;
@@ -56,6 +57,6 @@ fn a_full_disk_names_the_folder_being_written() {
     let noise: Vec<u8> = (0..8_000_000u32).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[2]).collect();
     std::fs::write(p.path().join("big"), noise).expect("write");
     let run = bake(p.path(), &home, &["build"]);
-    assert_eq!(run.code, 1, "{}", run.render());
+    assert_eq!(run.code, ENVIRONMENT, "{}", run.render());
     settings().bind(|| insta::assert_snapshot!("disk-full-writing-a-layer", diagnostic(&run.stderr)));
 }
