@@ -17,11 +17,7 @@ pub struct Key(pub [u8; 32]);
 impl Key {
     /// Lowercase hex.
     pub fn to_hex(&self) -> String {
-        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
-            use std::fmt::Write;
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        crate::oci::hex(&self.0)
     }
 
     /// Parses 64 lowercase hex digits.
