@@ -58,7 +58,7 @@
 mod deadline;
 mod endpoint;
 mod error;
-mod manifest;
+pub(crate) mod manifest;
 mod retry;
 mod sink;
 
