@@ -220,6 +220,9 @@ pub fn hostile_layers() -> Vec<(String, Vec<u8>)> {
         t.pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.name", b"sparse")]).file("sparse", b"");
         t.pax(&[("size", b"18446744073709551615")]).file("huge", b"");
     });
+    seed("pax-nul", &|t| {
+        t.pax(&[("path", b"nul\0byte")]).file("nul", b"x");
+    });
     seed("sparse", &|t| {
         t.claims("sparse", b'S', 512, 512).file("after", b"x");
     });
