@@ -1,7 +1,22 @@
-//! The front end as one function, for the fuzzer (`fuzz/`) and for the test
-//! that replays its corpus on every `cargo test`; and [`hostile`], a
-//! generator of the inputs that ask for unbounded work (nesting, expansion,
-//! many errors), for the `hostile` fuzz target.
+//! Entry points for the fuzz targets in `fuzz/`, and for the test that
+//! replays their corpora on every `cargo test`.
+//!
+//! - [`pipeline`]: the front end as one function; [`hostile`], a generator
+//!   of the inputs that ask for unbounded work (nesting, expansion, many
+//!   errors).
+//! - [`tar`] and [`unpack`] (`layers.rs`): registry bytes as a layer, read and
+//!   extracted into a scratch folder that nothing may leave;
+//!   [`hostile_layers`] (`tarball.rs`) builds their seeds.
+//! - [`manifest`] (`documents.rs`): registry bytes as manifests, indexes and
+//!   image configs.
+
+mod documents;
+mod layers;
+mod tarball;
+
+pub use documents::manifest;
+pub use layers::{LIMITS, tar, unpack};
+pub use tarball::hostile_layers;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -4,6 +4,12 @@
 //! may panic, and each must end within a second (issue 11's bound for hostile
 //! input).
 //!
+//! The registry-side corpora are replayed too: `fuzz/corpus/tar` and
+//! `fuzz/corpus/unpack` (with the hostile layers they were seeded from)
+//! through the layer reader and extraction, where nothing may land outside
+//! the scratch folder, and `fuzz/corpus/manifest` through the manifest,
+//! index and config decoders.
+//!
 //! The second is measured as CPU time of this process (all its threads), not
 //! wall-clock time: the tests share a small machine with builds and fuzzers,
 //! and a loaded machine stretches wall time without the work growing.
@@ -86,4 +92,69 @@ fn hostile_corpus_ends_fast_without_panic() {
     }
     assert!(slow.is_empty(), "inputs slower than {BOUND:?}:\n{}", slow.join("\n"));
     assert!(cpu_time() > Duration::ZERO, "no CPU time read from /proc/self/stat: the bound checked nothing");
+}
+
+fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(name);
+    files(&root)
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).expect("read corpus file");
+            (path.display().to_string(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn layer_corpora_stay_inside_their_folder() {
+    let mut inputs = bake_engine::fuzz::hostile_layers();
+    let seeds = inputs.len();
+    inputs.extend(corpus("tar"));
+    inputs.extend(corpus("unpack"));
+    assert!(inputs.len() > seeds + 20, "expected the tar and unpack corpora, found {}", inputs.len() - seeds);
+    let mut slow = Vec::new();
+    for (name, bytes) in &inputs {
+        // A panic names the input through this hook-free message.
+        let took = timed(|| {
+            let run = std::panic::catch_unwind(|| {
+                bake_engine::fuzz::tar(bytes);
+                bake_engine::fuzz::unpack(bytes);
+            });
+            if let Err(panic) = run {
+                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+                panic!("{name}: {message}");
+            }
+        });
+        if took > BOUND {
+            slow.push(format!("{name}: {took:?}"));
+        }
+    }
+    assert!(slow.is_empty(), "inputs slower than {BOUND:?}:\n{}", slow.join("\n"));
+}
+
+#[test]
+fn manifest_corpus_never_panics() {
+    let inputs = corpus("manifest");
+    assert!(inputs.len() >= 10, "expected the manifest corpus, found {}", inputs.len());
+    for (name, bytes) in &inputs {
+        if let Err(panic) = std::panic::catch_unwind(|| bake_engine::fuzz::manifest(bytes)) {
+            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+            panic!("{name}: {message}");
+        }
+    }
+}
+
+/// Writes the hostile layers into the tar and unpack corpora as `seed-*`:
+/// `cargo test --test fuzz_corpus -- --ignored write_layer_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus; run by hand when the seeds change"]
+fn write_layer_seeds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    for target in ["tar", "unpack"] {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).expect("corpus folder");
+        for (name, bytes) in bake_engine::fuzz::hostile_layers() {
+            std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
+        }
+    }
 }

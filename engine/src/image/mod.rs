@@ -117,12 +117,14 @@ pub type LayerDescriptor = (Digest, u64, String);
 /// store (OCI or Docker v2 schema 2).
 pub fn read_manifest(store: &Store, digest: &Digest) -> Result<(Digest, Vec<LayerDescriptor>), ImageError> {
     let bytes = store.read_blob(digest)?;
-    let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let config = doc
-        .pointer("/config/digest")
-        .and_then(Value::as_str)
-        .and_then(|d| Digest::try_from(d).ok())
-        .ok_or_else(|| ImageError::BadManifest { digest: digest.to_string() })?;
+    manifest_parts(&bytes).ok_or_else(|| ImageError::BadManifest { digest: digest.to_string() })
+}
+
+/// The config digest and layer descriptors of a manifest's bytes; `None`
+/// when it names no valid config digest.
+pub(crate) fn manifest_parts(bytes: &[u8]) -> Option<(Digest, Vec<LayerDescriptor>)> {
+    let doc: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let config = doc.pointer("/config/digest").and_then(Value::as_str).and_then(|d| Digest::try_from(d).ok())?;
     let layers = doc
         .get("layers")
         .and_then(Value::as_array)
@@ -137,7 +139,7 @@ pub fn read_manifest(store: &Store, digest: &Digest) -> Result<(Digest, Vec<Laye
                 .collect()
         })
         .unwrap_or_default();
-    Ok((config, layers))
+    Some((config, layers))
 }
 
 impl ImageError {

@@ -141,6 +141,7 @@ use miette::Diagnostic;
 use crate::oci::{Compression, Digest};
 
 pub use read::entries;
+pub(crate) use read::entries_within;
 pub use unpack::{UnpackOptions, UnpackStats, unpack};
 pub use write::{LayerWriter, compress_tar};
 

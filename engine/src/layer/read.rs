@@ -27,9 +27,19 @@ const SHOWN_PATH: usize = 120;
 pub fn entries(
     blob: impl Read,
     compression: Compression,
+    visit: impl FnMut(Entry, &mut dyn Read) -> Result<(), LayerError>,
+) -> Result<Digest, LayerError> {
+    entries_within(blob, compression, &Limits::default(), visit)
+}
+
+/// [`entries`] within `limits` (the fuzz targets keep a bomb small).
+pub(crate) fn entries_within(
+    blob: impl Read,
+    compression: Compression,
+    limits: &Limits,
     mut visit: impl FnMut(Entry, &mut dyn Read) -> Result<(), LayerError>,
 ) -> Result<Digest, LayerError> {
-    read_layer(UNNAMED, blob, compression, &Limits::default(), |item, content| visit(item.entry, content))
+    read_layer(UNNAMED, blob, compression, limits, |item, content| visit(item.entry, content))
         .map(|(diff_id, _)| diff_id)
 }
 
@@ -141,6 +151,10 @@ fn parse(layer: &str, member: Member) -> Result<Option<Item>, LayerError> {
     if std::str::from_utf8(&member.name).is_err() {
         return Err(malformed("has a name that is not UTF-8".to_owned()));
     }
+    // A PAX `path` may hold any byte; no file can be named with a NUL.
+    if member.name.contains(&0) {
+        return Err(malformed("has a name with a NUL byte".to_owned()));
+    }
     if member.name.len() > MAX_PATH || member.link.len() > MAX_PATH {
         let len = member.name.len().max(member.link.len());
         return Err(malformed(format!("has a path or link target of {len} bytes, longer than Linux's {MAX_PATH}")));
@@ -217,10 +231,10 @@ fn parse(layer: &str, member: Member) -> Result<Option<Item>, LayerError> {
     let mut xattrs = BTreeMap::new();
     for (name, value) in member.xattrs {
         match String::from_utf8(name) {
-            Ok(name) if !name.is_empty() => {
+            Ok(name) if !name.is_empty() && !name.contains('\0') => {
                 xattrs.insert(name, value);
             }
-            _ => return Err(malformed("has an xattr with an empty or non-UTF-8 name".to_owned())),
+            _ => return Err(malformed("has an xattr with an empty, non-UTF-8 or NUL-holding name".to_owned())),
         }
     }
     let entry = Entry { path, kind, mode: member.mode, uid, gid, xattrs };

@@ -58,3 +58,11 @@ fn levels_are_checked() {
     assert_eq!(zstd.effective_level(), Ok(Some(3)));
     assert_eq!(LayerOptions { compression: Compression::None, level: Some(99), epoch: 0 }.effective_level(), Ok(None));
 }
+
+#[test]
+fn names_with_a_nul_byte_are_refused() {
+    // A PAX `path` record may hold any byte: found by the `tar` fuzz seeds.
+    let (_, tar) = crate::fuzz::hostile_layers().into_iter().find(|(name, _)| name == "pax-nul").expect("the seed");
+    let error = entries(&tar[..], Compression::None, |_, _| Ok(())).expect_err("a NUL in a name");
+    assert!(matches!(&error, LayerError::Malformed { reason, .. } if reason.contains("NUL")), "{error}");
+}

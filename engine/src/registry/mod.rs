@@ -68,7 +68,7 @@
 mod deadline;
 mod endpoint;
 mod error;
-mod manifest;
+pub(crate) mod manifest;
 mod progress;
 mod pull;
 mod push;
