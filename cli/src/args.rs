@@ -267,6 +267,11 @@ pub(crate) struct WatchArgs {
     #[arg(long, short = 'j', value_name = "N", default_value_t = 0, hide_default_value = true)]
     pub jobs: usize,
 
+    /// Grant an entitlement, as `bake build --allow` does: `security.insecure`
+    /// lets `run` steps that ask for `security "insecure"` run unconfined.
+    #[arg(long, value_name = "ENTITLEMENT", value_parser = ["security.insecure"])]
+    pub allow: Vec<String>,
+
     #[command(flatten)]
     pub load: LoadArgs,
 }

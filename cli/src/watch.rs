@@ -60,7 +60,12 @@ pub(crate) fn watch(file: &Path, args: &WatchArgs) -> Result<(), Failure> {
     let runtime = runtime()?;
     let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     let cancel = tokio_util::sync::CancellationToken::new();
-    let options = BuildOptions { jobs: args.jobs, cancel: cancel.clone(), ..BuildOptions::default() };
+    let options = BuildOptions {
+        jobs: args.jobs,
+        cancel: cancel.clone(),
+        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        ..BuildOptions::default()
+    };
     runtime.block_on(async {
         // Ctrl-C or SIGTERM, at any moment (in a build too): stop the build,
         // the container and the watch.

@@ -428,4 +428,30 @@ artifact "out" from="t" path="/seccomp" dest="out/seccomp"
     let allowed = bake(p.path(), home.path(), &["build", "--progress", "plain", "--allow", "security.insecure", "out"]);
     assert_eq!(allowed.code, 0, "{}", allowed.render());
     assert_eq!(std::fs::read_to_string(p.path().join("out/seccomp")).expect("artifact"), "Seccomp:\t0\n");
+
+    // `bake watch` takes the same flag: without it the build is refused
+    // (and watching goes on), with it the step runs unconfined.
+    std::fs::remove_dir_all(p.path().join("out")).expect("rm out");
+    for (args, runs) in [(&["watch", "out"][..], false), (&["watch", "--allow", "security.insecure", "out"][..], true)]
+    {
+        let log = p.path().join("watch.log");
+        let file = std::fs::File::create(&log).expect("log");
+        let mut child = bake_cmd(p.path(), home.path())
+            .args(args)
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("bake watch");
+        let said = || std::fs::read_to_string(&log).unwrap_or_default();
+        if runs {
+            wait_until(Duration::from_mins(1), "the allowed step runs", || p.path().join("out/seccomp").exists());
+        } else {
+            wait_until(Duration::from_mins(1), "the refusal", || said().contains("bake::exec::insecure_not_allowed"));
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal");
+        child.wait().expect("wait");
+        assert_eq!(p.path().join("out/seccomp").exists(), runs, "{args:?}:\n{}", said());
+    }
+    assert_eq!(std::fs::read_to_string(p.path().join("out/seccomp")).expect("artifact"), "Seccomp:\t0\n");
 }
