@@ -74,6 +74,9 @@ struct Script {
     interrupt: Option<(&'static str, CancellationToken)>,
     /// How long each step takes.
     delay: Duration,
+    /// Steps wait (up to 300 ms) until this many run at once, so a limit
+    /// is reached by rendezvous rather than by hoping sleeps overlap.
+    meet: usize,
     /// Results that come out the same whatever the key (a `copy` whose
     /// source rebuilt identically); the others differ with the key.
     stable: Vec<&'static str>,
@@ -135,6 +138,10 @@ impl Executor for Fake<'_> {
         }
         let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        let waiting = std::time::Instant::now();
+        while self.now.load(Ordering::SeqCst) < self.script.meet && waiting.elapsed() < Duration::from_millis(300) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(self.script.delay);
         self.now.fetch_sub(1, Ordering::SeqCst);
         self.executed.lock().expect("lock").push(label.clone());
@@ -288,7 +295,7 @@ fn no_more_steps_run_at_once_than_jobs() {
     for jobs in [1, 2, 3] {
         let store = tempfile::tempdir().expect("tempdir");
         let w = world(&text, &targets, store.path());
-        let fake = Fake::new(&w, Script { delay: Duration::from_millis(40), ..Script::default() });
+        let fake = Fake::new(&w, Script { delay: Duration::from_millis(5), meet: jobs, ..Script::default() });
         let opts = Opts { jobs, ..Opts::default() };
         let (_, result) = schedule(&w, &fake, &Heard::default(), &opts, None);
         assert!(result.expect("build").is_empty());
