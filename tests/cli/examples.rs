@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Run, root};
-use crate::images::{docker, run};
+use crate::images::{docker, run, run_container};
 use crate::registry::TestRegistry;
 
 /// The Docker client: Debian's docker.io package, whatever else is on PATH.
@@ -165,7 +165,14 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// `docker run --rm --network host ARGS`, which must succeed; its stdout.
 fn docker_run(args: &[&str]) -> String {
-    run(docker_cmd().args(["run", "--rm", "--network", "host"]).args(args))
+    run_container(
+        || {
+            let mut cmd = docker_cmd();
+            cmd.args(["run", "--rm", "--network", "host"]).args(args);
+            cmd
+        },
+        String::new,
+    )
 }
 
 /// A container started with `docker run -d`, removed on drop.

@@ -44,6 +44,24 @@ pub(crate) fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs a `docker run` that `make` builds, asserting it succeeds; returns
+/// stdout. Three times in CI runc failed to start the first container of a
+/// freshly loaded image with "stat ...: no such file or directory", while
+/// the same image, inspected afterwards, held the file and ran: so a runc
+/// create failure is tried once more after a second, and a second failure
+/// fails the test with `explain`'s account of the image.
+pub(crate) fn run_container(make: impl Fn() -> Command, explain: impl FnOnce() -> String) -> String {
+    let attempt = || make().output().expect("docker run");
+    let mut out = attempt();
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("OCI runtime create failed") {
+        eprintln!("docker run failed once, trying again: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        out = attempt();
+    }
+    assert!(out.status.success(), "{:?} failed: {}\n{}", make(), String::from_utf8_lossy(&out.stderr), explain());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A Docker engine answering on the default socket, started if needed.
 pub(crate) fn docker() {
     run(Command::new(root().join("scripts/dockerd.sh")).arg("start"));

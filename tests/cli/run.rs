@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::{bake, bake_cmd, wait_until};
-use crate::images::{busybox_fixture, docker, run};
+use crate::images::{busybox_fixture, docker, run, run_container};
 
 /// A store that holds `docker.io/library/busybox:latest`, built by bake.
 pub(crate) fn home_with_busybox() -> tempfile::TempDir {
@@ -311,31 +311,16 @@ image "hello" from="scratch" {
 }
 
 /// `docker run --rm --network host ARGS` of an image just loaded from
-/// `archive`; its stdout.
-///
-/// Twice in CI (once for this file's C image, once for the Go one) runc
-/// failed to start the first container of a freshly loaded image with
-/// "stat /usr/local/bin/hello: no such file or directory", while the same
-/// image, inspected afterwards, held the file and ran. So a runc create
-/// failure is tried once more after a second; a second failure fails the
-/// test and shows what the archive bake wrote holds.
+/// `archive`; its stdout. On a failure, what the archive holds.
 fn docker_run_loaded(archive: &Path, args: &[&str]) -> String {
-    let attempt =
-        || Command::new("docker").args(["run", "--rm", "--network", "host"]).args(args).output().expect("docker run");
-    let mut out = attempt();
-    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("OCI runtime create failed") {
-        eprintln!("docker run failed once, trying again: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_secs(1));
-        out = attempt();
-    }
-    assert!(
-        out.status.success(),
-        "docker run {args:?} failed: {}\nwhat {} holds:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        archive.display(),
-        archive_listing(archive)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_container(
+        || {
+            let mut cmd = Command::new("docker");
+            cmd.args(["run", "--rm", "--network", "host"]).args(args);
+            cmd
+        },
+        || format!("what {} holds:\n{}", archive.display(), archive_listing(archive)),
+    )
 }
 
 /// The entries of a `docker save` archive, and of every layer in it.
