@@ -19,15 +19,10 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::docker;
 use crate::harness::{Run, root};
-use crate::images::{docker, run, run_container};
+use crate::images::run;
 use crate::registry::TestRegistry;
-
-/// The Docker client: Debian's docker.io package, whatever else is on PATH.
-fn docker_cmd() -> Command {
-    let debian = Path::new("/usr/bin/docker");
-    Command::new(if debian.exists() { debian } else { Path::new("docker") })
-}
 
 /// One example, built against a registry that stands in for docker.io.
 struct Example {
@@ -106,8 +101,7 @@ impl Example {
         args.extend_from_slice(names);
         args.extend(["-o", &dest]);
         let built = self.bake_ok(&args);
-        docker();
-        run(docker_cmd().args(["load", "-i"]).arg(&archive));
+        docker::load(&archive);
         built
     }
 
@@ -163,37 +157,27 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// `docker run --rm --network host ARGS`, which must succeed; its stdout.
-fn docker_run(args: &[&str]) -> String {
-    run_container(
-        || {
-            let mut cmd = docker_cmd();
-            cmd.args(["run", "--rm", "--network", "host"]).args(args);
-            cmd
-        },
-        String::new,
-    )
-}
-
 /// A container started with `docker run -d`, removed on drop.
 struct Container(String);
 
 impl Container {
     fn start(args: &[&str]) -> Self {
-        docker();
-        let id = run(docker_cmd().args(["run", "-d", "--network", "host"]).args(args));
+        docker::start();
+        let mut run = vec!["run", "-d", "--network", "host"];
+        run.extend_from_slice(args);
+        let id = docker::ok(&run);
         Self(id.trim().to_owned())
     }
 
     fn logs(&self) -> String {
-        let out = docker_cmd().args(["logs", &self.0]).output().expect("docker logs");
+        let out = docker::output(&["logs", &self.0]);
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     }
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = docker_cmd().args(["rm", "-f", &self.0]).output();
+        let _ = docker::output(&["rm", "-f", &self.0]);
     }
 }
 
@@ -233,7 +217,7 @@ fn wait_for_http(container: &Container, port: u16, path: &str, headers: &str) ->
 
 /// `docker image inspect -f FORMAT IMAGE`.
 fn inspect(image: &str, format: &str) -> String {
-    run(docker_cmd().args(["image", "inspect", "-f", format, image])).trim().to_owned()
+    docker::ok(&["image", "inspect", "-f", format, image]).trim().to_owned()
 }
 
 #[test]
@@ -241,9 +225,9 @@ fn hello_c_ships_only_the_binary_on_a_slim_base() {
     let ex = Example::new("hello-c", &["debian", "gcc"]);
     let built = ex.build_and_load(&["hello"]);
     assert!(built.stderr.contains("pull     docker.io/library/gcc:12"), "{}", built.stderr);
-    assert_eq!(docker_run(&["hello-c:latest"]), "hello from a multi-stage C build\n");
+    assert_eq!(docker::run(&["hello-c:latest"]), "hello from a multi-stage C build\n");
     // No compiler and no source in the final image.
-    let look = docker_run(&[
+    let look = docker::run(&[
         "hello-c:latest",
         "sh",
         "-c",
@@ -257,8 +241,8 @@ fn hello_c_ships_only_the_binary_on_a_slim_base() {
 fn hello_go_ships_one_binary_on_busybox_and_on_scratch() {
     let ex = Example::new("hello-go", &["busybox", "golang"]);
     ex.build_and_load(&["hello-busybox", "hello-scratch"]);
-    assert_eq!(docker_run(&["hello-busybox:latest"]), "Hello world!\n");
-    assert_eq!(docker_run(&["hello-scratch:latest"]), "Hello world!\n");
+    assert_eq!(docker::run(&["hello-busybox:latest"]), "Hello world!\n");
+    assert_eq!(docker::run(&["hello-scratch:latest"]), "Hello world!\n");
     // Exec form: scratch has no shell to run a shell-form entrypoint.
     assert_eq!(inspect("hello-scratch:latest", "{{json .Config.Entrypoint}}"), r#"["/hello"]"#);
     let (busybox, _) = ex.assert_smaller("hello-busybox", "builder");
@@ -271,15 +255,15 @@ fn four_stage_skips_the_test_stage_unless_it_is_named() {
     let ex = Example::new("four-stage", &["busybox"]);
     let built = ex.build_and_load(&[]);
     assert!(!built.stderr.contains("test:"), "the default build ran the test stage:\n{}", built.stderr);
-    assert_eq!(docker_run(&["four-stage:latest"]), "base: runtime dependencies installed\nbuild: built by app.sh\n");
+    assert_eq!(docker::run(&["four-stage:latest"]), "base: runtime dependencies installed\nbuild: built by app.sh\n");
     // Named, the test stage runs, and is kept as an image called `test`,
     // which `bake run` runs in bake's sandbox, and Docker too.
     let tested = ex.build_and_load(&["test"]);
     assert!(tested.stderr.contains("test: run grep"), "{}", tested.stderr);
     assert_eq!(ex.bake_ok(&["run", "test", "--", "cat", "/build/test.txt"]).stdout, "test: tests passed\n");
-    assert_eq!(docker_run(&["test:latest", "cat", "/build/test.txt"]), "test: tests passed\n");
+    assert_eq!(docker::run(&["test:latest", "cat", "/build/test.txt"]), "test: tests passed\n");
     // Nothing of the test stage reached the final image.
-    assert_eq!(docker_run(&["four-stage:latest", "sh", "-c", "ls /build /opt 2>/dev/null || echo none"]), "none\n");
+    assert_eq!(docker::run(&["four-stage:latest", "sh", "-c", "ls /build /opt 2>/dev/null || echo none"]), "none\n");
     ex.assert_smaller("app", "build");
 }
 
@@ -339,7 +323,7 @@ fn monorepo_builds_ten_services_from_one_shared_builder() {
     // One toolchain, pulled once, one shared stage.
     assert_eq!(built.stderr.matches("pull     docker.io/library/golang:1.19").count(), 1, "{}", built.stderr);
     for service in &services {
-        let said = docker_run(&[&format!("monorepo/{service}:latest")]);
+        let said = docker::run(&[&format!("monorepo/{service}:latest")]);
         assert!(said.starts_with(&format!("{service} service (go1.19")), "{service}: {said}");
     }
     for service in &services {
@@ -370,12 +354,12 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     assert_eq!(ex.registry.skopeo_digest("acme/app:1.2.3"), ex.registry.skopeo_digest("acme/app:latest"));
 
     // Docker pulls what was pushed and runs it.
-    docker();
+    docker::start();
     let image = format!("{addr}/acme/app:1.2.3");
-    run(docker_cmd().args(["pull", &image]));
-    assert_eq!(docker_run(&[&image, "-name", "release"]), "hello, release, from app 1.2.3\n");
+    docker::ok(&["pull", &image]);
+    assert_eq!(docker::run(&[&image, "-name", "release"]), "hello, release, from app 1.2.3\n");
     assert_eq!(inspect(&image, r#"{{index .Config.Labels "org.opencontainers.image.version"}}"#), "1.2.3");
-    let _ = docker_cmd().args(["rmi", &image]).output();
+    let _ = docker::output(&["rmi", &image]);
     ex.assert_smaller_set("app", "builder", &["--set", "VERSION=1.2.3"]);
 
     // Another CI machine (an empty store) runs the same release: every step

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::docker;
 use crate::exit_codes::ENVIRONMENT;
 use crate::harness::{bake, bake_cmd, root};
 use crate::registry::TestRegistry;
@@ -44,29 +45,6 @@ pub(crate) fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs a `docker run` that `make` builds, asserting it succeeds; returns
-/// stdout. Three times in CI runc failed to start the first container of a
-/// freshly loaded image with "stat ...: no such file or directory", while
-/// the same image, inspected afterwards, held the file and ran: so a runc
-/// create failure is tried once more after a second, and a second failure
-/// fails the test with `explain`'s account of the image.
-pub(crate) fn run_container(make: impl Fn() -> Command, explain: impl FnOnce() -> String) -> String {
-    let attempt = || make().output().expect("docker run");
-    let mut out = attempt();
-    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("OCI runtime create failed") {
-        eprintln!("docker run failed once, trying again: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        out = attempt();
-    }
-    assert!(out.status.success(), "{:?} failed: {}\n{}", make(), String::from_utf8_lossy(&out.stderr), explain());
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A Docker engine answering on the default socket, started if needed.
-pub(crate) fn docker() {
-    run(Command::new(root().join("scripts/dockerd.sh")).arg("start"));
-}
-
 fn digest_of(stderr: &str, image: &str) -> String {
     stderr
         .lines()
@@ -97,9 +75,8 @@ fn scratch_image_runs_under_docker_and_is_valid_oci() {
     assert_eq!(run_bake.code, 0, "{}", run_bake.render());
 
     // Docker loads and runs it.
-    docker();
-    run(Command::new("docker").args(["load", "-i"]).arg(out.join("docker.tar")));
-    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/hello:e2e"]));
+    docker::load(&out.join("docker.tar"));
+    let said = docker::run(&["bake-test/hello:e2e"]);
     assert!(said.contains("hello from bake"), "{said}");
     assert!(said.contains("<h1>hello</h1>"), "{said}");
     // Copied files belong to root, whatever owned them on the host.
@@ -194,9 +171,8 @@ image "site" from="{addr}/bake/base:1" {{
     let again = project(&format!("image \"again\" from=\"{addr}/bake/site:1\" {{\n    label \"x\" \"y\"\n}}\n"));
     let pulled = bake(again.path(), fresh.path(), &["build", "-o", "type=docker,dest=again.tar"]);
     assert_eq!(pulled.code, 0, "{}", pulled.render());
-    docker();
-    run(Command::new("docker").args(["load", "-i"]).arg(again.path().join("again.tar")));
-    let listing = run(Command::new("docker").args(["run", "--rm", "--network", "host", "again:latest"]));
+    docker::load(&again.path().join("again.tar"));
+    let listing = docker::run(&["again:latest"]);
     assert!(listing.contains("index.html"), "{listing}");
     assert!(!listing.contains("site.css"), "excluded by the copy: {listing}");
 }
@@ -269,9 +245,8 @@ image "greeter" from="busybox" {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("pull     docker.io/library/busybox:latest"), "{stderr}");
-    docker();
-    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("greeter.tar")));
-    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/greeter:e2e"]));
+    docker::load(&p.path().join("greeter.tar"));
+    let said = docker::run(&["bake-test/greeter:e2e"]);
     assert!(said.contains("greetings from <h1>hello</h1>"), "{said}");
 }
 

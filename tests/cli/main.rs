@@ -3,6 +3,7 @@
 
 mod book_help;
 mod container;
+mod docker;
 mod examples;
 mod exit_codes;
 mod exports;

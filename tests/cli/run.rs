@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::docker;
 use crate::harness::{bake, bake_cmd, wait_until};
-use crate::images::{busybox_fixture, docker, run, run_container};
+use crate::images::{busybox_fixture, run};
 
 /// A store that holds `docker.io/library/busybox:latest`, built by bake.
 pub(crate) fn home_with_busybox() -> tempfile::TempDir {
@@ -64,9 +65,8 @@ image "t" from="busybox" {
         added_layers(&p.path().join("t.tar")),
         ["a/ a/b/ a/b/f etc/ etc/.wh.group etc/passwd tmp/ tmp/y", "a/ a/.wh..wh..opq a/n", "tmp/ tmp/.wh.y",]
     );
-    docker();
-    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("t.tar")));
-    let said = run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/run:e2e"]));
+    docker::load(&p.path().join("t.tar"));
+    let said = docker::run(&["bake-test/run:e2e"]);
     assert_eq!(said, "n\nnew\nno-group\nmore\n");
 
     // Unchanged: nothing runs again.
@@ -123,10 +123,8 @@ image "uses-secret" from="busybox" {
         Command::new("grep").args(["-r", "-l", "-a", VALUE]).arg(home.path()).arg(p.path()).output().expect("grep");
     assert!(grep.stdout.is_empty(), "secret found in: {}", String::from_utf8_lossy(&grep.stdout));
     // The step did see it: the image holds its length.
-    docker();
-    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("image.tar")));
-    let size =
-        run(Command::new("docker").args(["run", "--rm", "--network", "host", "bake-test/secret:e2e", "cat", "/size"]));
+    docker::load(&p.path().join("image.tar"));
+    let size = docker::run(&["bake-test/secret:e2e", "cat", "/size"]);
     assert_eq!(size.trim(), VALUE.len().to_string());
 
     // A required secret that is not given is a clear error.
@@ -250,26 +248,12 @@ image "hello" from="debian:bookworm-slim" {
     let built = bake(p.path(), home.path(), &["build", "builder", "hello", "-o", "type=docker,dest=hello.tar"]);
     assert_eq!(built.code, 0, "{}", built.render());
     assert!(image_size(&built.stderr, "hello") < image_size(&built.stderr, "builder"), "{}", built.stderr);
-    docker();
-    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("hello.tar")));
+    docker::load(&p.path().join("hello.tar"));
     let said = docker_run_loaded(&p.path().join("hello.tar"), &["bake-test/hello-c:e2e"]);
     assert_eq!(said, "hello from C, built by bake\n");
     // No compiler in the final image.
-    let which = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "host",
-            "--entrypoint",
-            "/bin/sh",
-            "bake-test/hello-c:e2e",
-            "-c",
-            "command -v cc || echo none",
-        ])
-        .output()
-        .expect("docker");
-    assert_eq!(String::from_utf8_lossy(&which.stdout), "none\n");
+    let which = docker::run(&["--entrypoint", "/bin/sh", "bake-test/hello-c:e2e", "-c", "command -v cc || echo none"]);
+    assert_eq!(which, "none\n");
 }
 
 #[test]
@@ -304,8 +288,7 @@ image "hello" from="scratch" {
     let built = bake(p.path(), home.path(), &["build", "builder", "hello", "-o", "type=docker,dest=hello.tar"]);
     assert_eq!(built.code, 0, "{}", built.render());
     assert!(image_size(&built.stderr, "hello") * 20.0 < image_size(&built.stderr, "builder"), "{}", built.stderr);
-    docker();
-    run(Command::new("docker").args(["load", "-i"]).arg(p.path().join("hello.tar")));
+    docker::load(&p.path().join("hello.tar"));
     let said = docker_run_loaded(&p.path().join("hello.tar"), &["bake-test/hello-go:e2e"]);
     assert_eq!(said, "hello, scratch, from Go\n");
 }
@@ -313,14 +296,7 @@ image "hello" from="scratch" {
 /// `docker run --rm --network host ARGS` of an image just loaded from
 /// `archive`; its stdout. On a failure, what the archive holds.
 fn docker_run_loaded(archive: &Path, args: &[&str]) -> String {
-    run_container(
-        || {
-            let mut cmd = Command::new("docker");
-            cmd.args(["run", "--rm", "--network", "host"]).args(args);
-            cmd
-        },
-        || format!("what {} holds:\n{}", archive.display(), archive_listing(archive)),
-    )
+    docker::run_explained(args, || format!("what {} holds:\n{}", archive.display(), archive_listing(archive)))
 }
 
 /// The entries of a `docker save` archive, and of every layer in it.
