@@ -55,6 +55,7 @@
 pub mod config;
 pub mod container;
 pub mod context;
+pub mod dockerfile;
 pub mod exec;
 #[doc(hidden)]
 pub mod fuzz;
