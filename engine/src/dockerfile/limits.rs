@@ -25,4 +25,4 @@ pub const MAX_HEREDOCS: usize = 256;
 pub const MAX_EXPANSION_DEPTH: usize = 64;
 
 /// Longest result of expanding one word, in bytes.
-pub(super) const MAX_EXPANDED: usize = 1 << 20;
+pub const MAX_EXPANDED: usize = 1 << 20;

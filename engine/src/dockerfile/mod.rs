@@ -26,6 +26,7 @@
 //! here: this module only reads.
 
 mod args;
+pub mod dump;
 mod error;
 mod instructions;
 mod limits;
@@ -41,10 +42,10 @@ pub use args::{PREDEFINED_ARGS, PROXY_ARGS, Platform, Scope, is_predefined};
 pub use error::{DockerfileError, DockerfileErrors, ErrorKind};
 pub use instructions::{
     Add, ArgDecl, CheckDirective, CheckSkip, CommandLine, Copy, Directive, Directives, From, Healthcheck,
-    HealthcheckCmd, Heredoc, Instruction, KeyValue, Kind, Mount, MountFlag, MountType, Network, Run, Security, Sharing,
-    Source, Word,
+    HealthcheckCmd, Heredoc, INSTRUCTIONS, Instruction, KeyValue, Kind, Mount, MountFlag, MountType, Network, Run,
+    Security, Sharing, Source, Word,
 };
-pub use limits::{MAX_EXPANSION_DEPTH, MAX_FILE_SIZE, MAX_HEREDOCS, MAX_INSTRUCTIONS, MAX_LINE};
+pub use limits::{MAX_EXPANDED, MAX_EXPANSION_DEPTH, MAX_FILE_SIZE, MAX_HEREDOCS, MAX_INSTRUCTIONS, MAX_LINE};
 pub use shell::{Expanded, ShellError, Words, expand_word, expand_words};
 
 use crate::lang::{SourceFile, Src};
