@@ -22,6 +22,17 @@ pub(crate) struct Cli {
 }
 
 impl Command {
+    /// The positional names and load options of a command that takes both.
+    pub(crate) fn targets_mut(&mut self) -> Option<(&mut Vec<String>, &mut LoadArgs)> {
+        match self {
+            Self::Graph(args) => Some((&mut args.targets, &mut args.load)),
+            Self::Build(args) => Some((&mut args.targets, &mut args.load)),
+            Self::Explain(args) => Some((&mut args.targets, &mut args.load)),
+            Self::Watch(args) => Some((&mut args.targets, &mut args.load)),
+            Self::Check(_) | Self::Run(_) | Self::Images | Self::Cache(_) => None,
+        }
+    }
+
     /// The load options of a command that loads the workspace.
     pub(crate) fn load_args_mut(&mut self) -> Option<&mut LoadArgs> {
         match self {
@@ -85,9 +96,24 @@ pub(crate) struct PruneArgs {
 /// Options every command that loads the workspace takes.
 #[derive(Debug, Args)]
 pub(crate) struct LoadArgs {
-    /// Override an arg: NAME=VALUE (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+    /// Override an arg: NAME=VALUE (repeatable); for a Dockerfile, a build
+    /// arg (`--build-arg` is the same option).
+    #[arg(long = "set", visible_alias = "build-arg", value_name = "NAME=VALUE", value_parser = parse_set)]
     pub set: Vec<(String, String)>,
+
+    /// With a Dockerfile (`-f Dockerfile`): the stage to build as the image
+    /// (default: the last).
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+
+    /// With a Dockerfile: a tag for the image (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "NAME:TAG")]
+    pub tag: Vec<String>,
+
+    /// With a Dockerfile: the build context, given as the one positional
+    /// argument (set before the command runs).
+    #[arg(skip)]
+    pub context: Option<PathBuf>,
 
     /// Let build files name paths under DIR, outside the workspace
     /// (repeatable; the variable takes a `:`-separated list).

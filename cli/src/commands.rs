@@ -112,6 +112,12 @@ pub(crate) enum CliError {
     #[error("cannot write output")]
     #[diagnostic(code(bake::cli::output))]
     Output(#[source] std::io::Error),
+    #[error("--target and -t apply to a Dockerfile, and {} is a build.kdl", file.display())]
+    #[diagnostic(
+        code(bake::cli::dockerfile_only),
+        help("name the stage to build as an argument (`bake build NAME`) and its tags with `tag` in the image node")
+    )]
+    DockerfileOnly { file: PathBuf },
     #[error("no home folder for bake's store: set BAKE_HOME or HOME")]
     #[diagnostic(code(bake::cli::no_home))]
     NoHome,
@@ -131,6 +137,16 @@ pub(crate) fn run(mut cli: Cli) -> Result<(), Failure> {
         if let (Some(load), Ok(cwd)) = (cli.command.load_args_mut(), std::env::current_dir()) {
             load.workspace = Some(cwd);
         }
+    }
+    // `bake build -f Dockerfile DIR`: as with `docker build`, the one
+    // positional argument that is a folder is the build context.
+    if lang::is_dockerfile(&cli.file)
+        && let Some((targets, load)) = cli.command.targets_mut()
+        && let [only] = targets.as_slice()
+        && Path::new(only).is_dir()
+    {
+        load.context = Some(std::path::absolute(only).unwrap_or_else(|_| PathBuf::from(only)));
+        targets.clear();
     }
     match cli.command {
         Command::Check(load) => check(&cli.file, &load),
@@ -154,8 +170,18 @@ pub(crate) fn load(file: &Path, args: &LoadArgs) -> Result<Workspace, Failure> {
         Config::load(bake_engine::home::config_path().as_deref()).map_err(|e| Failure::Usage(Report::new(e)))?;
     let mut allow_paths = args.allow_path.clone();
     allow_paths.extend(config.allow_paths.iter().cloned());
-    let options =
-        LoadOptions { set: args.set.clone(), workspace: args.workspace.clone(), allow_paths, limits: config.limits };
+    let dockerfile =
+        lang::DockerfileOptions { target: args.target.clone(), tags: args.tag.clone(), context: args.context.clone() };
+    if !lang::is_dockerfile(file) && (dockerfile.target.is_some() || !dockerfile.tags.is_empty()) {
+        return Err(Failure::Usage(Report::new(CliError::DockerfileOnly { file: file.to_path_buf() })));
+    }
+    let options = LoadOptions {
+        set: args.set.clone(),
+        workspace: args.workspace.clone(),
+        allow_paths,
+        limits: config.limits,
+        dockerfile,
+    };
     lang::load(file, &options).map_err(Failure::Load)
 }
 

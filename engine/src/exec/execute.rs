@@ -264,6 +264,8 @@ fn describe_instruction(kind: &InstructionKind) -> String {
         InstructionKind::StopSignal(s) => format!("stopsignal {s}"),
         InstructionKind::Healthcheck(_) => "healthcheck".to_owned(),
         InstructionKind::Shell(s) => format!("shell {s:?}"),
+        InstructionKind::OnBuild(t) => format!("onbuild {t}"),
+        InstructionKind::Author(a) => format!("maintainer {a}"),
         InstructionKind::Copy(_) => "copy".to_owned(),
         InstructionKind::Run(r) => format!("run {}", r.script),
     }

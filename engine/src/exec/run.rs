@@ -82,8 +82,14 @@ impl Step<'_, '_> {
                 None => env.push((k.clone(), value)),
             }
         }
-        let mut args = self.config.shell();
-        args.push(run.script.clone());
+        let args = match &run.exec {
+            Some(argv) => argv.clone(),
+            None => {
+                let mut args = self.config.shell();
+                args.push(run.script.clone());
+                args
+            }
+        };
         let (mounts, _cache_locks) = self.mounts(run, scratch.path())?;
         let spec = RunSpec {
             lowers,

@@ -116,6 +116,9 @@ pub struct Config {
     pub volumes: Vec<String>,
     pub stopsignal: Option<String>,
     pub healthcheck: Option<String>,
+    /// Dockerfile `ONBUILD` triggers and `MAINTAINER`.
+    pub onbuild: Vec<String>,
+    pub author: Option<String>,
 }
 
 /// A node of the plan.
@@ -427,6 +430,10 @@ impl Plan {
                 k.opt("parent", chain_key);
                 state_fields(&mut k, state);
                 k.field("script", &run.script);
+                // Only written for exec form, so shell-form keys stay as they were.
+                if let Some(argv) = &run.exec {
+                    k.field("exec", format!("{argv:?}"));
+                }
                 k.field("network", format!("{:?}", run.network).to_lowercase());
                 // Only written for an insecure step, so other keys stay as they were.
                 if matches!(run.security, crate::lang::Security::Insecure { .. }) {
@@ -494,6 +501,13 @@ fn config_fields(k: &mut key::KeyBuilder, c: &Config) {
     k.list("volumes", &c.volumes);
     k.opt("stopsignal", c.stopsignal.as_ref());
     k.opt("healthcheck", c.healthcheck.as_ref());
+    // Only written when set (Dockerfiles), so other keys stay as they were.
+    if !c.onbuild.is_empty() {
+        k.list("onbuild", &c.onbuild);
+    }
+    if let Some(author) = &c.author {
+        k.field("author", author);
+    }
 }
 
 /// The args an instruction's strings used, as explain-able key fields.
@@ -734,6 +748,8 @@ fn apply(config: &mut Config, kind: &InstructionKind) {
                 h.interval_ns, h.timeout_ns, h.start_period_ns, h.start_interval_ns, h.retries
             ));
         }
+        InstructionKind::OnBuild(t) => config.onbuild.push(t.clone()),
+        InstructionKind::Author(a) => config.author = Some(a.clone()),
         InstructionKind::Copy(_) | InstructionKind::Run(_) => {}
     }
 }

@@ -201,6 +201,18 @@ impl ImageConfig {
             InstructionKind::Shell(args) => {
                 self.config_mut().insert("Shell".into(), strings(args));
             }
+            InstructionKind::OnBuild(trigger) => {
+                let list = self.config_mut().entry("OnBuild").or_insert_with(|| json!([]));
+                if !list.is_array() {
+                    *list = json!([]);
+                }
+                if let Some(a) = list.as_array_mut() {
+                    a.push(Value::String(trigger.clone()));
+                }
+            }
+            InstructionKind::Author(author) => {
+                object(&mut self.doc).insert("author".into(), Value::String(author.clone()));
+            }
             InstructionKind::Copy(_) | InstructionKind::Run(_) => {}
         }
     }

@@ -182,6 +182,11 @@ pub struct Note {
 /// A mistake in a `build.kdl` (or in the values given for it).
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum LangError {
+    /// A Dockerfile that does not parse (one error of the parser's list).
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Dockerfile(Box<crate::dockerfile::DockerfileError>),
+
     #[error("{what} `{written}` is outside the workspace")]
     #[diagnostic(
         code(bake::lang::outside_workspace),

@@ -51,6 +51,7 @@ pub use error::{
     quoted,
 };
 pub use limits::{Limits, MAX_ARG_DEPTH, MAX_CARRIED_ENV};
+pub use lower::DockerfileOptions;
 pub(crate) use lower::normalize_absolute as clean_absolute;
 pub use parse::MAX_DEPTH;
 pub(crate) use parse::parse_checked;
@@ -109,6 +110,9 @@ pub struct LoadOptions {
     /// (`--allow-path`, `BAKE_ALLOW_PATHS`, `allow-path` in the config).
     pub allow_paths: Vec<PathBuf>,
     pub limits: Limits,
+    /// When the root file is a Dockerfile: the target stage, tags and
+    /// context.
+    pub dockerfile: DockerfileOptions,
 }
 
 /// A fully loaded and resolved workspace.
@@ -200,6 +204,13 @@ pub enum InstructionKind {
     StopSignal(String),
     Healthcheck(Healthcheck),
     Shell(Vec<String>),
+    /// A Dockerfile `ONBUILD` trigger, as written after the keyword: kept in
+    /// the image config's `OnBuild` list, run by a later build that uses the
+    /// image as its base.
+    OnBuild(String),
+    /// A Dockerfile `MAINTAINER`: the image config's `author`, as Docker
+    /// sets it.
+    Author(String),
 }
 
 /// Where a `copy` reads from.
@@ -232,7 +243,12 @@ pub struct Copy {
 /// `run "script" { cache ...; secret ...; network ...; security ...; env ... }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
+    /// The shell script (run through the stage's shell), or, in exec form,
+    /// the arguments as one line for messages and history.
     pub script: String,
+    /// Exec form: the program and its arguments, run as given with no shell
+    /// (a Dockerfile's `RUN ["a", "b"]`).
+    pub exec: Option<Vec<String>>,
     pub caches: Vec<CacheMount>,
     pub secrets: Vec<SecretMount>,
     pub network: Network,
@@ -403,7 +419,31 @@ impl Workspace {
 ///
 /// Returns every error found, each pointing into its own file.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<Workspace, LoadError> {
+    if is_dockerfile(path) {
+        return lower::load_dockerfile(path, None, options);
+    }
     lower::load(path, options)
+}
+
+/// Loads Dockerfile text as a workspace of its stages, as if it were the
+/// file `path` (tests, the fuzzer).
+pub fn load_dockerfile_str(path: &Path, text: &str, options: &LoadOptions) -> Result<Workspace, LoadError> {
+    lower::load_dockerfile(path, Some(text.to_owned()), options)
+}
+
+/// Whether a build file is a Dockerfile, by its name as Docker tools name
+/// them: `Dockerfile`, `Containerfile`, `NAME.Dockerfile`, `Dockerfile.NAME`
+/// (any case). Anything else is read as `build.kdl`.
+pub fn is_dockerfile(path: &Path) -> bool {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()) else {
+        return false;
+    };
+    if name.ends_with(".kdl") {
+        return false;
+    }
+    ["dockerfile", "containerfile"]
+        .iter()
+        .any(|base| name == *base || name.starts_with(&format!("{base}.")) || name.ends_with(&format!(".{base}")))
 }
 
 /// Loads a workspace from text, as if it were the file `name` in `dir`

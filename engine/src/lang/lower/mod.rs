@@ -17,6 +17,7 @@
 
 mod args;
 mod checks;
+mod dockerfile;
 mod interpolate;
 mod names;
 mod refs;
@@ -24,6 +25,7 @@ mod stages;
 mod steps;
 mod values;
 
+pub use dockerfile::DockerfileOptions;
 pub(crate) use values::normalize_absolute;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,6 +47,81 @@ pub(super) fn load(path: &Path, options: &LoadOptions) -> Result<Workspace, Load
 
 pub(super) fn load_str(name: &str, dir: &Path, text: &str, options: &LoadOptions) -> Result<Workspace, LoadError> {
     load_inner(&dir.join(name), Some((name.to_owned(), text.to_owned())), options)
+}
+
+/// Loads a Dockerfile as a workspace of its stages (`text`: given instead
+/// of read, for tests).
+pub(super) fn load_dockerfile(
+    path: &Path,
+    text: Option<String>,
+    options: &LoadOptions,
+) -> Result<Workspace, LoadError> {
+    let fail = |errors: Vec<LangError>| LoadError { root: path.to_path_buf(), errors };
+    let text = match text {
+        Some(t) => t,
+        None => match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(source) => return Err(fail(vec![LangError::Read { path: path.to_path_buf(), source }])),
+        },
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let file = SourceFile { path: path.to_path_buf(), name, dir: dir.clone(), text: std::sync::Arc::new(text) };
+    let df = crate::dockerfile::parse(&file)
+        .map_err(|e| fail(e.errors.into_iter().map(|e| LangError::Dockerfile(Box::new(e))).collect()))?;
+    // The context: given (a context argument), else the workspace (-C),
+    // else the Dockerfile's folder.
+    let context =
+        options.dockerfile.context.clone().or_else(|| options.workspace.clone()).unwrap_or_else(|| dir.clone());
+    let boundary = Boundary::new(&context, &options.allow_paths);
+    let context = match boundary.check(&context) {
+        super::boundary::Resolved::Inside(c) | super::boundary::Resolved::Outside(c) => c,
+    };
+    let files = vec![file];
+    let mut cx = Cx {
+        files: &files,
+        errors: Errors::default(),
+        args: HashMap::new(),
+        used: BTreeMap::new(),
+        failed: HashSet::new(),
+        boundary: &boundary,
+        limits: options.limits,
+        expanded: 0,
+        args_too_deep: false,
+        typos: HashMap::new(),
+        compared: 0,
+        arg_names: None,
+    };
+    if !context.is_dir() {
+        cx.invalid(
+            Span { file: 0, span: (0, 0).into() },
+            format!("the build context {} is not a folder", context.display()),
+            "building this Dockerfile",
+            Some("give the context folder as the argument, or with -C DIR"),
+        );
+    }
+    let stages = cx.lower_dockerfile(&df, 0, &context, &options.set, &options.dockerfile, None, 0).unwrap_or_default();
+    if cx.errors.is_empty() {
+        cx.check_cycles(&stages, &[]);
+    }
+    let Cx { errors, .. } = cx;
+    if errors.is_empty() {
+        Ok(Workspace {
+            files,
+            args: Vec::new(),
+            stages,
+            artifacts: Vec::new(),
+            targets: Vec::new(),
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
+            boundary,
+        })
+    } else {
+        Err(fail(errors.into_reported()))
+    }
 }
 
 fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOptions) -> Result<Workspace, LoadError> {

@@ -143,6 +143,7 @@ impl Cx<'_> {
         let f = self.file(file);
         let mut run = Run {
             script,
+            exec: None,
             caches: Vec::new(),
             secrets: Vec::new(),
             network: Network::default(),

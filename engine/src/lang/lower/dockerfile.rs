@@ -1,0 +1,869 @@
+//! Dockerfiles lowered into stages: the tree [`crate::dockerfile`] reads
+//! becomes the same [`Stage`]s and [`Instruction`]s a `build.kdl` gives, so
+//! a Dockerfile's steps get the same keys, cache, scheduler and outputs.
+//!
+//! Variables are expanded here, as BuildKit's frontend expands them before
+//! it builds: the global ARGs (with the predefined platform args) in `FROM`
+//! lines, and in a stage its ARGs and ENVs, in instruction order, through
+//! [`Scope`]. One thing BuildKit knows that a load does not: the
+//! environment of a base *image* (its config is read when the build
+//! fetches it). A variable the Dockerfile does not set, in a stage that
+//! starts from an image, is therefore left for later in `ENV` and `WORKDIR`
+//! values (`ENV PATH=/go/bin:$PATH`): the image config expands it against
+//! the base image's environment when the step runs, as it does for
+//! `build.kdl`. Elsewhere (a `COPY` path, a `LABEL`) it expands to nothing.
+//!
+//! ARG values reach `RUN` steps as environment variables, as in Docker
+//! (an `ENV` of the same name wins), so they are part of the step's key
+//! and never of the image config. `CMD` and `ENTRYPOINT` in shell form are
+//! stored as Docker stores them: the stage's `SHELL` (default `/bin/sh -c`)
+//! followed by the command line. `MAINTAINER` sets the config's `author`,
+//! and `ONBUILD` adds its instruction's text to the config's `OnBuild`.
+//!
+//! Unnamed stages are named by their index (`0`, `1`, ...), the name
+//! `COPY --from=0` uses; BuildKit's stage names start with a letter, so the
+//! two never meet. The `--target` stage (default: the last) is the image.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use super::Cx;
+use super::values::{normalize_absolute, normalize_relative, parse_port};
+use crate::dockerfile::{
+    self, CommandLine, Dockerfile, Healthcheck as DfHealthcheck, Instruction as DfInstruction, Kind, MountType,
+    Platform, Scope, Source, Word,
+};
+use crate::lang::error::{LangError, list_names, quoted};
+use crate::lang::{
+    Base, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput, Instruction, InstructionKind,
+    Network, Run, SecretMount, Security, Sharing, Span, Stage,
+};
+use crate::reference::ImageRef;
+use crate::sandbox::normalize_signal;
+
+/// What a Dockerfile build asks for besides the file.
+#[derive(Debug, Clone, Default)]
+pub struct DockerfileOptions {
+    /// `--target`: the stage that becomes the image (default: the last).
+    pub target: Option<String>,
+    /// `-t`: the image's tags.
+    pub tags: Vec<String>,
+    /// The build context (a context argument); `None`: the workspace
+    /// given with `-C`, else the Dockerfile's folder.
+    pub context: Option<std::path::PathBuf>,
+}
+
+/// Marks a variable left for the image config to expand (see the module
+/// docs): private-use characters no Dockerfile value holds.
+const DEFER_OPEN: char = '\u{E000}';
+const DEFER_CLOSE: char = '\u{E001}';
+
+/// The state of one stage while it is lowered.
+#[derive(Clone)]
+struct StageState {
+    scope: Scope,
+    /// ARGs declared in the stage, with their values, in force for `RUN`.
+    args: BTreeMap<String, String>,
+    /// Names set by `ENV` in this stage or a stage it starts from.
+    env_names: BTreeSet<String>,
+    /// The stage's ENVs with their values (for stages built on it).
+    env: Vec<(String, String)>,
+    /// The `SHELL` in force.
+    shell: Vec<String>,
+    /// Whether variables unknown here may come from a base image's config.
+    image_env: bool,
+    /// `CMD` given in this stage (so `ENTRYPOINT` keeps it, as BuildKit does).
+    cmd: Option<Vec<String>>,
+}
+
+/// What a finished stage passes on to stages built on it.
+#[derive(Clone)]
+struct Inherited {
+    env: Vec<(String, String)>,
+    env_names: BTreeSet<String>,
+    shell: Vec<String>,
+    image_env: bool,
+}
+
+fn default_shell() -> Vec<String> {
+    vec!["/bin/sh".to_owned(), "-c".to_owned()]
+}
+
+/// `$` kept literally by the image config's expansion, and deferred
+/// variables written as `${NAME}` for it.
+fn for_config(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("\\$"),
+            DEFER_OPEN => {
+                out.push_str("${");
+                for n in chars.by_ref() {
+                    if n == DEFER_CLOSE {
+                        break;
+                    }
+                    out.push(n);
+                }
+                out.push('}');
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A value with deferred variables dropped (they expand to nothing where
+/// nothing expands them later).
+fn settled(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut skipping = false;
+    for c in value.chars() {
+        match c {
+            DEFER_OPEN => skipping = true,
+            DEFER_CLOSE => skipping = false,
+            c if !skipping => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The host architecture as a platform (`linux/amd64` on x86-64).
+fn host_platform() -> Platform {
+    Platform { os: "linux".to_owned(), arch: crate::image::host_architecture().to_owned(), variant: None }
+}
+
+/// How a stage is named in the workspace: `prefix.` (for a `dockerfile`
+/// node) and its name, or its index when it has none.
+fn stage_name(prefix: Option<&str>, stage: &dockerfile::Stage) -> String {
+    let own = stage.name().map_or_else(|| stage.index.to_string(), str::to_owned);
+    match prefix {
+        Some(p) => format!("{p}.{own}"),
+        None => own,
+    }
+}
+
+impl Cx<'_> {
+    /// Lowers a parsed Dockerfile (file `file`) into stages whose ids start
+    /// at `first_id`; `context` is the build context of every stage.
+    /// Returns `None` when an error was reported.
+    pub(super) fn lower_dockerfile(
+        &mut self,
+        df: &Dockerfile,
+        file: FileId,
+        context: &Path,
+        build_args: &[(String, String)],
+        options: &DockerfileOptions,
+        prefix: Option<&str>,
+        first_id: usize,
+    ) -> Option<Vec<Stage>> {
+        let before = self.errors.len();
+        let at = |span| Span { file, span };
+        if df.stages.is_empty() {
+            self.invalid(
+                at((0, 0).into()),
+                "the Dockerfile has no FROM".to_owned(),
+                "no stage",
+                Some("a Dockerfile starts its first stage with `FROM IMAGE`"),
+            );
+            return None;
+        }
+        // The image stage, found before expansion: TARGETSTAGE names it.
+        let target = match &options.target {
+            None => df.stages.len() - 1,
+            Some(t) => {
+                let wanted = t.to_ascii_lowercase();
+                let found = df.stages.iter().position(|s| s.name() == Some(wanted.as_str()));
+                let Some(found) = found else {
+                    let names: Vec<&str> = df.stages.iter().filter_map(dockerfile::Stage::name).collect();
+                    self.invalid(
+                        at((0, 0).into()),
+                        format!("target stage `{}` could not be found", quoted(t)),
+                        "this Dockerfile",
+                        Some(&if names.is_empty() {
+                            "no stage has a name: name one with `FROM IMAGE AS NAME`".to_owned()
+                        } else {
+                            format!("the named stages are {}", list_names(&names))
+                        }),
+                    );
+                    return None;
+                };
+                found
+            }
+        };
+        let args: BTreeMap<String, String> = build_args.iter().cloned().collect();
+        let mut global = Scope::new(
+            df.escape,
+            args,
+            &host_platform(),
+            &host_platform(),
+            df.stages[target].name().or(options.target.as_deref()),
+        );
+        let mut global_used = BTreeMap::new();
+        for ins in &df.global_args {
+            if let Kind::Arg(decls) = &ins.kind {
+                for decl in decls {
+                    match global.declare_global(decl) {
+                        Ok(e) => self.note_used(&global, &e.used, &mut global_used),
+                        Err((e, word)) => self.expansion_error(file, &word, &e.to_string()),
+                    }
+                }
+            }
+        }
+
+        let names: HashMap<&str, usize> = df.stages.iter().filter_map(|s| s.name().map(|n| (n, s.index))).collect();
+        let mut inherited: Vec<Option<Inherited>> = vec![None; df.stages.len()];
+        let mut stages = Vec::with_capacity(df.stages.len());
+        for stage in &df.stages {
+            let from = stage.from();
+            let from_span = at(from.image.span);
+            let mut used = BTreeMap::new();
+            let image = match global.expand(&from.image.text) {
+                Ok(e) => {
+                    self.note_used(&global, &e.used, &mut used);
+                    e.value
+                }
+                Err(e) => {
+                    self.expansion_error(file, &from.image, &e.to_string());
+                    continue;
+                }
+            };
+            if let Some(p) = &from.platform
+                && let Err(e) = global.expand(&p.text)
+            {
+                self.expansion_error(file, p, &e.to_string());
+            }
+            let lower = image.to_ascii_lowercase();
+            let (base, parent) = if lower == "scratch" {
+                (Base::Scratch, None)
+            } else if let Some(&i) = names.get(lower.as_str()).filter(|&&i| i < stage.index) {
+                (Base::Stage(first_id + i), inherited[i].clone())
+            } else {
+                match ImageRef::parse(&image) {
+                    Ok(r) => (Base::Image(r), None),
+                    Err(e) => {
+                        self.invalid(
+                            from_span,
+                            format!("`{}` is neither an earlier stage nor a valid image reference", quoted(&image)),
+                            &e.to_string(),
+                            Some("FROM names an image like `debian:bookworm-slim`, an earlier stage, or `scratch`"),
+                        );
+                        continue;
+                    }
+                }
+            };
+            let parent = parent.unwrap_or(Inherited {
+                env: Vec::new(),
+                env_names: BTreeSet::new(),
+                shell: default_shell(),
+                image_env: matches!(base, Base::Image(_)),
+            });
+            let mut st = StageState {
+                scope: global.stage(&parent.env),
+                args: BTreeMap::new(),
+                env_names: parent.env_names.clone(),
+                env: parent.env.clone(),
+                shell: parent.shell.clone(),
+                image_env: parent.image_env,
+                cmd: None,
+            };
+            let mut instructions = Vec::new();
+            for ins in &stage.instructions {
+                self.lower_df_instruction(df, ins, file, &names, stage.index, first_id, &mut st, &mut instructions);
+            }
+            inherited[stage.index] =
+                Some(Inherited { env: st.env, env_names: st.env_names, shell: st.shell, image_env: st.image_env });
+            let image_out = (stage.index == target).then(|| ImageOutput {
+                tags: options
+                    .tags
+                    .iter()
+                    .filter_map(|t| match ImageRef::parse(t) {
+                        Ok(r) => Some((r, from_span)),
+                        Err(e) => {
+                            self.invalid(
+                                from_span,
+                                format!("`-t {}` is not a valid image reference", quoted(t)),
+                                &e.to_string(),
+                                None,
+                            );
+                            None
+                        }
+                    })
+                    .collect(),
+                annotations: Vec::new(),
+            });
+            let mut args_used = used;
+            for ins in &instructions {
+                let ins: &Instruction = ins;
+                args_used.extend(ins.args_used.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            let name_span = from.name.as_ref().map_or(from.image.span, |w| w.span);
+            stages.push(Stage {
+                name: stage_name(prefix, stage),
+                span: at(name_span),
+                from: base,
+                from_span,
+                context: context.to_path_buf(),
+                instructions,
+                image: image_out,
+                args_used,
+            });
+        }
+        let _ = global_used;
+        (self.errors.len() == before && stages.len() == df.stages.len()).then_some(stages)
+    }
+
+    /// Records the declared args an expansion read, with their values.
+    fn note_used(&self, scope: &Scope, used: &BTreeSet<String>, into: &mut BTreeMap<String, String>) {
+        for name in used {
+            if let Some(v) = scope.get(name) {
+                into.insert(name.clone(), v.to_owned());
+            }
+        }
+    }
+
+    fn expansion_error(&mut self, file: FileId, word: &Word, message: &str) {
+        self.invalid(
+            Span { file, span: word.span },
+            format!("cannot expand `{}`: {message}", quoted(&word.text)),
+            "here",
+            None,
+        );
+    }
+
+    /// Expands a word in the stage; variables the stage does not know are
+    /// deferred when `defer` (ENV, WORKDIR) and the base is an image.
+    fn df_expand(
+        &mut self,
+        st: &StageState,
+        word: &Word,
+        file: FileId,
+        defer: bool,
+        used: &mut BTreeMap<String, String>,
+    ) -> Option<String> {
+        let deferring = defer && st.image_env;
+        let lookup = |name: &str| -> Option<String> {
+            match st.scope.get(name) {
+                Some(v) => Some(v.to_owned()),
+                None if deferring => Some(format!("{DEFER_OPEN}{name}{DEFER_CLOSE}")),
+                None => None,
+            }
+        };
+        match dockerfile::expand_word(&word.text, st.scope.escape(), &lookup) {
+            Ok(e) => {
+                for name in &e.used {
+                    if let Some(v) = st.args.get(name) {
+                        used.insert(name.clone(), v.clone());
+                    }
+                }
+                Some(if deferring { e.value } else { settled(&e.value) })
+            }
+            Err(e) => {
+                self.expansion_error(file, word, &e.to_string());
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::too_many_lines)]
+    fn lower_df_instruction(
+        &mut self,
+        df: &Dockerfile,
+        ins: &DfInstruction,
+        file: FileId,
+        names: &HashMap<&str, usize>,
+        index: usize,
+        first_id: usize,
+        st: &mut StageState,
+        out: &mut Vec<Instruction>,
+    ) {
+        let span = Span { file, span: ins.span };
+        let mut used = BTreeMap::new();
+        let push = |out: &mut Vec<Instruction>, kind: InstructionKind, used: &BTreeMap<String, String>| {
+            out.push(Instruction { span, kind, args_used: used.clone() });
+        };
+        match &ins.kind {
+            Kind::From(_) => {}
+            Kind::Arg(decls) => {
+                for decl in decls {
+                    match st.scope.declare(decl) {
+                        Ok(_) => {
+                            if let Some(v) = st.scope.get(&decl.name.text) {
+                                st.args.insert(decl.name.text.clone(), v.to_owned());
+                            }
+                        }
+                        Err((e, word)) => self.expansion_error(file, &word, &e.to_string()),
+                    }
+                }
+            }
+            Kind::Env(pairs) => {
+                for kv in pairs {
+                    let Some(key) = self.df_expand(st, &kv.key, file, false, &mut used) else { continue };
+                    let Some(value) = self.df_expand(st, &kv.value, file, true, &mut used) else { continue };
+                    self.check_env_name(&key, Span { file, span: kv.key.span });
+                    st.scope.set_env(&key, &value);
+                    st.env_names.insert(key.clone());
+                    st.env.retain(|(k, _)| *k != key);
+                    st.env.push((key.clone(), value.clone()));
+                    push(out, InstructionKind::Env(key, for_config(&value)), &used);
+                }
+            }
+            Kind::Label(pairs) => {
+                for kv in pairs {
+                    let Some(key) = self.df_expand(st, &kv.key, file, false, &mut used) else { continue };
+                    let Some(value) = self.df_expand(st, &kv.value, file, false, &mut used) else { continue };
+                    push(out, InstructionKind::Label(key, value), &used);
+                }
+            }
+            Kind::Maintainer(w) => push(out, InstructionKind::Author(w.text.clone()), &used),
+            Kind::Workdir(w) => {
+                if let Some(dir) = self.df_expand(st, w, file, true, &mut used) {
+                    push(out, InstructionKind::Workdir(for_config(&dir)), &used);
+                }
+            }
+            Kind::User(w) => {
+                if let Some(user) = self.df_expand(st, w, file, false, &mut used) {
+                    push(out, InstructionKind::User(user), &used);
+                }
+            }
+            Kind::Expose(words) => {
+                let mut ports = Vec::new();
+                for w in words {
+                    let Some(text) = self.df_expand(st, w, file, false, &mut used) else { continue };
+                    for p in text.split_whitespace() {
+                        match parse_port(p) {
+                            Some(port) => ports.push(port),
+                            None => self.invalid(
+                                Span { file, span: w.span },
+                                format!("`{}` is not a port", quoted(p)),
+                                "expected PORT or PORT/PROTOCOL",
+                                Some("bake reads single ports (8080, 53/udp); port ranges are not supported"),
+                            ),
+                        }
+                    }
+                }
+                push(out, InstructionKind::Expose(ports), &used);
+            }
+            Kind::Volume { paths, .. } => {
+                let mut list = Vec::new();
+                for w in paths {
+                    let Some(p) = self.df_expand(st, w, file, false, &mut used) else { continue };
+                    if p.is_empty() {
+                        self.invalid(Span { file, span: w.span }, "VOLUME needs a path".to_owned(), "empty", None);
+                        continue;
+                    }
+                    list.push(p);
+                }
+                push(out, InstructionKind::Volume(list), &used);
+            }
+            Kind::StopSignal(w) => {
+                let Some(raw) = self.df_expand(st, w, file, false, &mut used) else { return };
+                match normalize_signal(&raw) {
+                    Some(sig) => push(out, InstructionKind::StopSignal(sig), &used),
+                    None => self.invalid(
+                        Span { file, span: w.span },
+                        format!("`{}` is not a signal", quoted(&raw)),
+                        "unknown signal",
+                        Some("use a name like SIGTERM or a number from 1 to 64"),
+                    ),
+                }
+            }
+            Kind::Shell(args) => {
+                st.shell.clone_from(args);
+                push(out, InstructionKind::Shell(args.clone()), &used);
+            }
+            Kind::Cmd(cl) => {
+                let args = self.command_args(st, cl);
+                st.cmd = Some(args.clone());
+                push(out, InstructionKind::Cmd(args), &used);
+            }
+            Kind::Entrypoint(cl) => {
+                let args = self.command_args(st, cl);
+                push(out, InstructionKind::Entrypoint(args), &used);
+                // BuildKit keeps a CMD given earlier in the same stage; the
+                // config drops the inherited one with any new entrypoint.
+                if let Some(cmd) = &st.cmd {
+                    push(out, InstructionKind::Cmd(cmd.clone()), &used);
+                }
+            }
+            Kind::Healthcheck(h) => {
+                let hc = match h {
+                    DfHealthcheck::None => Healthcheck {
+                        test: HealthTest::None,
+                        interval_ns: None,
+                        timeout_ns: None,
+                        start_period_ns: None,
+                        start_interval_ns: None,
+                        retries: None,
+                    },
+                    DfHealthcheck::Cmd(c) => {
+                        let ns = |d: Option<std::time::Duration>| {
+                            d.filter(|d| !d.is_zero()).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                        };
+                        Healthcheck {
+                            test: match &c.command {
+                                CommandLine::Exec { args, .. } => HealthTest::Exec(args.clone()),
+                                CommandLine::Shell(w) => HealthTest::Shell(w.text.clone()),
+                            },
+                            interval_ns: ns(c.interval),
+                            timeout_ns: ns(c.timeout),
+                            start_period_ns: ns(c.start_period),
+                            start_interval_ns: ns(c.start_interval),
+                            retries: c.retries.filter(|r| *r > 0),
+                        }
+                    }
+                };
+                push(out, InstructionKind::Healthcheck(hc), &used);
+            }
+            Kind::Onbuild(inner) => {
+                let text = &self.file(file).text;
+                let start = inner.span.offset();
+                let end = (start + inner.span.len()).min(text.len());
+                let raw = text.get(start..end).unwrap_or_default();
+                // Continuations joined, as Docker stores the trigger.
+                let joined = raw.replace(&format!("{}\n", df.escape), "");
+                push(out, InstructionKind::OnBuild(joined.trim().to_owned()), &used);
+            }
+            Kind::Run(r) => {
+                if let Some(run) = self.lower_df_run(ins, r, file, st, &mut used) {
+                    // Every ARG in force reaches the step, so every one is in its key.
+                    for (k, v) in &st.args {
+                        used.insert(k.clone(), v.clone());
+                    }
+                    push(out, InstructionKind::Run(run), &used);
+                }
+            }
+            Kind::Copy(c) => {
+                let from = c.from.as_ref();
+                if c.parents {
+                    self.unsupported(span, "COPY --parents", "copy each folder with its own COPY");
+                    return;
+                }
+                if let Some(copy) = self.lower_df_copy(
+                    st,
+                    file,
+                    &c.sources,
+                    &c.dest,
+                    from,
+                    c.chown.as_ref(),
+                    c.chmod.as_ref(),
+                    &c.excludes,
+                    names,
+                    index,
+                    first_id,
+                    &mut used,
+                ) {
+                    push(out, InstructionKind::Copy(copy), &used);
+                }
+            }
+            Kind::Add(a) => {
+                if a.checksum.is_some() || a.keep_git_dir.is_some() {
+                    self.unsupported(span, "ADD --checksum and --keep-git-dir", "download in a RUN step");
+                    return;
+                }
+                for s in &a.sources {
+                    if let Source::Path(w) = s {
+                        let t = w.text.to_ascii_lowercase();
+                        if t.starts_with("http://") || t.starts_with("https://") || t.starts_with("git@") {
+                            self.unsupported(
+                                Span { file, span: w.span },
+                                "ADD from a URL",
+                                "download it in a RUN step, or COPY a file kept in the context",
+                            );
+                            return;
+                        }
+                        let archive = [".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst"];
+                        if archive.iter().any(|ext| t.ends_with(ext)) && a.unpack != Some(false) {
+                            self.unsupported(
+                                Span { file, span: w.span },
+                                "ADD of a local archive (which Docker extracts)",
+                                "COPY the archive and extract it in a RUN step",
+                            );
+                            return;
+                        }
+                    }
+                }
+                if let Some(copy) = self.lower_df_copy(
+                    st,
+                    file,
+                    &a.sources,
+                    &a.dest,
+                    None,
+                    a.chown.as_ref(),
+                    a.chmod.as_ref(),
+                    &a.excludes,
+                    names,
+                    index,
+                    first_id,
+                    &mut used,
+                ) {
+                    push(out, InstructionKind::Copy(copy), &used);
+                }
+            }
+        }
+    }
+
+    /// A feature of the Dockerfile that bake does not build yet.
+    fn unsupported(&mut self, at: Span, what: &str, instead: &str) {
+        self.invalid(at, format!("{what} is not supported by bake yet"), "not supported", Some(&format!("{instead}")));
+    }
+
+    /// `CMD`/`ENTRYPOINT` as stored in the image: exec form as given, shell
+    /// form through the stage's `SHELL`.
+    fn command_args(&self, st: &StageState, cl: &CommandLine) -> Vec<String> {
+        match cl {
+            CommandLine::Exec { args, .. } => args.clone(),
+            CommandLine::Shell(w) => {
+                let mut args = st.shell.clone();
+                args.push(w.text.clone());
+                args
+            }
+        }
+    }
+
+    fn lower_df_run(
+        &mut self,
+        ins: &DfInstruction,
+        r: &dockerfile::Run,
+        file: FileId,
+        st: &StageState,
+        used: &mut BTreeMap<String, String>,
+    ) -> Option<Run> {
+        let span = Span { file, span: ins.span };
+        let (script, exec) = match &r.command {
+            CommandLine::Exec { args, .. } => (args.join(" "), Some(args.clone())),
+            CommandLine::Shell(w) => {
+                let mut text = w.text.clone();
+                let bare = r.heredocs.len() == 1
+                    && text.trim().trim_start_matches(|c: char| c.is_ascii_digit()).starts_with("<<")
+                    && !text.trim().contains(char::is_whitespace);
+                if bare {
+                    text = r.heredocs[0].text();
+                } else {
+                    // The shell reads heredocs itself: give it the bodies back.
+                    for h in &r.heredocs {
+                        text.push('\n');
+                        text.push_str(&h.text());
+                        text.push_str(&h.name);
+                    }
+                }
+                (text, None)
+            }
+        };
+        let mut run = Run {
+            script,
+            exec,
+            caches: Vec::new(),
+            secrets: Vec::new(),
+            network: match r.network {
+                None | Some((dockerfile::Network::Default, _)) => Network::Private,
+                Some((dockerfile::Network::None, _)) => Network::None,
+                Some((dockerfile::Network::Host, _)) => Network::Host,
+            },
+            security: match r.security {
+                Some((dockerfile::Security::Insecure, at)) => Security::Insecure { at: Span { file, span: at } },
+                _ => Security::Sandbox,
+            },
+            env: Vec::new(),
+        };
+        for m in &r.mounts {
+            let at = Span { file, span: m.raw.span };
+            let mount = match m.resolve(&st.scope) {
+                Ok(mount) => mount,
+                Err(e) => {
+                    self.invalid(at, format!("cannot read this mount: {e}"), "here", None);
+                    continue;
+                }
+            };
+            let _ = used;
+            match mount.kind {
+                MountType::Cache => {
+                    if mount.from.is_some()
+                        || mount.source.is_some()
+                        || mount.uid.is_some()
+                        || mount.gid.is_some()
+                        || mount.mode.is_some()
+                    {
+                        self.unsupported(
+                            at,
+                            "a cache mount with from, source, uid, gid or mode",
+                            "leave them out: the cache folder is root's, mode 0755",
+                        );
+                        continue;
+                    }
+                    let Some(target) = mount.target.clone() else {
+                        self.invalid(at, "a cache mount needs a target".to_owned(), "no target=", None);
+                        continue;
+                    };
+                    let path = normalize_absolute(&target);
+                    let id = mount.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| path.clone());
+                    let sharing = match mount.sharing {
+                        None | Some(dockerfile::Sharing::Shared) => Sharing::Shared,
+                        Some(dockerfile::Sharing::Private) => Sharing::Private,
+                        Some(dockerfile::Sharing::Locked) => Sharing::Locked,
+                    };
+                    run.caches.push(CacheMount { path, id, sharing });
+                }
+                MountType::Secret => {
+                    if mount.env.is_some() || mount.uid.is_some() || mount.gid.is_some() || mount.mode.is_some() {
+                        self.unsupported(
+                            at,
+                            "a secret mount with env, uid, gid or mode",
+                            "read the secret file in the step",
+                        );
+                        continue;
+                    }
+                    // BuildKit: the id defaults to the target's base name.
+                    let id = mount
+                        .id
+                        .clone()
+                        .or_else(|| mount.source.clone())
+                        .or_else(|| mount.target.as_deref().and_then(|t| t.rsplit('/').next()).map(str::to_owned));
+                    let Some(id) = id.filter(|i| !i.is_empty()) else {
+                        self.invalid(at, "a secret mount needs an id".to_owned(), "no id=", None);
+                        continue;
+                    };
+                    let target =
+                        mount.target.clone().map_or_else(|| format!("/run/secrets/{id}"), |t| normalize_absolute(&t));
+                    run.secrets.push(SecretMount { id, target, required: mount.required });
+                }
+                MountType::Bind | MountType::Tmpfs | MountType::Ssh => {
+                    let what = format!("RUN --mount=type={:?}", mount.kind).to_ascii_lowercase();
+                    self.unsupported(at, &what, "COPY what the step needs, or use a cache mount");
+                }
+            }
+        }
+        run.env = st
+            .args
+            .iter()
+            .filter(|(k, _)| !st.env_names.contains(*k))
+            .map(|(k, v)| (k.clone(), for_config(v)))
+            .collect();
+        let _ = span;
+        Some(run)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lower_df_copy(
+        &mut self,
+        st: &StageState,
+        file: FileId,
+        sources: &[Source],
+        dest: &Word,
+        from: Option<&Word>,
+        chown: Option<&Word>,
+        chmod: Option<&Word>,
+        excludes: &[Word],
+        names: &HashMap<&str, usize>,
+        index: usize,
+        first_id: usize,
+        used: &mut BTreeMap<String, String>,
+    ) -> Option<Copy> {
+        let from = match from {
+            None => CopySource::Context,
+            Some(w) => {
+                let raw = self.df_expand(st, w, file, false, used)?;
+                let at = Span { file, span: w.span };
+                let lower = raw.to_ascii_lowercase();
+                if let Ok(i) = raw.parse::<usize>() {
+                    if i >= index {
+                        self.invalid(
+                            at,
+                            format!("COPY --from={i} names stage {i}, which is not an earlier stage"),
+                            "not an earlier stage",
+                            Some("stages are numbered from 0 in file order"),
+                        );
+                        return None;
+                    }
+                    CopySource::Stage(first_id + i)
+                } else if let Some(&i) = names.get(lower.as_str()) {
+                    if i == index {
+                        self.invalid(at, "a stage cannot copy from itself".to_owned(), "this stage", None);
+                        return None;
+                    }
+                    CopySource::Stage(first_id + i)
+                } else if lower == "scratch" {
+                    self.invalid(at, "cannot copy from `scratch`".to_owned(), "scratch is empty", None);
+                    return None;
+                } else {
+                    match ImageRef::parse(&raw) {
+                        Ok(r) => CopySource::Image(r),
+                        Err(e) => {
+                            self.invalid(
+                                at,
+                                format!("`{}` is neither a stage nor a valid image reference", quoted(&raw)),
+                                &e.to_string(),
+                                None,
+                            );
+                            return None;
+                        }
+                    }
+                }
+            }
+        };
+        let mut paths = Vec::new();
+        let mut spans = Vec::new();
+        for s in sources {
+            match s {
+                Source::Heredoc(h) => {
+                    self.unsupported(
+                        Span { file, span: h.span },
+                        "COPY from a heredoc",
+                        "keep the file in the context",
+                    );
+                    return None;
+                }
+                Source::Path(w) => {
+                    let raw = self.df_expand(st, w, file, false, used)?;
+                    let at = Span { file, span: w.span };
+                    if from == CopySource::Context {
+                        match normalize_relative(&raw) {
+                            Some(p) => paths.push(p),
+                            None => {
+                                self.errors.push(LangError::ContextEscape {
+                                    source_path: raw,
+                                    context: "the build context".to_owned(),
+                                    src: self.file(file).src(),
+                                    at: w.span,
+                                });
+                                return None;
+                            }
+                        }
+                    } else {
+                        paths.push(normalize_absolute(&raw));
+                    }
+                    spans.push(at);
+                }
+            }
+        }
+        let dest = self.df_expand(st, dest, file, false, used)?;
+        let chown = match chown {
+            Some(w) => Some(self.df_expand(st, w, file, false, used)?),
+            None => None,
+        };
+        let chmod = match chmod {
+            Some(w) => {
+                let raw = self.df_expand(st, w, file, false, used)?;
+                match u32::from_str_radix(&raw, 8).ok().filter(|m| *m <= 0o7777) {
+                    Some(m) => Some(m),
+                    None => {
+                        self.invalid(
+                            Span { file, span: w.span },
+                            format!("`--chmod={}` is not an octal mode", quoted(&raw)),
+                            "expected octal permissions like 755",
+                            None,
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut exclude = Vec::new();
+        for w in excludes {
+            exclude.push(self.df_expand(st, w, file, false, used)?);
+        }
+        Some(Copy { sources: paths, source_spans: spans, dest, from, chown, chmod, exclude })
+    }
+}
