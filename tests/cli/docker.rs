@@ -57,6 +57,14 @@ pub(crate) fn load(archive: &Path) {
     succeed(client().arg("load").arg("-i").arg(archive));
 }
 
+/// `DOCKER_BUILDKIT=1 docker build ARGS`: Docker's BuildKit, holding the
+/// engine (it reads base images and writes the result); must succeed.
+pub(crate) fn buildkit(args: &[&str]) -> String {
+    start();
+    let _engine = hold();
+    succeed(client().env("DOCKER_BUILDKIT", "1").arg("build").args(args))
+}
+
 /// `docker run --rm --network host ARGS`, which must succeed; its stdout.
 /// On a failure the panic carries `explain()` (what the image holds). Should
 /// runc still fail to create the container, it is tried once more after a

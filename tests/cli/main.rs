@@ -4,6 +4,7 @@
 mod book_help;
 mod container;
 mod docker;
+mod dockerfile;
 mod examples;
 mod exit_codes;
 mod exports;
