@@ -438,7 +438,7 @@ pub fn is_dockerfile(path: &Path) -> bool {
     let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()) else {
         return false;
     };
-    if name.ends_with(".kdl") {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("kdl")) {
         return false;
     }
     ["dockerfile", "containerfile"]

@@ -53,6 +53,20 @@ pub struct DockerfileOptions {
     pub context: Option<std::path::PathBuf>,
 }
 
+/// Where a Dockerfile's stages go and what they are built with.
+#[derive(Clone, Copy)]
+pub(super) struct Input<'a> {
+    /// The build context of every stage.
+    pub(super) context: &'a Path,
+    /// `--build-arg` values (or a `dockerfile` node's `arg` children).
+    pub(super) build_args: &'a [(String, String)],
+    pub(super) options: &'a DockerfileOptions,
+    /// Stage names are `PREFIX.NAME` when set (a `dockerfile` node).
+    pub(super) prefix: Option<&'a str>,
+    /// The workspace id of the first stage.
+    pub(super) first_id: usize,
+}
+
 /// Marks a variable left for the image config to expand (see the module
 /// docs): private-use characters no Dockerfile value holds.
 const DEFER_OPEN: char = '\u{E000}';
@@ -144,20 +158,34 @@ fn stage_name(prefix: Option<&str>, stage: &dockerfile::Stage) -> String {
     }
 }
 
+/// Records the args an expansion read, with their values.
+fn note_used(scope: &Scope, used: &BTreeSet<String>, into: &mut BTreeMap<String, String>) {
+    for name in used {
+        if let Some(v) = scope.get(name) {
+            into.insert(name.clone(), v.to_owned());
+        }
+    }
+}
+
+/// `CMD`/`ENTRYPOINT` as stored in the image: exec form as given, shell
+/// form through the stage's `SHELL`.
+fn command_args(st: &StageState, cl: &CommandLine) -> Vec<String> {
+    match cl {
+        CommandLine::Exec { args, .. } => args.clone(),
+        CommandLine::Shell(w) => {
+            let mut args = st.shell.clone();
+            args.push(w.text.clone());
+            args
+        }
+    }
+}
+
 impl Cx<'_> {
     /// Lowers a parsed Dockerfile (file `file`) into stages whose ids start
     /// at `first_id`; `context` is the build context of every stage.
     /// Returns `None` when an error was reported.
-    pub(super) fn lower_dockerfile(
-        &mut self,
-        df: &Dockerfile,
-        file: FileId,
-        context: &Path,
-        build_args: &[(String, String)],
-        options: &DockerfileOptions,
-        prefix: Option<&str>,
-        first_id: usize,
-    ) -> Option<Vec<Stage>> {
+    pub(super) fn lower_dockerfile(&mut self, df: &Dockerfile, file: FileId, input: &Input<'_>) -> Option<Vec<Stage>> {
+        let Input { context, build_args, options, prefix, first_id } = *input;
         let before = self.errors.len();
         let at = |span| Span { file, span };
         if df.stages.is_empty() {
@@ -205,7 +233,7 @@ impl Cx<'_> {
             if let Kind::Arg(decls) = &ins.kind {
                 for decl in decls {
                     match global.declare_global(decl) {
-                        Ok(e) => self.note_used(&global, &e.used, &mut global_used),
+                        Ok(e) => note_used(&global, &e.used, &mut global_used),
                         Err((e, word)) => self.expansion_error(file, &word, &e.to_string()),
                     }
                 }
@@ -221,7 +249,7 @@ impl Cx<'_> {
             let mut used = BTreeMap::new();
             let image = match global.expand(&from.image.text) {
                 Ok(e) => {
-                    self.note_used(&global, &e.used, &mut used);
+                    note_used(&global, &e.used, &mut used);
                     e.value
                 }
                 Err(e) => {
@@ -312,15 +340,6 @@ impl Cx<'_> {
         }
         let _ = global_used;
         (self.errors.len() == before && stages.len() == df.stages.len()).then_some(stages)
-    }
-
-    /// Records the declared args an expansion read, with their values.
-    fn note_used(&self, scope: &Scope, used: &BTreeSet<String>, into: &mut BTreeMap<String, String>) {
-        for name in used {
-            if let Some(v) = scope.get(name) {
-                into.insert(name.clone(), v.to_owned());
-            }
-        }
     }
 
     fn expansion_error(&mut self, file: FileId, word: &Word, message: &str) {
@@ -474,12 +493,12 @@ impl Cx<'_> {
                 push(out, InstructionKind::Shell(args.clone()), &used);
             }
             Kind::Cmd(cl) => {
-                let args = self.command_args(st, cl);
+                let args = command_args(st, cl);
                 st.cmd = Some(args.clone());
                 push(out, InstructionKind::Cmd(args), &used);
             }
             Kind::Entrypoint(cl) => {
-                let args = self.command_args(st, cl);
+                let args = command_args(st, cl);
                 push(out, InstructionKind::Entrypoint(args), &used);
                 // BuildKit keeps a CMD given earlier in the same stage; the
                 // config drops the inherited one with any new entrypoint.
@@ -526,13 +545,12 @@ impl Cx<'_> {
                 push(out, InstructionKind::OnBuild(joined.trim().to_owned()), &used);
             }
             Kind::Run(r) => {
-                if let Some(run) = self.lower_df_run(ins, r, file, st, &mut used) {
-                    // Every ARG in force reaches the step, so every one is in its key.
-                    for (k, v) in &st.args {
-                        used.insert(k.clone(), v.clone());
-                    }
-                    push(out, InstructionKind::Run(run), &used);
+                let run = self.lower_df_run(ins, r, file, st, &mut used);
+                // Every ARG in force reaches the step, so every one is in its key.
+                for (k, v) in &st.args {
+                    used.insert(k.clone(), v.clone());
                 }
+                push(out, InstructionKind::Run(run), &used);
             }
             Kind::Copy(c) => {
                 let from = c.from.as_ref();
@@ -606,20 +624,7 @@ impl Cx<'_> {
 
     /// A feature of the Dockerfile that bake does not build yet.
     fn unsupported(&mut self, at: Span, what: &str, instead: &str) {
-        self.invalid(at, format!("{what} is not supported by bake yet"), "not supported", Some(&format!("{instead}")));
-    }
-
-    /// `CMD`/`ENTRYPOINT` as stored in the image: exec form as given, shell
-    /// form through the stage's `SHELL`.
-    fn command_args(&self, st: &StageState, cl: &CommandLine) -> Vec<String> {
-        match cl {
-            CommandLine::Exec { args, .. } => args.clone(),
-            CommandLine::Shell(w) => {
-                let mut args = st.shell.clone();
-                args.push(w.text.clone());
-                args
-            }
-        }
+        self.invalid(at, format!("{what} is not supported by bake yet"), "not supported", Some(instead));
     }
 
     fn lower_df_run(
@@ -629,7 +634,7 @@ impl Cx<'_> {
         file: FileId,
         st: &StageState,
         used: &mut BTreeMap<String, String>,
-    ) -> Option<Run> {
+    ) -> Run {
         let span = Span { file, span: ins.span };
         let (script, exec) = match &r.command {
             CommandLine::Exec { args, .. } => (args.join(" "), Some(args.clone())),
@@ -741,7 +746,7 @@ impl Cx<'_> {
             .map(|(k, v)| (k.clone(), for_config(v)))
             .collect();
         let _ = span;
-        Some(run)
+        run
     }
 
     #[allow(clippy::too_many_arguments)]

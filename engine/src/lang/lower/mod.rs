@@ -103,7 +103,19 @@ pub(super) fn load_dockerfile(
             Some("give the context folder as the argument, or with -C DIR"),
         );
     }
-    let stages = cx.lower_dockerfile(&df, 0, &context, &options.set, &options.dockerfile, None, 0).unwrap_or_default();
+    let stages = cx
+        .lower_dockerfile(
+            &df,
+            0,
+            &dockerfile::Input {
+                context: &context,
+                build_args: &options.set,
+                options: &options.dockerfile,
+                prefix: None,
+                first_id: 0,
+            },
+        )
+        .unwrap_or_default();
     if cx.errors.is_empty() {
         cx.check_cycles(&stages, &[]);
     }
