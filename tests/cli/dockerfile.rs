@@ -196,11 +196,11 @@ impl Case {
 
     /// Builds the Dockerfile with bake (`args`: `--build-arg`, `--secret`,
     /// `--target`...) and loads it into Docker as `bake-df/NAME:bake`.
-    pub(crate) fn build_with_bake(&self, args: &[&str]) -> String {
+    pub(crate) fn build_with_bake(&self, dockerfile: &str, args: &[&str]) -> String {
         let tag = format!("bake-df/{}:bake", self.name);
         let archive = self.dir.path().join("bake-image.tar");
         let dest = format!("type=docker,dest={}", archive.display());
-        let mut all = vec!["-f", "Dockerfile", "build", "-t", &tag, "-o", &dest];
+        let mut all = vec!["-f", dockerfile, "build", "-t", &tag, "-o", &dest];
         all.extend_from_slice(args);
         let r = self.bake(&all);
         assert_eq!(r.code, 0, "bake {}:\n{}", all.join(" "), r.render());
@@ -210,20 +210,26 @@ impl Case {
     }
 
     /// Builds the Dockerfile with Docker's BuildKit as `bake-df/NAME:buildkit`.
-    pub(crate) fn build_with_buildkit(&self, args: &[&str]) -> String {
+    pub(crate) fn build_with_buildkit(&self, dockerfile: &str, args: &[&str]) -> String {
         let tag = format!("bake-df/{}:buildkit", self.name);
         let context = self.dir.path().display().to_string();
-        let mut all = vec!["-q", "--network", "host", "-t", &tag];
+        let file = self.dir.path().join(dockerfile).display().to_string();
+        let mut all = vec!["-q", "--network", "host", "-f", &file, "-t", &tag];
         all.extend_from_slice(args);
         all.push(&context);
         docker::buildkit(&all);
         tag
     }
 
-    /// Builds with both and asserts the images agree.
+    /// Builds `Dockerfile` with both and asserts the images agree.
     pub(crate) fn assert_same(&self, args: &[&str]) -> (String, String) {
-        let ours = self.build_with_bake(args);
-        let theirs = self.build_with_buildkit(args);
+        self.assert_same_file("Dockerfile", args)
+    }
+
+    /// Builds a Dockerfile of the case with both and asserts the images agree.
+    pub(crate) fn assert_same_file(&self, dockerfile: &str, args: &[&str]) -> (String, String) {
+        let ours = self.build_with_bake(dockerfile, args);
+        let theirs = self.build_with_buildkit(dockerfile, args);
         let diff = differences(&snapshot(&ours), &snapshot(&theirs));
         assert!(diff.is_empty(), "{} differs from BuildKit's image:\n{}", self.name, diff.join("\n"));
         (ours, theirs)
@@ -307,4 +313,15 @@ fn c_multistage_gives_the_image_buildkit_gives() {
     assert_eq!(changed.code, 0, "{}", changed.render());
     assert!(!changed.stderr.contains("run      build:"), "{}", changed.render());
     assert!(changed.stderr.contains("run      runtime: run echo"), "{}", changed.render());
+}
+
+#[test]
+fn config_instructions_and_arg_scopes_match_buildkit() {
+    let case = Case::new("busybox-config", &["busybox"], &["busybox:1.35"]);
+    let (ours, _) = case.assert_same_file("app.Dockerfile", &["--build-arg", "SUFFIX=two"]);
+    let shown = docker::run(&["--entrypoint", "cat", &ours, "args.txt", "env.txt", "shadowed.txt", "shell.txt"]);
+    assert_eq!(shown, "two local-two a b\nLOCAL=local-two\nSUFFIX=two\nfrom-env\nshell /bin/sh\n");
+    // app.Dockerfile.dockerignore, not .dockerignore, decided what the context holds.
+    let snap = snapshot(&ours);
+    assert!(snap.files.contains_key("ctx/kept.md") && !snap.files.contains_key("ctx/dropped.txt"));
 }

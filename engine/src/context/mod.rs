@@ -216,13 +216,25 @@ impl Context {
         index_dir: Option<&Path>,
         boundary: Option<&crate::lang::Boundary>,
     ) -> Result<Self, ContextError> {
+        Self::open_with_ignore(dir, index_dir, boundary, None)
+    }
+
+    /// [`Context::open_within`] with `ignore_file` read in place of the
+    /// context's `.dockerignore` (a Dockerfile's `NAME.dockerignore` beside
+    /// it, as BuildKit reads it); `.bakeignore` still applies after it.
+    pub fn open_with_ignore(
+        dir: &Path,
+        index_dir: Option<&Path>,
+        boundary: Option<&crate::lang::Boundary>,
+        ignore_file: Option<&Path>,
+    ) -> Result<Self, ContextError> {
         let root = std::fs::canonicalize(dir)
             .map_err(|e| ContextError::Missing { dir: dir.to_path_buf(), source: Some(e) })?;
         if !root.is_dir() {
             return Err(ContextError::Missing { dir: dir.to_path_buf(), source: None });
         }
         let own = crate::lang::Boundary::new(&root, &[]);
-        let rules = read_rules(&root, boundary.unwrap_or(&own))?;
+        let rules = read_rules_with(&root, boundary.unwrap_or(&own), ignore_file)?;
         let index_path = index_dir
             .map(|d| d.join(format!("{}.idx", &blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex()[..32])));
         // Never walk into bake's own state when it lives inside the context.
@@ -492,9 +504,22 @@ fn settled(stat: &index::Stat, started: i64) -> bool {
 /// symlink to one inside `boundary`: a symlink out of the project would
 /// otherwise be read, and its lines echoed in "bad pattern" errors.
 pub(crate) fn read_rules(root: &Path, boundary: &crate::lang::Boundary) -> Result<Rules, ContextError> {
+    read_rules_with(root, boundary, None)
+}
+
+/// [`read_rules`], with `dockerignore` (when given) read instead of the
+/// context's `.dockerignore`.
+pub(crate) fn read_rules_with(
+    root: &Path,
+    boundary: &crate::lang::Boundary,
+    dockerignore: Option<&Path>,
+) -> Result<Rules, ContextError> {
     let mut rules = Rules::default();
     for name in IGNORE_FILES {
-        let file = root.join(name);
+        let file = match dockerignore {
+            Some(own) if name == ".dockerignore" => own.to_path_buf(),
+            _ => root.join(name),
+        };
         match std::fs::symlink_metadata(&file) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(ContextError::Io { path: file, source: e }),

@@ -151,9 +151,13 @@ impl Copier<'_, '_> {
                 }
             }
         }
+        // A Dockerfile's `COPY --from` without `--chown` keeps the source's owners.
+        let keep = copy.keep_owners && copy.chown.is_none() && !matches!(source, Source::Context(_));
         for item in items.values_mut() {
-            item.entry.uid = uid;
-            item.entry.gid = gid;
+            if !keep {
+                item.entry.uid = uid;
+                item.entry.gid = gid;
+            }
             // Link permissions mean nothing on Linux; BuildKit leaves them too.
             if let Some(mode) = copy.chmod
                 && !matches!(item.entry.kind, EntryKind::Symlink { .. })
@@ -396,6 +400,11 @@ fn add_found(items: &mut BTreeMap<String, Item>, path: &str, f: &Found) {
         return;
     };
     insert(items, path.to_owned(), kind, mode, content, link);
+    // The source's owners, kept only by a Dockerfile's `COPY --from`.
+    if let Some(item) = items.get_mut(path) {
+        item.entry.uid = meta.uid();
+        item.entry.gid = meta.gid();
+    }
     if ft.is_file()
         && let Ok(Some(cap)) = xattr::get(&f.real, "security.capability")
         && let Some(item) = items.get_mut(path)

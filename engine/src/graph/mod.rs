@@ -293,33 +293,40 @@ impl Plan {
         let wanted = |n: &Node| n.needed || options.include_pruned;
 
         // Hash every context the selected copies read, in parallel.
-        let mut contexts: BTreeMap<PathBuf, Option<Arc<Context>>> = BTreeMap::new();
+        // By folder and the ignore file read in place of its `.dockerignore`.
+        let mut contexts: BTreeMap<(PathBuf, Option<PathBuf>), Option<Arc<Context>>> = BTreeMap::new();
         let mut jobs = Vec::new();
         for &n in &order {
             let node = &self.graph[n];
             if let (true, Op::Copy { stage, copy, .. }) = (wanted(node), &node.op)
                 && copy.from == CopySource::Context
             {
-                contexts.entry(ws.stages[*stage].context.clone()).or_default();
+                let s = &ws.stages[*stage];
+                contexts.entry((s.context.clone(), s.ignore_file.clone())).or_default();
                 jobs.push(n);
             }
         }
         let mut errors = Vec::new();
         // Contexts are walked in parallel: a monorepo has one per service.
-        let opened: Vec<(PathBuf, Result<Context, ContextError>)> = contexts
+        let opened: Vec<((PathBuf, Option<PathBuf>), Result<Context, ContextError>)> = contexts
             .keys()
             .cloned()
             .collect::<Vec<_>>()
             .into_par_iter()
-            .map(|dir| {
-                let ctx = Context::open_within(&dir, options.index_dir.as_deref(), Some(&ws.boundary));
-                (dir, ctx)
+            .map(|(dir, ignore)| {
+                let ctx = Context::open_with_ignore(
+                    &dir,
+                    options.index_dir.as_deref(),
+                    Some(&ws.boundary),
+                    ignore.as_deref(),
+                );
+                ((dir, ignore), ctx)
             })
             .collect();
-        for (dir, opened) in opened {
+        for ((dir, ignore), opened) in opened {
             match opened {
                 Ok(ctx) => {
-                    contexts.insert(dir, Some(Arc::new(ctx)));
+                    contexts.insert((dir, ignore), Some(Arc::new(ctx)));
                 }
                 Err(e) => errors.push(context_error(ws, None, &dir, e)),
             }
@@ -330,8 +337,9 @@ impl Plan {
                 let Op::Copy { stage, copy, .. } = &self.graph[n].op else {
                     return None;
                 };
-                let dir = &ws.stages[*stage].context;
-                let ctx = contexts.get(dir)?.as_ref()?;
+                let s = &ws.stages[*stage];
+                let dir = &s.context;
+                let ctx = contexts.get(&(s.context.clone(), s.ignore_file.clone()))?.as_ref()?;
                 let sources: Vec<&str> = copy.sources.iter().map(String::as_str).collect();
                 let exclude: Vec<&str> = copy.exclude.iter().map(String::as_str).collect();
                 let result = ctx
@@ -407,6 +415,10 @@ impl Plan {
                 k.list("sources", &copy.sources).field("dest", &copy.dest);
                 k.opt("chown", copy.chown.as_ref()).opt("chmod", copy.chmod.map(|m| format!("{m:o}")));
                 k.list("exclude", &copy.exclude);
+                // Only written when set (Dockerfiles), so other keys stay as they were.
+                if copy.keep_owners {
+                    k.field("keep-owners", true);
+                }
                 match &copy.from {
                     CopySource::Context => {
                         let digest = self.reads.get(&n).map_or([0; 32], |r| r.selection.digest);

@@ -164,6 +164,9 @@ pub struct Stage {
     pub from_span: Span,
     /// The build context folder: the file's folder, or `context=` from it.
     pub context: PathBuf,
+    /// The ignore file read instead of the context's `.dockerignore`: a
+    /// Dockerfile's `NAME.dockerignore` beside it, when there is one.
+    pub ignore_file: Option<PathBuf>,
     pub instructions: Vec<Instruction>,
     /// Set for `image` nodes: what export adds.
     pub image: Option<ImageOutput>,
@@ -238,6 +241,10 @@ pub struct Copy {
     /// Permission bits, from an octal string or integer.
     pub chmod: Option<u32>,
     pub exclude: Vec<String>,
+    /// Copied entries keep the owners they have in the source stage or
+    /// image when no `chown` is given, as a Dockerfile's `COPY --from`
+    /// does; otherwise (`build.kdl`) they are owned by 0:0.
+    pub keep_owners: bool,
 }
 
 /// `run "script" { cache ...; secret ...; network ...; security ...; env ... }`.

@@ -186,6 +186,14 @@ impl Cx<'_> {
     /// Returns `None` when an error was reported.
     pub(super) fn lower_dockerfile(&mut self, df: &Dockerfile, file: FileId, input: &Input<'_>) -> Option<Vec<Stage>> {
         let Input { context, build_args, options, prefix, first_id } = *input;
+        // BuildKit reads `Dockerfile.dockerignore` beside the Dockerfile in
+        // place of the context's `.dockerignore`.
+        let own_ignore = {
+            let path = &self.file(file).path;
+            let name = path.file_name().map(|n| format!("{}.dockerignore", n.to_string_lossy()));
+            name.map(|n| path.with_file_name(n)).filter(|p| p.is_file())
+        };
+        let ignore_file = own_ignore.as_deref();
         let before = self.errors.len();
         let at = |span| Span { file, span };
         if df.stages.is_empty() {
@@ -333,6 +341,7 @@ impl Cx<'_> {
                 from: base,
                 from_span,
                 context: context.to_path_buf(),
+                ignore_file: ignore_file.map(Path::to_path_buf),
                 instructions,
                 image: image_out,
                 args_used,
@@ -869,6 +878,7 @@ impl Cx<'_> {
         for w in excludes {
             exclude.push(self.df_expand(st, w, file, false, used)?);
         }
-        Some(Copy { sources: paths, source_spans: spans, dest, from, chown, chmod, exclude })
+        let keep_owners = from != CopySource::Context;
+        Some(Copy { sources: paths, source_spans: spans, dest, from, chown, chmod, exclude, keep_owners })
     }
 }

@@ -106,7 +106,17 @@ impl Cx<'_> {
         for ins in &instructions {
             args_used.extend(ins.args_used.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        Some(Stage { name, span: decl.span, from: from?, from_span, context, instructions, image, args_used })
+        Some(Stage {
+            name,
+            span: decl.span,
+            from: from?,
+            from_span,
+            context,
+            ignore_file: None,
+            instructions,
+            image,
+            args_used,
+        })
     }
 
     pub(super) fn lower_instruction(

@@ -78,7 +78,7 @@ impl Cx<'_> {
         let chown = c.prop("chown").map(|e| self.lower_chown(e, file));
         let chmod = c.prop("chmod").and_then(|e| self.lower_chmod(e, file));
         let exclude = c.props("exclude").iter().map(|e| self.string(file, e)).collect();
-        Some(Copy { sources, source_spans, dest, from, chown, chmod, exclude })
+        Some(Copy { sources, source_spans, dest, from, chown, chmod, exclude, keep_owners: false })
     }
 
     /// `chown=`: `user` or `user:group`, names or ids (checked, kept as written).
