@@ -143,6 +143,21 @@ fn settled(value: &str) -> String {
     out
 }
 
+/// The names a word uses with a modifier (`${X:-d}`, `${X#p}`, ...).
+fn with_modifier(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        let after = &rest[at + 2..];
+        let len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        if after[len..].starts_with([':', '-', '+', '?', '#', '%', '/']) {
+            out.push(after[..len].to_owned());
+        }
+        rest = &after[len..];
+    }
+    out
+}
+
 /// The host architecture as a platform (`linux/amd64` on x86-64).
 fn host_platform() -> Platform {
     Platform { os: "linux".to_owned(), arch: crate::image::host_architecture().to_owned(), variant: None }
@@ -236,13 +251,11 @@ impl Cx<'_> {
             &host_platform(),
             df.stages[target].name().or(options.target.as_deref()),
         );
-        let mut global_used = BTreeMap::new();
         for ins in &df.global_args {
             if let Kind::Arg(decls) = &ins.kind {
                 for decl in decls {
-                    match global.declare_global(decl) {
-                        Ok(e) => note_used(&global, &e.used, &mut global_used),
-                        Err((e, word)) => self.expansion_error(file, &word, &e.to_string()),
+                    if let Err((e, word)) = global.declare_global(decl) {
+                        self.expansion_error(file, &word, &e.to_string());
                     }
                 }
             }
@@ -347,7 +360,6 @@ impl Cx<'_> {
                 args_used,
             });
         }
-        let _ = global_used;
         (self.errors.len() == before && stages.len() == df.stages.len()).then_some(stages)
     }
 
@@ -371,10 +383,15 @@ impl Cx<'_> {
         used: &mut BTreeMap<String, String>,
     ) -> Option<String> {
         let deferring = defer && st.image_env;
+        let modified = with_modifier(&word.text);
         let lookup = |name: &str| -> Option<String> {
             match st.scope.get(name) {
                 Some(v) => Some(v.to_owned()),
-                None if deferring => Some(format!("{DEFER_OPEN}{name}{DEFER_CLOSE}")),
+                // `${X:-default}` means the default when the Dockerfile does
+                // not set X: the base image setting it is the rarer case.
+                None if deferring && !modified.iter().any(|m| m == name) => {
+                    Some(format!("{DEFER_OPEN}{name}{DEFER_CLOSE}"))
+                }
                 None => None,
             }
         };
@@ -554,7 +571,7 @@ impl Cx<'_> {
                 push(out, InstructionKind::OnBuild(joined.trim().to_owned()), &used);
             }
             Kind::Run(r) => {
-                let run = self.lower_df_run(ins, r, file, st, &mut used);
+                let run = self.lower_df_run(r, file, st);
                 // Every ARG in force reaches the step, so every one is in its key.
                 for (k, v) in &st.args {
                     used.insert(k.clone(), v.clone());
@@ -636,15 +653,7 @@ impl Cx<'_> {
         self.invalid(at, format!("{what} is not supported by bake yet"), "not supported", Some(instead));
     }
 
-    fn lower_df_run(
-        &mut self,
-        ins: &DfInstruction,
-        r: &dockerfile::Run,
-        file: FileId,
-        st: &StageState,
-        used: &mut BTreeMap<String, String>,
-    ) -> Run {
-        let span = Span { file, span: ins.span };
+    fn lower_df_run(&mut self, r: &dockerfile::Run, file: FileId, st: &StageState) -> Run {
         let (script, exec) = match &r.command {
             CommandLine::Exec { args, .. } => (args.join(" "), Some(args.clone())),
             CommandLine::Shell(w) => {
@@ -690,7 +699,6 @@ impl Cx<'_> {
                     continue;
                 }
             };
-            let _ = used;
             match mount.kind {
                 MountType::Cache => {
                     if mount.from.is_some()
@@ -743,7 +751,7 @@ impl Cx<'_> {
                     run.secrets.push(SecretMount { id, target, required: mount.required });
                 }
                 MountType::Bind | MountType::Tmpfs | MountType::Ssh => {
-                    let what = format!("RUN --mount=type={:?}", mount.kind).to_ascii_lowercase();
+                    let what = format!("RUN --mount=type={}", format!("{:?}", mount.kind).to_ascii_lowercase());
                     self.unsupported(at, &what, "COPY what the step needs, or use a cache mount");
                 }
             }
@@ -754,7 +762,6 @@ impl Cx<'_> {
             .filter(|(k, _)| !st.env_names.contains(*k))
             .map(|(k, v)| (k.clone(), for_config(v)))
             .collect();
-        let _ = span;
         run
     }
 
@@ -880,5 +887,109 @@ impl Cx<'_> {
         }
         let keep_owners = from != CopySource::Context;
         Some(Copy { sources: paths, source_spans: spans, dest, from, chown, chmod, exclude, keep_owners })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::lang::{Base, CopySource, InstructionKind, LoadOptions, Workspace, load_dockerfile_str};
+
+    fn load(text: &str, options: &LoadOptions) -> Result<Workspace, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = options.clone();
+        options.dockerfile.context = Some(dir.path().to_path_buf());
+        load_dockerfile_str(&dir.path().join("Dockerfile"), text, &options)
+            .map_err(|e| e.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    }
+
+    fn kinds(ws: &Workspace, stage: usize) -> Vec<InstructionKind> {
+        ws.stages[stage].instructions.iter().map(|i| i.kind.clone()).collect()
+    }
+
+    #[test]
+    fn the_last_stage_is_the_image_and_unnamed_stages_are_numbered() {
+        let ws =
+            load("FROM busybox AS Build\nRUN true\nFROM scratch\nCOPY --from=build /x /x\n", &LoadOptions::default())
+                .expect("load");
+        let names: Vec<&str> = ws.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["build", "1"]);
+        assert!(ws.stages[0].image.is_none() && ws.stages[1].image.is_some());
+        assert_eq!(ws.stages[1].from, Base::Scratch);
+        let InstructionKind::Copy(copy) = &kinds(&ws, 1)[0] else { panic!("a copy") };
+        assert_eq!(copy.from, CopySource::Stage(0));
+        assert!(copy.keep_owners);
+    }
+
+    #[test]
+    fn a_target_that_is_not_a_stage_lists_the_named_ones() {
+        let mut options = LoadOptions::default();
+        options.dockerfile.target = Some("tset".to_owned());
+        let err = load("FROM busybox AS test\nFROM busybox AS app\n", &options).expect_err("unknown target");
+        assert!(err.contains("target stage `tset` could not be found"), "{err}");
+        options.dockerfile.target = Some("TEST".to_owned());
+        let ws = load("FROM busybox AS test\nFROM busybox AS app\n", &options).expect("a target by any case");
+        assert!(ws.stages[0].image.is_some() && ws.stages[1].image.is_none());
+    }
+
+    #[test]
+    fn args_reach_run_steps_unless_an_env_shadows_them() {
+        let options = LoadOptions { set: vec![("V".to_owned(), "given".to_owned())], ..LoadOptions::default() };
+        let text = "ARG G=global\nFROM busybox\nARG G\nARG V=default\nARG U\nRUN a\nENV V=env\nRUN b\n";
+        let ws = load(text, &options).expect("load");
+        let runs: Vec<Vec<(String, String)>> = kinds(&ws, 0)
+            .into_iter()
+            .filter_map(|k| match k {
+                InstructionKind::Run(r) => Some(r.env),
+                _ => None,
+            })
+            .collect();
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        // U has no value: BuildKit leaves it out of the environment.
+        assert_eq!(runs, [vec![pair("G", "global"), pair("V", "given")], vec![pair("G", "global")]]);
+        assert_eq!(ws.stages[0].instructions[0].args_used.get("V").map(String::as_str), Some("given"));
+    }
+
+    #[test]
+    fn env_leaves_base_image_variables_to_the_image_config() {
+        let text =
+            "FROM busybox\nENV PATH=/x:$PATH A='$HOME' B=${UNSET:-d}\nWORKDIR $HOME/w\nFROM scratch\nENV P=$PATH\n";
+        let ws = load(text, &LoadOptions::default()).expect("load");
+        assert_eq!(
+            kinds(&ws, 0),
+            [
+                InstructionKind::Env("PATH".into(), "/x:${PATH}".into()),
+                InstructionKind::Env("A".into(), "\\$HOME".into()),
+                InstructionKind::Env("B".into(), "d".into()),
+                InstructionKind::Workdir("${HOME}/w".into()),
+            ]
+        );
+        // scratch has no environment: nothing is left for later.
+        assert_eq!(kinds(&ws, 1), [InstructionKind::Env("P".into(), String::new())]);
+    }
+
+    #[test]
+    fn shell_forms_go_through_shell_and_entrypoint_keeps_this_stages_cmd() {
+        let text =
+            "FROM busybox\nCMD [\"a\"]\nSHELL [\"/bin/bash\", \"-c\"]\nENTRYPOINT run it\nRUN [\"/bin/true\", \"x\"]\n";
+        let ws = load(text, &LoadOptions::default()).expect("load");
+        let k = kinds(&ws, 0);
+        assert_eq!(k[2], InstructionKind::Entrypoint(vec!["/bin/bash".into(), "-c".into(), "run it".into()]));
+        assert_eq!(k[3], InstructionKind::Cmd(vec!["a".into()]));
+        let InstructionKind::Run(run) = &k[4] else { panic!("a run") };
+        assert_eq!(run.exec.as_deref(), Some(&["/bin/true".to_owned(), "x".to_owned()][..]));
+    }
+
+    #[test]
+    fn what_bake_cannot_build_yet_is_an_error_at_its_flag() {
+        for (text, says) in [
+            ("FROM busybox\nRUN --mount=type=bind,target=/x true\n", "RUN --mount=type=bind is not supported"),
+            ("FROM busybox\nADD https://example.com/a.tgz /a\n", "ADD from a URL is not supported"),
+            ("FROM busybox\nADD app.tar.gz /a\n", "ADD of a local archive"),
+            ("FROM busybox\nCOPY --from=1 /a /a\nFROM busybox\n", "not an earlier stage"),
+            ("FROM busybox\nCOPY --parents a/b /x/\n", "COPY --parents is not supported"),
+        ] {
+            let err = load(text, &LoadOptions::default()).expect_err(text);
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 }
