@@ -294,7 +294,7 @@ impl Plan {
 
         // Hash every context the selected copies read, in parallel.
         // By folder and the ignore file read in place of its `.dockerignore`.
-        let mut contexts: BTreeMap<(PathBuf, Option<PathBuf>), Option<Arc<Context>>> = BTreeMap::new();
+        let mut contexts: BTreeMap<ContextId, Option<Arc<Context>>> = BTreeMap::new();
         let mut jobs = Vec::new();
         for &n in &order {
             let node = &self.graph[n];
@@ -308,7 +308,7 @@ impl Plan {
         }
         let mut errors = Vec::new();
         // Contexts are walked in parallel: a monorepo has one per service.
-        let opened: Vec<((PathBuf, Option<PathBuf>), Result<Context, ContextError>)> = contexts
+        let opened: Vec<(ContextId, Result<Context, ContextError>)> = contexts
             .keys()
             .cloned()
             .collect::<Vec<_>>()
@@ -492,6 +492,10 @@ impl Plan {
         render::render(self, ws, format)
     }
 }
+
+/// A context as the keys read it: its folder, and the ignore file read in
+/// place of its `.dockerignore`.
+type ContextId = (PathBuf, Option<PathBuf>);
 
 fn node(id: String, op: Op, span: Option<Span>) -> Node {
     Node { id, op, span, chain: None, needed: false, key: None, inputs: Vec::new(), context_files: None }
