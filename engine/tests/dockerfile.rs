@@ -4,7 +4,9 @@
 //! dump of what bake reads (`bake_engine::dockerfile::dump`) or the errors it
 //! reports (`LINE: CODE: MESSAGE`); or a table (`expand.txt`, `words.txt`)
 //! of words and what they expand to. `README.md` there says where each case
-//! comes from. `BAKE_BLESS=1` rewrites `expected` files (review the diff).
+//! comes from. Folders named `lint-*` expect the lint findings instead
+//! (`LINE: RULE: MESSAGE`). `BAKE_BLESS=1` rewrites `expected` files (review
+//! the diff).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,7 +22,13 @@ fn root() -> PathBuf {
 fn read(dir: &Path) -> String {
     let text = std::fs::read(dir.join("Dockerfile")).expect("Dockerfile");
     let text = String::from_utf8(text).expect("UTF-8 Dockerfile");
+    let lint = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("lint-"));
     match dockerfile::parse_str("Dockerfile", Arc::new(text)) {
+        Ok(df) if lint => {
+            // The base image's environment, as most images have it.
+            let findings = dockerfile::lint::check_with(&df, &|_| Some(vec!["PATH".to_owned()]));
+            findings.iter().map(|f| format!("{}: {}: {}\n", f.line, f.rule, f.message)).collect()
+        }
         Ok(df) => dump::dockerfile(&df),
         Err(errors) => format!("error\n{}", dump::errors(&errors)),
     }
@@ -217,6 +225,15 @@ cases! {
     heredoc_several => "heredoc-several",
     instruction_case => "instruction-case",
     label_forms => "label-forms",
+    lint_casing => "lint-casing",
+    lint_empty_continuation => "lint-empty-continuation",
+    lint_json_args => "lint-json-args",
+    lint_multiple => "lint-multiple",
+    lint_skip => "lint-skip",
+    lint_skip_all => "lint-skip-all",
+    lint_stage_names => "lint-stage-names",
+    lint_undefined => "lint-undefined",
+    lint_workdir_maintainer_legacy => "lint-workdir-maintainer-legacy",
     many_errors => "many-errors",
     missing_arguments => "missing-arguments",
     multi_stage => "multi-stage",

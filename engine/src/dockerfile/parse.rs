@@ -489,7 +489,15 @@ pub(super) fn parse(src: Src, text: &str) -> Result<Dockerfile, DockerfileErrors
     if !errors.errors.is_empty() {
         return Err(errors);
     }
-    Ok(Dockerfile { src: src.clone(), directives, escape: ctx.escape, global_args, stages, warnings })
+    Ok(Dockerfile {
+        src: src.clone(),
+        text: std::sync::Arc::new(text.to_owned()),
+        directives,
+        escape: ctx.escape,
+        global_args,
+        stages,
+        warnings,
+    })
 }
 
 /// A long line shortened for a warning.
