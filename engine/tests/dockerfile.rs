@@ -9,6 +9,7 @@
 //! the diff).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,7 +28,11 @@ fn read(dir: &Path) -> String {
         Ok(df) if lint => {
             // The base image's environment, as most images have it.
             let findings = dockerfile::lint::check_with(&df, &|_| Some(vec!["PATH".to_owned()]));
-            findings.iter().map(|f| format!("{}: {}: {}\n", f.line, f.rule, f.message)).collect()
+            let mut out = String::new();
+            for f in &findings {
+                let _ = writeln!(out, "{}: {}: {}", f.line, f.rule, f.message);
+            }
+            out
         }
         Ok(df) => dump::dockerfile(&df),
         Err(errors) => format!("error\n{}", dump::errors(&errors)),
@@ -325,7 +330,8 @@ fn hostile_files_end_in_an_error_fast() {
     let e = parse_err(&long);
     assert_eq!(e.errors[0].kind, dockerfile::ErrorKind::Limit, "{}", dump::errors(&e));
     // Too many heredocs on one line.
-    let many = format!("FROM a\nRUN {}\n", (0..300).map(|i| format!("<<E{i} ")).collect::<String>());
+    let markers: Vec<String> = (0..300).map(|i| format!("<<E{i}")).collect();
+    let many = format!("FROM a\nRUN {}\n", markers.join(" "));
     let e = parse_err(&many);
     assert_eq!(e.errors[0].kind, dockerfile::ErrorKind::Limit, "{}", dump::errors(&e));
     // A file past the size limit.
@@ -343,7 +349,8 @@ fn which_instructions_expand_is_buildkits_list() {
     let df = parse(
         "FROM a\nRUN x\nCMD x\nENTRYPOINT x\nSHELL [\"a\"]\nMAINTAINER m\nHEALTHCHECK NONE\nWORKDIR /\nENV A=1\nCOPY a b\nADD a b\nLABEL a=b\nEXPOSE 1\nUSER u\nVOLUME /v\nSTOPSIGNAL 1\nONBUILD RUN x\nARG X\n",
     );
-    let expanded: Vec<&str> = df.stages[0].instructions.iter().filter(|i| i.kind.expands()).map(|i| i.name()).collect();
+    let expanded: Vec<&str> =
+        df.stages[0].instructions.iter().filter(|i| i.kind.expands()).map(dockerfile::Instruction::name).collect();
     // RUN's mounts are expanded; its command is left to the shell.
     assert_eq!(
         expanded,

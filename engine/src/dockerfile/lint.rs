@@ -130,7 +130,7 @@ pub fn check_with(df: &Dockerfile, base_env: &dyn Fn(&Stage) -> Option<Vec<Strin
                 }
             }
         }
-        stage_rules(stage, base_env(stage), &global, &mut f);
+        stage_rules(stage, base_env(stage).as_deref(), &global, &mut f);
     }
     f.out.sort_by_key(|x| (x.span.offset(), x.rule));
     f.out
@@ -163,11 +163,11 @@ fn casing(df: &Dockerfile, f: &mut Findings<'_>) {
     }
 }
 
-fn stage_rules(stage: &Stage, base_env: Option<Vec<String>>, global: &Scope, f: &mut Findings<'_>) {
+fn stage_rules(stage: &Stage, base_env: Option<&[String]>, global: &Scope, f: &mut Findings<'_>) {
     let mut shell_set = false;
     let mut workdir_set = false;
     let mut last: BTreeMap<&'static str, SourceSpan> = BTreeMap::new();
-    let env: Vec<(String, String)> = base_env.iter().flatten().map(|n| (n.clone(), String::new())).collect();
+    let env: Vec<(String, String)> = base_env.into_iter().flatten().map(|n| (n.clone(), String::new())).collect();
     let mut scope = global.stage(&env);
     for i in &stage.instructions {
         let name = i.name();
@@ -205,7 +205,7 @@ fn stage_rules(stage: &Stage, base_env: Option<Vec<String>>, global: &Scope, f: 
                 );
             }
             Kind::Workdir(w) => {
-                let path = scope.expand(&w.text).map(|e| e.value).unwrap_or_else(|_| w.text.clone());
+                let path = scope.expand(&w.text).map_or_else(|_| w.text.clone(), |e| e.value);
                 if !workdir_set && !path.starts_with('/') {
                     f.push(
                         "WorkdirRelativePath",

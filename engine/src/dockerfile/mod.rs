@@ -116,7 +116,7 @@ pub fn parse(file: &SourceFile) -> Result<Dockerfile, DockerfileErrors> {
 
 /// Parses Dockerfile text; `name` is what diagnostics call the file.
 pub fn parse_str(name: &str, text: Arc<String>) -> Result<Dockerfile, DockerfileErrors> {
-    parse::parse(Src::new(name, Arc::clone(&text)), &text)
+    parse::parse(&Src::new(name, Arc::clone(&text)), text)
 }
 
 impl Dockerfile {
