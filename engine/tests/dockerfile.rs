@@ -443,3 +443,33 @@ fn heredoc_bodies_strip_tabs_only_for_chomp() {
     assert_eq!((a.content.as_str(), a.text().as_str()), ("\t\tindented\n", "indented\n"));
     assert_eq!(b.text(), "\tkept\n");
 }
+
+/// The fenced `dockerfile` blocks of a book page.
+fn dockerfile_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```dockerfile") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_dockerfile_in_the_book_parses() {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/src/dockerfile.md");
+    let text = std::fs::read_to_string(&page).expect("book/src/dockerfile.md");
+    let blocks = dockerfile_blocks(&text);
+    assert!(blocks.len() >= 3, "expected the page's examples, found {}", blocks.len());
+    for block in blocks {
+        let df = parse(&block);
+        assert!(!df.stages.is_empty(), "{block}");
+    }
+}
