@@ -9,11 +9,15 @@
 //!   [`hostile_layers`] (`tarball.rs`) builds their seeds.
 //! - [`manifest`] (`documents.rs`): registry bytes as manifests, indexes and
 //!   image configs.
+//! - [`dockerfile`] (`dockerfile.rs`): text as a Dockerfile, parsed and
+//!   expanded.
 
+mod dockerfile;
 mod documents;
 mod layers;
 mod tarball;
 
+pub use dockerfile::dockerfile;
 pub use documents::manifest;
 pub use layers::{LIMITS, tar, unpack};
 pub use tarball::hostile_layers;

@@ -4,9 +4,12 @@
 //! dump of what bake reads (`bake_engine::dockerfile::dump`) or the errors it
 //! reports (`LINE: CODE: MESSAGE`); or a table (`expand.txt`, `words.txt`)
 //! of words and what they expand to. `README.md` there says where each case
-//! comes from. `BAKE_BLESS=1` rewrites `expected` files (review the diff).
+//! comes from. Folders named `lint-*` expect the lint findings instead
+//! (`LINE: RULE: MESSAGE`). `BAKE_BLESS=1` rewrites `expected` files (review
+//! the diff).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +23,17 @@ fn root() -> PathBuf {
 fn read(dir: &Path) -> String {
     let text = std::fs::read(dir.join("Dockerfile")).expect("Dockerfile");
     let text = String::from_utf8(text).expect("UTF-8 Dockerfile");
+    let lint = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("lint-"));
     match dockerfile::parse_str("Dockerfile", Arc::new(text)) {
+        Ok(df) if lint => {
+            // The base image's environment, as most images have it.
+            let findings = dockerfile::lint::check_with(&df, &|_| Some(vec!["PATH".to_owned()]));
+            let mut out = String::new();
+            for f in &findings {
+                let _ = writeln!(out, "{}: {}: {}", f.line, f.rule, f.message);
+            }
+            out
+        }
         Ok(df) => dump::dockerfile(&df),
         Err(errors) => format!("error\n{}", dump::errors(&errors)),
     }
@@ -140,6 +153,11 @@ macro_rules! cases {
 }
 
 cases! {
+    add_flags => "add-flags",
+    arg_empty => "arg-empty",
+    arg_errors => "arg-errors",
+    arg_forms => "arg-forms",
+    before_from => "before-from",
     bk_add_copy_with_json => "bk-ADD-COPY-with-JSON",
     bk_args => "bk-args",
     bk_brimstone_consuldock => "bk-brimstone-consuldock",
@@ -156,6 +174,7 @@ cases! {
     bk_escapes => "bk-escapes",
     bk_flags => "bk-flags",
     bk_health => "bk-health",
+    bk_heredocs => "bk-heredocs",
     bk_influxdb => "bk-influxdb",
     bk_jeztah_invalid_json_json_inside_string => "bk-jeztah-invalid-json-json-inside-string",
     bk_jeztah_invalid_json_json_inside_string_double => "bk-jeztah-invalid-json-json-inside-string-double",
@@ -178,9 +197,64 @@ cases! {
     bk_trailing_backslash => "bk-trailing-backslash",
     bk_weechat => "bk-weechat",
     bk_znc => "bk-znc",
+    bom => "bom",
+    cmd_entrypoint_forms => "cmd-entrypoint-forms",
+    comments_kept => "comments-kept",
+    continuation_comments => "continuation-comments",
+    continuation_eof_escape => "continuation-eof-escape",
+    continuation_odd_escapes => "continuation-odd-escapes",
+    continuation_only_escape => "continuation-only-escape",
+    copy_errors => "copy-errors",
+    copy_flags => "copy-flags",
+    crlf => "crlf",
+    directive_after_blank => "directive-after-blank",
+    directive_after_unknown => "directive-after-unknown",
+    directive_case_spaces => "directive-case-spaces",
+    directive_check => "directive-check",
+    directive_check_all => "directive-check-all",
+    directive_check_bad => "directive-check-bad",
+    directive_duplicate => "directive-duplicate",
+    directive_escape_backtick => "directive-escape-backtick",
+    directive_invalid_escape => "directive-invalid-escape",
+    directive_not_at_top => "directive-not-at-top",
+    empty_continuation_eof => "empty-continuation-eof",
+    env_errors => "env-errors",
+    env_forms => "env-forms",
+    expose_forms => "expose-forms",
+    from_errors => "from-errors",
+    from_forms => "from-forms",
+    healthcheck_errors => "healthcheck-errors",
+    healthcheck_forms => "healthcheck-forms",
+    heredoc_errors => "heredoc-errors",
+    heredoc_not_read => "heredoc-not-read",
+    heredoc_several => "heredoc-several",
+    instruction_case => "instruction-case",
+    label_forms => "label-forms",
+    lint_casing => "lint-casing",
+    lint_empty_continuation => "lint-empty-continuation",
+    lint_json_args => "lint-json-args",
+    lint_multiple => "lint-multiple",
+    lint_skip => "lint-skip",
+    lint_skip_all => "lint-skip-all",
+    lint_stage_names => "lint-stage-names",
+    lint_undefined => "lint-undefined",
+    lint_workdir_maintainer_legacy => "lint-workdir-maintainer-legacy",
+    many_errors => "many-errors",
+    missing_arguments => "missing-arguments",
+    multi_stage => "multi-stage",
+    onbuild => "onbuild",
+    onbuild_errors => "onbuild-errors",
+    run_mount_errors => "run-mount-errors",
+    run_mounts => "run-mounts",
     shell_envvar => "shell-envvar",
+    shell_errors => "shell-errors",
+    shell_forms => "shell-forms",
     shell_modifiers => "shell-modifiers",
     shell_words => "shell-words",
+    unknown_instruction => "unknown-instruction",
+    user_workdir_stopsignal => "user-workdir-stopsignal",
+    volume_errors => "volume-errors",
+    volume_forms => "volume-forms",
 }
 
 #[test]
@@ -196,7 +270,206 @@ fn every_fixture_has_a_test() {
     assert_eq!(folders, listed, "add each new tests/dockerfile folder to `cases!` (and remove deleted ones)");
 }
 
+fn parse(text: &str) -> dockerfile::Dockerfile {
+    dockerfile::parse_str("Dockerfile", Arc::new(text.to_owned())).unwrap_or_else(|e| panic!("{}", dump::errors(&e)))
+}
+
+fn parse_err(text: &str) -> dockerfile::DockerfileErrors {
+    dockerfile::parse_str("Dockerfile", Arc::new(text.to_owned())).expect_err("the Dockerfile should not parse")
+}
+
+/// The text a span covers.
+fn at(text: &str, span: miette::SourceSpan) -> &str {
+    &text[span.offset()..span.offset() + span.len()]
+}
+
+#[test]
+fn words_point_into_the_file_across_continuations() {
+    let text = "FROM alpine AS base\nCOPY --from=base \\\n  # a comment\n  /src/a.txt \\\n  /dst/\nENV K=v \\\n    L=\"w x\"\nRUN <<EOF\necho hi\nEOF\n";
+    let df = parse(text);
+    let stage = &df.stages[0];
+    assert_eq!(at(text, stage.from().image.span), "alpine");
+    assert_eq!(at(text, stage.from().name.as_ref().expect("name").span), "base");
+    let dockerfile::Kind::Copy(copy) = &stage.instructions[0].kind else { panic!("COPY") };
+    assert_eq!(at(text, copy.from.as_ref().expect("--from").span), "--from=base");
+    let dockerfile::Source::Path(src) = &copy.sources[0] else { panic!("a path") };
+    assert_eq!(at(text, src.span), "/src/a.txt");
+    assert_eq!(at(text, copy.dest.span), "/dst/");
+    assert_eq!((stage.instructions[0].line, stage.instructions[0].end_line), (2, 5));
+    let dockerfile::Kind::Env(env) = &stage.instructions[1].kind else { panic!("ENV") };
+    assert_eq!(at(text, env[1].key.span), "L");
+    assert_eq!(at(text, env[1].value.span), "\"w x\"");
+    let dockerfile::Kind::Run(run) = &stage.instructions[2].kind else { panic!("RUN") };
+    assert_eq!(at(text, run.heredocs[0].span), "<<EOF");
+    assert_eq!(at(text, run.heredocs[0].body_span), "echo hi\nEOF");
+    assert_eq!(at(text, stage.instructions[2].span), "RUN <<EOF\necho hi\nEOF");
+}
+
+#[test]
+fn errors_render_with_their_line_and_a_suggestion() {
+    let text = "FROM alpine\nRUN true\nCOPY --form=builder a b\n";
+    let errors = parse_err(text);
+    let e = &errors.errors[0];
+    assert_eq!((e.line, at(text, e.span)), (3, "--form=builder"));
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .with_width(80)
+        .render_report(&mut out, &errors)
+        .expect("render");
+    assert!(out.contains("bake::dockerfile::unknown_flag"), "{out}");
+    assert!(out.contains("Dockerfile:3:6"), "{out}");
+    assert!(out.contains("did you mean `--from`?"), "{out}");
+    let e = &parse_err("FROM alpine\nRUNN x\n").errors[0];
+    assert_eq!(e.help.as_deref(), Some("did you mean `RUN`?"));
+}
+
+#[test]
+fn hostile_files_end_in_an_error_fast() {
+    // A continuation chain joining 2 MB into one line.
+    let long = format!("FROM a\nRUN x{}\n", " \\\nx".repeat(700_000));
+    let e = parse_err(&long);
+    assert_eq!(e.errors[0].kind, dockerfile::ErrorKind::Limit, "{}", dump::errors(&e));
+    // Too many heredocs on one line.
+    let markers: Vec<String> = (0..300).map(|i| format!("<<E{i}")).collect();
+    let many = format!("FROM a\nRUN {}\n", markers.join(" "));
+    let e = parse_err(&many);
+    assert_eq!(e.errors[0].kind, dockerfile::ErrorKind::Limit, "{}", dump::errors(&e));
+    // A file past the size limit.
+    let big = "#".repeat(dockerfile::MAX_FILE_SIZE + 1);
+    assert_eq!(parse_err(&big).errors[0].kind, dockerfile::ErrorKind::Limit);
+    // Deeply nested substitutions fail instead of recursing without bound.
+    let deep = format!("{}x{}", "${a:-".repeat(100_000), "}".repeat(100_000));
+    assert!(dockerfile::expand_word(&deep, '\\', &|_| None).is_err());
+    let fine = format!("{}x{}", "${a:-".repeat(20), "}".repeat(20));
+    assert_eq!(dockerfile::expand_word(&fine, '\\', &|_| None).map(|e| e.value), Ok("x".to_owned()));
+}
+
+#[test]
+fn which_instructions_expand_is_buildkits_list() {
+    let df = parse(
+        "FROM a\nRUN x\nCMD x\nENTRYPOINT x\nSHELL [\"a\"]\nMAINTAINER m\nHEALTHCHECK NONE\nWORKDIR /\nENV A=1\nCOPY a b\nADD a b\nLABEL a=b\nEXPOSE 1\nUSER u\nVOLUME /v\nSTOPSIGNAL 1\nONBUILD RUN x\nARG X\n",
+    );
+    let expanded: Vec<&str> =
+        df.stages[0].instructions.iter().filter(|i| i.kind.expands()).map(dockerfile::Instruction::name).collect();
+    // RUN's mounts are expanded; its command is left to the shell.
+    assert_eq!(
+        expanded,
+        ["RUN", "WORKDIR", "ENV", "COPY", "ADD", "LABEL", "EXPOSE", "USER", "VOLUME", "STOPSIGNAL", "ONBUILD", "ARG"]
+    );
+    assert!(df.stages[0].from_instruction.kind.expands());
+}
+
+fn decl(text: &str) -> dockerfile::ArgDecl {
+    let df = parse(&format!("ARG {text}\nFROM a\n"));
+    let dockerfile::Kind::Arg(decls) = &df.global_args[0].kind else { panic!("ARG") };
+    decls[0].clone()
+}
+
 #[test]
 fn scope_follows_buildkit_arg_rules() {
-    let _ = Scope::new;
+    let build_args: BTreeMap<String, String> =
+        [("FROM_CLI".to_owned(), "cli".to_owned()), ("TARGETARCH".to_owned(), "riscv64".to_owned())].into();
+    let target = dockerfile::Platform::parse("linux/arm64/v8").expect("platform");
+    let build = dockerfile::Platform::linux_amd64();
+    let mut global = Scope::new('\\', build_args, &target, &build, Some("final"));
+    assert_eq!(global.get("TARGETPLATFORM"), Some("linux/arm64/v8"));
+    assert_eq!(global.get("TARGETVARIANT"), Some("v8"));
+    assert_eq!(global.get("BUILDPLATFORM"), Some("linux/amd64"));
+    assert_eq!(global.get("TARGETSTAGE"), Some("final"));
+    // A build arg overrides a predefined one.
+    assert_eq!(global.get("TARGETARCH"), Some("riscv64"));
+    // Global ARGs: defaults see the ARGs before them; build args win.
+    global.declare_global(&decl("V=1.2")).expect("V");
+    global.declare_global(&decl("IMAGE=alpine:${V}")).expect("IMAGE");
+    global.declare_global(&decl("FROM_CLI=default")).expect("FROM_CLI");
+    assert_eq!(global.expand("${IMAGE}-$FROM_CLI").expect("expand").value, "alpine:1.2-cli");
+    // A stage sees only its base image's env until it declares an ARG.
+    let mut stage = global.stage(&[("PATH".to_owned(), "/bin".to_owned())]);
+    let e = stage.expand("$V|$PATH|$TARGETARCH").expect("expand");
+    assert_eq!(e.value, "|/bin|");
+    assert_eq!(e.unset.iter().map(String::as_str).collect::<Vec<_>>(), ["TARGETARCH", "V"]);
+    // `ARG NAME` without a default takes the global value (or the predefined one).
+    stage.declare(&decl("V")).expect("V");
+    stage.declare(&decl("TARGETARCH")).expect("TARGETARCH");
+    stage.declare(&decl("NOTSET")).expect("NOTSET");
+    assert_eq!(stage.expand("$V $TARGETARCH").expect("expand").value, "1.2 riscv64");
+    assert_eq!(stage.get("NOTSET"), None);
+    assert!(stage.is_declared("NOTSET"));
+    // A default is expanded in the stage; a build arg replaces it.
+    stage.declare(&decl("DIR=${PATH}/x")).expect("DIR");
+    stage.declare(&decl("FROM_CLI=ignored")).expect("FROM_CLI");
+    assert_eq!(stage.expand("$DIR $FROM_CLI").expect("expand").value, "/bin/x cli");
+    // ENV sets a variable for the words after it.
+    stage.set_env("V", "env");
+    assert_eq!(stage.expand("$V").expect("expand").value, "env");
+    // Proxy args are predefined but not visible without ARG.
+    assert!(dockerfile::is_predefined("http_proxy") && dockerfile::is_predefined("TARGETOS"));
+    assert!(!dockerfile::is_predefined("PATH"));
+    // `${V:?}` errors name the variable.
+    let e = stage.expand("${MISSING:?set it}").expect_err("unset");
+    assert_eq!(e.to_string(), "MISSING: set it");
+}
+
+#[test]
+fn mounts_with_variables_resolve_in_a_scope() {
+    let df = parse("FROM a\nRUN --mount=type=cache,target=${HOME}/.cache,id=$ID,uid=${UID:-1000} true\n");
+    let dockerfile::Kind::Run(run) = &df.stages[0].instructions[0].kind else { panic!("RUN") };
+    assert!(run.mounts[0].mount.is_none(), "a mount with variables is read later");
+    let mut scope = Scope::new(
+        '\\',
+        BTreeMap::new(),
+        &dockerfile::Platform::linux_amd64(),
+        &dockerfile::Platform::linux_amd64(),
+        None,
+    )
+    .stage(&[("HOME".to_owned(), "/root".to_owned())]);
+    scope.set_env("ID", "go");
+    let mount = run.mounts[0].resolve(&scope).expect("mount");
+    assert_eq!(mount.kind, dockerfile::MountType::Cache);
+    assert_eq!(mount.target.as_deref(), Some("/root/.cache"));
+    assert_eq!(mount.id.as_deref(), Some("go"));
+    assert_eq!(mount.uid, Some(1000));
+    scope.set_env("UID", "nobody");
+    assert_eq!(run.mounts[0].resolve(&scope).expect_err("uid"), "invalid value nobody for uid");
+}
+
+#[test]
+fn heredoc_bodies_strip_tabs_only_for_chomp() {
+    let df = parse("FROM a\nCOPY <<-EOF <<PLAIN /\n\t\tindented\n\tEOF\n\tkept\nPLAIN\n");
+    let dockerfile::Kind::Copy(copy) = &df.stages[0].instructions[0].kind else { panic!("COPY") };
+    let [dockerfile::Source::Heredoc(a), dockerfile::Source::Heredoc(b)] = copy.sources.as_slice() else {
+        panic!("two heredocs")
+    };
+    assert_eq!((a.content.as_str(), a.text().as_str()), ("\t\tindented\n", "indented\n"));
+    assert_eq!(b.text(), "\tkept\n");
+}
+
+/// The fenced `dockerfile` blocks of a book page.
+fn dockerfile_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```dockerfile") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_dockerfile_in_the_book_parses() {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/src/dockerfile.md");
+    let text = std::fs::read_to_string(&page).expect("book/src/dockerfile.md");
+    let blocks = dockerfile_blocks(&text);
+    assert!(blocks.len() >= 3, "expected the page's examples, found {}", blocks.len());
+    for block in blocks {
+        let df = parse(&block);
+        assert!(!df.stages.is_empty(), "{block}");
+    }
 }

@@ -8,7 +8,8 @@
 //! `fuzz/corpus/unpack` (with the hostile layers they were seeded from)
 //! through the layer reader and extraction, where nothing may land outside
 //! the scratch folder, and `fuzz/corpus/manifest` through the manifest,
-//! index and config decoders.
+//! index and config decoders. `fuzz/corpus/dockerfile` and the Dockerfile
+//! fixtures go through the Dockerfile parser and expansion.
 //!
 //! The second is measured as CPU time of this process (all its threads), not
 //! wall-clock time: the tests share a small machine with builds and fuzzers,
@@ -158,4 +159,33 @@ fn write_layer_seeds() {
             std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
         }
     }
+}
+
+#[test]
+fn dockerfile_corpus_and_fixtures_never_panic_and_end_fast() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut inputs = corpus("dockerfile");
+    let seeds = inputs.len();
+    for entry in std::fs::read_dir(root.join("tests/dockerfile")).expect("tests/dockerfile").filter_map(Result::ok) {
+        if let Ok(bytes) = std::fs::read(entry.path().join("Dockerfile")) {
+            inputs.push((entry.path().display().to_string(), bytes));
+        }
+    }
+    assert!(seeds >= 50, "expected the dockerfile corpus, found {seeds}");
+    let mut slow = Vec::new();
+    for (name, bytes) in &inputs {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            continue;
+        };
+        let took = timed(|| {
+            if let Err(panic) = std::panic::catch_unwind(|| bake_engine::fuzz::dockerfile(text)) {
+                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+                panic!("{name}: {message}");
+            }
+        });
+        if took > BOUND {
+            slow.push(format!("{name}: {took:?}"));
+        }
+    }
+    assert!(slow.is_empty(), "inputs slower than {BOUND:?}:\n{}", slow.join("\n"));
 }

@@ -145,6 +145,7 @@ impl Scope {
     /// A stage's scope: the base image's environment (`KEY=VALUE` pairs in
     /// order), no ARG declared yet; global values stay reachable through
     /// `ARG NAME`.
+    #[must_use]
     pub fn stage(&self, base_env: &[(String, String)]) -> Self {
         let vars = base_env.iter().cloned().collect();
         Self {

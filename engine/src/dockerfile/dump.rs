@@ -214,12 +214,17 @@ pub fn dockerfile(df: &Dockerfile) -> String {
         let _ = writeln!(out, "# check {skip}error={}", c.error);
     }
     for a in &df.global_args {
+        for c in &a.comments {
+            let _ = writeln!(out, "# {c}");
+        }
         let _ = writeln!(out, "{}", instruction(a));
     }
     for stage in &df.stages {
         let _ = writeln!(out, "stage {}{}", stage.index, stage.name().map(|n| format!(" {n}")).unwrap_or_default());
-        let _ = writeln!(out, "  {}", instruction(&stage.from_instruction));
-        for i in &stage.instructions {
+        for i in std::iter::once(&stage.from_instruction).chain(&stage.instructions) {
+            for c in &i.comments {
+                let _ = writeln!(out, "  # {c}");
+            }
             let _ = writeln!(out, "  {}", instruction(i));
         }
     }
@@ -234,6 +239,9 @@ pub fn errors(errors: &DockerfileErrors) -> String {
     let mut out = String::new();
     for e in &errors.errors {
         let _ = writeln!(out, "{}: {}: {}", e.line, e.kind.short(), e.message);
+    }
+    if errors.more > 0 {
+        let _ = writeln!(out, "and {} more", errors.more);
     }
     out
 }

@@ -1405,9 +1405,10 @@ impl Mount {
                     ro_auto = false;
                 }
                 "required" if secret_or_ssh(&m) => m.required = go_bool(&value).ok_or_else(bad)?,
-                "required" => return Err(format!("unexpected key '{key}' for mount type '{}'", kind_name(&m))),
                 "size" if m.kind == MountType::Tmpfs => m.size = Some(ram_in_bytes(&value).ok_or_else(bad)?),
-                "size" => return Err(format!("unexpected key '{key}' for mount type '{}'", kind_name(&m))),
+                "required" | "size" => {
+                    return Err(format!("unexpected key '{key}' for mount type '{}'", kind_name(&m)));
+                }
                 "id" => m.id = Some(value),
                 "sharing" => {
                     m.sharing = Some(match value.to_ascii_lowercase().as_str() {

@@ -58,6 +58,8 @@ pub const DEFAULT_ESCAPE: char = '\\';
 pub struct Dockerfile {
     /// The file as diagnostics show it.
     pub src: Src,
+    /// The file's text, which every span points into.
+    pub text: Arc<String>,
     /// The parser directives found at the top.
     pub directives: Directives,
     /// The escape character in force (`\` unless `# escape=` said otherwise).
@@ -114,7 +116,14 @@ pub fn parse(file: &SourceFile) -> Result<Dockerfile, DockerfileErrors> {
 
 /// Parses Dockerfile text; `name` is what diagnostics call the file.
 pub fn parse_str(name: &str, text: Arc<String>) -> Result<Dockerfile, DockerfileErrors> {
-    parse::parse(Src::new(name, Arc::clone(&text)), &text)
+    parse::parse(&Src::new(name, Arc::clone(&text)), text)
+}
+
+impl Dockerfile {
+    /// The file's text.
+    pub fn src_text(&self) -> Arc<String> {
+        Arc::clone(&self.text)
+    }
 }
 
 /// 1-based line of a byte offset in `text`.

@@ -16,6 +16,7 @@
 //! span into the file even when it sits after a continuation.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use miette::SourceSpan;
 
@@ -298,8 +299,10 @@ fn heredoc_instruction(name: &str) -> bool {
     matches!(name, "run" | "copy" | "add")
 }
 
-pub(super) fn parse(src: Src, text: &str) -> Result<Dockerfile, DockerfileErrors> {
-    let mut ctx = Ctx { src: &src, text, escape: DEFAULT_ESCAPE };
+pub(super) fn parse(src: &Src, shared: Arc<String>) -> Result<Dockerfile, DockerfileErrors> {
+    let owned: Arc<String> = shared;
+    let text = owned.as_str();
+    let mut ctx = Ctx { src, text, escape: DEFAULT_ESCAPE };
     if text.len() > MAX_FILE_SIZE {
         let span = SourceSpan::from(0..0);
         return Err(DockerfileErrors::one(ctx.error(
@@ -473,7 +476,7 @@ pub(super) fn parse(src: Src, text: &str) -> Result<Dockerfile, DockerfileErrors
     for instruction in instructions {
         match (&instruction.kind, stages.last_mut()) {
             (Kind::From(_), _) => {
-                stages.push(Stage { index: stages.len(), from_instruction: instruction, instructions: Vec::new() })
+                stages.push(Stage { index: stages.len(), from_instruction: instruction, instructions: Vec::new() });
             }
             (_, Some(stage)) => stage.instructions.push(instruction),
             (Kind::Arg(_), None) => global_args.push(instruction),
@@ -489,7 +492,15 @@ pub(super) fn parse(src: Src, text: &str) -> Result<Dockerfile, DockerfileErrors
     if !errors.errors.is_empty() {
         return Err(errors);
     }
-    Ok(Dockerfile { src: src.clone(), directives, escape: ctx.escape, global_args, stages, warnings })
+    Ok(Dockerfile {
+        src: src.clone(),
+        text: Arc::clone(&owned),
+        directives,
+        escape: ctx.escape,
+        global_args,
+        stages,
+        warnings,
+    })
 }
 
 /// A long line shortened for a warning.
