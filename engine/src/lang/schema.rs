@@ -206,6 +206,16 @@ pub(super) const TOP: &[Spec] = &[
         example: "cache-to \"registry.example.com/team/cache\"",
     },
     Spec {
+        name: "dockerfile",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 name",
+        props: &[required("path", Str), prop("context", Str)],
+        children: Some(&["arg"]),
+        example: "dockerfile \"legacy\" path=\"svc/Dockerfile\" context=\"svc\" { arg \"VERSION\" \"1.2\" }",
+    },
+    Spec {
         name: "include",
         min: 1,
         max: None,
@@ -216,6 +226,18 @@ pub(super) const TOP: &[Spec] = &[
         example: "include \"services/*/build.kdl\"",
     },
 ];
+
+/// Nodes inside `dockerfile`: its build args.
+pub(super) const DOCKERFILE_BODY: &[Spec] = &[Spec {
+    name: "arg",
+    min: 2,
+    max: Some(2),
+    args: &[Str, Scalar],
+    args_doc: "a name and a value",
+    props: &[],
+    children: None,
+    example: "arg \"VERSION\" \"1.2\"",
+}];
 
 /// Nodes inside `stage` and `image`.
 pub(super) const BODY: &[Spec] = &[

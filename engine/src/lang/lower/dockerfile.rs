@@ -27,13 +27,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use super::Cx;
 use super::values::{normalize_absolute, normalize_relative, parse_port};
+use super::{Cx, Decl};
 use crate::dockerfile::{
     self, CommandLine, Dockerfile, Healthcheck as DfHealthcheck, Instruction as DfInstruction, Kind, MountType,
     Platform, Scope, Source, Word,
 };
-use crate::lang::error::{LangError, list_names, quoted};
+use crate::lang::SourceFile;
+use crate::lang::boundary::{Boundary, Resolved as Place};
+use crate::lang::error::{Errors, LangError, list_names, quoted};
+use crate::lang::schema;
 use crate::lang::{
     Base, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput, Instruction, InstructionKind,
     Network, Run, SecretMount, Security, Sharing, Span, Stage,
@@ -65,6 +68,9 @@ pub(super) struct Input<'a> {
     pub(super) prefix: Option<&'a str>,
     /// The workspace id of the first stage.
     pub(super) first_id: usize,
+    /// Whether the target stage is an image (a Dockerfile built on its
+    /// own); a `dockerfile` node's stages are stages only.
+    pub(super) image: bool,
 }
 
 /// Marks a variable left for the image config to expand (see the module
@@ -173,6 +179,72 @@ fn stage_name(prefix: Option<&str>, stage: &dockerfile::Stage) -> String {
     }
 }
 
+/// The Dockerfiles that `dockerfile` nodes name, read and parsed before
+/// names are collected (their stages are names of the workspace). Each
+/// becomes a file of the workspace, so diagnostics point into it. `path=`
+/// is taken as written (no `${...}`): it decides which names exist.
+pub(super) fn read_nodes(
+    docs: &[(FileId, kdl::KdlDocument)],
+    boundary: &Boundary,
+    files: &mut Vec<SourceFile>,
+    errors: &mut Errors,
+) -> HashMap<(FileId, usize), (FileId, Dockerfile)> {
+    let mut out = HashMap::new();
+    for (file_id, doc) in docs {
+        for node in doc.nodes().iter().filter(|n| n.name().value() == "dockerfile") {
+            let Some(entry) = node.entries().iter().find(|e| e.name().is_some_and(|n| n.value() == "path")) else {
+                continue; // the schema check reports it
+            };
+            let Some(raw) = entry.value().as_string() else { continue };
+            let file = &files[*file_id];
+            let at = entry.span();
+            let path = file.dir.join(raw);
+            let path = match boundary.check(&path) {
+                Place::Inside(p) => p,
+                Place::Outside(resolved) => {
+                    errors.push(LangError::OutsideWorkspace {
+                        what: "Dockerfile",
+                        written: quoted(raw),
+                        resolved,
+                        workspace: boundary.root().to_path_buf(),
+                        src: file.src(),
+                        at,
+                    });
+                    continue;
+                }
+            };
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(LangError::InvalidValue {
+                        message: format!("cannot read the Dockerfile `{}`: {e}", quoted(raw)),
+                        src: file.src(),
+                        at,
+                        label: "this Dockerfile".to_owned(),
+                        help: Some("`path=` is relative to the folder of this build file".to_owned()),
+                    });
+                    continue;
+                }
+            };
+            let dir = path.parent().map_or_else(|| file.dir.clone(), Path::to_path_buf);
+            let name = raw.trim_start_matches("./").to_owned();
+            let source = SourceFile { path, name, dir, text: std::sync::Arc::new(text) };
+            match crate::dockerfile::parse(&source) {
+                Ok(df) => {
+                    out.insert((*file_id, node.span().offset()), (files.len(), df));
+                    files.push(source);
+                }
+                Err(e) => {
+                    for one in e.errors {
+                        errors.push(LangError::Dockerfile(Box::new(one)));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Records the args an expansion read, with their values.
 fn note_used(scope: &Scope, used: &BTreeSet<String>, into: &mut BTreeMap<String, String>) {
     for name in used {
@@ -200,7 +272,7 @@ impl Cx<'_> {
     /// at `first_id`; `context` is the build context of every stage.
     /// Returns `None` when an error was reported.
     pub(super) fn lower_dockerfile(&mut self, df: &Dockerfile, file: FileId, input: &Input<'_>) -> Option<Vec<Stage>> {
-        let Input { context, build_args, options, prefix, first_id } = *input;
+        let Input { context, build_args, options, prefix, first_id, image: as_image } = *input;
         // BuildKit reads `Dockerfile.dockerignore` beside the Dockerfile in
         // place of the context's `.dockerignore`.
         let own_ignore = {
@@ -323,7 +395,7 @@ impl Cx<'_> {
             }
             inherited[stage.index] =
                 Some(Inherited { env: st.env, env_names: st.env_names, shell: st.shell, image_env: st.image_env });
-            let image_out = (stage.index == target).then(|| ImageOutput {
+            let image_out = (as_image && stage.index == target).then(|| ImageOutput {
                 tags: options
                     .tags
                     .iter()
@@ -370,6 +442,52 @@ impl Cx<'_> {
             "here",
             None,
         );
+    }
+
+    /// A `dockerfile` node: its Dockerfile's stages, one per declaration
+    /// that names collected (`None` for each when one failed).
+    pub(super) fn lower_dockerfile_node(&mut self, decl: &Decl<'_>) -> Vec<Option<Stage>> {
+        let file_id = decl.span.file;
+        let count = self.dockerfiles.get(&(file_id, decl.node.span().offset())).map_or(0, |(_, df)| df.stages.len());
+        let failed = || vec![None; count];
+        let file = self.file(file_id);
+        let Some(spec) = schema::TOP.iter().find(|s| s.name == "dockerfile") else { return failed() };
+        let Some(checked) = schema::check(spec, decl.node, file, &mut self.errors) else { return failed() };
+        let mut build_args = Vec::new();
+        for child in decl.node.iter_children() {
+            let Some(arg_spec) =
+                schema::lookup(schema::DOCKERFILE_BODY, &["arg"], child, "dockerfile", file, &mut self.errors)
+            else {
+                continue;
+            };
+            let Some(c) = schema::check(arg_spec, child, file, &mut self.errors) else { continue };
+            let (name, value) = (self.string(file_id, c.args[0]), self.string(file_id, c.args[1]));
+            build_args.push((name, value));
+        }
+        self.used.clear();
+        let Some((df_file, df)) = self.dockerfiles.remove(&(file_id, decl.node.span().offset())) else {
+            return failed();
+        };
+        let context = match checked.prop("context") {
+            Some(entry) => self.lower_context(Some(entry), file_id),
+            None => self.file(df_file).dir.clone(),
+        };
+        // The node's own name, as names interpolated it.
+        let prefix = self.string(file_id, checked.args[0]);
+        self.used.clear();
+        let options = DockerfileOptions::default();
+        let input = Input {
+            context: &context,
+            build_args: &build_args,
+            options: &options,
+            prefix: Some(&prefix),
+            first_id: decl.index,
+            image: false,
+        };
+        match self.lower_dockerfile(&df, df_file, &input) {
+            Some(stages) => stages.into_iter().map(Some).collect(),
+            None => failed(),
+        }
     }
 
     /// Expands a word in the stage; variables the stage does not know are

@@ -94,6 +94,7 @@ pub(super) fn load_dockerfile(
         typos: HashMap::new(),
         compared: 0,
         arg_names: None,
+        dockerfiles: HashMap::new(),
     };
     if !context.is_dir() {
         cx.invalid(
@@ -113,6 +114,7 @@ pub(super) fn load_dockerfile(
                 options: &options.dockerfile,
                 prefix: None,
                 first_id: 0,
+                image: true,
             },
         )
         .unwrap_or_default();
@@ -145,6 +147,7 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
     });
     let boundary = Boundary::new(&workspace, &options.allow_paths);
     let docs = super::parse::parse_workspace(root, root_text, &boundary, &options.limits, &mut files, &mut errors);
+    let dockerfiles = dockerfile::read_nodes(&docs, &boundary, &mut files, &mut errors);
     let mut cx = Cx {
         files: &files,
         errors,
@@ -158,6 +161,7 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
         typos: HashMap::new(),
         compared: 0,
         arg_names: None,
+        dockerfiles,
     };
 
     let args = cx.collect_args(&docs, options);
@@ -169,6 +173,9 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
     for decl in &decls {
         match decl.kind {
             DeclKind::Stage | DeclKind::Image => stages.push(cx.lower_stage(decl, &names)),
+            // A Dockerfile's stages are lowered together, at its first one.
+            DeclKind::DockerStage if decl.part == 0 => stages.extend(cx.lower_dockerfile_node(decl)),
+            DeclKind::DockerStage => {}
             DeclKind::Artifact => artifacts.push(cx.lower_artifact(decl, &names)),
             DeclKind::Target => targets.push(cx.lower_target(decl, &names)),
         }
@@ -212,12 +219,14 @@ enum DeclKind {
     Image,
     Artifact,
     Target,
+    /// A stage of a `dockerfile` node's Dockerfile.
+    DockerStage,
 }
 
 impl DeclKind {
     fn noun(self) -> &'static str {
         match self {
-            Self::Stage => "stage",
+            Self::Stage | Self::DockerStage => "stage",
             Self::Image => "image",
             Self::Artifact => "artifact",
             Self::Target => "target",
@@ -233,6 +242,8 @@ struct Decl<'d> {
     node: &'d KdlNode,
     /// Index among declarations of the same family (stages+images share one).
     index: usize,
+    /// For a Dockerfile's stage: its index in the Dockerfile.
+    part: usize,
 }
 
 /// Name lookup tables, built before lowering so references resolve in any order.
@@ -249,7 +260,7 @@ impl Names {
             Self { stages: HashMap::new(), artifacts: HashMap::new(), targets: HashMap::new(), kinds: HashMap::new() };
         for d in decls {
             let table = match d.kind {
-                DeclKind::Stage | DeclKind::Image => &mut names.stages,
+                DeclKind::Stage | DeclKind::Image | DeclKind::DockerStage => &mut names.stages,
                 DeclKind::Artifact => &mut names.artifacts,
                 DeclKind::Target => &mut names.targets,
             };
@@ -332,6 +343,8 @@ struct Cx<'f> {
     compared: usize,
     /// [`Cx::sorted_arg_names`], once computed.
     arg_names: Option<std::sync::Arc<Vec<String>>>,
+    /// The Dockerfiles of `dockerfile` nodes, parsed, by the node's place.
+    dockerfiles: HashMap<(FileId, usize), (FileId, crate::dockerfile::Dockerfile)>,
 }
 
 /// Longest message or label of an invalid-value diagnostic, in bytes.

@@ -24,6 +24,7 @@ impl Cx<'_> {
                     continue;
                 };
                 let kind = match spec.name {
+                    "dockerfile" => DeclKind::DockerStage,
                     "stage" => DeclKind::Stage,
                     "image" => DeclKind::Image,
                     "artifact" => DeclKind::Artifact,
@@ -59,6 +60,26 @@ impl Cx<'_> {
                     );
                     continue;
                 }
+                if kind == DeclKind::DockerStage {
+                    // One declaration per stage of the Dockerfile: `NAME.STAGE`.
+                    let key = (*file_id, node.span().offset());
+                    let stage_names: Vec<String> = self.dockerfiles.get(&key).map_or_else(Vec::new, |(_, df)| {
+                        df.stages
+                            .iter()
+                            .map(|s| format!("{name}.{}", s.name().map_or_else(|| s.index.to_string(), str::to_owned)))
+                            .collect()
+                    });
+                    for (part, full) in stage_names.into_iter().enumerate() {
+                        if let Some((first, _)) = sites.get(&full) {
+                            self.duplicate("name", &full, *first, span);
+                            continue;
+                        }
+                        sites.insert(full.clone(), (span, kind));
+                        decls.push(Decl { kind, name: full, span, node, index: counts[0], part });
+                        counts[0] += 1;
+                    }
+                    continue;
+                }
                 if let Some((first, first_kind)) = sites.get(&name) {
                     let what = if *first_kind == kind { kind.noun() } else { "name" };
                     self.duplicate(what, &name, *first, span);
@@ -79,11 +100,11 @@ impl Cx<'_> {
                 }
                 sites.insert(name.clone(), (span, kind));
                 let family = match kind {
-                    DeclKind::Stage | DeclKind::Image => 0,
+                    DeclKind::Stage | DeclKind::Image | DeclKind::DockerStage => 0,
                     DeclKind::Artifact => 1,
                     DeclKind::Target => 2,
                 };
-                decls.push(Decl { kind, name, span, node, index: counts[family] });
+                decls.push(Decl { kind, name, span, node, index: counts[family], part: 0 });
                 counts[family] += 1;
             }
         }

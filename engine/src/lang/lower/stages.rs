@@ -197,7 +197,7 @@ impl Cx<'_> {
 
     /// A stage's `context=` (the folder of its build file when there is
     /// none), checked against the workspace boundary.
-    fn lower_context(&mut self, entry: Option<&KdlEntry>, file_id: FileId) -> PathBuf {
+    pub(super) fn lower_context(&mut self, entry: Option<&KdlEntry>, file_id: FileId) -> PathBuf {
         let file = self.file(file_id);
         match entry {
             None => file.dir.clone(),
@@ -299,7 +299,9 @@ impl Cx<'_> {
             let name = self.string(file_id, entry);
             let span = Span { file: file_id, span: entry.span() };
             let member = match names.kinds.get(&name) {
-                Some(DeclKind::Stage | DeclKind::Image) => names.stages.get(&name).map(|i| Member::Stage(*i)),
+                Some(DeclKind::Stage | DeclKind::Image | DeclKind::DockerStage) => {
+                    names.stages.get(&name).map(|i| Member::Stage(*i))
+                }
                 Some(DeclKind::Artifact) => names.artifacts.get(&name).map(|i| Member::Artifact(*i)),
                 Some(DeclKind::Target) => names.targets.get(&name).map(|i| Member::Target(*i)),
                 None => None,
