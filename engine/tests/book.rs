@@ -96,6 +96,13 @@ fn every_kdl_block_in_the_book_loads_and_plans() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("services/app");
     std::fs::create_dir_all(&dir).expect("mkdir");
+    // The Dockerfile that `dockerfile` nodes of the book name.
+    std::fs::create_dir_all(dir.join("svc")).expect("mkdir");
+    std::fs::write(
+        dir.join("svc/Dockerfile"),
+        "FROM golang:1.19 AS builder\nRUN mkdir /out && touch /out/app\nFROM busybox:1.35 AS app\nCOPY --from=builder /out/app /app\n",
+    )
+    .expect("write a Dockerfile");
     let options = LoadOptions { workspace: Some(root.path().to_path_buf()), ..LoadOptions::default() };
     let (mut builds, mut configs) = (0, 0);
     let mut failures = Vec::new();

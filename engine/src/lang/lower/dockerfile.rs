@@ -1098,6 +1098,37 @@ mod tests {
     }
 
     #[test]
+    fn a_dockerfile_node_adds_its_stages_under_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("svc")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("svc/Dockerfile"),
+            "ARG V=default\nFROM busybox AS builder\nARG V\nRUN echo $V\nFROM builder\nRUN true\n",
+        )
+        .expect("write");
+        let kdl = r#"
+            arg "WHO" default="kdl"
+            dockerfile "legacy" path="svc/Dockerfile" { arg "V" "from ${WHO}"; }
+            image "app" from="legacy.builder" { copy "/x" from="legacy.1" to="/x"; }
+        "#;
+        let ws = crate::lang::load_str("build.kdl", dir.path(), kdl, &LoadOptions::default()).expect("load");
+        let names: Vec<&str> = ws.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["legacy.builder", "legacy.1", "app"]);
+        assert_eq!(ws.stages[1].from, Base::Stage(0));
+        assert_eq!(ws.stages[2].from, Base::Stage(0));
+        assert!(ws.stages[0].image.is_none() && ws.stages[1].image.is_none());
+        assert_eq!(ws.stages[0].context, dir.path().join("svc").canonicalize().expect("canonical"));
+        let InstructionKind::Run(run) = &kinds(&ws, 0)[0] else { panic!("a run") };
+        assert_eq!(run.env, [("V".to_owned(), "from kdl".to_owned())]);
+        let InstructionKind::Copy(copy) = &kinds(&ws, 2)[0] else { panic!("a copy") };
+        assert_eq!(copy.from, CopySource::Stage(1));
+        // A Dockerfile stage name is one of the workspace's names.
+        let clash = format!("{kdl}\nstage \"legacy.1\" from=\"scratch\"\n");
+        let err = crate::lang::load_str("build.kdl", dir.path(), &clash, &LoadOptions::default()).expect_err("clash");
+        assert!(err.errors.iter().any(|e| e.to_string().contains("legacy.1")), "{err:?}");
+    }
+
+    #[test]
     fn what_bake_cannot_build_yet_is_an_error_at_its_flag() {
         for (text, says) in [
             ("FROM busybox\nRUN --mount=type=bind,target=/x true\n", "RUN --mount=type=bind is not supported"),
