@@ -325,3 +325,20 @@ fn config_instructions_and_arg_scopes_match_buildkit() {
     let snap = snapshot(&ours);
     assert!(snap.files.contains_key("ctx/kept.md") && !snap.files.contains_key("ctx/dropped.txt"));
 }
+
+#[test]
+fn a_dockerfile_node_in_build_kdl_gives_what_one_whole_dockerfile_gives() {
+    let case = Case::new("kdl-mix", &["busybox"], &["busybox:1.35"]);
+    // build.kdl builds on svc/Dockerfile's stages; BuildKit builds the same
+    // steps written as one Dockerfile.
+    let archive = case.dir.path().join("app.tar");
+    let dest = format!("type=docker,dest={}", archive.display());
+    let built = case.bake(&["build", "app", "--set", "FLAVOUR=spicy", "-o", &dest]);
+    assert_eq!(built.code, 0, "{}", built.render());
+    docker::load(&archive);
+    let theirs = case.build_with_buildkit("equivalent.Dockerfile", &["--build-arg", "FLAVOUR=spicy"]);
+    let ours = "bake-df/kdl-mix:bake";
+    let diff = differences(&snapshot(ours), &snapshot(&theirs));
+    assert!(diff.is_empty(), "the mixed build differs from BuildKit's image:\n{}", diff.join("\n"));
+    assert_eq!(docker::run(&[ours]), "hello from svc\nflavour: spicy\nsecond\n");
+}
