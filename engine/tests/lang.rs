@@ -46,3 +46,35 @@ image "b" from="busybox" {
 "#,
     );
 }
+
+#[test]
+fn run_with_exec_true_is_argv_and_two_strings_without_it_are_an_error() {
+    let ws = load(
+        r#"
+stage "a" from="busybox" {
+    run "/bin/mkdir" "-p" "/opt/my tools" exec=#true
+    run "echo one string"
+}
+"#,
+    );
+    let runs: Vec<_> = ws.stages[0]
+        .instructions
+        .iter()
+        .filter_map(|i| match &i.kind {
+            InstructionKind::Run(r) => Some((r.script.clone(), r.exec.clone())),
+            _ => None,
+        })
+        .collect();
+    let argv = ["/bin/mkdir", "-p", "/opt/my tools"].map(str::to_owned).to_vec();
+    assert_eq!(runs, [("/bin/mkdir -p /opt/my tools".to_owned(), Some(argv)), ("echo one string".to_owned(), None)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = load_str(
+        "build.kdl",
+        dir.path(),
+        "stage \"a\" from=\"busybox\" { run \"echo\" \"two\"; }",
+        &LoadOptions::default(),
+    )
+    .expect_err("two strings");
+    let shown = format!("{:?}", miette::Report::new(err));
+    assert!(shown.contains("a `run` script is one string") && shown.contains("exec=#true"), "{shown}");
+}

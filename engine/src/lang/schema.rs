@@ -270,10 +270,10 @@ pub(super) const BODY: &[Spec] = &[
     Spec {
         name: "run",
         min: 1,
-        max: Some(1),
+        max: None,
         args: &[Str],
-        args_doc: "1 script",
-        props: &[],
+        args_doc: "1 script, or with `exec=#true` the program and its arguments",
+        props: &[prop("exec", Bool)],
         children: Some(RUN_BODY),
         example: "run \"make\" { cache \"/root/.cache\" }",
     },

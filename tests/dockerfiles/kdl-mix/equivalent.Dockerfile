@@ -12,5 +12,6 @@ RUN echo second > /out/second.txt
 FROM builder
 COPY --from=second /out/second.txt /srv/
 RUN cat /out/greeting.txt /srv/second.txt > /srv/all.txt
+RUN ["/bin/mkdir", "-p", "/srv/with space"]
 WORKDIR /srv
 CMD ["cat", "all.txt"]

@@ -131,7 +131,27 @@ impl Cx<'_> {
     }
 
     pub(super) fn lower_run(&mut self, c: &Checked<'_>, node: &KdlNode, file: FileId) -> Run {
-        let script = self.string(file, c.args[0]);
+        // Exec form: the arguments are the program and its arguments, run
+        // with no shell, as a Dockerfile's `RUN ["a", "b"]`.
+        let exec = if c.prop("exec").and_then(|e| e.value().as_bool()).unwrap_or(false) {
+            let args: Vec<String> = c.args.iter().map(|e| self.string(file, e)).collect();
+            self.check_program("run", &args[0], &args, Span { file, span: c.args[0].span() });
+            Some(args)
+        } else {
+            if let Some(extra) = c.args.get(1) {
+                self.invalid(
+                    Span { file, span: extra.span() },
+                    "a `run` script is one string".to_owned(),
+                    "a second argument",
+                    Some("join the script into one string, or add `exec=#true` to run a program with these arguments and no shell"),
+                );
+            }
+            None
+        };
+        let script = match &exec {
+            Some(args) => args.join(" "),
+            None => self.string(file, c.args[0]),
+        };
         if script.trim().is_empty() {
             self.invalid(
                 Span { file, span: c.args[0].span() },
@@ -143,7 +163,7 @@ impl Cx<'_> {
         let f = self.file(file);
         let mut run = Run {
             script,
-            exec: None,
+            exec,
             caches: Vec::new(),
             secrets: Vec::new(),
             network: Network::default(),
