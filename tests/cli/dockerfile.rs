@@ -342,3 +342,21 @@ fn a_dockerfile_node_in_build_kdl_gives_what_one_whole_dockerfile_gives() {
     assert!(diff.is_empty(), "the mixed build differs from BuildKit's image:\n{}", diff.join("\n"));
     assert_eq!(docker::run(&[ours]), "hello from svc\nflavour: spicy\nsecond\n");
 }
+
+#[test]
+fn a_secret_reaches_a_step_as_an_environment_variable_and_nowhere_else() {
+    let case = Case::new("secret-env", &["busybox"], &["busybox:1.35"]);
+    let token = case.write("../token", "s3cr3t-value");
+    let secret = format!("id=token,src={}", token.display());
+    let ours = case.build_with_bake("Dockerfile", &["--secret", &secret]);
+    assert_eq!(docker::run(&["--entrypoint", "cat", &ours, "/checked.txt"]), "length 12\n");
+    let snap = snapshot(&ours);
+    let secret_digest = bake_engine::oci::digest_of(b"s3cr3t-value").to_string();
+    assert!(!snap.files.values().any(|f| f.digest.as_deref() == Some(secret_digest.as_str())));
+    assert!(!snap.files.contains_key("run/secrets/token") && !snap.files.contains_key("run/secrets"));
+    // Without it, the step runs with no TOKEN (a secret mount is optional
+    // unless `required`, as in BuildKit), and its own check fails.
+    let missing = case.bake(&["-f", "Dockerfile", "build", "--no-cache"]);
+    assert_eq!(missing.code, 1, "{}", missing.render());
+    assert!(missing.stderr.contains("failed with exit code 1"), "{}", missing.render());
+}

@@ -91,6 +91,16 @@ impl Step<'_, '_> {
             }
         };
         let (mounts, _cache_locks) = self.mounts(run, scratch.path())?;
+        // `secret ID env=NAME`: the value as a variable of this step only.
+        for secret in run.secrets.iter().filter(|s| s.env.is_some()) {
+            let given = self.build.options.secrets.iter().find(|s: &&Secret| s.id == secret.id);
+            let loaded = given.and_then(|g| self.build.secrets.iter().find(|l| l.id == g.id));
+            if let (Some(name), Some(loaded)) = (&secret.env, loaded) {
+                let value = String::from_utf8_lossy(&loaded.value).into_owned();
+                env.retain(|(k, _)| k != name);
+                env.push((name.clone(), value));
+            }
+        }
         let spec = RunSpec {
             lowers,
             upper: upper.clone(),
@@ -241,7 +251,10 @@ impl Step<'_, '_> {
                     ));
                 }
             };
-            mounts.push(Mount { source, target: secret.target.clone(), readonly: true });
+            // `env=` without a target: a variable only (see `run`).
+            if !secret.target.is_empty() {
+                mounts.push(Mount { source, target: secret.target.clone(), readonly: true });
+            }
         }
         Ok((mounts, locks))
     }

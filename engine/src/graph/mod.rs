@@ -455,7 +455,10 @@ impl Plan {
                 k.list("cache", run.caches.iter().map(|c| format!("{} id={} sharing={:?}", c.path, c.id, c.sharing)));
                 k.list(
                     "secret",
-                    run.secrets.iter().map(|s| format!("{} target={} required={}", s.id, s.target, s.required)),
+                    run.secrets.iter().map(|s| {
+                        let env = s.env.as_ref().map(|e| format!(" env={e}")).unwrap_or_default();
+                        format!("{} target={} required={}{env}", s.id, s.target, s.required)
+                    }),
                 );
                 args_fields(&mut k, ws, *stage, *index);
             }

@@ -289,6 +289,9 @@ pub struct SecretMount {
     pub target: String,
     /// Whether a build without this secret fails (the default) or skips it.
     pub required: bool,
+    /// `env=NAME`: the secret is this environment variable of the step
+    /// instead of a file (and a file too when a `target` is also given).
+    pub env: Option<String>,
 }
 
 /// The network a `run` step sees.

@@ -425,7 +425,7 @@ pub(super) const RUN: &[Spec] = &[
         max: Some(1),
         args: &[Str],
         args_doc: "1 secret id",
-        props: &[prop("target", Str), prop("required", Bool)],
+        props: &[prop("target", Str), prop("required", Bool), prop("env", Str)],
         children: None,
         example: "secret \"npmrc\" target=\"/root/.npmrc\"",
     },

@@ -846,10 +846,10 @@ impl Cx<'_> {
                     run.caches.push(CacheMount { path, id, sharing });
                 }
                 MountType::Secret => {
-                    if mount.env.is_some() || mount.uid.is_some() || mount.gid.is_some() || mount.mode.is_some() {
+                    if mount.uid.is_some() || mount.gid.is_some() || mount.mode.is_some() {
                         self.unsupported(
                             at,
-                            "a secret mount with env, uid, gid or mode",
+                            "a secret mount with uid, gid or mode",
                             "read the secret file in the step",
                         );
                         continue;
@@ -864,9 +864,13 @@ impl Cx<'_> {
                         self.invalid(at, "a secret mount needs an id".to_owned(), "no id=", None);
                         continue;
                     };
-                    let target =
-                        mount.target.clone().map_or_else(|| format!("/run/secrets/{id}"), |t| normalize_absolute(&t));
-                    run.secrets.push(SecretMount { id, target, required: mount.required });
+                    // With `env=`, a file only when a target is given too.
+                    let target = match (&mount.target, &mount.env) {
+                        (Some(t), _) => normalize_absolute(t),
+                        (None, Some(_)) => String::new(),
+                        (None, None) => format!("/run/secrets/{id}"),
+                    };
+                    run.secrets.push(SecretMount { id, target, required: mount.required, env: mount.env.clone() });
                 }
                 MountType::Bind | MountType::Tmpfs | MountType::Ssh => {
                     let what = format!("RUN --mount=type={}", format!("{:?}", mount.kind).to_ascii_lowercase());

@@ -272,12 +272,21 @@ impl Cx<'_> {
         if id.is_empty() || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-')) {
             self.invalid(at, format!("`{id}` is not a secret id"), "use letters, digits, `.`, `_` and `-`", None);
         }
-        let target = cc.prop("target").map_or_else(|| format!("/run/secrets/{id}"), |e| self.string(file, e));
-        if !target.starts_with('/') {
+        let env = cc.prop("env").map(|e| self.string(file, e));
+        if let (Some(name), Some(e)) = (&env, cc.prop("env")) {
+            self.check_env_name(name, Span { file, span: e.span() });
+        }
+        // As BuildKit: with `env=`, a file only when a target is given too.
+        let target = match cc.prop("target") {
+            Some(e) => self.string(file, e),
+            None if env.is_some() => String::new(),
+            None => format!("/run/secrets/{id}"),
+        };
+        if !target.is_empty() && !target.starts_with('/') {
             self.invalid(at, format!("secret target `{target}` is not absolute"), "must start with /", None);
         }
         let required = cc.prop("required").and_then(|e| e.value().as_bool()).unwrap_or(true);
-        SecretMount { id, target, required }
+        SecretMount { id, target, required, env }
     }
 
     pub(super) fn lower_healthcheck(&mut self, c: &Checked<'_>, node: &KdlNode, file: FileId) -> Option<Healthcheck> {
