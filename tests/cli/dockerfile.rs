@@ -360,3 +360,28 @@ fn a_secret_reaches_a_step_as_an_environment_variable_and_nowhere_else() {
     assert_eq!(missing.code, 1, "{}", missing.render());
     assert!(missing.stderr.contains("failed with exit code 1"), "{}", missing.render());
 }
+
+#[test]
+fn an_optional_copy_source_may_match_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("home");
+    std::fs::write(dir.path().join("a.txt"), "a\n").expect("write");
+    let kdl = |optional: &str| {
+        format!(
+            "stage \"s\" from=\"scratch\" {{\n    copy \"*.lock\" \"a.txt\" to=\"/x/\" {optional}\n}}\nartifact \"out\" from=\"s\" path=\"/x\" dest=\"out\"\n"
+        )
+    };
+    std::fs::write(dir.path().join("build.kdl"), kdl("optional=#true")).expect("write");
+    let r = crate::harness::bake(dir.path(), home.path(), &["build", "out"]);
+    assert_eq!(r.code, 0, "{}", r.render());
+    let got: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+        .expect("artifact")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(got, ["a.txt"]);
+    // Without it, a pattern that matches nothing is an error at its line.
+    std::fs::write(dir.path().join("build.kdl"), kdl("")).expect("write");
+    let r = crate::harness::bake(dir.path(), home.path(), &["build", "out"]);
+    assert_eq!(r.code, 1, "{}", r.render());
+    assert!(r.stderr.contains("*.lock"), "{}", r.render());
+}

@@ -303,6 +303,12 @@ impl Context {
     /// Resolves a `copy`'s sources and excludes to the entries it reads, hashing
     /// the files the index does not vouch for.
     pub fn select(&self, sources: &[&str], exclude: &[&str]) -> Result<Selection, ContextError> {
+        self.select_with(sources, exclude, false)
+    }
+
+    /// [`Context::select`]; with `optional`, a source that matches nothing
+    /// selects nothing instead of failing (`copy ... optional=#true`).
+    pub fn select_with(&self, sources: &[&str], exclude: &[&str], optional: bool) -> Result<Selection, ContextError> {
         let excludes = Rules::from_patterns(exclude.iter().copied())
             .map_err(|e| ContextError::Pattern { pattern: e.pattern, reason: e.reason })?;
         // (entry index, the root it was selected under)
@@ -313,7 +319,7 @@ impl Context {
                 return Err(ContextError::Escape { source_path: source });
             }
             let roots = self.roots(&source)?;
-            if roots.is_empty() {
+            if roots.is_empty() && !optional {
                 return Err(self.no_match(&source));
             }
             for root in roots {

@@ -119,7 +119,7 @@ impl Copier<'_, '_> {
                 let mut roots = Vec::new();
                 for (i, src) in copy.sources.iter().enumerate() {
                     let found = self.fs_roots(&view, src, name)?;
-                    if found.is_empty() {
+                    if found.is_empty() && !copy.optional {
                         let span = copy.source_spans.get(i).copied().unwrap_or(self.span);
                         return Err(ExecError::step(
                             self.build.ws,

@@ -343,7 +343,7 @@ impl Plan {
                 let sources: Vec<&str> = copy.sources.iter().map(String::as_str).collect();
                 let exclude: Vec<&str> = copy.exclude.iter().map(String::as_str).collect();
                 let result = ctx
-                    .select(&sources, &exclude)
+                    .select_with(&sources, &exclude, copy.optional)
                     .map(|s| ContextRead { root: ctx.root().to_path_buf(), selection: Arc::new(s) })
                     .map_err(|e| context_error(ws, self.graph[n].span.map(|s| (copy, s)), dir, e));
                 Some((n, result))
@@ -418,6 +418,9 @@ impl Plan {
                 // Only written when set (Dockerfiles), so other keys stay as they were.
                 if copy.keep_owners {
                     k.field("keep-owners", true);
+                }
+                if copy.optional {
+                    k.field("optional", true);
                 }
                 match &copy.from {
                     CopySource::Context => {

@@ -245,6 +245,9 @@ pub struct Copy {
     /// image when no `chown` is given, as a Dockerfile's `COPY --from`
     /// does; otherwise (`build.kdl`) they are owned by 0:0.
     pub keep_owners: bool,
+    /// `optional=#true`: a source that matches nothing copies nothing
+    /// instead of failing the build.
+    pub optional: bool,
 }
 
 /// `run "script" { cache ...; secret ...; network ...; security ...; env ... }`.

@@ -263,6 +263,7 @@ pub(super) const BODY: &[Spec] = &[
             prop("chown", StrOrInt),
             prop("chmod", StrOrInt),
             Prop { name: "exclude", kind: Str, required: false, repeat: true },
+            prop("optional", Bool),
         ],
         children: None,
         example: "copy \"go.mod\" \"go.sum\" to=\"./\"",

@@ -1008,7 +1008,17 @@ impl Cx<'_> {
             exclude.push(self.df_expand(st, w, file, false, used)?);
         }
         let keep_owners = from != CopySource::Context;
-        Some(Copy { sources: paths, source_spans: spans, dest, from, chown, chmod, exclude, keep_owners })
+        Some(Copy {
+            sources: paths,
+            source_spans: spans,
+            dest,
+            from,
+            chown,
+            chmod,
+            exclude,
+            keep_owners,
+            optional: false,
+        })
     }
 }
 

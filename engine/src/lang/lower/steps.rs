@@ -78,7 +78,8 @@ impl Cx<'_> {
         let chown = c.prop("chown").map(|e| self.lower_chown(e, file));
         let chmod = c.prop("chmod").and_then(|e| self.lower_chmod(e, file));
         let exclude = c.props("exclude").iter().map(|e| self.string(file, e)).collect();
-        Some(Copy { sources, source_spans, dest, from, chown, chmod, exclude, keep_owners: false })
+        let optional = c.prop("optional").and_then(|e| e.value().as_bool()).unwrap_or(false);
+        Some(Copy { sources, source_spans, dest, from, chown, chmod, exclude, keep_owners: false, optional })
     }
 
     /// `chown=`: `user` or `user:group`, names or ids (checked, kept as written).
