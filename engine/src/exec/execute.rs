@@ -124,8 +124,10 @@ impl<'a> Build<'a> {
                 let mut config = self.state_before(plan, n, *stage, *index, parent.as_deref())?;
                 let span = node.span.unwrap_or(self.ws.stages[*stage].span);
                 let layers = parent.as_ref().map(|p| p.layers.clone()).unwrap_or_default();
-                let layer = run::Step { build: self, node: &node.id, span, config: &config, parent_layers: &layers }
-                    .run(run)?;
+                let binds = (0..run.binds.len()).map(|i| plan.bind_reads.get(&(n, i)).cloned()).collect();
+                let layer =
+                    run::Step { build: self, node: &node.id, span, config: &config, parent_layers: &layers, binds }
+                        .run(run)?;
                 config.add_layer(layer.diff_id.as_ref(), &self.created, &format!("run {}", run.script));
                 let mut layers = layers;
                 layers.push(layer);

@@ -29,6 +29,8 @@ use std::path::Path;
 use super::copy::{Content, Item, write_layer};
 use super::secrets::{self, Lines};
 use super::{Build, Event, ExecError, Secret};
+use crate::context::EntryKind as CtxKind;
+use crate::graph::ContextRead;
 use crate::image::ImageConfig;
 use crate::lang::{Run, Sharing, Span};
 use crate::layer::{Entry, EntryKind, LayerInfo};
@@ -53,6 +55,8 @@ pub(super) struct Step<'a, 'b> {
     pub(super) span: Span,
     pub(super) config: &'a ImageConfig,
     pub(super) parent_layers: &'a [LayerInfo],
+    /// What each of the step's context binds selects, bind for bind.
+    pub(super) binds: Vec<Option<ContextRead>>,
 }
 
 impl Step<'_, '_> {
@@ -226,6 +230,21 @@ impl Step<'_, '_> {
             locks.extend(lock);
             mounts.push(Mount { source, target: cache.path.clone(), readonly: false });
         }
+        // Context binds: the selected files copied into the scratch folder
+        // (so ignored files stay out, and writes are thrown away with it).
+        for (i, bind) in run.binds.iter().enumerate() {
+            let read = self.binds.get(i).and_then(Option::as_ref).ok_or(ExecError::NoSelection)?;
+            let source = materialize(read, &scratch.join(format!("bind-{i}")))?;
+            mounts.push(Mount { source, target: self.in_workdir(&bind.target), readonly: bind.readonly });
+        }
+        // tmpfs: an empty folder for this step only, gone with the scratch folder.
+        for (i, target) in run.tmpfs.iter().enumerate() {
+            let dir = scratch.join(format!("tmpfs-{i}"));
+            let io = |source| ExecError::Io { path: dir.clone(), source };
+            std::fs::create_dir(&dir).map_err(io)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).map_err(io)?;
+            mounts.push(Mount { source: dir.clone(), target: self.in_workdir(target), readonly: false });
+        }
         for secret in &run.secrets {
             let given = self.build.options.secrets.iter().find(|s: &&Secret| s.id == secret.id);
             // The bytes read when the build started, as a private copy: what
@@ -259,6 +278,16 @@ impl Step<'_, '_> {
         Ok((mounts, locks))
     }
 
+    /// A mount target: absolute, or relative to the step's working folder.
+    fn in_workdir(&self, target: &str) -> String {
+        let joined = if target.starts_with('/') {
+            target.to_owned()
+        } else {
+            format!("{}/{target}", self.config.workdir().trim_end_matches('/'))
+        };
+        crate::lang::clean_absolute(&joined)
+    }
+
     /// An exclusive lock on a cache folder's lock file: waited for (until
     /// the build is cancelled) when `wait`, else `None` when it is taken.
     fn lock_cache(&self, path: &Path, wait: bool) -> Result<Option<std::fs::File>, ExecError> {
@@ -289,6 +318,57 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
     let err = |source| ExecError::Io { path: path.to_path_buf(), source };
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
     f.write_all(bytes).map_err(err)
+}
+
+/// Copies what a context bind selects to `dest`: the file itself when the
+/// source is one file, else a folder holding the source's tree. Returns
+/// what to mount.
+fn materialize(read: &ContextRead, dest: &Path) -> Result<std::path::PathBuf, ExecError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ExecError::Io { path, source }
+    };
+    let entries = &read.selection.entries;
+    if let [only] = entries.as_slice()
+        && only.path == only.root
+        && only.kind == CtxKind::File
+    {
+        let from = read.root.join(&only.path);
+        std::fs::copy(&from, dest).map_err(io(&from))?;
+        return Ok(dest.to_path_buf());
+    }
+    std::fs::create_dir(dest).map_err(io(dest))?;
+    for e in entries {
+        let rel = if e.root == "." {
+            e.path.as_str()
+        } else {
+            match e.path.strip_prefix(&e.root) {
+                Some(rest) => rest.trim_start_matches('/'),
+                None => continue,
+            }
+        };
+        let to = if rel.is_empty() { dest.to_path_buf() } else { dest.join(rel) };
+        let from = read.root.join(&e.path);
+        match &e.kind {
+            CtxKind::Dir => {
+                std::fs::create_dir_all(&to).map_err(io(&to))?;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(e.mode)).map_err(io(&to))?;
+            }
+            CtxKind::File => {
+                if let Some(dir) = to.parent() {
+                    std::fs::create_dir_all(dir).map_err(io(dir))?;
+                }
+                std::fs::copy(&from, &to).map_err(io(&from))?;
+            }
+            CtxKind::Symlink(target) => {
+                if let Some(dir) = to.parent() {
+                    std::fs::create_dir_all(dir).map_err(io(dir))?;
+                }
+                std::os::unix::fs::symlink(target, &to).map_err(io(&to))?;
+            }
+        }
+    }
+    Ok(dest.to_path_buf())
 }
 
 fn one_line(script: &str) -> String {

@@ -152,6 +152,8 @@ pub struct Plan {
     stage_nodes: Vec<NodeIndex>,
     /// What each context `copy` reads, once keys are computed.
     pub reads: HashMap<NodeIndex, ContextRead>,
+    /// What each context bind of a `run` reads, by node and bind index.
+    pub bind_reads: HashMap<(NodeIndex, usize), ContextRead>,
     /// The options the keys were computed with.
     key_options: Option<KeyOptions>,
 }
@@ -263,7 +265,15 @@ impl Plan {
             }
             stack.extend(graph.neighbors_directed(n, Direction::Incoming));
         }
-        Ok(Self { graph, requested, roots, stage_nodes, reads: HashMap::new(), key_options: None })
+        Ok(Self {
+            graph,
+            requested,
+            roots,
+            stage_nodes,
+            reads: HashMap::new(),
+            bind_reads: HashMap::new(),
+            key_options: None,
+        })
     }
 
     /// Node of a stage's result.
@@ -296,6 +306,7 @@ impl Plan {
         // By folder and the ignore file read in place of its `.dockerignore`.
         let mut contexts: BTreeMap<ContextId, Option<Arc<Context>>> = BTreeMap::new();
         let mut jobs = Vec::new();
+        let mut bind_jobs = Vec::new();
         for &n in &order {
             let node = &self.graph[n];
             if let (true, Op::Copy { stage, copy, .. }) = (wanted(node), &node.op)
@@ -304,6 +315,13 @@ impl Plan {
                 let s = &ws.stages[*stage];
                 contexts.entry((s.context.clone(), s.ignore_file.clone())).or_default();
                 jobs.push(n);
+            }
+            if let (true, Op::Run { stage, run, .. }) = (wanted(node), &node.op)
+                && !run.binds.is_empty()
+            {
+                let s = &ws.stages[*stage];
+                contexts.entry((s.context.clone(), s.ignore_file.clone())).or_default();
+                bind_jobs.extend((0..run.binds.len()).map(|i| (n, i)));
             }
         }
         let mut errors = Vec::new();
@@ -349,6 +367,31 @@ impl Plan {
                 Some((n, result))
             })
             .collect();
+        let binds: Vec<((NodeIndex, usize), Result<ContextRead, PlanError>)> = bind_jobs
+            .par_iter()
+            .filter_map(|&(n, i)| {
+                let Op::Run { stage, run, .. } = &self.graph[n].op else {
+                    return None;
+                };
+                let s = &ws.stages[*stage];
+                let ctx = contexts.get(&(s.context.clone(), s.ignore_file.clone()))?.as_ref()?;
+                let bind = run.binds.get(i)?;
+                let result = ctx
+                    .select(&[bind.source.as_str()], &[])
+                    .map(|sel| ContextRead { root: ctx.root().to_path_buf(), selection: Arc::new(sel) })
+                    .map_err(|e| context_error(ws, None, &s.context, e));
+                Some(((n, i), result))
+            })
+            .collect();
+        self.bind_reads.clear();
+        for (at, result) in binds {
+            match result {
+                Ok(read) => {
+                    self.bind_reads.insert(at, read);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
         self.reads.clear();
         for (n, result) in selections {
             match result {
@@ -456,6 +499,25 @@ impl Plan {
                 }
                 k.list("env", run.env.iter().map(|(a, b)| format!("{a}={b}")));
                 k.list("cache", run.caches.iter().map(|c| format!("{} id={} sharing={:?}", c.path, c.id, c.sharing)));
+                // Only written when there are some, so other keys stay as they were.
+                if !run.binds.is_empty() {
+                    k.list(
+                        "bind",
+                        run.binds.iter().enumerate().map(|(i, b)| {
+                            let digest = self.bind_reads.get(&(n, i)).map_or([0; 32], |r| r.selection.digest);
+                            format!(
+                                "{} target={} ro={} context={}",
+                                b.source,
+                                b.target,
+                                b.readonly,
+                                Key(digest).to_hex()
+                            )
+                        }),
+                    );
+                }
+                if !run.tmpfs.is_empty() {
+                    k.list("tmpfs", &run.tmpfs);
+                }
                 k.list(
                     "secret",
                     run.secrets.iter().map(|s| {

@@ -264,6 +264,23 @@ pub struct Run {
     pub network: Network,
     pub security: Security,
     pub env: Vec<(String, String)>,
+    /// Context files bound into the step (a Dockerfile's
+    /// `--mount=type=bind`, `bind` in `build.kdl`).
+    pub binds: Vec<BindMount>,
+    /// Empty scratch folders mounted for the step only (`tmpfs`).
+    pub tmpfs: Vec<String>,
+}
+
+/// Files of the build context seen by one step at `target`, never part of
+/// its layer: read-only, or writable with the writes thrown away. The step
+/// sees what the context's ignore rules keep, as a `copy` would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Context-relative and normalised (`.` for the whole context).
+    pub source: String,
+    /// Absolute in the step, or relative to its working folder.
+    pub target: String,
+    pub readonly: bool,
 }
 
 /// A folder that persists between builds and is never part of a layer.

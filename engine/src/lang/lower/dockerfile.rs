@@ -38,8 +38,8 @@ use crate::lang::boundary::{Boundary, Resolved as Place};
 use crate::lang::error::{Errors, LangError, list_names, quoted};
 use crate::lang::schema;
 use crate::lang::{
-    Base, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput, Instruction, InstructionKind,
-    Network, Run, SecretMount, Security, Sharing, Span, Stage,
+    Base, BindMount, CacheMount, Copy, CopySource, FileId, HealthTest, Healthcheck, ImageOutput, Instruction,
+    InstructionKind, Network, Run, SecretMount, Security, Sharing, Span, Stage,
 };
 use crate::reference::ImageRef;
 use crate::sandbox::normalize_signal;
@@ -807,6 +807,8 @@ impl Cx<'_> {
                 _ => Security::Sandbox,
             },
             env: Vec::new(),
+            binds: Vec::new(),
+            tmpfs: Vec::new(),
         };
         for m in &r.mounts {
             let at = Span { file, span: m.raw.span };
@@ -872,9 +874,31 @@ impl Cx<'_> {
                     };
                     run.secrets.push(SecretMount { id, target, required: mount.required, env: mount.env.clone() });
                 }
-                MountType::Bind | MountType::Tmpfs | MountType::Ssh => {
+                MountType::Bind if mount.from.is_none() => {
+                    let Some(target) = mount.target.clone().filter(|t| !t.is_empty()) else {
+                        self.invalid(at, "a bind mount needs a target".to_owned(), "no target=", None);
+                        continue;
+                    };
+                    let raw = mount.source.clone().unwrap_or_else(|| ".".to_owned());
+                    let Some(source) = normalize_relative(&raw) else {
+                        self.invalid(
+                            at,
+                            format!("bind source `{}` leaves the build context", quoted(&raw)),
+                            "leaves the context",
+                            None,
+                        );
+                        continue;
+                    };
+                    run.binds.push(BindMount { source, target, readonly: mount.readonly });
+                }
+                MountType::Tmpfs => match mount.target.clone().filter(|t| !t.is_empty()) {
+                    Some(target) => run.tmpfs.push(target),
+                    None => self.invalid(at, "a tmpfs mount needs a target".to_owned(), "no target=", None),
+                },
+                MountType::Bind | MountType::Ssh => {
                     let what = format!("RUN --mount=type={}", format!("{:?}", mount.kind).to_ascii_lowercase());
-                    self.unsupported(at, &what, "COPY what the step needs, or use a cache mount");
+                    let what = if mount.kind == MountType::Bind { format!("{what},from=") } else { what };
+                    self.unsupported(at, &what, "COPY what the step needs from there first");
                 }
             }
         }
@@ -1145,7 +1169,11 @@ mod tests {
     #[test]
     fn what_bake_cannot_build_yet_is_an_error_at_its_flag() {
         for (text, says) in [
-            ("FROM busybox\nRUN --mount=type=bind,target=/x true\n", "RUN --mount=type=bind is not supported"),
+            (
+                "FROM busybox\nRUN --mount=type=bind,from=x,target=/x true\nFROM busybox AS x\n",
+                "RUN --mount=type=bind,from= is not supported",
+            ),
+            ("FROM busybox\nRUN --mount=type=ssh true\n", "RUN --mount=type=ssh is not supported"),
             ("FROM busybox\nADD https://example.com/a.tgz /a\n", "ADD from a URL is not supported"),
             ("FROM busybox\nADD app.tar.gz /a\n", "ADD of a local archive"),
             ("FROM busybox\nCOPY --from=1 /a /a\nFROM busybox\n", "not an earlier stage"),

@@ -170,6 +170,8 @@ impl Cx<'_> {
             network: Network::default(),
             security: Security::default(),
             env: Vec::new(),
+            binds: Vec::new(),
+            tmpfs: Vec::new(),
         };
         let mut network_seen: Option<SourceSpan> = None;
         let mut security_seen: Option<SourceSpan> = None;
