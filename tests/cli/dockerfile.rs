@@ -137,6 +137,19 @@ pub(crate) fn differences(ours: &Snapshot, theirs: &Snapshot) -> Vec<String> {
     out
 }
 
+/// [`differences`], once `stubs` are left out of BuildKit's image: empty
+/// folders BuildKit 0.8 leaves at `RUN --mount` targets that did not exist
+/// (later versions remove them; bake never makes them).
+pub(crate) fn differences_but_stubs(ours: &Snapshot, mut theirs: Snapshot, stubs: &[&str]) -> Vec<String> {
+    for stub in stubs {
+        let entry = theirs.files.get(*stub);
+        if entry.is_some_and(|e| e.kind == 'd' && !ours.files.contains_key(*stub)) {
+            theirs.files.remove(*stub);
+        }
+    }
+    differences(ours, &theirs)
+}
+
 /// A case of `tests/dockerfiles/`, copied to a temporary folder, with a
 /// registry holding its base images for bake and the same images in Docker.
 pub(crate) struct Case {
@@ -237,14 +250,7 @@ impl Case {
     pub(crate) fn assert_same_but_stubs(&self, dockerfile: &str, args: &[&str], stubs: &[&str]) -> (String, String) {
         let ours = self.build_with_bake(dockerfile, args);
         let theirs = self.build_with_buildkit(dockerfile, args);
-        let (ours_snap, mut theirs_snap) = (snapshot(&ours), snapshot(&theirs));
-        for stub in stubs {
-            let entry = theirs_snap.files.get(*stub);
-            if entry.is_some_and(|e| e.kind == 'd' && !ours_snap.files.contains_key(*stub)) {
-                theirs_snap.files.remove(*stub);
-            }
-        }
-        let diff = differences(&ours_snap, &theirs_snap);
+        let diff = differences_but_stubs(&snapshot(&ours), snapshot(&theirs), stubs);
         assert!(diff.is_empty(), "{} differs from BuildKit's image:\n{}", self.name, diff.join("\n"));
         (ours, theirs)
     }
@@ -352,7 +358,7 @@ fn a_dockerfile_node_in_build_kdl_gives_what_one_whole_dockerfile_gives() {
     docker::load(&archive);
     let theirs = case.build_with_buildkit("equivalent.Dockerfile", &["--build-arg", "FLAVOUR=spicy"]);
     let ours = "bake-df/kdl-mix:bake";
-    let diff = differences(&snapshot(ours), &snapshot(&theirs));
+    let diff = differences_but_stubs(&snapshot(ours), snapshot(&theirs), &["mnt", "t"]);
     assert!(diff.is_empty(), "the mixed build differs from BuildKit's image:\n{}", diff.join("\n"));
     assert_eq!(docker::run(&[ours]), "hello from svc\nflavour: spicy\nsecond\n");
 }

@@ -131,7 +131,7 @@ const IMAGE_BODY: &[&str] = &[
     "tag",
     "annotation",
 ];
-const RUN_BODY: &[&str] = &["cache", "secret", "network", "security", "env"];
+const RUN_BODY: &[&str] = &["cache", "secret", "network", "security", "env", "bind", "tmpfs"];
 
 /// Nodes at the top of a file.
 pub(super) const TOP: &[Spec] = &[
@@ -419,6 +419,26 @@ pub(super) const RUN: &[Spec] = &[
         props: &[prop("id", Str), prop("sharing", Str)],
         children: None,
         example: "cache \"/root/go/pkg/mod\"",
+    },
+    Spec {
+        name: "bind",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 context path",
+        props: &[required("target", Str), prop("rw", Bool)],
+        children: None,
+        example: "bind \"go.mod\" target=\"/src/go.mod\"",
+    },
+    Spec {
+        name: "tmpfs",
+        min: 1,
+        max: Some(1),
+        args: &[Str],
+        args_doc: "1 path",
+        props: &[],
+        children: None,
+        example: "tmpfs \"/tmp\"",
     },
     Spec {
         name: "secret",

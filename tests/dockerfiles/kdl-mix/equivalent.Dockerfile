@@ -13,5 +13,7 @@ FROM builder
 COPY --from=second /out/second.txt /srv/
 RUN cat /out/greeting.txt /srv/second.txt > /srv/all.txt
 RUN ["/bin/mkdir", "-p", "/srv/with space"]
+RUN --mount=type=bind,source=svc/greeting.txt,target=/mnt/greeting.txt --mount=type=tmpfs,target=/t \
+    cat /mnt/greeting.txt > /srv/bound.txt && echo x > /t/x && ls -A /t >> /srv/bound.txt
 WORKDIR /srv
 CMD ["cat", "all.txt"]

@@ -176,7 +176,7 @@ impl Cx<'_> {
         let mut network_seen: Option<SourceSpan> = None;
         let mut security_seen: Option<SourceSpan> = None;
         for child in node.iter_children() {
-            let names = ["cache", "secret", "network", "security", "env"];
+            let names = ["cache", "secret", "network", "security", "env", "bind", "tmpfs"];
             let Some(spec) = schema::lookup(schema::RUN, &names, child, "run", f, &mut self.errors) else {
                 continue;
             };
@@ -186,6 +186,30 @@ impl Cx<'_> {
             let at = Span { file, span: cc.args[0].span() };
             match spec.name {
                 "cache" => run.caches.push(self.lower_cache(&cc, file, at)),
+                "bind" => {
+                    let raw = self.string(file, cc.args[0]);
+                    let target = cc.prop("target").map(|e| self.string(file, e)).unwrap_or_default();
+                    let readonly = !cc.prop("rw").and_then(|e| e.value().as_bool()).unwrap_or(false);
+                    match normalize_relative(&raw) {
+                        Some(source) if !target.is_empty() => {
+                            run.binds.push(crate::lang::BindMount { source, target, readonly });
+                        }
+                        Some(_) => self.invalid(at, "`target=` cannot be empty".to_owned(), "empty target", None),
+                        None => self.invalid(
+                            at,
+                            format!("bind source `{raw}` leaves the build context"),
+                            "leaves the context",
+                            Some("a bind reads from the stage's build context"),
+                        ),
+                    }
+                }
+                "tmpfs" => {
+                    let path = self.string(file, cc.args[0]);
+                    if !path.starts_with('/') {
+                        self.invalid(at, format!("tmpfs path `{path}` is not absolute"), "must start with /", None);
+                    }
+                    run.tmpfs.push(path);
+                }
                 "secret" => run.secrets.push(self.lower_secret(&cc, file, at)),
                 "network" => {
                     self.once("network", &mut network_seen, child, file);
