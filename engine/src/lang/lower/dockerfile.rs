@@ -350,10 +350,24 @@ impl Cx<'_> {
                     continue;
                 }
             };
-            if let Some(p) = &from.platform
-                && let Err(e) = global.expand(&p.text)
-            {
-                self.expansion_error(file, p, &e.to_string());
+            // Until bake builds for other platforms, one that is not the
+            // host's is refused rather than built for the wrong one.
+            if let Some(p) = &from.platform {
+                match global.expand(&p.text) {
+                    Err(e) => self.expansion_error(file, p, &e.to_string()),
+                    Ok(e) => {
+                        let host = host_platform();
+                        let same = Platform::parse(&e.value).is_some_and(|w| w.os == host.os && w.arch == host.arch);
+                        if !same {
+                            self.invalid(
+                                at(p.span),
+                                format!("FROM --platform={} is not supported by bake yet", e.value),
+                                &format!("bake builds for {host}, the machine it runs on"),
+                                Some("leave --platform out, or use $BUILDPLATFORM / $TARGETPLATFORM"),
+                            );
+                        }
+                    }
+                }
             }
             let lower = image.to_ascii_lowercase();
             let (base, parent) = if lower == "scratch" {
@@ -1063,6 +1077,12 @@ mod tests {
     }
 
     #[test]
+    fn from_platform_may_name_the_build_machine() {
+        let text = "FROM --platform=$BUILDPLATFORM busybox AS a\nFROM --platform=${TARGETPLATFORM} busybox\n";
+        load(text, &LoadOptions::default()).expect("the host's platform");
+    }
+
+    #[test]
     fn the_last_stage_is_the_image_and_unnamed_stages_are_numbered() {
         let ws =
             load("FROM busybox AS Build\nRUN true\nFROM scratch\nCOPY --from=build /x /x\n", &LoadOptions::default())
@@ -1178,6 +1198,7 @@ mod tests {
             ("FROM busybox\nADD app.tar.gz /a\n", "ADD of a local archive"),
             ("FROM busybox\nCOPY --from=1 /a /a\nFROM busybox\n", "not an earlier stage"),
             ("FROM busybox\nCOPY --parents a/b /x/\n", "COPY --parents is not supported"),
+            ("FROM --platform=windows/arm64 busybox\n", "FROM --platform=windows/arm64 is not supported"),
         ] {
             let err = load(text, &LoadOptions::default()).expect_err(text);
             assert!(err.contains(says), "{text}: {err}");
