@@ -345,6 +345,22 @@ fn hostile_files_end_in_an_error_fast() {
 }
 
 #[test]
+fn large_files_parse_in_linear_time() {
+    // 100,000 instructions (the limit), 1.6 MB: a line number is found
+    // for each, which must not rescan the file every time.
+    let text = format!("FROM a\n{}", "RUN echo hello world\n".repeat(99_999));
+    let started = std::time::Instant::now();
+    let df = parse(&text);
+    assert_eq!(df.stages[0].instructions.len(), 99_999);
+    assert_eq!(df.stages[0].instructions[99_998].line, 100_000);
+    let _ = dockerfile::lint::check(&df);
+    // One past the limit is refused.
+    let e = parse_err(&format!("{text}RUN x\n"));
+    assert_eq!(e.errors[0].kind, dockerfile::ErrorKind::Limit);
+    eprintln!("parsed 100,000 instructions in {:?}", started.elapsed());
+}
+
+#[test]
 fn which_instructions_expand_is_buildkits_list() {
     let df = parse(
         "FROM a\nRUN x\nCMD x\nENTRYPOINT x\nSHELL [\"a\"]\nMAINTAINER m\nHEALTHCHECK NONE\nWORKDIR /\nENV A=1\nCOPY a b\nADD a b\nLABEL a=b\nEXPOSE 1\nUSER u\nVOLUME /v\nSTOPSIGNAL 1\nONBUILD RUN x\nARG X\n",

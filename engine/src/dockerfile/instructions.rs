@@ -1142,7 +1142,7 @@ fn onbuild(args: &mut Args<'_>) -> Result<Kind, DockerfileError> {
     }
     let (keyword, kind) = build(args.ctx, args.line, args.start, std::mem::take(&mut args.heredocs))?;
     let span = args.span();
-    let line = super::line_of(args.ctx.text, span.offset());
+    let line = args.ctx.lines.line(span.offset());
     Ok(Kind::Onbuild(Box::new(Instruction { span, keyword, line, end_line: line, comments: Vec::new(), kind })))
 }
 
