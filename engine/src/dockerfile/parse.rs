@@ -31,7 +31,6 @@ use crate::lang::Src;
 #[derive(Clone)]
 pub(super) struct Ctx<'a> {
     pub(super) src: &'a Src,
-    pub(super) text: &'a str,
     pub(super) escape: char,
     pub(super) lines: Arc<Lines>,
 }
@@ -303,7 +302,7 @@ fn heredoc_instruction(name: &str) -> bool {
 pub(super) fn parse(src: &Src, shared: Arc<String>) -> Result<Dockerfile, DockerfileErrors> {
     let owned: Arc<String> = shared;
     let text = owned.as_str();
-    let mut ctx = Ctx { src, text, escape: DEFAULT_ESCAPE, lines: Arc::new(Lines::new(text)) };
+    let mut ctx = Ctx { src, escape: DEFAULT_ESCAPE, lines: Arc::new(Lines::new(text)) };
     if text.len() > MAX_FILE_SIZE {
         let span = SourceSpan::from(0..0);
         return Err(DockerfileErrors::one(ctx.error(
