@@ -450,6 +450,23 @@ fn mounts_with_variables_resolve_in_a_scope() {
 }
 
 #[test]
+fn heredoc_bodies_expand_with_quotes_kept() {
+    let scope = Scope::new(
+        '\\',
+        BTreeMap::new(),
+        &dockerfile::Platform::linux_amd64(),
+        &dockerfile::Platform::linux_amd64(),
+        None,
+    )
+    .stage(&[("NAME".to_owned(), "world".to_owned())]);
+    let body = "echo \"hello $NAME\" 'it''s' ${MISSING:-x}\n";
+    let e = scope.expand_heredoc(body).expect("expand");
+    assert_eq!(e.value, "echo \"hello world\" 'it''s' x\n");
+    // As a word, the same text loses its quotes.
+    assert_eq!(scope.expand(body).expect("word").value, "echo hello world its x\n");
+}
+
+#[test]
 fn heredoc_bodies_strip_tabs_only_for_chomp() {
     let df = parse("FROM a\nCOPY <<-EOF <<PLAIN /\n\t\tindented\n\tEOF\n\tkept\nPLAIN\n");
     let dockerfile::Kind::Copy(copy) = &df.stages[0].instructions[0].kind else { panic!("COPY") };

@@ -214,7 +214,9 @@ pub struct Heredoc {
     /// The file descriptor written before `<<` (`3<<EOF`), 0 when none.
     pub fd: u32,
     /// False when the delimiter was quoted (`<<"EOF"`, `<<'EOF'`): the body
-    /// is taken literally.
+    /// is taken literally. Otherwise a `COPY`/`ADD` body is expanded with
+    /// [`Scope::expand_heredoc`](super::Scope::expand_heredoc); a `RUN`
+    /// body is left to the shell that runs it.
     pub expand: bool,
     /// `<<-`: leading tabs are stripped from the body and the delimiter line.
     pub chomp: bool,

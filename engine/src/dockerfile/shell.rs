@@ -74,11 +74,13 @@ pub(crate) struct Lexer {
     pub(crate) raw_escapes: bool,
     /// Leave unset variables as written (`$X`, `${X:-y}`).
     pub(crate) skip_unset: bool,
+    /// Treat quotes as ordinary characters (heredoc bodies).
+    pub(crate) skip_quotes: bool,
 }
 
 impl Lexer {
     pub(crate) fn new(escape: char) -> Self {
-        Self { escape, raw_quotes: false, raw_escapes: false, skip_unset: false }
+        Self { escape, raw_quotes: false, raw_escapes: false, skip_unset: false, skip_quotes: false }
     }
 
     pub(crate) fn process(self, word: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Expanded, ShellError> {
@@ -211,12 +213,12 @@ impl State<'_> {
                     result.push_str(&value);
                     words.add_raw_string(&value);
                 }
-                '\'' => {
+                '\'' if !self.lex.skip_quotes => {
                     let value = self.single_quote()?;
                     result.push_str(&value);
                     words.add_raw_string(&value);
                 }
-                '"' => {
+                '"' if !self.lex.skip_quotes => {
                     let value = self.double_quote(raw_escapes)?;
                     result.push_str(&value);
                     words.add_raw_string(&value);
