@@ -340,6 +340,10 @@ fn hostile_files_end_in_an_error_fast() {
     // Deeply nested substitutions fail instead of recursing without bound.
     let deep = format!("{}x{}", "${a:-".repeat(100_000), "}".repeat(100_000));
     assert!(dockerfile::expand_word(&deep, '\\', &|_| None).is_err());
+    // A replacement between every two characters of a long value stops at the bound.
+    let long = "a".repeat(1 << 19);
+    let grow = dockerfile::expand_word("${V//$E/0123456789}", '\\', &|n| (n == "V").then(|| long.clone()));
+    assert!(grow.is_err_and(|e| e.0.contains("longer than")));
     let fine = format!("{}x{}", "${a:-".repeat(20), "}".repeat(20));
     assert_eq!(dockerfile::expand_word(&fine, '\\', &|_| None).map(|e| e.value), Ok("x".to_owned()));
 }

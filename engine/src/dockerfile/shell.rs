@@ -468,7 +468,19 @@ impl State<'_> {
 fn replace(pattern: &str, value: &str, replacement: &str, all: bool) -> Result<String, ShellError> {
     let re = pattern_regex(pattern, true, false)?;
     let out = if all {
-        re.replace_all(value, replacement).into_owned()
+        // `replace_all`, with the length checked as it grows: an empty
+        // pattern matches between every two characters.
+        let mut out = String::new();
+        let mut last = 0;
+        for caps in re.captures_iter(value) {
+            let Some(m) = caps.get(0) else { continue };
+            out.push_str(&value[last..m.start()]);
+            caps.expand(replacement, &mut out);
+            last = m.end();
+            check_len(&out)?;
+        }
+        out.push_str(&value[last..]);
+        out
     } else if let Some(m) = re.find(value) {
         format!("{}{replacement}{}", &value[..m.start()], &value[m.end()..])
     } else {
