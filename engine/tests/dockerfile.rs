@@ -340,8 +340,28 @@ fn hostile_files_end_in_an_error_fast() {
     // Deeply nested substitutions fail instead of recursing without bound.
     let deep = format!("{}x{}", "${a:-".repeat(100_000), "}".repeat(100_000));
     assert!(dockerfile::expand_word(&deep, '\\', &|_| None).is_err());
+    // A replacement between every two characters of a long value stops at the bound.
+    let long = "a".repeat(1 << 19);
+    let grow = dockerfile::expand_word("${V//$E/0123456789}", '\\', &|n| (n == "V").then(|| long.clone()));
+    assert!(grow.is_err_and(|e| e.0.contains("longer than")));
     let fine = format!("{}x{}", "${a:-".repeat(20), "}".repeat(20));
     assert_eq!(dockerfile::expand_word(&fine, '\\', &|_| None).map(|e| e.value), Ok("x".to_owned()));
+}
+
+#[test]
+fn large_files_parse_in_linear_time() {
+    // 100,000 instructions (the limit), 1.6 MB: a line number is found
+    // for each, which must not rescan the file every time.
+    let text = format!("FROM a\n{}", "RUN echo hello world\n".repeat(99_999));
+    let started = std::time::Instant::now();
+    let df = parse(&text);
+    assert_eq!(df.stages[0].instructions.len(), 99_999);
+    assert_eq!(df.stages[0].instructions[99_998].line, 100_000);
+    let _ = dockerfile::lint::check(&df);
+    // One past the limit is refused.
+    let e = parse_err(&format!("{text}RUN x\n"));
+    assert_eq!(e.errors[0].kind, dockerfile::ErrorKind::Limit);
+    eprintln!("parsed 100,000 instructions in {:?}", started.elapsed());
 }
 
 #[test]
@@ -431,6 +451,23 @@ fn mounts_with_variables_resolve_in_a_scope() {
     assert_eq!(mount.uid, Some(1000));
     scope.set_env("UID", "nobody");
     assert_eq!(run.mounts[0].resolve(&scope).expect_err("uid"), "invalid value nobody for uid");
+}
+
+#[test]
+fn heredoc_bodies_expand_with_quotes_kept() {
+    let scope = Scope::new(
+        '\\',
+        BTreeMap::new(),
+        &dockerfile::Platform::linux_amd64(),
+        &dockerfile::Platform::linux_amd64(),
+        None,
+    )
+    .stage(&[("NAME".to_owned(), "world".to_owned())]);
+    let body = "echo \"hello $NAME\" 'it''s' ${MISSING:-x}\n";
+    let e = scope.expand_heredoc(body).expect("expand");
+    assert_eq!(e.value, "echo \"hello world\" 'it''s' x\n");
+    // As a word, the same text loses its quotes.
+    assert_eq!(scope.expand(body).expect("word").value, "echo hello world its x\n");
 }
 
 #[test]

@@ -213,6 +213,20 @@ impl Scope {
         Ok(out)
     }
 
+    /// Expands the body of a `COPY`/`ADD` heredoc whose delimiter was not
+    /// quoted: variables and escapes as in a word, quotes kept as text
+    /// (BuildKit's `SkipProcessQuotes`).
+    pub fn expand_heredoc(&self, body: &str) -> Result<Expanded, ShellError> {
+        let lookup = |name: &str| self.vars.get(name).cloned();
+        let mut lexer = Lexer::new('\\');
+        lexer.skip_quotes = true;
+        let out = lexer.process(body, &lookup)?;
+        if out.value.len() > MAX_EXPANDED {
+            return Err(ShellError(format!("expansion longer than {MAX_EXPANDED} bytes")));
+        }
+        Ok(out)
+    }
+
     /// Expands one word and splits it into words (EXPOSE).
     pub fn expand_words(&self, word: &str) -> Result<Vec<String>, ShellError> {
         self.expand(word).map(|e| e.words)

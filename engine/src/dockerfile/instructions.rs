@@ -214,7 +214,9 @@ pub struct Heredoc {
     /// The file descriptor written before `<<` (`3<<EOF`), 0 when none.
     pub fd: u32,
     /// False when the delimiter was quoted (`<<"EOF"`, `<<'EOF'`): the body
-    /// is taken literally.
+    /// is taken literally. Otherwise a `COPY`/`ADD` body is expanded with
+    /// [`Scope::expand_heredoc`](super::Scope::expand_heredoc); a `RUN`
+    /// body is left to the shell that runs it.
     pub expand: bool,
     /// `<<-`: leading tabs are stripped from the body and the delimiter line.
     pub chomp: bool,
@@ -1142,7 +1144,7 @@ fn onbuild(args: &mut Args<'_>) -> Result<Kind, DockerfileError> {
     }
     let (keyword, kind) = build(args.ctx, args.line, args.start, std::mem::take(&mut args.heredocs))?;
     let span = args.span();
-    let line = super::line_of(args.ctx.text, span.offset());
+    let line = args.ctx.lines.line(span.offset());
     Ok(Kind::Onbuild(Box::new(Instruction { span, keyword, line, end_line: line, comments: Vec::new(), kind })))
 }
 

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use miette::SourceSpan;
 
 use super::instructions::{CheckSkip, CommandLine, Instruction, Kind, Source, Word};
-use super::{Dockerfile, Platform, Scope, Stage, line_of};
+use super::{Dockerfile, Lines, Platform, Scope, Stage};
 use crate::lang::did_you_mean;
 
 /// One finding of a check rule.
@@ -49,7 +49,7 @@ pub const RULES: [&str; 14] = [
 
 struct Findings<'a> {
     df: &'a Dockerfile,
-    text: &'a str,
+    lines: Lines,
     out: Vec<Finding>,
 }
 
@@ -61,7 +61,7 @@ impl Findings<'_> {
             _ => false,
         };
         if !skipped {
-            self.out.push(Finding { rule, message, span, line: line_of(self.text, span.offset()) });
+            self.out.push(Finding { rule, message, span, line: self.lines.line(span.offset()) });
         }
     }
 }
@@ -75,7 +75,7 @@ pub fn check(df: &Dockerfile) -> Vec<Finding> {
 /// environment (variable names), or `None` to skip UndefinedVar there.
 pub fn check_with(df: &Dockerfile, base_env: &dyn Fn(&Stage) -> Option<Vec<String>>) -> Vec<Finding> {
     let text = df.src_text();
-    let mut f = Findings { df, text: &text, out: Vec::new() };
+    let mut f = Findings { df, lines: Lines::new(&text), out: Vec::new() };
     casing(df, &mut f);
     let mut names = BTreeSet::new();
     let platform = Platform::linux_amd64();

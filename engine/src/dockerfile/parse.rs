@@ -24,15 +24,15 @@ use super::error::{DockerfileError, DockerfileErrors, ErrorKind};
 use super::instructions::{self, CheckDirective, CheckSkip, Directive, Directives, Heredoc, Instruction, Kind, Word};
 use super::limits::{MAX_FILE_SIZE, MAX_HEREDOCS, MAX_INSTRUCTIONS, MAX_LINE};
 use super::shell::Lexer;
-use super::{DEFAULT_ESCAPE, Dockerfile, Stage, Warning, line_of};
+use super::{DEFAULT_ESCAPE, Dockerfile, Lines, Stage, Warning};
 use crate::lang::Src;
 
 /// Reports errors against one file.
 #[derive(Clone)]
 pub(super) struct Ctx<'a> {
     pub(super) src: &'a Src,
-    pub(super) text: &'a str,
     pub(super) escape: char,
+    pub(super) lines: Arc<Lines>,
 }
 
 impl Ctx<'_> {
@@ -55,7 +55,7 @@ impl Ctx<'_> {
             span,
             label: label.into(),
             help,
-            line: line_of(self.text, span.offset()),
+            line: self.lines.line(span.offset()),
         }
     }
 }
@@ -302,7 +302,7 @@ fn heredoc_instruction(name: &str) -> bool {
 pub(super) fn parse(src: &Src, shared: Arc<String>) -> Result<Dockerfile, DockerfileErrors> {
     let owned: Arc<String> = shared;
     let text = owned.as_str();
-    let mut ctx = Ctx { src, text, escape: DEFAULT_ESCAPE };
+    let mut ctx = Ctx { src, escape: DEFAULT_ESCAPE, lines: Arc::new(Lines::new(text)) };
     if text.len() > MAX_FILE_SIZE {
         let span = SourceSpan::from(0..0);
         return Err(DockerfileErrors::one(ctx.error(
@@ -449,7 +449,7 @@ pub(super) fn parse(src: &Src, shared: Arc<String>) -> Result<Dockerfile, Docker
             }
         }
         let whole = SourceSpan::from(token_start..body_end.max(token_start));
-        let end_line = line_of(text, body_end.saturating_sub(1).max(token_start));
+        let end_line = ctx.lines.line(body_end.saturating_sub(1).max(token_start));
         let taken = std::mem::take(&mut comments);
         match instructions::build(&ctx, &logical, 0, heredocs) {
             Ok(kind_and_keyword) => {

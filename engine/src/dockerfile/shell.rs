@@ -74,11 +74,13 @@ pub(crate) struct Lexer {
     pub(crate) raw_escapes: bool,
     /// Leave unset variables as written (`$X`, `${X:-y}`).
     pub(crate) skip_unset: bool,
+    /// Treat quotes as ordinary characters (heredoc bodies).
+    pub(crate) skip_quotes: bool,
 }
 
 impl Lexer {
     pub(crate) fn new(escape: char) -> Self {
-        Self { escape, raw_quotes: false, raw_escapes: false, skip_unset: false }
+        Self { escape, raw_quotes: false, raw_escapes: false, skip_unset: false, skip_quotes: false }
     }
 
     pub(crate) fn process(self, word: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Expanded, ShellError> {
@@ -211,12 +213,12 @@ impl State<'_> {
                     result.push_str(&value);
                     words.add_raw_string(&value);
                 }
-                '\'' => {
+                '\'' if !self.lex.skip_quotes => {
                     let value = self.single_quote()?;
                     result.push_str(&value);
                     words.add_raw_string(&value);
                 }
-                '"' => {
+                '"' if !self.lex.skip_quotes => {
                     let value = self.double_quote(raw_escapes)?;
                     result.push_str(&value);
                     words.add_raw_string(&value);
@@ -466,7 +468,19 @@ impl State<'_> {
 fn replace(pattern: &str, value: &str, replacement: &str, all: bool) -> Result<String, ShellError> {
     let re = pattern_regex(pattern, true, false)?;
     let out = if all {
-        re.replace_all(value, replacement).into_owned()
+        // `replace_all`, with the length checked as it grows: an empty
+        // pattern matches between every two characters.
+        let mut out = String::new();
+        let mut last = 0;
+        for caps in re.captures_iter(value) {
+            let Some(m) = caps.get(0) else { continue };
+            out.push_str(&value[last..m.start()]);
+            caps.expand(replacement, &mut out);
+            last = m.end();
+            check_len(&out)?;
+        }
+        out.push_str(&value[last..]);
+        out
     } else if let Some(m) = re.find(value) {
         format!("{}{replacement}{}", &value[..m.start()], &value[m.end()..])
     } else {
