@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use super::values::{normalize_absolute, normalize_relative, parse_port};
+use super::values::{normalize_absolute, parse_port};
 use super::{Cx, Decl};
 use crate::dockerfile::{
     self, CommandLine, Dockerfile, Healthcheck as DfHealthcheck, Instruction as DfInstruction, Kind, MountType,
@@ -147,6 +147,16 @@ fn settled(value: &str) -> String {
         }
     }
     out
+}
+
+/// A context path as BuildKit reads it: relative to the context's root,
+/// where `..` stops (`../x` is `x`), `.` for the root itself.
+fn context_path(raw: &str) -> String {
+    let clean = normalize_absolute(raw);
+    match clean.trim_start_matches('/') {
+        "" => ".".to_owned(),
+        rest => rest.to_owned(),
+    }
 }
 
 /// The names a word uses with a modifier (`${X:-d}`, `${X#p}`, ...).
@@ -893,16 +903,7 @@ impl Cx<'_> {
                         self.invalid(at, "a bind mount needs a target".to_owned(), "no target=", None);
                         continue;
                     };
-                    let raw = mount.source.clone().unwrap_or_else(|| ".".to_owned());
-                    let Some(source) = normalize_relative(&raw) else {
-                        self.invalid(
-                            at,
-                            format!("bind source `{}` leaves the build context", quoted(&raw)),
-                            "leaves the context",
-                            None,
-                        );
-                        continue;
-                    };
+                    let source = context_path(mount.source.as_deref().unwrap_or("."));
                     run.binds.push(BindMount { source, target, readonly: mount.readonly });
                 }
                 MountType::Tmpfs => match mount.target.clone().filter(|t| !t.is_empty()) {
@@ -999,18 +1000,7 @@ impl Cx<'_> {
                     let raw = self.df_expand(st, w, file, false, used)?;
                     let at = Span { file, span: w.span };
                     if from == CopySource::Context {
-                        match normalize_relative(&raw) {
-                            Some(p) => paths.push(p),
-                            None => {
-                                self.errors.push(LangError::ContextEscape {
-                                    source_path: raw,
-                                    context: "the build context".to_owned(),
-                                    src: self.file(file).src(),
-                                    at: w.span,
-                                });
-                                return None;
-                            }
-                        }
+                        paths.push(context_path(&raw));
                     } else {
                         paths.push(normalize_absolute(&raw));
                     }
@@ -1074,6 +1064,13 @@ mod tests {
 
     fn kinds(ws: &Workspace, stage: usize) -> Vec<InstructionKind> {
         ws.stages[stage].instructions.iter().map(|i| i.kind.clone()).collect()
+    }
+
+    #[test]
+    fn context_paths_stop_at_the_context_root_as_in_buildkit() {
+        let ws = load("FROM busybox\nCOPY ../a /b/../c ./ /x/\n", &LoadOptions::default()).expect("load");
+        let InstructionKind::Copy(copy) = &kinds(&ws, 0)[0] else { panic!("a copy") };
+        assert_eq!(copy.sources, ["a", "c", "."]);
     }
 
     #[test]
