@@ -87,6 +87,36 @@ impl<'a> Build<'a> {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Where each bind of a `run` step reads: the context's selection, or
+    /// the result of a stage or a base image.
+    fn bind_sources(
+        &self,
+        view: &View,
+        plan: &Plan,
+        n: NodeIndex,
+        run: &crate::lang::Run,
+    ) -> Result<Vec<run::BindSource>, ExecError> {
+        let mut out = Vec::with_capacity(run.binds.len());
+        for (i, bind) in run.binds.iter().enumerate() {
+            out.push(match &bind.from {
+                crate::lang::CopySource::Context => run::BindSource::Context(plan.bind_reads.get(&(n, i)).cloned()),
+                crate::lang::CopySource::Stage(s) => run::BindSource::Fs(
+                    view.result(plan, plan.stage_node(*s))?,
+                    format!("stage `{}`", self.ws.stages[*s].name),
+                ),
+                crate::lang::CopySource::Image(r) => {
+                    let pull = plan
+                        .graph
+                        .neighbors_directed(n, petgraph::Direction::Incoming)
+                        .find(|p| matches!(&plan.graph[*p].op, Op::Pull { image } if image == r));
+                    let pull = pull.ok_or_else(|| ExecError::NoPull { image: r.to_string() })?;
+                    run::BindSource::Fs(view.result(plan, pull)?, format!("image `{r}`"))
+                }
+            });
+        }
+        Ok(out)
+    }
+
     /// Runs node `n`: a `copy`, a `run`, or a stage's final config.
     fn execute(&self, view: &View, plan: &Plan, n: NodeIndex) -> Result<FsResult, ExecError> {
         let node = &plan.graph[n];
@@ -124,7 +154,7 @@ impl<'a> Build<'a> {
                 let mut config = self.state_before(plan, n, *stage, *index, parent.as_deref())?;
                 let span = node.span.unwrap_or(self.ws.stages[*stage].span);
                 let layers = parent.as_ref().map(|p| p.layers.clone()).unwrap_or_default();
-                let binds = (0..run.binds.len()).map(|i| plan.bind_reads.get(&(n, i)).cloned()).collect();
+                let binds = self.bind_sources(view, plan, n, run)?;
                 let layer =
                     run::Step { build: self, node: &node.id, span, config: &config, parent_layers: &layers, binds }
                         .run(run)?;

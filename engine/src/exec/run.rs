@@ -55,8 +55,15 @@ pub(super) struct Step<'a, 'b> {
     pub(super) span: Span,
     pub(super) config: &'a ImageConfig,
     pub(super) parent_layers: &'a [LayerInfo],
-    /// What each of the step's context binds selects, bind for bind.
-    pub(super) binds: Vec<Option<ContextRead>>,
+    /// Where each of the step's binds reads, bind for bind.
+    pub(super) binds: Vec<BindSource>,
+}
+
+/// Where a bind reads: what a context bind selects, or the result of a
+/// stage or image (with its name for messages).
+pub(super) enum BindSource {
+    Context(Option<ContextRead>),
+    Fs(std::sync::Arc<super::FsResult>, String),
 }
 
 impl Step<'_, '_> {
@@ -233,8 +240,24 @@ impl Step<'_, '_> {
         // Context binds: the selected files copied into the scratch folder
         // (so ignored files stay out, and writes are thrown away with it).
         for (i, bind) in run.binds.iter().enumerate() {
-            let read = self.binds.get(i).and_then(Option::as_ref).ok_or(ExecError::NoSelection)?;
-            let source = materialize(read, &scratch.join(format!("bind-{i}")))?;
+            let dest = scratch.join(format!("bind-{i}"));
+            let source = match self.binds.get(i) {
+                Some(BindSource::Context(Some(read))) => materialize(read, &dest)?,
+                Some(BindSource::Fs(result, name)) => {
+                    let view = self.build.engine.snapshots.view(&result.layers)?;
+                    let Some(root) = view.find(&bind.source, true)? else {
+                        return Err(ExecError::step(
+                            self.build.ws,
+                            self.span,
+                            format!("`{}` does not exist in {name}", bind.source),
+                            "bind source not found",
+                            None,
+                        ));
+                    };
+                    materialize_fs(&view, &root, &dest)?
+                }
+                _ => return Err(ExecError::NoSelection),
+            };
             mounts.push(Mount { source, target: self.in_workdir(&bind.target), readonly: bind.readonly });
         }
         // tmpfs: an empty folder for this step only, gone with the scratch folder.
@@ -367,6 +390,45 @@ fn materialize(read: &ContextRead, dest: &Path) -> Result<std::path::PathBuf, Ex
                 std::os::unix::fs::symlink(target, &to).map_err(io(&to))?;
             }
         }
+    }
+    Ok(dest.to_path_buf())
+}
+
+/// Copies a file or folder of a stage or image (owners, modes and links
+/// kept) to `dest`, and returns what to mount.
+fn materialize_fs(
+    view: &crate::snapshot::MergedView,
+    root: &crate::snapshot::Found,
+    dest: &Path,
+) -> Result<std::path::PathBuf, ExecError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ExecError::Io { path, source }
+    };
+    let place = |f: &crate::snapshot::Found, to: &Path| -> Result<(), ExecError> {
+        let ft = f.meta.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(to).map_err(io(to))?;
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(f.meta.mode() & 0o7777)).map_err(io(to))?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&f.real).map_err(io(&f.real))?;
+            std::os::unix::fs::symlink(target, to).map_err(io(to))?;
+        } else if ft.is_file() {
+            std::fs::copy(&f.real, to).map_err(io(&f.real))?;
+        } else {
+            return Ok(()); // devices and fifos are not shown
+        }
+        std::os::unix::fs::lchown(to, Some(f.meta.uid()), Some(f.meta.gid())).map_err(io(to))
+    };
+    if !root.meta.is_dir() {
+        place(root, dest)?;
+        return Ok(dest.to_path_buf());
+    }
+    place(root, dest)?;
+    let mut all = Vec::new();
+    view.walk(root, &mut all)?;
+    for (rel, f) in &all {
+        place(f, &dest.join(rel))?;
     }
     Ok(dest.to_path_buf())
 }

@@ -317,11 +317,12 @@ impl Plan {
                 jobs.push(n);
             }
             if let (true, Op::Run { stage, run, .. }) = (wanted(node), &node.op)
-                && !run.binds.is_empty()
+                && run.binds.iter().any(|b| b.from == CopySource::Context)
             {
                 let s = &ws.stages[*stage];
                 contexts.entry((s.context.clone(), s.ignore_file.clone())).or_default();
-                bind_jobs.extend((0..run.binds.len()).map(|i| (n, i)));
+                bind_jobs
+                    .extend((0..run.binds.len()).filter(|&i| run.binds[i].from == CopySource::Context).map(|i| (n, i)));
             }
         }
         let mut errors = Vec::new();
@@ -504,14 +505,24 @@ impl Plan {
                     k.list(
                         "bind",
                         run.binds.iter().enumerate().map(|(i, b)| {
-                            let digest = self.bind_reads.get(&(n, i)).map_or([0; 32], |r| r.selection.digest);
-                            format!(
-                                "{} target={} ro={} context={}",
-                                b.source,
-                                b.target,
-                                b.readonly,
-                                Key(digest).to_hex()
-                            )
+                            let from = match &b.from {
+                                CopySource::Context => {
+                                    let digest = self.bind_reads.get(&(n, i)).map_or([0; 32], |r| r.selection.digest);
+                                    format!("context={}", Key(digest).to_hex())
+                                }
+                                CopySource::Stage(s) => {
+                                    let key = key_of(self.stage_nodes[*s]).map(|k| k.to_hex()).unwrap_or_default();
+                                    format!("stage:{}={key}", ws.stages[*s].name)
+                                }
+                                CopySource::Image(r) => {
+                                    let pull = graph
+                                        .neighbors_directed(n, Direction::Incoming)
+                                        .find(|p| matches!(&graph[*p].op, Op::Pull { image } if image == r));
+                                    let key = pull.and_then(key_of).map(|k| k.to_hex()).unwrap_or_default();
+                                    format!("image:{r}={key}")
+                                }
+                            };
+                            format!("{} target={} ro={} {from}", b.source, b.target, b.readonly)
                         }),
                     );
                 }
@@ -679,9 +690,19 @@ fn stage_order(ws: &Workspace) -> Vec<StageId> {
             Base::Stage(p) => Some(p),
             _ => None,
         };
-        from.into_iter().chain(stage.instructions.iter().filter_map(|ins| match &ins.kind {
-            InstructionKind::Copy(Copy { from: CopySource::Stage(p), .. }) => Some(*p),
-            _ => None,
+        from.into_iter().chain(stage.instructions.iter().flat_map(|ins| {
+            match &ins.kind {
+                InstructionKind::Copy(Copy { from: CopySource::Stage(p), .. }) => vec![*p],
+                InstructionKind::Run(run) => run
+                    .binds
+                    .iter()
+                    .filter_map(|b| match b.from {
+                        CopySource::Stage(p) => Some(p),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            }
         }))
     };
     let mut placed = vec![false; ws.stages.len()];
@@ -752,10 +773,19 @@ impl Builder<'_> {
                     continue;
                 }
             };
-            let extra = match &op {
-                Op::Copy { copy: Copy { from: CopySource::Stage(src), .. }, .. } => Some(self.stage(*src)),
-                Op::Copy { copy: Copy { from: CopySource::Image(r), .. }, .. } => Some(self.pull(r)),
-                _ => None,
+            let extra: Vec<NodeIndex> = match &op {
+                Op::Copy { copy: Copy { from: CopySource::Stage(src), .. }, .. } => vec![self.stage(*src)],
+                Op::Copy { copy: Copy { from: CopySource::Image(r), .. }, .. } => vec![self.pull(r)],
+                Op::Run { run, .. } => run
+                    .binds
+                    .iter()
+                    .filter_map(|b| match &b.from {
+                        CopySource::Stage(src) => Some(self.stage(*src)),
+                        CopySource::Image(r) => Some(self.pull(r)),
+                        CopySource::Context => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
             };
             let mut step = node(format!("{}/{index}", s.name), op, Some(ins.span));
             step.chain = prev;
@@ -763,8 +793,10 @@ impl Builder<'_> {
             if let Some(p) = prev {
                 self.graph.add_edge(p, n, ());
             }
-            if let Some(e) = extra {
-                self.graph.add_edge(e, n, ());
+            for e in extra {
+                if !self.graph.contains_edge(e, n) {
+                    self.graph.add_edge(e, n, ());
+                }
             }
             prev = Some(n);
         }

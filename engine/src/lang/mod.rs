@@ -271,13 +271,16 @@ pub struct Run {
     pub tmpfs: Vec<String>,
 }
 
-/// Files of the build context seen by one step at `target`, never part of
-/// its layer: read-only, or writable with the writes thrown away. The step
-/// sees what the context's ignore rules keep, as a `copy` would.
+/// Files of the build context, a stage or an image, seen by one step at
+/// `target`, never part of its layer: read-only, or writable with the
+/// writes thrown away. From the context, the step sees what the ignore
+/// rules keep, as a `copy` would.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindMount {
-    /// Context-relative and normalised (`.` for the whole context).
+    /// Context-relative and normalised (`.` for the whole context), or
+    /// absolute in the stage or image.
     pub source: String,
+    pub from: CopySource,
     /// Absolute in the step, or relative to its working folder.
     pub target: String,
     pub readonly: bool,

@@ -713,7 +713,7 @@ impl Cx<'_> {
                 push(out, InstructionKind::OnBuild(joined.trim().to_owned()), &used);
             }
             Kind::Run(r) => {
-                let run = self.lower_df_run(r, file, st);
+                let run = self.lower_df_run(r, file, st, (names, index, first_id));
                 // Every ARG in force reaches the step, so every one is in its key.
                 for (k, v) in &st.args {
                     used.insert(k.clone(), v.clone());
@@ -795,7 +795,13 @@ impl Cx<'_> {
         self.invalid(at, format!("{what} is not supported by bake yet"), "not supported", Some(instead));
     }
 
-    fn lower_df_run(&mut self, r: &dockerfile::Run, file: FileId, st: &StageState) -> Run {
+    fn lower_df_run(
+        &mut self,
+        r: &dockerfile::Run,
+        file: FileId,
+        st: &StageState,
+        (names, index, first_id): (&HashMap<&str, usize>, usize, usize),
+    ) -> Run {
         let (script, exec) = match &r.command {
             CommandLine::Exec { args, .. } => (args.join(" "), Some(args.clone())),
             CommandLine::Shell(w) => {
@@ -898,22 +904,27 @@ impl Cx<'_> {
                     };
                     run.secrets.push(SecretMount { id, target, required: mount.required, env: mount.env.clone() });
                 }
-                MountType::Bind if mount.from.is_none() => {
+                MountType::Bind => {
                     let Some(target) = mount.target.clone().filter(|t| !t.is_empty()) else {
                         self.invalid(at, "a bind mount needs a target".to_owned(), "no target=", None);
                         continue;
                     };
-                    let source = context_path(mount.source.as_deref().unwrap_or("."));
-                    run.binds.push(BindMount { source, target, readonly: mount.readonly });
+                    let raw = mount.source.as_deref().unwrap_or("/");
+                    let (from, source) = match &mount.from {
+                        None => (CopySource::Context, context_path(raw)),
+                        Some(name) => match self.df_source(name, at, names, index, first_id) {
+                            Some(from) => (from, normalize_absolute(raw)),
+                            None => continue,
+                        },
+                    };
+                    run.binds.push(BindMount { source, from, target, readonly: mount.readonly });
                 }
                 MountType::Tmpfs => match mount.target.clone().filter(|t| !t.is_empty()) {
                     Some(target) => run.tmpfs.push(target),
                     None => self.invalid(at, "a tmpfs mount needs a target".to_owned(), "no target=", None),
                 },
-                MountType::Bind | MountType::Ssh => {
-                    let what = format!("RUN --mount=type={}", format!("{:?}", mount.kind).to_ascii_lowercase());
-                    let what = if mount.kind == MountType::Bind { format!("{what},from=") } else { what };
-                    self.unsupported(at, &what, "COPY what the step needs from there first");
+                MountType::Ssh => {
+                    self.unsupported(at, "RUN --mount=type=ssh", "COPY what the step needs into the stage first");
                 }
             }
         }
@@ -946,7 +957,25 @@ impl Cx<'_> {
             None => CopySource::Context,
             Some(w) => {
                 let raw = self.df_expand(st, w, file, false, used)?;
-                let at = Span { file, span: w.span };
+                self.df_source(&raw, Span { file, span: w.span }, names, index, first_id)?
+            }
+        };
+        self.lower_df_copy_rest(st, file, sources, dest, from, chown, chmod, excludes, used)
+    }
+
+    /// What `--from=` names: an earlier stage by index, a stage by name, or
+    /// an image.
+    fn df_source(
+        &mut self,
+        raw: &str,
+        at: Span,
+        names: &HashMap<&str, usize>,
+        index: usize,
+        first_id: usize,
+    ) -> Option<CopySource> {
+        let raw = raw.to_owned();
+        Some({
+            {
                 let lower = raw.to_ascii_lowercase();
                 if let Ok(i) = raw.parse::<usize>() {
                     if i >= index {
@@ -983,7 +1012,22 @@ impl Cx<'_> {
                     }
                 }
             }
-        };
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lower_df_copy_rest(
+        &mut self,
+        st: &StageState,
+        file: FileId,
+        sources: &[Source],
+        dest: &Word,
+        from: CopySource,
+        chown: Option<&Word>,
+        chmod: Option<&Word>,
+        excludes: &[Word],
+        used: &mut BTreeMap<String, String>,
+    ) -> Option<Copy> {
         let mut paths = Vec::new();
         let mut spans = Vec::new();
         for s in sources {

@@ -192,7 +192,8 @@ impl Cx<'_> {
                     let readonly = !cc.prop("rw").and_then(|e| e.value().as_bool()).unwrap_or(false);
                     match normalize_relative(&raw) {
                         Some(source) if !target.is_empty() => {
-                            run.binds.push(crate::lang::BindMount { source, target, readonly });
+                            let from = crate::lang::CopySource::Context;
+                            run.binds.push(crate::lang::BindMount { source, from, target, readonly });
                         }
                         Some(_) => self.invalid(at, "`target=` cannot be empty".to_owned(), "empty target", None),
                         None => self.invalid(
