@@ -78,3 +78,34 @@ stage "a" from="busybox" {
     let shown = format!("{:?}", miette::Report::new(err));
     assert!(shown.contains("a `run` script is one string") && shown.contains("exec=#true"), "{shown}");
 }
+
+#[test]
+fn run_binds_from_the_context_a_stage_or_an_image_and_a_cycle_through_one_is_reported() {
+    use bake_engine::lang::CopySource;
+    let ws = load(
+        r#"
+stage "tools" from="busybox" { run "true"; }
+stage "a" from="busybox" {
+    run "make" {
+        bind "src" target="/src"
+        bind "/opt" target="/opt" from="tools" rw=#true
+        bind "/bin/busybox" target="/bb" from="busybox:1.35"
+        tmpfs "/tmp"
+    }
+}
+"#,
+    );
+    let InstructionKind::Run(run) = &ws.stages[1].instructions[0].kind else { panic!("a run") };
+    let froms: Vec<(&str, &CopySource, bool)> =
+        run.binds.iter().map(|b| (b.source.as_str(), &b.from, b.readonly)).collect();
+    assert_eq!(froms[0], ("src", &CopySource::Context, true));
+    assert_eq!(froms[1], ("/opt", &CopySource::Stage(0), false));
+    assert!(matches!(froms[2], ("/bin/busybox", CopySource::Image(_), true)));
+    assert_eq!(run.tmpfs, ["/tmp"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cycle = r#"stage "a" from="busybox" { run "x" { bind "/" target="/b" from="b"; }; }
+stage "b" from="a" { }"#;
+    let err = load_str("build.kdl", dir.path(), cycle, &LoadOptions::default()).expect_err("a cycle");
+    let shown = format!("{:?}", miette::Report::new(err));
+    assert!(shown.contains("a -> b -> a") || shown.contains("b -> a -> b"), "{shown}");
+}

@@ -23,6 +23,13 @@ impl Cx<'_> {
                 if let InstructionKind::Copy(Copy { from: CopySource::Stage(p), .. }) = &ins.kind {
                     edges.push((i, *p, ins.span));
                 }
+                if let InstructionKind::Run(run) = &ins.kind {
+                    for b in &run.binds {
+                        if let CopySource::Stage(p) = b.from {
+                            edges.push((i, p, ins.span));
+                        }
+                    }
+                }
             }
         }
         let stage_names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();

@@ -133,7 +133,7 @@ impl Cx<'_> {
         Some(match spec.name {
             "workdir" => InstructionKind::Workdir(self.string(file, c.args[0])),
             "copy" => InstructionKind::Copy(self.lower_copy(c, file, context, names)?),
-            "run" => InstructionKind::Run(self.lower_run(c, node, file)),
+            "run" => InstructionKind::Run(self.lower_run(c, node, file, names)),
             "env" => {
                 let (name, value) = (self.string(file, c.args[0]), self.string(file, c.args[1]));
                 self.check_env_name(&name, at(c.args[0]));

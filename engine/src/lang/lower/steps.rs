@@ -131,7 +131,7 @@ impl Cx<'_> {
         }
     }
 
-    pub(super) fn lower_run(&mut self, c: &Checked<'_>, node: &KdlNode, file: FileId) -> Run {
+    pub(super) fn lower_run(&mut self, c: &Checked<'_>, node: &KdlNode, file: FileId, names: &Names) -> Run {
         // Exec form: the arguments are the program and its arguments, run
         // with no shell, as a Dockerfile's `RUN ["a", "b"]`.
         let exec = if c.prop("exec").and_then(|e| e.value().as_bool()).unwrap_or(false) {
@@ -176,8 +176,8 @@ impl Cx<'_> {
         let mut network_seen: Option<SourceSpan> = None;
         let mut security_seen: Option<SourceSpan> = None;
         for child in node.iter_children() {
-            let names = ["cache", "secret", "network", "security", "env", "bind", "tmpfs"];
-            let Some(spec) = schema::lookup(schema::RUN, &names, child, "run", f, &mut self.errors) else {
+            let children = ["cache", "secret", "network", "security", "env", "bind", "tmpfs"];
+            let Some(spec) = schema::lookup(schema::RUN, &children, child, "run", f, &mut self.errors) else {
                 continue;
             };
             let Some(cc) = schema::check(spec, child, f, &mut self.errors) else {
@@ -190,9 +190,29 @@ impl Cx<'_> {
                     let raw = self.string(file, cc.args[0]);
                     let target = cc.prop("target").map(|e| self.string(file, e)).unwrap_or_default();
                     let readonly = !cc.prop("rw").and_then(|e| e.value().as_bool()).unwrap_or(false);
-                    match normalize_relative(&raw) {
+                    let from = match cc.prop("from") {
+                        None => Some(CopySource::Context),
+                        Some(e) => {
+                            let name = self.string(file, e);
+                            match self.resolve_ref(&name, Span { file, span: e.span() }, names, "copy") {
+                                Some(Resolved::Stage(id)) => Some(CopySource::Stage(id)),
+                                Some(Resolved::Image(r)) => Some(CopySource::Image(r)),
+                                Some(Resolved::Scratch) => {
+                                    self.invalid(at, "cannot bind from `scratch`".to_owned(), "scratch is empty", None);
+                                    None
+                                }
+                                None => None,
+                            }
+                        }
+                    };
+                    let source = match from {
+                        Some(CopySource::Context) => normalize_relative(&raw),
+                        Some(_) => Some(normalize_absolute(&raw)),
+                        None => continue,
+                    };
+                    match source {
                         Some(source) if !target.is_empty() => {
-                            let from = crate::lang::CopySource::Context;
+                            let from = from.unwrap_or(CopySource::Context);
                             run.binds.push(crate::lang::BindMount { source, from, target, readonly });
                         }
                         Some(_) => self.invalid(at, "`target=` cannot be empty".to_owned(), "empty target", None),
