@@ -372,11 +372,16 @@ fn c_multistage_gives_the_image_buildkit_gives() {
 fn config_instructions_and_arg_scopes_match_buildkit() {
     let case = Case::new("busybox-config", &["busybox"], &["busybox:1.35"]);
     let (ours, _) = case.assert_same_file("app.Dockerfile", &["--build-arg", "SUFFIX=two"]);
-    let shown = docker::run(&["--entrypoint", "cat", &ours, "args.txt", "env.txt", "shadowed.txt", "shell.txt"]);
+    let files = ["args.txt", "env.txt", "shadowed.txt", "shell.txt"].map(|f| format!("/opt/app/sub/{f}"));
+    let mut args = vec!["--entrypoint", "cat", ours.as_str()];
+    args.extend(files.iter().map(String::as_str));
+    let shown = docker::run(&args);
     assert_eq!(shown, "two local-two a b\nLOCAL=local-two\nSUFFIX=two\nfrom-env\nshell /bin/sh\n");
     // app.Dockerfile.dockerignore, not .dockerignore, decided what the context holds.
     let snap = snapshot(&ours);
     assert!(snap.files.contains_key("ctx/kept.md") && !snap.files.contains_key("ctx/dropped.txt"));
+    // WORKDIR after USER made its folder for that user, as BuildKit does.
+    assert_eq!(snap.files["srv/data"].uid, 1000, "{:?}", snap.files["srv/data"]);
 }
 
 #[test]

@@ -86,6 +86,23 @@ impl Copier<'_, '_> {
             .map_err(|e| self.error(format!("bad exclude pattern `{}`: {}", e.pattern, e.reason), "here", None))?;
 
         let mut items: BTreeMap<String, Item> = BTreeMap::new();
+        if copy.mkdir {
+            // A Dockerfile's WORKDIR: the folder and its missing parents,
+            // owned by the user in force (`uid`, `gid` below), as BuildKit
+            // makes them; one that exists is left as it is.
+            let mut at = String::new();
+            for part in dest.split('/').filter(|p| !p.is_empty()) {
+                at = if at.is_empty() { part.to_owned() } else { format!("{at}/{part}") };
+                if parent.find(&at, true)?.is_none() {
+                    insert(&mut items, at.clone(), EntryKind::Dir, 0o755, Content::None, None);
+                }
+            }
+            for item in items.values_mut() {
+                item.entry.uid = uid;
+                item.entry.gid = gid;
+            }
+            return write_layer(self.build, items.into_values().collect());
+        }
         match source {
             Source::Context(read) => {
                 let read = read.ok_or(ExecError::NoSelection)?;

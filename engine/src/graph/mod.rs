@@ -466,6 +466,9 @@ impl Plan {
                 if copy.optional {
                     k.field("optional", true);
                 }
+                if copy.mkdir {
+                    k.field("mkdir", true);
+                }
                 match &copy.from {
                     CopySource::Context => {
                         let digest = self.reads.get(&n).map_or([0; 32], |r| r.selection.digest);

@@ -248,6 +248,10 @@ pub struct Copy {
     /// `optional=#true`: a source that matches nothing copies nothing
     /// instead of failing the build.
     pub optional: bool,
+    /// A Dockerfile's `WORKDIR`: no sources; the destination folder and its
+    /// missing parents are made (0755, owned by `chown`: the `USER` in
+    /// force), as BuildKit makes the working folder.
+    pub mkdir: bool,
 }
 
 /// `run "script" { cache ...; secret ...; network ...; security ...; env ... }`.

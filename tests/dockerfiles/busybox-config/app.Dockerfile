@@ -24,6 +24,7 @@ FROM base
 COPY --from=1 /data /data
 COPY . /ctx/
 USER 1000
+WORKDIR /srv/data
 MAINTAINER bake tests <tests@example.com>
 LABEL one=1 "two words"="2 2"
 EXPOSE 80/tcp 81

@@ -94,11 +94,14 @@ struct StageState {
     image_env: bool,
     /// `CMD` given in this stage (so `ENTRYPOINT` keeps it, as BuildKit does).
     cmd: Option<Vec<String>>,
+    /// The `USER` set by this Dockerfile, for the folders `WORKDIR` makes.
+    user: Option<String>,
 }
 
 /// What a finished stage passes on to stages built on it.
 #[derive(Clone)]
 struct Inherited {
+    user: Option<String>,
     env: Vec<(String, String)>,
     env_names: BTreeSet<String>,
     shell: Vec<String>,
@@ -399,6 +402,7 @@ impl Cx<'_> {
                 }
             };
             let parent = parent.unwrap_or(Inherited {
+                user: None,
                 env: Vec::new(),
                 env_names: BTreeSet::new(),
                 shell: default_shell(),
@@ -412,13 +416,19 @@ impl Cx<'_> {
                 shell: parent.shell.clone(),
                 image_env: parent.image_env,
                 cmd: None,
+                user: parent.user.clone(),
             };
             let mut instructions = Vec::new();
             for ins in &stage.instructions {
                 self.lower_df_instruction(df, ins, file, &names, stage.index, first_id, &mut st, &mut instructions);
             }
-            inherited[stage.index] =
-                Some(Inherited { env: st.env, env_names: st.env_names, shell: st.shell, image_env: st.image_env });
+            inherited[stage.index] = Some(Inherited {
+                user: st.user,
+                env: st.env,
+                env_names: st.env_names,
+                shell: st.shell,
+                image_env: st.image_env,
+            });
             let image_out = (as_image && stage.index == target).then(|| ImageOutput {
                 tags: options
                     .tags
@@ -606,11 +616,29 @@ impl Cx<'_> {
             Kind::Maintainer(w) => push(out, InstructionKind::Author(w.text.clone()), &used),
             Kind::Workdir(w) => {
                 if let Some(dir) = self.df_expand(st, w, file, true, &mut used) {
+                    let root = dir.trim_end_matches('/').is_empty() && dir.starts_with('/');
                     push(out, InstructionKind::Workdir(for_config(&dir)), &used);
+                    // BuildKit makes the folder, owned by the USER in force.
+                    if !root {
+                        let mkdir = Copy {
+                            sources: Vec::new(),
+                            source_spans: Vec::new(),
+                            dest: ".".to_owned(),
+                            from: CopySource::Context,
+                            chown: st.user.clone(),
+                            chmod: None,
+                            exclude: Vec::new(),
+                            keep_owners: false,
+                            optional: false,
+                            mkdir: true,
+                        };
+                        push(out, InstructionKind::Copy(mkdir), &used);
+                    }
                 }
             }
             Kind::User(w) => {
                 if let Some(user) = self.df_expand(st, w, file, false, &mut used) {
+                    st.user = Some(user.clone());
                     push(out, InstructionKind::User(user), &used);
                 }
             }
@@ -1090,6 +1118,7 @@ impl Cx<'_> {
             exclude,
             keep_owners,
             optional: false,
+            mkdir: false,
         })
     }
 }
@@ -1171,8 +1200,11 @@ mod tests {
         let text =
             "FROM busybox\nENV PATH=/x:$PATH A='$HOME' B=${UNSET:-d}\nWORKDIR $HOME/w\nFROM scratch\nENV P=$PATH\n";
         let ws = load(text, &LoadOptions::default()).expect("load");
+        let mut k = kinds(&ws, 0);
+        // WORKDIR makes its folder, as BuildKit does.
+        assert!(matches!(k.pop(), Some(InstructionKind::Copy(c)) if c.mkdir && c.dest == "." && c.sources.is_empty()));
         assert_eq!(
-            kinds(&ws, 0),
+            k,
             [
                 InstructionKind::Env("PATH".into(), "/x:${PATH}".into()),
                 InstructionKind::Env("A".into(), "\\$HOME".into()),
@@ -1230,10 +1262,6 @@ mod tests {
     #[test]
     fn what_bake_cannot_build_yet_is_an_error_at_its_flag() {
         for (text, says) in [
-            (
-                "FROM busybox\nRUN --mount=type=bind,from=x,target=/x true\nFROM busybox AS x\n",
-                "RUN --mount=type=bind,from= is not supported",
-            ),
             ("FROM busybox\nRUN --mount=type=ssh true\n", "RUN --mount=type=ssh is not supported"),
             ("FROM busybox\nADD https://example.com/a.tgz /a\n", "ADD from a URL is not supported"),
             ("FROM busybox\nADD app.tar.gz /a\n", "ADD of a local archive"),

@@ -79,7 +79,18 @@ impl Cx<'_> {
         let chmod = c.prop("chmod").and_then(|e| self.lower_chmod(e, file));
         let exclude = c.props("exclude").iter().map(|e| self.string(file, e)).collect();
         let optional = c.prop("optional").and_then(|e| e.value().as_bool()).unwrap_or(false);
-        Some(Copy { sources, source_spans, dest, from, chown, chmod, exclude, keep_owners: false, optional })
+        Some(Copy {
+            sources,
+            source_spans,
+            dest,
+            from,
+            chown,
+            chmod,
+            exclude,
+            keep_owners: false,
+            optional,
+            mkdir: false,
+        })
     }
 
     /// `chown=`: `user` or `user:group`, names or ids (checked, kept as written).
