@@ -20,6 +20,10 @@ pub fn describe(node: &Node, ws: &Workspace) -> String {
     let stage_name = |s: usize| ws.stages[s].name.as_str();
     match &node.op {
         Op::Pull { image } => format!("pull {image}"),
+        Op::Copy { stage, copy, state, .. } if copy.mkdir => {
+            let dir = state.workdir.as_deref().unwrap_or(".");
+            format!("{}: workdir {dir} (make the folder)", stage_name(*stage))
+        }
         Op::Copy { stage, copy, .. } => {
             let from = match &copy.from {
                 CopySource::Context => String::new(),
