@@ -176,6 +176,7 @@ cases! {
     bk_health => "bk-health",
     bk_heredocs => "bk-heredocs",
     bk_influxdb => "bk-influxdb",
+    bk_instruction_errors => "bk-instruction-errors",
     bk_jeztah_invalid_json_json_inside_string => "bk-jeztah-invalid-json-json-inside-string",
     bk_jeztah_invalid_json_json_inside_string_double => "bk-jeztah-invalid-json-json-inside-string-double",
     bk_jeztah_invalid_json_single_quotes => "bk-jeztah-invalid-json-single-quotes",
