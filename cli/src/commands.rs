@@ -154,8 +154,14 @@ pub(crate) fn load(file: &Path, args: &LoadArgs) -> Result<Workspace, Failure> {
         Config::load(bake_engine::home::config_path().as_deref()).map_err(|e| Failure::Usage(Report::new(e)))?;
     let mut allow_paths = args.allow_path.clone();
     allow_paths.extend(config.allow_paths.iter().cloned());
-    let options =
-        LoadOptions { set: args.set.clone(), workspace: args.workspace.clone(), allow_paths, limits: config.limits };
+    let options = LoadOptions {
+        set: args.set.clone(),
+        workspace: args.workspace.clone(),
+        allow_paths,
+        limits: config.limits,
+        platforms: args.platform.clone(),
+        build_platform: None,
+    };
     lang::load(file, &options).map_err(Failure::Load)
 }
 
@@ -393,6 +399,7 @@ fn run_image(args: &RunArgs) -> Result<(), Failure> {
         workdir: args.workdir.clone(),
         user: args.user.clone(),
         volumes: args.volumes.clone(),
+        platform: args.platform.clone(),
     };
     let runtime = runtime()?;
     let render = |e: Event| crate::render::plain(&e);

@@ -439,10 +439,7 @@ mod tests {
     fn candidates_follow_containerd_order() {
         let names = |s: &str| p(s).candidates().iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(names("linux/amd64"), ["linux/amd64", "linux/386"]);
-        assert_eq!(
-            names("linux/amd64/v3"),
-            ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]
-        );
+        assert_eq!(names("linux/amd64/v3"), ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]);
         assert_eq!(names("linux/arm/v7"), ["linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]);
         assert_eq!(names("linux/arm/v5"), ["linux/arm/v5"]);
         assert_eq!(

@@ -105,7 +105,7 @@ impl<'a> Build<'a> {
                         let pull = plan
                             .graph
                             .neighbors_directed(n, petgraph::Direction::Incoming)
-                            .find(|p| matches!(&plan.graph[*p].op, Op::Pull { image } if image == r));
+                            .find(|p| matches!(&plan.graph[*p].op, Op::Pull { image, .. } if image == r));
                         let pull = pull.ok_or_else(|| ExecError::NoPull { image: r.to_string() })?;
                         copy::Source::Fs(view.result(plan, pull)?, format!("image `{r}`"))
                     }
@@ -158,7 +158,7 @@ impl<'a> Build<'a> {
         let mut config = match parent {
             Some(p) => ImageConfig::from_json(&self.engine.store.read_blob(&p.config)?)
                 .map_err(|e| ExecError::BadConfig { digest: p.config.to_string(), message: e.to_string() })?,
-            None => ImageConfig::scratch(),
+            None => ImageConfig::scratch_for(&self.ws.stages[stage].platform),
         };
         let start = plan.graph[n]
             .chain

@@ -16,10 +16,11 @@ use super::execute::{Build, lock, record};
 use super::export::TransferEvents;
 use super::schedule::View;
 use super::{Event, ExecError, FsResult};
-use crate::graph::{Key, Op, Plan};
+use crate::graph::{Key, Op, Plan, base_name};
 use crate::image::{ImageConfig, ImageError};
 use crate::layer::LayerInfo;
 use crate::oci::Digest;
+use crate::platform::Platform;
 use crate::reference::ImageRef;
 use crate::store::{ImageRecord, Store};
 
@@ -40,11 +41,12 @@ pub(super) struct Origin {
 pub(super) fn stored_image(
     store: &Store,
     image: &ImageRef,
+    name: &str,
     pull: bool,
 ) -> Result<Option<(Digest, FsResult)>, ExecError> {
     let pinned = image.digest.is_some();
     if (pinned || !pull)
-        && let Some(record) = store.image(&image.to_string())?
+        && let Some(record) = store.image(name)?
         && image.digest.as_ref().is_none_or(|d| *d == record.manifest.to_string())
         && let Ok(result) = fs_result(store, &record.manifest)
         && result.layers.iter().all(|l| store.has_blob(&l.digest))
@@ -85,9 +87,10 @@ pub fn local_base_digests(store: &Store, plan: &Plan) -> BTreeMap<String, String
     plan.graph
         .node_indices()
         .filter_map(|n| match &plan.graph[n].op {
-            Op::Pull { image } => {
-                let digest = store.image(&image.to_string()).ok().flatten()?.manifest;
-                Some((image.to_string(), digest.to_string()))
+            Op::Pull { image, platform } => {
+                let name = base_name(image, platform);
+                let digest = store.image(&name).ok().flatten()?.manifest;
+                Some((name, digest.to_string()))
             }
             _ => None,
         })
@@ -122,9 +125,9 @@ impl Build<'_> {
     pub(super) async fn bases(&self, plan: &Plan, view: &mut View) -> Result<BTreeMap<String, String>, ExecError> {
         let mut digests = BTreeMap::new();
         for n in plan.needed() {
-            let Op::Pull { image } = &plan.graph[n].op else { continue };
-            let (digest, result, origin) = self.base(image).await?;
-            digests.insert(image.to_string(), digest.to_string());
+            let Op::Pull { image, platform } = &plan.graph[n].op else { continue };
+            let (digest, result, origin) = self.base(image, platform).await?;
+            digests.insert(base_name(image, platform), digest.to_string());
             if let Some(origin) = origin {
                 view.origins.insert(n, origin);
             }
@@ -135,13 +138,17 @@ impl Build<'_> {
 
     /// A base image from the store, or resolved in its registry (then with
     /// the origin of its layers).
-    async fn base(&self, image: &ImageRef) -> Result<(Digest, FsResult, Option<Origin>), ExecError> {
+    async fn base(
+        &self,
+        image: &ImageRef,
+        platform: &Platform,
+    ) -> Result<(Digest, FsResult, Option<Origin>), ExecError> {
         let store = &self.engine.store;
-        if let Some((digest, result)) = stored_image(store, image, self.options.pull)? {
+        let name = base_name(image, platform);
+        if let Some((digest, result)) = stored_image(store, image, &name, self.options.pull)? {
             return Ok((digest, result, None));
         }
-        let name = image.to_string();
-        let resolved = self.engine.registry.resolve(image).await?;
+        let resolved = self.engine.registry.resolve_for(image, platform).await?;
         let result = fs_result(store, &resolved.manifest_digest)?;
         let at = ImageRef { tag: None, digest: Some(resolved.manifest_digest.to_string()), ..image.clone() };
         Ok((resolved.manifest_digest, result, Some(Origin { image: at, name, cache_key: None })))

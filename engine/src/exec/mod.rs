@@ -196,19 +196,22 @@ impl Engine {
     /// The image `image` names: from the store when it holds it whole (and
     /// `pull` is off, or the reference pins a digest), otherwise pulled and
     /// recorded in the store under its name. Returns its manifest digest and
-    /// filesystem. Used for base images and by `bake run`.
+    /// filesystem. Used for base images and by `bake run`. An image for
+    /// another platform than linux/amd64 is recorded under its reference
+    /// and platform ([`crate::graph::base_name`]).
     pub async fn local_image(
         &self,
         image: &ImageRef,
+        platform: &crate::platform::Platform,
         pull: bool,
         events: &dyn Events,
     ) -> Result<(Digest, FsResult), ExecError> {
-        if let Some(stored) = fetch::stored_image(&self.store, image, pull)? {
+        let name = crate::graph::base_name(image, platform);
+        if let Some(stored) = fetch::stored_image(&self.store, image, &name, pull)? {
             return Ok(stored);
         }
-        let name = image.to_string();
         events.event(Event::Pulling { image: name.clone() });
-        let pulled = self.registry.pull(image, &crate::registry::NoProgress).await?;
+        let pulled = self.registry.pull_for(image, platform, &crate::registry::NoProgress).await?;
         let result = fetch::fs_result(&self.store, &pulled.manifest_digest)?;
         fetch::record_pulled(&self.store, &name, &pulled, &result)?;
         events.event(Event::Pulled { image: name, digest: pulled.manifest_digest.to_string() });

@@ -58,13 +58,22 @@ use crate::lang::{
     ArtifactId, Base, Copy, CopySource, HealthTest, InstructionKind, Member, Run, Span, StageId, Workspace,
     did_you_mean, list_names,
 };
+use crate::platform::Platform;
 use crate::reference::ImageRef;
+
+/// The name a base image resolved for `platform` is recorded under in the
+/// store, and looked up by in [`KeyOptions::base_digests`]: the reference,
+/// with the platform after it unless it is linux/amd64 (the one platform of
+/// bake's records before it knew platforms).
+pub fn base_name(image: &ImageRef, platform: &Platform) -> String {
+    if *platform == Platform::legacy() { image.to_string() } else { format!("{image} [{platform}]") }
+}
 
 /// What a node does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Fetch an external image.
-    Pull { image: ImageRef },
+    /// Fetch an external image, resolved for a platform.
+    Pull { image: ImageRef, platform: Platform },
     /// Copy files into a stage's filesystem.
     Copy { stage: StageId, index: usize, copy: Copy, state: StepState },
     /// Run a command in a stage's filesystem.
@@ -78,6 +87,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// The stage (instance) a node belongs to, for steps, stages and images.
+    pub fn stage(&self) -> Option<StageId> {
+        match self {
+            Self::Copy { stage, .. } | Self::Run { stage, .. } | Self::Stage { stage, .. } | Self::Image { stage } => {
+                Some(*stage)
+            }
+            Self::Pull { .. } | Self::Artifact { .. } => None,
+        }
+    }
+
     /// The operation's short name.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -228,7 +247,7 @@ impl Plan {
         let mut image_nodes = HashMap::new();
         for (stage, s) in ws.stages.iter().enumerate() {
             if s.image.is_some() {
-                let n = graph.add_node(node(format!("image:{}", s.name), Op::Image { stage }, Some(s.span)));
+                let n = graph.add_node(node(format!("image:{}", s.instance), Op::Image { stage }, Some(s.span)));
                 graph.add_edge(stage_nodes[stage], n, ());
                 image_nodes.insert(stage, n);
             }
@@ -243,13 +262,19 @@ impl Plan {
         let (requested, members) = select(ws, targets)?;
         let mut roots = Vec::new();
         for m in members {
-            let n = match m {
-                Member::Stage(s) => image_nodes.get(&s).copied().unwrap_or(stage_nodes[s]),
-                Member::Artifact(a) => artifact_nodes[a],
+            let nodes: Vec<NodeIndex> = match m {
+                // Every instance of the stage, and of an image those of
+                // the platforms it is built for.
+                Member::Stage(s) => {
+                    instances(ws, s).map(|i| image_nodes.get(&i).copied().unwrap_or(stage_nodes[i])).collect()
+                }
+                Member::Artifact(a) => vec![artifact_nodes[a]],
                 Member::Target(_) => continue,
             };
-            if !roots.contains(&n) {
-                roots.push(n);
+            for n in nodes {
+                if !roots.contains(&n) {
+                    roots.push(n);
+                }
             }
         }
         // Needed = the roots and all their ancestors.
@@ -261,6 +286,15 @@ impl Plan {
             stack.extend(graph.neighbors_directed(n, Direction::Incoming));
         }
         Ok(Self { graph, requested, roots, stage_nodes, reads: HashMap::new(), key_options: None })
+    }
+
+    /// The platform a node's result is for: a base image's, or its stage
+    /// instance's.
+    pub fn platform_of<'w>(&'w self, ws: &'w Workspace, n: NodeIndex) -> Option<&'w Platform> {
+        match &self.graph[n].op {
+            Op::Pull { platform, .. } => Some(platform),
+            op => op.stage().map(|s| &ws.stages[s].platform),
+        }
     }
 
     /// Node of a stage's result.
@@ -393,10 +427,14 @@ impl Plan {
         let chain_key = node.chain.and_then(key_of);
         let mut k = key::KeyBuilder::new(node.op.kind());
         match &node.op {
-            Op::Pull { image } => {
+            Op::Pull { image, platform } => {
                 k.field("ref", image);
-                let digest = image.digest.clone().or_else(|| options.base_digests.get(&image.to_string()).cloned());
+                let digest = options.base_digests.get(&base_name(image, platform)).cloned();
+                // A pinned index digest names every platform: the digest
+                // resolved for this one is the one that counts.
+                let digest = digest.or_else(|| image.digest.clone());
                 k.field("digest", digest.as_deref().unwrap_or("unresolved"));
+                platform_field(&mut k, platform);
             }
             Op::Copy { stage, index, copy, state } => {
                 k.opt("parent", chain_key);
@@ -417,7 +455,7 @@ impl Plan {
                         k.field("from", format!("image:{r}"));
                         let pull = graph
                             .neighbors_directed(n, Direction::Incoming)
-                            .find(|p| matches!(&graph[*p].op, Op::Pull { image } if image == r));
+                            .find(|p| matches!(&graph[*p].op, Op::Pull { image, .. } if image == r));
                         k.opt("from.key", pull.and_then(key_of));
                     }
                 }
@@ -465,6 +503,9 @@ impl Plan {
         if !matches!(node.op, Op::Pull { .. }) {
             k.field("layers", format!("{:?} epoch={}", options.compression, options.epoch).to_lowercase());
         }
+        if let Some(stage) = node.op.stage() {
+            platform_field(&mut k, &ws.stages[stage].platform);
+        }
         k.finish()
     }
 
@@ -472,6 +513,28 @@ impl Plan {
     pub fn render(&self, ws: &Workspace, format: Format) -> String {
         render::render(self, ws, format)
     }
+}
+
+/// The platform a node's result is for, as a key field: only when it is not
+/// linux/amd64, so that the keys of builds that name no platform on such a
+/// machine are the keys they were before platforms.
+fn platform_field(k: &mut key::KeyBuilder, platform: &Platform) {
+    if *platform != Platform::legacy() {
+        k.field("platform", platform);
+    }
+}
+
+/// The instances of stage `s`'s declaration that a build of it makes: all
+/// of a stage's; an image's for the platforms it is built for.
+fn instances(ws: &Workspace, s: StageId) -> impl Iterator<Item = StageId> + '_ {
+    let name = &ws.stages[s].name;
+    ws.stages.iter().enumerate().filter(move |(_, i)| i.name == *name).filter_map(|(id, i)| {
+        let wanted = match (&i.image, &i.target) {
+            (Some(out), Some(target)) => out.build_for.is_empty() || out.build_for.contains(target),
+            _ => true,
+        };
+        wanted.then_some(id)
+    })
 }
 
 fn node(id: String, op: Op, span: Option<Span>) -> Node {
@@ -613,17 +676,19 @@ fn stage_order(ws: &Workspace) -> Vec<StageId> {
 struct Builder<'w> {
     ws: &'w Workspace,
     graph: DiGraph<Node, ()>,
-    pulls: HashMap<ImageRef, NodeIndex>,
+    pulls: HashMap<(ImageRef, Platform), NodeIndex>,
     stage_nodes: Vec<Option<NodeIndex>>,
 }
 
 impl Builder<'_> {
-    fn pull(&mut self, image: &ImageRef) -> NodeIndex {
-        if let Some(n) = self.pulls.get(image) {
+    fn pull(&mut self, image: &ImageRef, platform: &Platform) -> NodeIndex {
+        let at = (image.clone(), platform.clone());
+        if let Some(n) = self.pulls.get(&at) {
             return *n;
         }
-        let n = self.graph.add_node(node(format!("pull:{image}"), Op::Pull { image: image.clone() }, None));
-        self.pulls.insert(image.clone(), n);
+        let id = format!("pull:{}", base_name(image, platform));
+        let n = self.graph.add_node(node(id, Op::Pull { image: image.clone(), platform: platform.clone() }, None));
+        self.pulls.insert(at, n);
         n
     }
 
@@ -637,7 +702,7 @@ impl Builder<'_> {
         let s = &ws.stages[id];
         let (mut prev, mut config) = match &s.from {
             Base::Scratch => (None, Config::default()),
-            Base::Image(r) => (Some(self.pull(r)), Config::default()),
+            Base::Image(r) => (Some(self.pull(r, &s.platform)), Config::default()),
             Base::Stage(p) => {
                 let n = self.stage(*p);
                 let Op::Stage { config, .. } = &self.graph[n].op else { unreachable!("stage node") };
@@ -656,10 +721,12 @@ impl Builder<'_> {
             };
             let extra = match &op {
                 Op::Copy { copy: Copy { from: CopySource::Stage(src), .. }, .. } => Some(self.stage(*src)),
-                Op::Copy { copy: Copy { from: CopySource::Image(r), .. }, .. } => Some(self.pull(r)),
+                Op::Copy { copy: Copy { from: CopySource::Image(r), .. }, .. } => {
+                    Some(self.pull(r, s.target.as_ref().unwrap_or(&s.platform)))
+                }
                 _ => None,
             };
-            let mut step = node(format!("{}/{index}", s.name), op, Some(ins.span));
+            let mut step = node(format!("{}/{index}", s.instance), op, Some(ins.span));
             step.chain = prev;
             let n = self.graph.add_node(step);
             if let Some(p) = prev {
@@ -670,7 +737,7 @@ impl Builder<'_> {
             }
             prev = Some(n);
         }
-        let mut result = node(format!("stage:{}", s.name), Op::Stage { stage: id, config }, Some(s.span));
+        let mut result = node(format!("stage:{}", s.instance), Op::Stage { stage: id, config }, Some(s.span));
         result.chain = prev;
         let n = self.graph.add_node(result);
         if let Some(p) = prev {

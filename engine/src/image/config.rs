@@ -20,15 +20,29 @@ pub struct ImageConfig {
 impl ImageConfig {
     /// The config of an empty image for the host's platform.
     pub fn scratch() -> Self {
-        Self {
-            doc: json!({
-                "architecture": host_architecture(),
-                "os": "linux",
-                "config": {},
-                "rootfs": { "type": "layers", "diff_ids": [] },
-                "history": [],
-            }),
+        Self::scratch_for(&crate::platform::Platform::host())
+    }
+
+    /// The config of an empty image for `platform`.
+    pub fn scratch_for(platform: &crate::platform::Platform) -> Self {
+        let mut doc = json!({
+            "architecture": platform.architecture,
+            "os": platform.os,
+            "config": {},
+            "rootfs": { "type": "layers", "diff_ids": [] },
+            "history": [],
+        });
+        if !platform.variant.is_empty() {
+            doc["variant"] = platform.variant.clone().into();
         }
+        Self { doc }
+    }
+
+    /// The platform the config names (`None` without an architecture).
+    pub fn platform(&self) -> Option<crate::platform::Platform> {
+        let text = |k: &str| self.doc.get(k).and_then(Value::as_str).unwrap_or_default();
+        let arch = text("architecture");
+        (!arch.is_empty()).then(|| crate::platform::Platform::new(text("os"), arch, text("variant")))
     }
 
     /// A base image's config.

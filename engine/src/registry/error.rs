@@ -470,10 +470,9 @@ impl RegistryError {
     /// bad bytes is the environment's.
     pub fn tier(&self) -> crate::Tier {
         match self {
-            Self::NotFound { .. }
-            | Self::NoPlatform { .. }
-            | Self::WrongPlatform { .. }
-            | Self::Unsupported { .. } => crate::Tier::Input,
+            Self::NotFound { .. } | Self::NoPlatform { .. } | Self::WrongPlatform { .. } | Self::Unsupported { .. } => {
+                crate::Tier::Input
+            }
             Self::Store(e) => e.tier(),
             Self::Internal(_) => crate::Tier::Bug,
             Self::Unreachable { .. }

@@ -106,7 +106,8 @@ pub(crate) fn select(raw: &[u8], wanted: &Platform) -> Result<Result<Descriptor,
     // the caller bounds the depth.
     let is_index =
         |d: &&Descriptor| matches!(d.media_type().to_string().as_str(), media::OCI_INDEX | media::DOCKER_MANIFEST_LIST);
-    if let Some(nested) = index.manifests().iter().filter(is_index).find(|d| d.platform().is_none() || rank(d).is_some())
+    if let Some(nested) =
+        index.manifests().iter().filter(is_index).find(|d| d.platform().is_none() || rank(d).is_some())
     {
         return Ok(Ok(nested.clone()));
     }

@@ -85,15 +85,42 @@ impl Registry {
     /// [`resolve`](Self::resolve), then every layer blob the store lacks,
     /// a few at a time, streamed and verified by digest, with retries.
     pub async fn pull(&self, r: &ImageRef, progress: &dyn Progress) -> Result<Pulled, RegistryError> {
+        self.pull_with(r, &Platform::legacy(), false, progress).await
+    }
+
+    /// [`pull`](Self::pull) of the image for `platform`, as
+    /// [`resolve_for`](Self::resolve_for) resolves it.
+    pub async fn pull_for(
+        &self,
+        r: &ImageRef,
+        platform: &Platform,
+        progress: &dyn Progress,
+    ) -> Result<Pulled, RegistryError> {
+        self.pull_with(r, platform, true, progress).await
+    }
+
+    async fn pull_with(
+        &self,
+        r: &ImageRef,
+        platform: &Platform,
+        check: bool,
+        progress: &dyn Progress,
+    ) -> Result<Pulled, RegistryError> {
         let inner = &self.inner;
-        let legacy = Platform::legacy();
-        let (resolved, source) = match self.resolve_local(r, &legacy)? {
+        let (resolved, source) = match self.resolve_local(r, platform)? {
             Some(resolved) => (resolved, None),
             None => {
-                let (resolved, source) = self.resolve_remote(r, &legacy).await?;
+                let (resolved, source) = self.resolve_remote(r, platform).await?;
                 (resolved, Some(source))
             }
         };
+        if check && let Err(actual) = manifest::check_config_platform(&resolved.config, platform) {
+            return Err(RegistryError::WrongPlatform {
+                reference: r.to_string(),
+                wanted: platform.to_string(),
+                actual: actual.to_string(),
+            });
+        }
         let mut seen = HashSet::new();
         let mut missing = Vec::new();
         for layer in resolved.manifest.layers() {
