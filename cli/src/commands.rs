@@ -455,7 +455,22 @@ fn images() -> Result<(), Failure> {
         let digest = image.manifest.to_string();
         let short = digest.get(..19).unwrap_or(&digest);
         let uncompressed = if image.uncompressed_size == 0 { "-".to_owned() } else { human(image.uncompressed_size) };
-        let _ = writeln!(out, "{name:<50} {short:<19} {:>10} {uncompressed:>12}  {}", human(image.size), image.created);
+        // An image built for several platforms lists them after the rest.
+        let platforms = if image.media_type == bake_engine::oci::media::OCI_INDEX {
+            let listed: Vec<String> = bake_engine::image::index_platforms(&store, &image.manifest)
+                .iter()
+                .map(|(_, p)| p.to_string())
+                .collect();
+            format!("  [{}]", listed.join(", "))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{name:<50} {short:<19} {:>10} {uncompressed:>12}  {}{platforms}",
+            human(image.size),
+            image.created
+        );
     }
     print(&out)
 }

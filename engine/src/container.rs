@@ -220,11 +220,22 @@ impl Engine {
         events: &dyn Events,
     ) -> Result<(String, Digest, FsResult), ContainerError> {
         let store = &self.store;
-        if let Some(record) = store.image(image).map_err(ExecError::from)?
-            && let Ok(result) = crate::exec::fs_result(store, &record.manifest)
-            && result.layers.iter().all(|l| store.has_blob(&l.digest))
-        {
-            return Ok((image.to_owned(), record.manifest, result));
+        // An image built for several platforms: its platform's own record,
+        // else the platform's entry of the index its name holds.
+        for name in [format!("{image} [{platform}]"), image.to_owned()] {
+            let Some(record) = store.image(&name).map_err(ExecError::from)? else { continue };
+            let manifest = if record.media_type == crate::oci::media::OCI_INDEX {
+                let entries = crate::image::index_platforms(store, &record.manifest);
+                let Some(best) = platform.best(entries.iter().map(|(_, p)| p)) else { continue };
+                entries[best].0.clone()
+            } else {
+                record.manifest
+            };
+            if let Ok(result) = crate::exec::fs_result(store, &manifest)
+                && result.layers.iter().all(|l| store.has_blob(&l.digest))
+            {
+                return Ok((name, manifest, result));
+            }
         }
         let help = self.local_names_help(image);
         let reference = ImageRef::parse(image).map_err(|e| ContainerError::UnknownImage {

@@ -58,6 +58,10 @@ pub enum ExecError {
     #[diagnostic(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Emulation(#[from] crate::platform::EmulationError),
+
     /// Something the user wrote cannot be carried out.
     #[error("{message}")]
     #[diagnostic(code(bake::exec::step))]
@@ -232,6 +236,7 @@ impl ExecError {
             Self::Layer(e) => e.tier(),
             Self::Image(e) => e.tier(),
             Self::Sandbox(e) => e.tier(),
+            Self::Emulation(e) => e.tier(),
             Self::Step { .. }
             | Self::InsecureNotAllowed { .. }
             | Self::SecretNotFile { .. }
@@ -481,6 +486,13 @@ pub enum Event {
         cached: usize,
         /// Since the build started.
         millis: u64,
+    },
+    /// An image built for several platforms was written to the store as
+    /// an index of their manifests.
+    Index {
+        name: String,
+        digest: String,
+        platforms: Vec<String>,
     },
     /// A tag was pushed.
     Pushed {
