@@ -160,6 +160,13 @@ impl<'a> Build<'a> {
                 .map_err(|e| ExecError::BadConfig { digest: p.config.to_string(), message: e.to_string() })?,
             None => ImageConfig::scratch_for(&self.ws.stages[stage].platform),
         };
+        // A stage on scratch or on another stage says its own platform (an
+        // image on a stage shared by every platform is each platform's);
+        // an image's config already says its own, checked when resolved.
+        let s = &self.ws.stages[stage];
+        if !matches!(s.from, crate::lang::Base::Image(_)) {
+            config.set_platform(&s.platform);
+        }
         let start = plan.graph[n]
             .chain
             .and_then(|p| match &plan.graph[p].op {

@@ -170,8 +170,13 @@ impl Build<'_> {
             }
         }
         for name in names {
-            let members: Vec<usize> = (0..images.len()).filter(|&i| images[i].image.name == name).collect();
+            let mut members: Vec<usize> = (0..images.len()).filter(|&i| images[i].image.name == name).collect();
             let Some(&first) = members.first() else { continue };
+            // In the order the image names its platforms.
+            let order = self.ws.stages[images[first].stage].image.clone().unwrap_or_default().build_for;
+            members.sort_by_key(|&i| {
+                images[i].image.platform.as_ref().and_then(|p| order.iter().position(|o| o == p)).unwrap_or(usize::MAX)
+            });
             let platforms: Vec<(&crate::image::Manifest, &crate::platform::Platform)> = members
                 .iter()
                 .filter_map(|&i| Some((&images[i].manifest, images[i].image.platform.as_ref()?)))
@@ -236,12 +241,9 @@ impl Build<'_> {
             Output::Oci(dest) => crate::image::export::oci_tar(store, &manifests, dest)?,
             Output::OciDir(dest) => crate::image::export::oci_dir(store, &manifests, dest)?,
             Output::Docker(dest) => {
-                if let Some(e) = images.iter().find(|e| e.image.index.is_some()) {
-                    let platforms: Vec<String> = images
-                        .iter()
-                        .filter(|o| o.image.index == e.image.index)
-                        .filter_map(|o| o.image.platform.as_ref().map(ToString::to_string))
-                        .collect();
+                if let Some((e, index)) = images.iter().find_map(|e| Some((e, e.image.index.as_ref()?))) {
+                    let platforms: Vec<String> =
+                        crate::image::index_platforms(store, index).iter().map(|(_, p)| p.to_string()).collect();
                     return Err(crate::image::ImageError::SeveralPlatforms {
                         name: e.image.name.clone(),
                         first: platforms.first().cloned().unwrap_or_default(),

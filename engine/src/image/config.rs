@@ -38,6 +38,19 @@ impl ImageConfig {
         Self { doc }
     }
 
+    /// Makes the config name `platform` (unchanged bytes when it already
+    /// does).
+    pub fn set_platform(&mut self, platform: &crate::platform::Platform) {
+        let doc = object(&mut self.doc);
+        doc.insert("architecture".into(), Value::String(platform.architecture.clone()));
+        doc.insert("os".into(), Value::String(platform.os.clone()));
+        if platform.variant.is_empty() {
+            doc.remove("variant");
+        } else {
+            doc.insert("variant".into(), Value::String(platform.variant.clone()));
+        }
+    }
+
     /// The platform the config names (`None` without an architecture).
     pub fn platform(&self) -> Option<crate::platform::Platform> {
         let text = |k: &str| self.doc.get(k).and_then(Value::as_str).unwrap_or_default();

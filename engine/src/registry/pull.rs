@@ -200,8 +200,10 @@ impl Registry {
         for host in &sources {
             match self.resolve_from(host, r, platform).await {
                 Ok(resolved) => return Ok((resolved, host.clone())),
-                // A broken store is no reason to ask elsewhere.
-                Err(e) if e.is_local() => return Err(e),
+                // A broken store is no reason to ask elsewhere; nor is an
+                // image served without the platform: a mirror serves the
+                // same images as its registry.
+                Err(e) if e.is_local() || matches!(e, RegistryError::NoPlatform { .. }) => return Err(e),
                 Err(e) => errors.push(e),
             }
         }

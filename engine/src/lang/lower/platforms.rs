@@ -282,16 +282,21 @@ pub(super) fn instantiate(
             }
         }
     }
-    // Each instance's platform: its pin, else its base stage's, else its
-    // target, else the build platform.
+    // Each instance's platform: its pin, else a pinned base stage's, else
+    // its target, else (a stage built once for all) its base stage's, else
+    // the build platform. A pin carries down `from=` chains; a target
+    // platform does not carry into a stage shared by all targets.
+    let mut pinned = vec![false; stages.len()];
     for s in order(&stages) {
-        let platform = match (&stages[s].pin, &stages[s].from, &stages[s].target) {
-            (Some((pin, _)), _, _) => pin.clone(),
-            (None, Base::Stage(p), _) => stages[*p].platform.clone(),
-            (None, _, Some(target)) => target.clone(),
-            (None, _, None) => build.clone(),
+        let (platform, pin) = match (&stages[s].pin, &stages[s].from, &stages[s].target) {
+            (Some((pin, _)), _, _) => (pin.clone(), true),
+            (None, Base::Stage(p), _) if pinned[*p] => (stages[*p].platform.clone(), true),
+            (None, _, Some(target)) => (target.clone(), false),
+            (None, Base::Stage(p), None) => (stages[*p].platform.clone(), false),
+            (None, _, None) => (build.clone(), false),
         };
         stages[s].platform = platform;
+        pinned[s] = pin;
     }
 
     let mut first = passes.swap_remove(0);
