@@ -395,6 +395,10 @@ fn parse_output(s: &str) -> Result<bake_engine::exec::Output, String> {
     s.parse()
 }
 
+fn parse_platform(s: &str) -> Result<bake_engine::platform::Platform, String> {
+    s.parse().map_err(|e: bake_engine::platform::PlatformError| e.to_string())
+}
+
 fn parse_set(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
@@ -410,8 +414,4 @@ mod tests {
     fn cli_is_consistent() {
         super::Cli::command().debug_assert();
     }
-}
-
-fn parse_platform(s: &str) -> Result<bake_engine::platform::Platform, String> {
-    s.parse().map_err(|e: bake_engine::platform::PlatformError| e.to_string())
 }
