@@ -229,6 +229,21 @@ fn a_platform_the_base_lacks_is_named_with_the_ones_it_has() {
     assert_eq!(run.code, 1, "{}", run.render());
     assert!(run.stderr.contains("has no linux/s390x image"), "{}", run.render());
     assert!(run.stderr.contains("linux/amd64, linux/arm64"), "{}", run.render());
+
+    // A tag that names one arm64 image is not taken for amd64: its config
+    // says what it is.
+    let cache = fixtures();
+    let publisher = tempfile::tempdir().expect("tempdir");
+    let file = cache.join("busybox-arm64/build.kdl").display().to_string();
+    let publish = bake(&root(), publisher.path(), &["-f", &file, "build", "--push", "--set", &reg]);
+    assert_eq!(publish.code, 0, "{}", publish.render());
+    std::fs::write(p.path().join("build.kdl"), "stage \"x\" from=\"busybox:arm64\" {\n    run \"true\"\n}\n")
+        .expect("write");
+    let wrong = m.bake(p.path(), home.path(), &["build"]);
+    assert_eq!(wrong.code, 1, "{}", wrong.render());
+    assert!(wrong.stderr.contains("is a linux/arm64 image, not linux/amd64"), "{}", wrong.render());
+    let right = m.bake(p.path(), home.path(), &["build", "--platform", "linux/arm64", "--progress", "plain"]);
+    assert_eq!(right.code, 0, "{}", right.render());
 }
 
 #[test]
