@@ -21,6 +21,10 @@
 //! 5. **Checks** (`lower/checks.rs`): cycles found with Tarjan's algorithm,
 //!    the depth of `from` chains and the env they carry, and the exec-form
 //!    rules for `entrypoint`/`cmd` checked against the stage chain.
+//! 6. **Platforms** (`lower/platforms.rs`): passes 2 to 5 run once per
+//!    target platform, with its `TARGET*` args; a stage that depends on the
+//!    target keeps one instance per platform, the others one in all, each
+//!    with the platform it is built for ([`Stage::platform`]).
 //!
 //! Every host path a file names stays inside the workspace boundary
 //! ([`boundary`]), and every pass is bounded ([`limits`]), so hostile input

@@ -12,6 +12,11 @@
 //! - pass 5, [`checks`]: cycles, depth and the other whole-graph checks, made
 //!   only when pass 4 lowered everything.
 //!
+//! Passes 2 to 5 run once per target platform, each with that platform's
+//! predefined args (`TARGETARCH`, ...); [`platforms`] then keeps one
+//! instance of each stage that does not depend on the target and one per
+//! platform of each that does.
+//!
 //! [`Cx`] carries the state of one load; each pass adds its methods to it in its
 //! own file. Scalar value parsing lives in [`values`].
 
@@ -68,6 +73,22 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
     let first_target = options.platforms.first().cloned().unwrap_or_else(|| build.clone());
     let first = lower_pass(&files, &docs, &boundary, options, &first_target, &build, errors).map_err(failed)?;
     let targets = platforms::targets(options, &first, &build);
+    if targets.all.len() > platforms::MAX_PLATFORMS {
+        let mut errors = Errors::default();
+        errors.push(LangError::Limit {
+            what: "too many target platforms".to_owned(),
+            limit: platforms::MAX_PLATFORMS,
+            unit: "platforms",
+            src: None,
+            at: None,
+            label: String::new(),
+            help: format!(
+                "the files and --platform name {} platforms; each one lowers the files again",
+                targets.all.len()
+            ),
+        });
+        return Err(failed(errors));
+    }
     let mut passes = Vec::with_capacity(targets.all.len());
     let mut first = Some(first);
     for target in &targets.all {

@@ -83,6 +83,9 @@ impl Cx<'_> {
     }
 }
 
+/// Target platforms one build may have: each lowers the files once more.
+pub(super) const MAX_PLATFORMS: usize = 16;
+
 /// The target platforms of a build.
 pub(super) struct Targets {
     /// `--platform`, else the workspace's `platforms`, else the build
