@@ -182,6 +182,18 @@ fn two_platforms_cross_built_emulated_and_pushed_as_one_index() {
     let line = images.stdout.lines().find(|l| l.starts_with("app ")).unwrap_or_else(|| panic!("{}", images.stdout));
     assert!(line.ends_with("[linux/amd64, linux/arm64]"), "{line}");
 
+    // A stage built on its own for both targets is kept once per target
+    // (both are linux/amd64 filesystems: no index).
+    let cross = m.bake(p.path(), home.path(), &["build", "cross", "--set", &reg]);
+    assert_eq!(cross.code, 0, "{}", cross.render());
+    let images = bake(p.path(), home.path(), &["images"]);
+    for name in ["cross [linux/amd64] ", "cross [linux/arm64] "] {
+        assert!(images.stdout.lines().any(|l| l.starts_with(name)), "{}", images.stdout);
+    }
+    assert!(!images.stdout.lines().any(|l| l.starts_with("cross ") && !l.starts_with("cross [")), "{}", images.stdout);
+    let arm = m.bake(p.path(), home.path(), &["run", "--platform", "linux/arm64", "cross", "cat", "/built-for"]);
+    assert_eq!(arm.stdout, "built on x86_64 for linux/arm64\n", "{}", arm.render());
+
     // The amd64 image alone loads into Docker and runs there; both at once
     // cannot go into one `docker load` archive.
     let both = m.bake(p.path(), home.path(), &["build", "--set", &reg, "-o", "type=docker,dest=app.tar"]);

@@ -112,8 +112,16 @@ impl Build<'_> {
         // One platform of an image built for several: recorded under its
         // name and platform; the name and tags go to the index
         // (`export_indexes`).
-        let several = out.build_for.len() > 1 && s.target.is_some();
-        let name = if several { format!("{} [{}]", s.name, s.platform) } else { s.name.clone() };
+        let several = s.target.is_some()
+            && match &s.image {
+                Some(image) => image.build_for.len() > 1,
+                // A stage built on its own for every target platform.
+                None => s.instance != s.name,
+            };
+        let name = match (&s.target, several) {
+            (Some(target), true) => format!("{} [{target}]", s.name),
+            _ => s.name.clone(),
+        };
         // An image whose layers stay in the registry is not recorded
         // locally: the store only names complete images.
         if local {
@@ -151,8 +159,10 @@ impl Build<'_> {
             config: manifest.config.clone(),
             layers: result.layers.iter().map(|l| l.digest.clone()).collect(),
             tags,
-            name: s.name.clone(),
-            platform: several.then(|| s.platform.clone()),
+            // Only an image's platforms make an index: a stage pinned to
+            // the build platform is the same platform for every target.
+            name: if s.image.is_some() { s.name.clone() } else { name.clone() },
+            platform: (several && s.image.is_some()).then(|| s.platform.clone()),
             index: None,
         };
         Ok(Some(Exported { image, result, node, stage, manifest, local }))
