@@ -68,8 +68,8 @@ impl Mirror {
 }
 
 /// `tools` depends on no target platform (built once, natively); `cross`
-/// is pinned to the build machine but uses TARGETARCH (natively, once per
-/// target); `base` is resolved for each target (its step emulated for
+/// is pinned to the build machine but uses TARGETARCH (natively, its first
+/// step once, its second once per target); `base` is resolved for each target (its step emulated for
 /// arm64); the image is assembled per platform from copies alone.
 const BUILD: &str = r#"
 arg "REGISTRY"
@@ -79,6 +79,7 @@ stage "tools" from="busybox" platform="${BUILDPLATFORM}" {
 }
 
 stage "cross" from="busybox" platform="${BUILDPLATFORM}" {
+    run "echo prepared > /prepared"
     run "echo built on $(uname -m) for ${TARGETOS}/${TARGETARCH} > /built-for"
 }
 
@@ -137,7 +138,14 @@ fn two_platforms_cross_built_emulated_and_pushed_as_one_index() {
             .iter()
             .filter(|n| n.starts_with("tools") || n.starts_with("cross") || n.starts_with("base"))
             .collect::<Vec<_>>(),
-        ["base[linux/amd64]/0", "base[linux/arm64]/0", "cross[linux/amd64]/0", "cross[linux/arm64]/0", "tools/0"],
+        [
+            "base[linux/amd64]/0",
+            "base[linux/arm64]/0",
+            "cross/0",
+            "cross[linux/amd64]/1",
+            "cross[linux/arm64]/1",
+            "tools/0"
+        ],
         "{}",
         build.render()
     );
@@ -271,7 +279,10 @@ fn graph_and_explain_show_platforms() {
         })
     };
     // Pinned to the build machine: runs as linux/amd64 for either target.
-    assert_eq!(node("cross[linux/arm64]/0")["platform"], "linux/amd64");
+    assert_eq!(node("cross[linux/arm64]/1")["platform"], "linux/amd64");
+    // The step before the one that uses TARGETARCH is one node for both.
+    assert_eq!(node("cross/0")["platform"], "linux/amd64");
+    assert_eq!(node("cross[linux/arm64]/1")["inputs"], serde_json::json!(["cross/0"]));
     assert_eq!(node("base[linux/arm64]/0")["platform"], "linux/arm64");
     assert_eq!(node("image:app[linux/arm64]")["platform"], "linux/arm64");
     assert_eq!(node("pull:docker.io/library/busybox:latest [linux/arm64]")["platform"], "linux/arm64");

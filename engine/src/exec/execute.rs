@@ -170,7 +170,13 @@ impl<'a> Build<'a> {
         let start = plan.graph[n]
             .chain
             .and_then(|p| match &plan.graph[p].op {
-                Op::Copy { stage: s, index: i, .. } | Op::Run { stage: s, index: i, .. } if *s == stage => Some(i + 1),
+                // The same stage, or another platform's instance of it whose
+                // first steps this one shares (`graph`'s step sharing).
+                Op::Copy { stage: s, index: i, .. } | Op::Run { stage: s, index: i, .. }
+                    if self.ws.stages[*s].name == self.ws.stages[stage].name =>
+                {
+                    Some(i + 1)
+                }
                 _ => None,
             })
             .unwrap_or(0);

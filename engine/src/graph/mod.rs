@@ -17,6 +17,17 @@
 //! step -> ... -> stage; another stage or an image -> a `copy from=`;
 //! stage -> image export / artifact.
 //!
+//! # Platforms
+//!
+//! The workspace already holds one instance of a stage per target platform
+//! when it depends on the target (`lang`); each is an ordinary stage here,
+//! with its platform. A `pull` is one per reference and platform. Instances
+//! of one stage share their steps up to the first that differs (the one
+//! that uses a `TARGET*` arg, or reads a stage or base of its own
+//! platform): those steps are one node, run once. Naming a stage selects
+//! all its instances; naming an image, those of the platforms it is built
+//! for.
+//!
 //! # Selection
 //!
 //! [`Plan::build`] marks as *needed* exactly the ancestors of the requested
@@ -32,7 +43,10 @@
 //! files it selects ([`crate::context`]); for a `pull`, the reference and its
 //! manifest digest when known. Nothing machine-specific (paths, mtimes,
 //! inodes, host names) enters a key, so keys agree across machines, and a
-//! change reaches exactly the node that reads it and its descendants.
+//! change reaches exactly the node that reads it and its descendants. A
+//! node built for another platform than linux/amd64 has the platform in its
+//! key; one for linux/amd64 does not, so builds that name no platform keep
+//! the keys they had before platforms.
 //!
 //! A `copy from=STAGE` is keyed here by the source stage's key. The executor
 //! narrows that to the digest of the files it actually copies (early cutoff), so
@@ -236,8 +250,13 @@ impl Plan {
     /// Compiles a workspace and selects what `targets` need. An empty list
     /// means the `default` target, or every image when there is none.
     pub fn build(ws: &Workspace, targets: &[String]) -> Result<Self, PlanError> {
-        let mut b =
-            Builder { ws, graph: DiGraph::new(), pulls: HashMap::new(), stage_nodes: vec![None; ws.stages.len()] };
+        let mut b = Builder {
+            ws,
+            graph: DiGraph::new(),
+            pulls: HashMap::new(),
+            steps: HashMap::new(),
+            stage_nodes: vec![None; ws.stages.len()],
+        };
         // Bases first, so `Builder::stage` never recurses down a long chain.
         for stage in stage_order(ws) {
             b.stage(stage);
@@ -677,6 +696,8 @@ struct Builder<'w> {
     ws: &'w Workspace,
     graph: DiGraph<Node, ()>,
     pulls: HashMap<(ImageRef, Platform), NodeIndex>,
+    /// Steps of stage instances, by what makes them the same step.
+    steps: HashMap<String, NodeIndex>,
     stage_nodes: Vec<Option<NodeIndex>>,
 }
 
@@ -726,9 +747,37 @@ impl Builder<'_> {
                 }
                 _ => None,
             };
+            // Instances of one stage for several targets share their steps
+            // up to the first that differs (one that uses a `TARGET*` arg,
+            // or reads another platform's stage or base): those are the
+            // same step, run once.
+            let shared = s.target.is_some().then(|| {
+                let what = match &op {
+                    Op::Copy { copy, state, .. } => format!("{copy:?} {state:?}"),
+                    Op::Run { run, state, .. } => format!("{run:?} {state:?}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "{} {prev:?} {extra:?} {index} {what} {:?} {} {}",
+                    s.name,
+                    ins.args_used,
+                    s.platform,
+                    s.context.display()
+                )
+            });
+            if let Some(n) = shared.as_ref().and_then(|sig| self.steps.get(sig)) {
+                let n = *n;
+                // Named after the stage, not one of its instances.
+                self.graph[n].id = format!("{}/{index}", s.name);
+                prev = Some(n);
+                continue;
+            }
             let mut step = node(format!("{}/{index}", s.instance), op, Some(ins.span));
             step.chain = prev;
             let n = self.graph.add_node(step);
+            if let Some(sig) = shared {
+                self.steps.insert(sig, n);
+            }
             if let Some(p) = prev {
                 self.graph.add_edge(p, n, ());
             }

@@ -26,10 +26,10 @@ pub fn describe(node: &Node, ws: &Workspace) -> String {
                 CopySource::Stage(s) => format!(" from {}", stage_name(*s)),
                 CopySource::Image(r) => format!(" from {r}"),
             };
-            format!("{}: copy {}{from} -> {}", stage_name(*stage), copy.sources.join(" "), copy.dest)
+            format!("{}: copy {}{from} -> {}", step_label(node, ws, *stage), copy.sources.join(" "), copy.dest)
         }
         Op::Run { stage, run, .. } => {
-            format!("{}: run {}", stage_label(ws, *stage), short(&run.script, 60))
+            format!("{}: run {}", step_label(node, ws, *stage), short(&run.script, 60))
         }
         Op::Stage { stage, .. } => format!("stage {}", stage_label(ws, *stage)),
         Op::Image { stage } => {
@@ -142,6 +142,19 @@ fn json(plan: &Plan, ws: &Workspace) -> String {
 /// one than linux/amd64, the one every listing assumed before platforms.
 pub(super) fn shows_platforms(ws: &Workspace) -> bool {
     ws.platforms.len() > 1 || ws.stages.iter().any(|s| s.platform != crate::platform::Platform::legacy())
+}
+
+/// A step's stage as listings show it: the stage's own name for a step its
+/// instances share (its id has no platform), else the instance's label.
+fn step_label(node: &Node, ws: &Workspace, s: usize) -> String {
+    let stage = &ws.stages[s];
+    if stage.instance != stage.name && node.id.starts_with(&format!("{}/", stage.name)) {
+        if shows_platforms(ws) {
+            return format!("{} ({})", stage.name, stage.platform);
+        }
+        return stage.name.clone();
+    }
+    stage_label(ws, s)
 }
 
 /// A stage instance as listings show it: its instance name, and the
