@@ -33,28 +33,25 @@ struct Mirror {
 }
 
 fn mirror() -> Mirror {
-    let cache = fixtures();
+    mirror_of(&[])
+}
+
+/// [`mirror`], with more of `scripts/fixtures.sh publish`'s images
+/// (`golang`).
+fn mirror_of(more: &[&str]) -> Mirror {
+    fixtures();
     let registry = TestRegistry::start();
-    let publisher = tempfile::tempdir().expect("tempdir");
-    let file = root().join("fixtures/busybox-platforms/build.kdl");
-    let fixtures = cache.display().to_string();
-    let publish = bake(
-        &root(),
-        publisher.path(),
-        &[
-            "-f",
-            &file.display().to_string(),
-            "build",
-            "--push",
-            "--set",
-            &format!("REGISTRY={}", registry.addr),
-            "--set",
-            &format!("FIXTURES={fixtures}"),
-            "--allow-path",
-            &fixtures,
-        ],
-    );
-    assert_eq!(publish.code, 0, "{}", publish.render());
+    {
+        // The fixture store is shared with the examples' tests.
+        let _one = crate::examples::PUBLISH.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        run(Command::new(root().join("scripts/fixtures.sh"))
+            .arg("publish")
+            .arg(&registry.addr)
+            .arg("busybox-platforms")
+            .args(more)
+            .env("BAKE", env!("CARGO_BIN_EXE_bake"))
+            .env_remove("BAKE_CONFIG"));
+    }
     let config = tempfile::NamedTempFile::new().expect("config");
     std::fs::write(config.path(), format!("registry \"docker.io\" {{\n    mirror \"{}\"\n}}\n", registry.addr))
         .expect("write");
@@ -297,4 +294,94 @@ fn graph_and_explain_show_platforms() {
     let explain = bake(p.path(), home.path(), &["explain", "--set", "REGISTRY=r"]);
     assert_eq!(explain.code, 0, "{}", explain.render());
     assert!(explain.stdout.contains("base[linux/arm64]"), "{}", explain.render());
+}
+
+const GO: &str = r#"
+arg "REGISTRY"
+
+stage "build" from="golang:1.19" platform="${BUILDPLATFORM}" {
+    workdir "/src"
+    copy "go.mod" "main.go" to="./"
+    env "CGO_ENABLED" "0"
+    run "GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build -o /out/hello ."
+}
+
+image "hello" from="scratch" {
+    platforms "linux/amd64" "linux/arm64"
+    copy "/out/hello" to="/hello" from="build"
+    entrypoint "/hello"
+    tag "${REGISTRY}/bake-test/hello-go:1"
+}
+"#;
+
+const MAIN_GO: &str = r#"package main
+
+import (
+	"fmt"
+	"runtime"
+	"syscall"
+)
+
+func main() {
+	var u syscall.Utsname
+	machine := []byte{}
+	if syscall.Uname(&u) == nil {
+		for _, c := range u.Machine {
+			if c == 0 {
+				break
+			}
+			machine = append(machine, byte(c))
+		}
+	}
+	fmt.Printf("hello from %s/%s on %s\n", runtime.GOOS, runtime.GOARCH, machine)
+}
+"#;
+
+#[test]
+fn a_go_service_cross_compiled_into_a_two_platform_scratch_index() {
+    let m = mirror_of(&["golang"]);
+    let p = tempfile::tempdir().expect("tempdir");
+    std::fs::write(p.path().join("build.kdl"), GO).expect("write");
+    std::fs::write(p.path().join("go.mod"), "module example.com/hello\n\ngo 1.19\n").expect("write");
+    std::fs::write(p.path().join("main.go"), MAIN_GO).expect("write");
+    let home = tempfile::tempdir().expect("tempdir");
+    let reg = format!("REGISTRY={}", m.registry.addr);
+    let build = m.bake(p.path(), home.path(), &["build", "--progress", "json", "--push", "--set", &reg]);
+    assert_eq!(build.code, 0, "{}", build.render());
+    // The copy is shared; `go build` runs natively once per target.
+    let steps: Vec<String> = started(&events(&build)).into_iter().filter(|n| n.starts_with("build")).collect();
+    assert_eq!(steps, ["build/1", "build[linux/amd64]/3", "build[linux/arm64]/3"], "{}", build.render());
+
+    let tag = format!("docker://{}/bake-test/hello-go:1", m.registry.addr);
+    let raw: Value =
+        serde_json::from_str(&run(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--raw", &tag])))
+            .expect("index JSON");
+    let archs: Vec<&str> = raw["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|d| d["platform"]["architecture"].as_str())
+        .collect();
+    assert_eq!(archs, ["amd64", "arm64"], "{raw}");
+
+    // The arm64 binary, copied out, runs under qemu and says so.
+    let out = m.bake(
+        p.path(),
+        home.path(),
+        &["build", "--set", &reg, "--platform", "linux/arm64", "-o", "type=local,dest=arm64"],
+    );
+    assert_eq!(out.code, 0, "{}", out.render());
+    let said = run(Command::new("qemu-aarch64-static").arg(p.path().join("arm64/hello")));
+    assert_eq!(said, "hello from linux/arm64 on aarch64\n");
+
+    // The amd64 image runs under Docker.
+    let one = m.bake(
+        p.path(),
+        home.path(),
+        &["build", "--set", &reg, "--platform", "linux/amd64", "-o", "type=docker,dest=hello.tar"],
+    );
+    assert_eq!(one.code, 0, "{}", one.render());
+    docker::load(&p.path().join("hello.tar"));
+    let said = docker::run(&[&format!("{}/bake-test/hello-go:1", m.registry.addr)]);
+    assert_eq!(said, "hello from linux/amd64 on x86_64\n");
 }
