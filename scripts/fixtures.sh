@@ -14,7 +14,15 @@
 #                                      gcc, golang: all by default) and push
 #                                      them to the registry at ADDR (e.g.
 #                                      127.0.0.1:5000) as ADDR/library/NAME:TAG
+#   scripts/fixtures.sh emulation      install qemu-user-static and register
+#                                      qemu-aarch64 with binfmt_misc (for
+#                                      linux/arm64 `run` steps)
 #   scripts/fixtures.sh gc             delete cached builds nothing points at
+#
+# busybox-arm64 and debian-arm64 are linux/arm64 trees, built only when
+# named (`build busybox-arm64`) or when `publish` is asked for
+# busybox-platforms or debian-platforms: the two-platform indexes pushed as
+# library/busybox and library/debian in place of the single-platform ones.
 #
 # Cache layout, under ${BAKE_FIXTURES:-/var/cache/bake-fixtures}:
 #   busybox-<key>/rootfs/       the root filesystem; never changed once made
@@ -51,7 +59,7 @@ suite=bookworm
 epoch=1686355200
 # Built by default; `known` adds the ones built only when named.
 fixtures=(busybox debian)
-known=(busybox debian busybox-arm64)
+known=(busybox debian busybox-arm64 debian-arm64)
 
 die() {
   echo "fixtures: $*" >&2
@@ -141,6 +149,44 @@ need_qemu() {
   if [[ $(dpkg-query -W -f='${Status}\n' qemu-user-static binfmt-support 2>/dev/null | grep -c 'ok installed') != 2 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support >/dev/null
   fi
+}
+
+# binfmt_misc mounted and qemu-aarch64 registered with the F flag, so arm64
+# programs run in a chroot or a sandbox (root).
+register_qemu() {
+  need_qemu
+  if [[ ! -e /proc/sys/fs/binfmt_misc/status ]]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  fi
+  if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
+    update-binfmts --enable qemu-aarch64
+  fi
+  grep -q '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 || die "qemu-aarch64 is registered without the F flag"
+}
+
+# Debian for linux/arm64: debootstrap's first stage here, its second stage
+# inside the tree under qemu (binfmt_misc), then cleaned as make_debian does
+# (written out again: make_debian's text is the amd64 tree's cache key).
+make_debian_arm64() {
+  local root=$1 mirror=$2 log=$3
+  register_qemu
+  interruptible debootstrap --variant=minbase --arch=arm64 --foreign \
+    "$suite" "$root" "$mirror" >"$log" 2>&1 </dev/null || {
+    tail -n 30 "$log" >&2
+    die "debootstrap (first stage) failed (full log: $log)"
+  }
+  interruptible chroot "$root" /debootstrap/debootstrap --second-stage >>"$log" 2>&1 </dev/null || {
+    tail -n 30 "$log" >&2
+    die "debootstrap (second stage, under qemu) failed (full log: $log)"
+  }
+  find "$root/var/cache/apt" "$root/var/lib/apt/lists" -mindepth 1 -delete
+  mkdir -p "$root/var/cache/apt/archives/partial"
+  printf 'deb %s %s main\n' "$mirror" "$suite" >"$root/etc/apt/sources.list"
+  rm -f "$root"/etc/{hostname,resolv.conf} "$root/var/lib/dbus/machine-id" \
+    "$root/var/cache/ldconfig/aux-cache" "$root"/var/cache/debconf/*-old \
+    "$root"/var/lib/dpkg/*-old "$root/var/log/bootstrap.log"
+  if [[ -e $root/etc/machine-id ]]; then : >"$root/etc/machine-id"; fi
+  find "$root/var/log" -type f -exec truncate -s 0 {} +
 }
 
 # Busybox for linux/arm64: Debian's arm64 busybox-static of the version the
@@ -239,6 +285,14 @@ check_busybox_arm64() {
     return 1
   }
 }
+check_debian_arm64() {
+  local out
+  out=$(in_root "$1" /bin/bash -c 'apt-get --version; uname -m; cat /etc/os-release') || return 1
+  [[ $out == apt\ * && $out == *$'\n'aarch64$'\n'* && $out == *VERSION_CODENAME=$suite* ]] || {
+    echo "$out" >&2
+    return 1
+  }
+}
 check_debian() {
   local out
   out=$(in_root "$1" /bin/bash -c 'apt-get --version; cat /etc/os-release') || return 1
@@ -275,6 +329,14 @@ inputs() {
     version=$(pkg_version busybox-static)
     echo "busybox-static:arm64: $version"
     declare -f make_busybox_arm64 finish_rootfs
+    ;;
+  debian-arm64)
+    version=$(pkg_version debootstrap)
+    mirror=$(debian_mirror)
+    echo "debootstrap: $version"
+    echo "suite: $suite"
+    echo "mirror: $mirror"
+    declare -f make_debian_arm64 finish_rootfs
     ;;
   debian)
     version=$(pkg_version debootstrap)
@@ -341,13 +403,13 @@ build() {
   case $name in
   busybox) make_busybox "$build_dir/rootfs" ;;
   busybox-arm64) make_busybox_arm64 "$build_dir/rootfs" "$(pkg_version busybox-static)" ;;
-  debian)
+  debian | debian-arm64)
     mirror=$(debian_mirror)
     # debootstrap downloads with wget, which reads the proxy from the environment.
     eval "$(apt-config shell http_proxy Acquire::http::Proxy https_proxy Acquire::https::Proxy)"
     export http_proxy https_proxy
     log=$(mktemp "${TMPDIR:-/tmp}/bake-debootstrap.XXXXXX.log") # kept if it fails
-    make_debian "$build_dir/rootfs" "$mirror" "$log"
+    "make_${name//-/_}" "$build_dir/rootfs" "$mirror" "$log"
     rm -f "$log"
     ;;
   esac
@@ -390,9 +452,10 @@ ensure() {
 # The images `publish` makes, in build order: gcc and golang start from the
 # debian image, which must be in the store first.
 images=(busybox debian gcc golang)
-# Published only when named: `busybox-platforms` is busybox as an index of
-# linux/amd64 and linux/arm64, pushed as library/busybox in its place.
-extra_images=(busybox-platforms)
+# Published only when named: `busybox-platforms` (`debian-platforms`) is
+# busybox (debian) as an index of linux/amd64 and linux/arm64, pushed as
+# library/busybox (library/debian) in its place.
+extra_images=(busybox-platforms debian-platforms)
 
 # Bakes each image (all of them by default) into the fixture store and pushes
 # it to the registry at $1, tagged $1/library/NAME:TAG. The store keeps every
@@ -409,6 +472,7 @@ publish_all() {
   done
   for name in "${fixtures[@]}"; do ensure "$name"; done
   if [[ " ${wanted[*]} " == *" busybox-platforms "* ]]; then ensure busybox-arm64; fi
+  if [[ " ${wanted[*]} " == *" debian-platforms "* ]]; then ensure debian-arm64; fi
   local bake=${BAKE:-}
   if [[ -z $bake ]]; then
     cargo build --quiet --locked --manifest-path "$repo/Cargo.toml" -p bake-cli
@@ -427,7 +491,9 @@ publish_all() {
     case $name in
     busybox | debian) file=$cache/$name/build.kdl ;;
     # Reads both rootfs trees of the cache: allowed outside its workspace.
-    busybox-platforms) file=$repo/fixtures/$name/build.kdl more=(--allow-path "$cache" --set "FIXTURES=$cache") ;;
+    busybox-platforms | debian-platforms)
+      file=$repo/fixtures/$name/build.kdl more=(--allow-path "$cache" --set "FIXTURES=$cache")
+      ;;
     *) file=$repo/fixtures/$name/build.kdl ;;
     esac
     echo "fixtures: publishing $name to $addr" >&2
@@ -465,14 +531,7 @@ emulation)
   # binfmt-support installed, binfmt_misc mounted, qemu-aarch64 registered
   # (with the F flag Debian's package sets). Idempotent.
   ((EUID == 0)) || die "emulation needs root"
-  need_qemu
-  if [[ ! -e /proc/sys/fs/binfmt_misc/status ]]; then
-    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-  fi
-  if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
-    update-binfmts --enable qemu-aarch64
-  fi
-  grep -q '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 || die "qemu-aarch64 is registered without the F flag"
+  register_qemu
   ;;
 publish)
   # Bakes the fixture images in the fixture store and pushes them to ADDR,
