@@ -245,6 +245,8 @@ fn a_platform_the_base_lacks_is_named_with_the_ones_it_has() {
     let run = m.bake(p.path(), home.path(), &["build", "--set", &reg, "--platform", "linux/s390x"]);
     assert_eq!(run.code, 1, "{}", run.render());
     assert!(run.stderr.contains("has no linux/s390x image"), "{}", run.render());
+    // Pointed at the `from=` that asked for it.
+    assert!(run.stderr.contains("build.kdl:") && run.stderr.contains("resolved for linux/s390x"), "{}", run.render());
     assert!(run.stderr.contains("linux/amd64, linux/arm64"), "{}", run.render());
 
     // A tag that names one arm64 image is not taken for amd64: its config

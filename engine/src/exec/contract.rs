@@ -94,6 +94,22 @@ pub enum ExecError {
         others: Vec<ExecError>,
     },
 
+    /// A base image without the platform a stage is built for, pointed at
+    /// the `from=` that names it.
+    /// (The registry's `no_platform` or `wrong_platform`, with a span.)
+    #[error("{message}")]
+    #[diagnostic(code(bake::exec::base_platform))]
+    BasePlatform {
+        message: String,
+        #[help]
+        help: Option<String>,
+        #[source_code]
+        src: crate::lang::Src,
+        #[label("resolved for {platform}")]
+        at: SourceSpan,
+        platform: String,
+    },
+
     #[error("{} changed while the build was copying it", path.display())]
     #[diagnostic(code(bake::exec::context_changed), help("something edited the file during the build; build again"))]
     ContextChanged { path: PathBuf },
@@ -238,6 +254,7 @@ impl ExecError {
             Self::Sandbox(e) => e.tier(),
             Self::Emulation(e) => e.tier(),
             Self::Step { .. }
+            | Self::BasePlatform { .. }
             | Self::InsecureNotAllowed { .. }
             | Self::SecretNotFile { .. }
             | Self::SecretTooLarge { .. }

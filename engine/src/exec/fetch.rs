@@ -22,6 +22,7 @@ use crate::layer::LayerInfo;
 use crate::oci::Digest;
 use crate::platform::Platform;
 use crate::reference::ImageRef;
+use crate::registry::RegistryError;
 use crate::store::{ImageRecord, Store};
 
 /// Where a result's missing layers come from.
@@ -148,10 +149,48 @@ impl Build<'_> {
         if let Some((digest, result)) = stored_image(store, image, &name, self.options.pull)? {
             return Ok((digest, result, None));
         }
-        let resolved = self.engine.registry.resolve_for(image, platform).await?;
+        let resolved = match self.engine.registry.resolve_for(image, platform).await {
+            Ok(resolved) => resolved,
+            Err(e @ (RegistryError::NoPlatform { .. } | RegistryError::WrongPlatform { .. })) => {
+                return Err(self.base_platform_error(e, image, platform));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let result = fs_result(store, &resolved.manifest_digest)?;
         let at = ImageRef { tag: None, digest: Some(resolved.manifest_digest.to_string()), ..image.clone() };
         Ok((resolved.manifest_digest, result, Some(Origin { image: at, name, cache_key: None })))
+    }
+
+    /// A base image that lacks `platform`, pointed at the first `from=` (or
+    /// `copy from=`) that asks for it.
+    fn base_platform_error(&self, e: RegistryError, image: &ImageRef, platform: &Platform) -> ExecError {
+        let ws = self.ws;
+        let from = ws.stages.iter().find_map(|s| match &s.from {
+            crate::lang::Base::Image(r) if r == image && s.platform == *platform => Some(s.from_span),
+            _ => None,
+        });
+        let copy = || {
+            ws.stages.iter().find_map(|s| {
+                s.instructions.iter().find_map(|i| match &i.kind {
+                    crate::lang::InstructionKind::Copy(c)
+                        if c.from == crate::lang::CopySource::Image(image.clone()) =>
+                    {
+                        Some(i.span)
+                    }
+                    _ => None,
+                })
+            })
+        };
+        match from.or_else(copy) {
+            Some(at) => ExecError::BasePlatform {
+                message: e.to_string(),
+                help: miette::Diagnostic::help(&e).map(|h| h.to_string()),
+                src: ws.file(at.file).src(),
+                at: at.span,
+                platform: platform.to_string(),
+            },
+            None => e.into(),
+        }
     }
 
     /// Makes every layer of node `n`'s result local, pulling what is missing
