@@ -163,8 +163,13 @@ impl<'a> Build<'a> {
         // A stage on scratch or on another stage says its own platform (an
         // image on a stage shared by every platform is each platform's);
         // an image's config already says its own, checked when resolved.
+        // Only when it names another OS or architecture: a variant the base
+        // image's config names is kept.
         let s = &self.ws.stages[stage];
-        if !matches!(s.from, crate::lang::Base::Image(_)) {
+        let named = config.platform().map(|p| (p.os, p.architecture));
+        if !matches!(s.from, crate::lang::Base::Image(_))
+            && named != Some((s.platform.os.clone(), s.platform.architecture.clone()))
+        {
             config.set_platform(&s.platform);
         }
         let start = plan.graph[n]
