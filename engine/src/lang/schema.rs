@@ -130,6 +130,7 @@ const IMAGE_BODY: &[&str] = &[
     "shell",
     "tag",
     "annotation",
+    "platforms",
 ];
 const RUN_BODY: &[&str] = &["cache", "secret", "network", "security", "env"];
 
@@ -151,7 +152,7 @@ pub(super) const TOP: &[Spec] = &[
         max: Some(1),
         args: &[Str],
         args_doc: "1 name",
-        props: &[required("from", Str), prop("context", Str)],
+        props: &[required("from", Str), prop("context", Str), prop("platform", Str)],
         children: Some(STAGE_BODY),
         example: "stage \"builder\" from=\"golang:1.19\" { ... }",
     },
@@ -161,7 +162,7 @@ pub(super) const TOP: &[Spec] = &[
         max: Some(1),
         args: &[Str],
         args_doc: "1 name",
-        props: &[required("from", Str), prop("context", Str)],
+        props: &[required("from", Str), prop("context", Str), prop("platform", Str)],
         children: Some(IMAGE_BODY),
         example: "image \"app\" from=\"scratch\" { ... }",
     },
@@ -206,6 +207,16 @@ pub(super) const TOP: &[Spec] = &[
         example: "cache-to \"registry.example.com/team/cache\"",
     },
     Spec {
+        name: "platforms",
+        min: 1,
+        max: None,
+        args: &[Str],
+        args_doc: "at least 1 platform",
+        props: &[],
+        children: None,
+        example: "platforms \"linux/amd64\" \"linux/arm64\"",
+    },
+    Spec {
         name: "include",
         min: 1,
         max: None,
@@ -219,6 +230,16 @@ pub(super) const TOP: &[Spec] = &[
 
 /// Nodes inside `stage` and `image`.
 pub(super) const BODY: &[Spec] = &[
+    Spec {
+        name: "platforms",
+        min: 1,
+        max: None,
+        args: &[Str],
+        args_doc: "at least 1 platform",
+        props: &[],
+        children: None,
+        example: "platforms \"linux/amd64\" \"linux/arm64\"",
+    },
     Spec {
         name: "workdir",
         min: 1,
