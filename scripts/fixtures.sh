@@ -14,7 +14,15 @@
 #                                      gcc, golang: all by default) and push
 #                                      them to the registry at ADDR (e.g.
 #                                      127.0.0.1:5000) as ADDR/library/NAME:TAG
+#   scripts/fixtures.sh emulation      install qemu-user-static and register
+#                                      qemu-aarch64 with binfmt_misc (for
+#                                      linux/arm64 `run` steps)
 #   scripts/fixtures.sh gc             delete cached builds nothing points at
+#
+# busybox-arm64 and debian-arm64 are linux/arm64 trees, built only when
+# named (`build busybox-arm64`) or when `publish` is asked for
+# busybox-platforms or debian-platforms: the two-platform indexes pushed as
+# library/busybox and library/debian in place of the single-platform ones.
 #
 # Cache layout, under ${BAKE_FIXTURES:-/var/cache/bake-fixtures}:
 #   busybox-<key>/rootfs/       the root filesystem; never changed once made
@@ -49,7 +57,9 @@ suite=bookworm
 # Every file's mtime in a rootfs is set to this (Debian 12's release day), so
 # the same inputs make the same tree, and so the same image layer.
 epoch=1686355200
+# Built by default; `known` adds the ones built only when named.
 fixtures=(busybox debian)
+known=(busybox debian busybox-arm64 debian-arm64)
 
 die() {
   echo "fixtures: $*" >&2
@@ -134,6 +144,81 @@ make_busybox() {
   printf '%s\n' 'root:x:0:' 'nobody:x:65534:' >"$root/etc/group"
 }
 
+# qemu's user-mode emulators and their binfmt_misc registrations (root).
+need_qemu() {
+  if [[ $(dpkg-query -W -f='${Status}\n' qemu-user-static binfmt-support 2>/dev/null | grep -c 'ok installed') != 2 ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support >/dev/null
+  fi
+}
+
+# binfmt_misc mounted and qemu-aarch64 registered with the F flag, so arm64
+# programs run in a chroot or a sandbox (root).
+register_qemu() {
+  need_qemu
+  if [[ ! -e /proc/sys/fs/binfmt_misc/status ]]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  fi
+  if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
+    update-binfmts --enable qemu-aarch64
+  fi
+  grep -q '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 || die "qemu-aarch64 is registered without the F flag"
+}
+
+# Debian for linux/arm64: debootstrap's first stage here, its second stage
+# inside the tree under qemu (binfmt_misc), then cleaned as make_debian does
+# (written out again: make_debian's text is the amd64 tree's cache key).
+make_debian_arm64() {
+  local root=$1 mirror=$2 log=$3
+  register_qemu
+  interruptible debootstrap --variant=minbase --arch=arm64 --foreign \
+    "$suite" "$root" "$mirror" >"$log" 2>&1 </dev/null || {
+    tail -n 30 "$log" >&2
+    die "debootstrap (first stage) failed (full log: $log)"
+  }
+  interruptible chroot "$root" /debootstrap/debootstrap --second-stage >>"$log" 2>&1 </dev/null || {
+    tail -n 30 "$log" >&2
+    die "debootstrap (second stage, under qemu) failed (full log: $log)"
+  }
+  find "$root/var/cache/apt" "$root/var/lib/apt/lists" -mindepth 1 -delete
+  mkdir -p "$root/var/cache/apt/archives/partial"
+  printf 'deb %s %s main\n' "$mirror" "$suite" >"$root/etc/apt/sources.list"
+  rm -f "$root"/etc/{hostname,resolv.conf} "$root/var/lib/dbus/machine-id" \
+    "$root/var/cache/ldconfig/aux-cache" "$root"/var/cache/debconf/*-old \
+    "$root"/var/lib/dpkg/*-old "$root/var/log/bootstrap.log"
+  if [[ -e $root/etc/machine-id ]]; then : >"$root/etc/machine-id"; fi
+  find "$root/var/log" -type f -exec truncate -s 0 {} +
+}
+
+# Busybox for linux/arm64: Debian's arm64 busybox-static of the version the
+# host has (fetched with apt, as a foreign architecture), its applets listed
+# by running it under qemu-user-static.
+make_busybox_arm64() {
+  local root=$1 version=$2 tmp applet
+  need_qemu
+  tmp=$(mktemp -d)
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+  fi
+  if ! apt-cache show "busybox-static:arm64=$version" >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
+  (cd "$tmp" && apt-get download -qq "busybox-static:arm64=$version") 2>&1 | grep -v unsandboxed >&2 || true
+  dpkg-deb -x "$tmp"/busybox-static_*_arm64.deb "$tmp/x"
+  mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,home,var,dev,proc,sys}
+  install -d -m 0700 "$root/root"
+  install -d -m 1777 "$root/tmp"
+  install -m 0755 "$tmp/x/bin/busybox" "$root/bin/busybox"
+  rm -rf "$tmp"
+  for applet in $(qemu-aarch64-static "$root/bin/busybox" --list-full); do
+    [[ $applet == bin/busybox ]] && continue
+    mkdir -p "$root/$(dirname "$applet")"
+    ln -s /bin/busybox "$root/$applet"
+  done
+  printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' \
+    'nobody:x:65534:65534:nobody:/home:/bin/false' >"$root/etc/passwd"
+  printf '%s\n' 'root:x:0:' 'nobody:x:65534:' >"$root/etc/group"
+}
+
 # Debian: a minbase debootstrap, then cleaned the way base images are.
 make_debian() {
   local root=$1 mirror=$2 log=$3
@@ -190,6 +275,24 @@ check_busybox() {
     return 1
   }
 }
+# The arm64 tree's shell, run by qemu-user-static directly (no binfmt_misc
+# needed to build the fixture), says it is an aarch64 machine.
+check_busybox_arm64() {
+  local out
+  out=$(qemu-aarch64-static "$1/bin/busybox" sh -c 'echo ok; uname -m') || return 1
+  [[ $out == ok$'\n'aarch64 ]] || {
+    echo "$out" >&2
+    return 1
+  }
+}
+check_debian_arm64() {
+  local out
+  out=$(in_root "$1" /bin/bash -c 'apt-get --version; uname -m; cat /etc/os-release') || return 1
+  [[ $out == apt\ * && $out == *$'\n'aarch64$'\n'* && $out == *VERSION_CODENAME=$suite* ]] || {
+    echo "$out" >&2
+    return 1
+  }
+}
 check_debian() {
   local out
   out=$(in_root "$1" /bin/bash -c 'apt-get --version; cat /etc/os-release') || return 1
@@ -220,6 +323,21 @@ inputs() {
     echo "busybox-static: $version"
     declare -f make_busybox finish_rootfs
     ;;
+  busybox-arm64)
+    # The same version as the host's busybox-static, so the key is known
+    # offline and names exactly what is fetched.
+    version=$(pkg_version busybox-static)
+    echo "busybox-static:arm64: $version"
+    declare -f make_busybox_arm64 finish_rootfs
+    ;;
+  debian-arm64)
+    version=$(pkg_version debootstrap)
+    mirror=$(debian_mirror)
+    echo "debootstrap: $version"
+    echo "suite: $suite"
+    echo "mirror: $mirror"
+    declare -f make_debian_arm64 finish_rootfs
+    ;;
   debian)
     version=$(pkg_version debootstrap)
     mirror=$(debian_mirror)
@@ -228,7 +346,7 @@ inputs() {
     echo "mirror: $mirror"
     declare -f make_debian finish_rootfs
     ;;
-  *) die "unknown fixture: $1 (one of: ${fixtures[*]})" ;;
+  *) die "unknown fixture: $1 (one of: ${known[*]})" ;;
   esac
 }
 
@@ -284,17 +402,18 @@ build() {
   echo "fixtures: building $name (key ${key:0:12}) ..." >&2
   case $name in
   busybox) make_busybox "$build_dir/rootfs" ;;
-  debian)
+  busybox-arm64) make_busybox_arm64 "$build_dir/rootfs" "$(pkg_version busybox-static)" ;;
+  debian | debian-arm64)
     mirror=$(debian_mirror)
     # debootstrap downloads with wget, which reads the proxy from the environment.
     eval "$(apt-config shell http_proxy Acquire::http::Proxy https_proxy Acquire::https::Proxy)"
     export http_proxy https_proxy
     log=$(mktemp "${TMPDIR:-/tmp}/bake-debootstrap.XXXXXX.log") # kept if it fails
-    make_debian "$build_dir/rootfs" "$mirror" "$log"
+    "make_${name//-/_}" "$build_dir/rootfs" "$mirror" "$log"
     rm -f "$log"
     ;;
   esac
-  "check_$name" "$build_dir/rootfs" || die "$name: the smoke test in the new rootfs failed"
+  "check_${name//-/_}" "$build_dir/rootfs" || die "$name: the smoke test in the new rootfs failed"
   finish_rootfs "$build_dir/rootfs"
   chmod 0755 "$build_dir"
   mv -T "$build_dir" "$cache/$name-$key"
@@ -333,6 +452,10 @@ ensure() {
 # The images `publish` makes, in build order: gcc and golang start from the
 # debian image, which must be in the store first.
 images=(busybox debian gcc golang)
+# Published only when named: `busybox-platforms` (`debian-platforms`) is
+# busybox (debian) as an index of linux/amd64 and linux/arm64, pushed as
+# library/busybox (library/debian) in its place.
+extra_images=(busybox-platforms debian-platforms)
 
 # Bakes each image (all of them by default) into the fixture store and pushes
 # it to the registry at $1, tagged $1/library/NAME:TAG. The store keeps every
@@ -344,9 +467,12 @@ publish_all() {
   shift
   local wanted=("${@:-${images[@]}}")
   for name in "${wanted[@]}"; do
-    [[ " ${images[*]} " == *" $name "* ]] || die "unknown image: $name (one of: ${images[*]})"
+    [[ " ${images[*]} ${extra_images[*]} " == *" $name "* ]] ||
+      die "unknown image: $name (one of: ${images[*]} ${extra_images[*]})"
   done
   for name in "${fixtures[@]}"; do ensure "$name"; done
+  if [[ " ${wanted[*]} " == *" busybox-platforms "* ]]; then ensure busybox-arm64; fi
+  if [[ " ${wanted[*]} " == *" debian-platforms "* ]]; then ensure debian-arm64; fi
   local bake=${BAKE:-}
   if [[ -z $bake ]]; then
     cargo build --quiet --locked --manifest-path "$repo/Cargo.toml" -p bake-cli
@@ -359,14 +485,19 @@ publish_all() {
   if [[ " ${wanted[*]} " == *" gcc "* || " ${wanted[*]} " == *" golang "* ]]; then
     "$bake" -f "$cache/debian/build.kdl" build
   fi
-  for name in "${images[@]}"; do
+  for name in "${images[@]}" "${extra_images[@]}"; do
     [[ " ${wanted[*]} " == *" $name "* ]] || continue
+    local more=()
     case $name in
     busybox | debian) file=$cache/$name/build.kdl ;;
+    # Reads both rootfs trees of the cache: allowed outside its workspace.
+    busybox-platforms | debian-platforms)
+      file=$repo/fixtures/$name/build.kdl more=(--allow-path "$cache" --set "FIXTURES=$cache")
+      ;;
     *) file=$repo/fixtures/$name/build.kdl ;;
     esac
     echo "fixtures: publishing $name to $addr" >&2
-    "$bake" -f "$file" build --push --set "REGISTRY=$addr"
+    "$bake" -f "$file" build --push --set "REGISTRY=$addr" "${more[@]}"
   done
 }
 
@@ -382,7 +513,7 @@ build)
 verify)
   for name in "${fixtures[@]}"; do
     ensure "$name"
-    "check_$name" "$cache/$name/rootfs" || die "$name: smoke test failed"
+    "check_${name//-/_}" "$cache/$name/rootfs" || die "$name: smoke test failed"
     echo "$name: ok, $(summary "$(readlink -f "$cache/$name/rootfs")")"
   done
   ;;
@@ -394,6 +525,13 @@ path)
 inputs)
   [[ $# -eq 2 ]] || die "usage: $0 inputs NAME"
   inputs "$2"
+  ;;
+emulation)
+  # What foreign-architecture `run` steps need (root): qemu-user-static and
+  # binfmt-support installed, binfmt_misc mounted, qemu-aarch64 registered
+  # (with the F flag Debian's package sets). Idempotent.
+  ((EUID == 0)) || die "emulation needs root"
+  register_qemu
   ;;
 publish)
   # Bakes the fixture images in the fixture store and pushes them to ADDR,
@@ -411,7 +549,7 @@ gc)
   exec 9>>"$cache/.lock"
   flock 9
   keep=()
-  for name in "${fixtures[@]}"; do keep+=("$(readlink "$cache/$name" 2>/dev/null || true)"); done
+  for name in "${known[@]}"; do keep+=("$(readlink "$cache/$name" 2>/dev/null || true)"); done
   for dir in "$cache"/*-*/ "$cache"/.build-*/; do
     [[ -d $dir ]] || continue
     dir=${dir%/}

@@ -120,6 +120,11 @@ pub(crate) struct LoadArgs {
     #[arg(long = "allow-path", value_name = "DIR", env = "BAKE_ALLOW_PATHS", value_delimiter = ':')]
     pub allow_path: Vec<PathBuf>,
 
+    /// Build for these target platforms, over the files' `platforms`:
+    /// OS/ARCH[/VARIANT], comma-separated or repeated (linux/amd64,linux/arm64).
+    #[arg(long = "platform", value_name = "PLATFORM", value_delimiter = ',', value_parser = parse_platform)]
+    pub platform: Vec<bake_engine::platform::Platform>,
+
     /// The workspace root when `-C` was given (set before the command runs).
     #[arg(skip)]
     pub workspace: Option<PathBuf>,
@@ -346,6 +351,11 @@ pub(crate) struct RunArgs {
     #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]", value_parser = parse_volume)]
     pub volumes: Vec<bake_engine::sandbox::Mount>,
 
+    /// The platform to pull a reference for, and of a local image built for
+    /// several (default: this machine's).
+    #[arg(long = "platform", value_name = "PLATFORM", value_parser = parse_platform)]
+    pub platform: Option<bake_engine::platform::Platform>,
+
     /// IMAGE: a name from `bake images` (image, stage or tag), or a reference
     /// to pull when the store does not have it. Then the command and its
     /// arguments, instead of the image's cmd (an optional `--` first). Options
@@ -409,6 +419,10 @@ fn parse_cache(s: &str) -> Result<bake_engine::exec::CacheRef, String> {
 
 fn parse_output(s: &str) -> Result<bake_engine::exec::Output, String> {
     s.parse()
+}
+
+fn parse_platform(s: &str) -> Result<bake_engine::platform::Platform, String> {
+    s.parse().map_err(|e: bake_engine::platform::PlatformError| e.to_string())
 }
 
 fn parse_set(s: &str) -> Result<(String, String), String> {

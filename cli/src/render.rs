@@ -313,6 +313,9 @@ fn plain_line(event: &Event) -> Option<String> {
             )
         }
         Event::Image { name, digest, size, .. } => format!("image    {name} {} ({})", short(digest), human(*size)),
+        Event::Index { name, digest, platforms } => {
+            format!("index    {name} {} ({})", short(digest), platforms.join(", "))
+        }
         Event::Pushed { tag, digest } => format!("pushed   {tag} {}", short(digest)),
         Event::CacheExported { reference, entries } => {
             format!("cache    {} exported to {reference}", count_as(*entries, "entry", "entries"))

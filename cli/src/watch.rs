@@ -50,7 +50,11 @@ fn millis(d: Duration) -> u128 {
 /// failures and warnings; cached steps stay quiet.
 fn render(event: Event) {
     match event {
-        Event::Cached { .. } | Event::Planned { .. } | Event::Transfer { .. } | Event::Image { .. } => {}
+        Event::Cached { .. }
+        | Event::Planned { .. }
+        | Event::Transfer { .. }
+        | Event::Image { .. }
+        | Event::Index { .. } => {}
         other => crate::render::plain(&other),
     }
 }

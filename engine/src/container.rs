@@ -121,6 +121,9 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// Host paths bound into the container.
     pub volumes: Vec<Mount>,
+    /// `--platform`: the platform a reference is pulled for (`None`: this
+    /// machine's).
+    pub platform: Option<crate::platform::Platform>,
 }
 
 /// An image ready to run.
@@ -150,7 +153,8 @@ impl Engine {
         options: &RunOptions,
         events: &dyn Events,
     ) -> Result<Container, ContainerError> {
-        let (name, digest, result) = self.runnable(image, events).await?;
+        let platform = options.platform.clone().unwrap_or_else(crate::platform::Platform::host);
+        let (name, digest, result) = self.runnable(image, &platform, events).await?;
         let config = ImageConfig::from_json(&self.store.read_blob(&result.config).map_err(ExecError::from)?)
             .map_err(|_| ExecError::Image(crate::image::ImageError::BadManifest { digest: digest.to_string() }))?;
         let args = command(&config, options).ok_or_else(|| ContainerError::NoCommand { name: image.to_owned() })?;
@@ -209,13 +213,29 @@ impl Engine {
 
     /// The image a `bake run` argument names: by its name in the store, else
     /// as a reference, from the store or pulled.
-    async fn runnable(&self, image: &str, events: &dyn Events) -> Result<(String, Digest, FsResult), ContainerError> {
+    async fn runnable(
+        &self,
+        image: &str,
+        platform: &crate::platform::Platform,
+        events: &dyn Events,
+    ) -> Result<(String, Digest, FsResult), ContainerError> {
         let store = &self.store;
-        if let Some(record) = store.image(image).map_err(ExecError::from)?
-            && let Ok(result) = crate::exec::fs_result(store, &record.manifest)
-            && result.layers.iter().all(|l| store.has_blob(&l.digest))
-        {
-            return Ok((image.to_owned(), record.manifest, result));
+        // An image built for several platforms: its platform's own record,
+        // else the platform's entry of the index its name holds.
+        for name in [format!("{image} [{platform}]"), image.to_owned()] {
+            let Some(record) = store.image(&name).map_err(ExecError::from)? else { continue };
+            let manifest = if record.media_type == crate::oci::media::OCI_INDEX {
+                let entries = crate::image::index_platforms(store, &record.manifest);
+                let Some(best) = platform.best(entries.iter().map(|(_, p)| p)) else { continue };
+                entries[best].0.clone()
+            } else {
+                record.manifest
+            };
+            if let Ok(result) = crate::exec::fs_result(store, &manifest)
+                && result.layers.iter().all(|l| store.has_blob(&l.digest))
+            {
+                return Ok((name, manifest, result));
+            }
         }
         let help = self.local_names_help(image);
         let reference = ImageRef::parse(image).map_err(|e| ContainerError::UnknownImage {
@@ -223,13 +243,14 @@ impl Engine {
             reason: e.to_string(),
             help: help.clone(),
         })?;
-        match self.local_image(&reference, false, events).await {
-            Ok((digest, result)) => Ok((reference.to_string(), digest, result)),
+        match self.local_image(&reference, platform, false, events).await {
+            Ok((digest, result)) => Ok((crate::graph::base_name(&reference, platform), digest, result)),
             Err(ExecError::Registry(
                 e @ (RegistryError::NotFound { .. }
                 | RegistryError::Unauthorized { .. }
                 | RegistryError::Denied { .. }
-                | RegistryError::NoPlatform { .. }),
+                | RegistryError::NoPlatform { .. }
+                | RegistryError::WrongPlatform { .. }),
             )) => Err(ContainerError::UnknownImage { name: image.to_owned(), reason: e.to_string(), help }),
             Err(e) => Err(ContainerError::Pull { name: image.to_owned(), source: e, help }),
         }

@@ -9,7 +9,7 @@
 //!   [`hostile_layers`] (`tarball.rs`) builds their seeds.
 //! - [`manifest`] (`documents.rs`): registry bytes as manifests, indexes and
 //!   image configs.
-//! - [`dockerfile`] (`dockerfile.rs`): text as a Dockerfile, parsed and
+//! - [`dockerfile()`] (`dockerfile.rs`): text as a Dockerfile, parsed and
 //!   expanded.
 
 mod dockerfile;

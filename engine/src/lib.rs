@@ -65,6 +65,7 @@ pub mod image;
 pub mod lang;
 pub mod layer;
 pub mod oci;
+pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod sandbox;

@@ -176,6 +176,7 @@ cases! {
     bk_health => "bk-health",
     bk_heredocs => "bk-heredocs",
     bk_influxdb => "bk-influxdb",
+    bk_instruction_errors => "bk-instruction-errors",
     bk_jeztah_invalid_json_json_inside_string => "bk-jeztah-invalid-json-json-inside-string",
     bk_jeztah_invalid_json_json_inside_string_double => "bk-jeztah-invalid-json-json-inside-string-double",
     bk_jeztah_invalid_json_single_quotes => "bk-jeztah-invalid-json-single-quotes",
@@ -344,6 +345,21 @@ fn hostile_files_end_in_an_error_fast() {
     let long = "a".repeat(1 << 19);
     let grow = dockerfile::expand_word("${V//$E/0123456789}", '\\', &|n| (n == "V").then(|| long.clone()));
     assert!(grow.is_err_and(|e| e.0.contains("longer than")));
+    // A variable doubled up to the per-word bound, then used over and over,
+    // stops at the bound on all expansions of the file.
+    let mut scope = Scope::new(
+        '\\',
+        BTreeMap::new(),
+        &dockerfile::Platform::linux_amd64(),
+        &dockerfile::Platform::linux_amd64(),
+        None,
+    );
+    scope.set_env("A", &"x".repeat(1 << 19));
+    let stage = scope.stage(&[("A".to_owned(), "x".repeat(1 << 19))]);
+    let results: Vec<_> = (0..200).map(|_| stage.expand("$A$A")).collect();
+    assert!(results[0].is_ok());
+    let spent = results.iter().position(Result::is_err).expect("the total bound");
+    assert_eq!(spent, dockerfile::MAX_EXPANDED_TOTAL / (1 << 20));
     let fine = format!("{}x{}", "${a:-".repeat(20), "}".repeat(20));
     assert_eq!(dockerfile::expand_word(&fine, '\\', &|_| None).map(|e| e.value), Ok("x".to_owned()));
 }

@@ -109,3 +109,120 @@ stage "b" from="a" { }"#;
     let shown = format!("{:?}", miette::Report::new(err));
     assert!(shown.contains("a -> b -> a") || shown.contains("b -> a -> b"), "{shown}");
 }
+
+fn load_for(text: &str, platforms: &[&str]) -> Result<Workspace, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LoadOptions {
+        platforms: platforms.iter().map(|p| p.parse().expect("platform")).collect(),
+        build_platform: Some("linux/amd64".parse().expect("platform")),
+        ..LoadOptions::default()
+    };
+    load_str("build.kdl", dir.path(), text, &options).map_err(|e| format!("{:?}", miette::Report::new(e)))
+}
+
+/// Each stage instance as `instance platform`.
+fn instances(ws: &Workspace) -> Vec<String> {
+    ws.stages.iter().map(|s| format!("{} {}", s.instance, s.platform)).collect()
+}
+
+const PLATFORMS: &str = r#"
+platforms "linux/amd64" "linux/arm64"
+
+stage "tools" from="golang:1.19" platform="${BUILDPLATFORM}" {
+    run "go install tool"
+}
+stage "cross" from="tools" {
+    run "GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build -o /app"
+}
+stage "base" from="debian:bookworm-slim" {
+    run "uname -m"
+}
+stage "files" from="scratch" {
+    copy "f" to="/f"
+}
+image "app" from="scratch" {
+    copy "/app" to="/app" from="cross"
+    copy "/f" to="/f" from="files"
+}
+"#;
+
+#[test]
+fn a_stage_is_instantiated_per_target_only_when_it_depends_on_it() {
+    let ws = load_for(PLATFORMS, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        instances(&ws),
+        [
+            "tools linux/amd64",
+            // Pinned through its base, but uses TARGETARCH.
+            "cross[linux/amd64] linux/amd64",
+            "cross[linux/arm64] linux/amd64",
+            "base[linux/amd64] linux/amd64",
+            "base[linux/arm64] linux/arm64",
+            "files linux/amd64",
+            "app[linux/amd64] linux/amd64",
+            "app[linux/arm64] linux/arm64",
+        ]
+    );
+    let cross_arm = &ws.stages[2];
+    assert_eq!(cross_arm.args_used.get("TARGETARCH").map(String::as_str), Some("arm64"));
+    assert!(matches!(&cross_arm.instructions[0].kind, InstructionKind::Run(r) if r.script.contains("GOARCH=arm64")));
+    // Each image instance copies from its own platform's `cross`.
+    let app_arm = &ws.stages[7];
+    assert!(
+        matches!(&app_arm.instructions[0].kind, InstructionKind::Copy(c) if c.from == bake_engine::lang::CopySource::Stage(2))
+    );
+    assert_eq!(app_arm.image.as_ref().map(|i| i.build_for.len()), Some(2));
+}
+
+#[test]
+fn the_command_line_wins_and_one_platform_keeps_plain_names() {
+    let ws = load_for(PLATFORMS, &["linux/arm64"]).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = ws.stages.iter().map(|s| s.instance.as_str()).collect();
+    assert_eq!(names, ["tools", "cross", "base", "files", "app"]);
+    assert_eq!(ws.stages[4].platform.to_string(), "linux/arm64");
+    // No platform anywhere: the build machine's, and no instance names.
+    let plain = load_for("stage \"a\" from=\"busybox\" { run \"echo ${TARGETPLATFORM} ${BUILDARCH}\" }", &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(&plain.stages[0].instructions[0].kind, InstructionKind::Run(r) if r.script == "echo linux/amd64 amd64")
+    );
+    assert_eq!(plain.stages[0].instance, "a");
+}
+
+#[test]
+fn a_base_may_name_a_stage_per_target() {
+    let ws = load_for(
+        r#"
+stage "amd64" from="scratch" { copy "a" to="/a" }
+stage "arm64" from="scratch" { copy "b" to="/b" }
+image "x" from="${TARGETARCH}" { platforms "linux/amd64" "linux/arm64" }
+"#,
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bases: Vec<String> = ws.stages[2..]
+        .iter()
+        .map(|s| match &s.from {
+            bake_engine::lang::Base::Stage(p) => format!("{} {}", ws.stages[*p].name, s.platform),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    // The image says its own platform, not the shared stage's.
+    assert_eq!(bases, ["amd64 linux/amd64", "arm64 linux/arm64"]);
+}
+
+#[test]
+fn platform_mistakes_are_reported() {
+    let err = load_for("image \"a\" from=\"scratch\" { platforms \"linux/z80\" }", &[]).expect_err("bad platform");
+    assert!(err.contains("`linux/z80` is not a platform") && err.contains("unknown architecture"), "{err}");
+    let err = load_for("stage \"a\" from=\"busybox\" platform=\"linux\\\\amd64\" {}", &[]).expect_err("bad pin");
+    assert!(err.contains("is not a platform"), "{err}");
+    let many: Vec<String> = (0..17).map(|i| format!("\"linux/arm/v{}\"", i + 10)).collect();
+    let err = load_for(&format!("platforms {}\nimage \"a\" from=\"scratch\" {{}}", many.join(" ")), &[])
+        .expect_err("too many");
+    assert!(err.contains("too many target platforms"), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LoadOptions { set: vec![("TARGETARCH".to_owned(), "x".to_owned())], ..LoadOptions::default() };
+    let err = load_str("build.kdl", dir.path(), "stage \"a\" from=\"scratch\" {}", &options).expect_err("set");
+    assert!(format!("{:?}", miette::Report::new(err)).contains("cannot change a predefined arg"));
+}

@@ -241,9 +241,9 @@ impl Case {
     }
 
     /// Builds the Dockerfile with bake (`args`: `--build-arg`, `--secret`,
-    /// `--target`...) and loads it into Docker as `bake-df/NAME:bake`.
+    /// `--target`...) and loads it into Docker as [`Case::tag`] `bake`.
     pub(crate) fn build_with_bake(&self, dockerfile: &str, args: &[&str]) -> String {
-        let tag = format!("bake-df/{}:bake", self.name);
+        let tag = self.tag("bake");
         let archive = self.dir.path().join("bake-image.tar");
         let dest = format!("type=docker,dest={}", archive.display());
         let mut all = vec!["-f", dockerfile, "build", "-t", &tag, "-o", &dest];
@@ -255,9 +255,9 @@ impl Case {
         tag
     }
 
-    /// Builds the Dockerfile with Docker's BuildKit as `bake-df/NAME:buildkit`.
+    /// Builds the Dockerfile with Docker's BuildKit as [`Case::tag`] `buildkit`.
     pub(crate) fn build_with_buildkit(&self, dockerfile: &str, args: &[&str]) -> String {
-        let tag = format!("bake-df/{}:buildkit", self.name);
+        let tag = self.tag("buildkit");
         let context = self.dir.path().display().to_string();
         let file = self.dir.path().join(dockerfile).display().to_string();
         let mut all = vec!["-q", "--network", "host", "-f", &file, "-t", &tag];
@@ -265,6 +265,13 @@ impl Case {
         all.push(&context);
         docker::buildkit(&all);
         tag
+    }
+
+    /// The image name of one build of this case: `bake-df/NAME-PID:WHO`.
+    /// The process id keeps two test runs sharing the engine (two
+    /// checkouts) from removing each other's images.
+    pub(crate) fn tag(&self, who: &str) -> String {
+        format!("bake-df/{}-{}:{who}", self.name, std::process::id())
     }
 
     /// Builds `Dockerfile` with both and asserts the images agree.
@@ -302,7 +309,7 @@ impl Case {
 impl Drop for Case {
     fn drop(&mut self) {
         for tag in ["bake", "buildkit"] {
-            let _ = docker::output(&["rmi", "-f", &format!("bake-df/{}:{tag}", self.name)]);
+            let _ = docker::output(&["rmi", "-f", &self.tag(tag)]);
         }
     }
 }
@@ -391,14 +398,15 @@ fn a_dockerfile_node_in_build_kdl_gives_what_one_whole_dockerfile_gives() {
     // steps written as one Dockerfile.
     let archive = case.dir.path().join("app.tar");
     let dest = format!("type=docker,dest={}", archive.display());
-    let built = case.bake(&["build", "app", "--set", "FLAVOUR=spicy", "-o", &dest]);
+    let ours = case.tag("bake");
+    let set_tag = format!("TAG={ours}");
+    let built = case.bake(&["build", "app", "--set", "FLAVOUR=spicy", "--set", &set_tag, "-o", &dest]);
     assert_eq!(built.code, 0, "{}", built.render());
     docker::load(&archive);
     let theirs = case.build_with_buildkit("equivalent.Dockerfile", &["--build-arg", "FLAVOUR=spicy"]);
-    let ours = "bake-df/kdl-mix:bake";
-    let diff = compare(ours, &theirs, &["mnt", "t"]);
+    let diff = compare(&ours, &theirs, &["mnt", "t"]);
     assert!(diff.is_empty(), "the mixed build differs from BuildKit's image:\n{}", diff.join("\n"));
-    assert_eq!(docker::run(&[ours]), "hello from svc\nflavour: spicy\nsecond\n");
+    assert_eq!(docker::run(&[&ours]), "hello from svc\nflavour: spicy\nsecond\n");
 }
 
 #[test]

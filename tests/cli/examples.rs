@@ -36,7 +36,7 @@ struct Example {
 
 /// The fixture store is shared by every test: publishing is one at a time, so
 /// that two tests never both build a toolchain image the first time.
-static PUBLISH: Mutex<()> = Mutex::new(());
+pub(crate) static PUBLISH: Mutex<()> = Mutex::new(());
 
 impl Example {
     /// Starts a registry holding the base `images` (names from

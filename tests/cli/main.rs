@@ -15,6 +15,7 @@ mod hostile;
 mod images;
 mod lang;
 mod plan;
+mod platform;
 #[path = "../../engine/tests/common/registry.rs"]
 mod registry;
 mod run;

@@ -19,9 +19,11 @@
 //! stage's base environment is and calls them in instruction order.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::instructions::{ArgDecl, Word};
-use super::limits::MAX_EXPANDED;
+use super::limits::{MAX_EXPANDED, MAX_EXPANDED_TOTAL};
 use super::shell::{Expanded, Lexer, ShellError};
 
 /// The args BuildKit defines without an `ARG` in the global scope (a stage
@@ -99,6 +101,8 @@ pub struct Scope {
     vars: BTreeMap<String, String>,
     /// Names declared with ARG in this scope.
     declared: BTreeSet<String>,
+    /// Bytes expanded so far by this scope and every scope made from it.
+    spent: Arc<AtomicUsize>,
 }
 
 impl Scope {
@@ -129,7 +133,8 @@ impl Scope {
             let v = build_args.get(k).cloned().unwrap_or(v);
             global.insert(k.to_owned(), v);
         }
-        Self { escape, build_args, vars: global.clone(), global, declared: BTreeSet::new() }
+        let spent = Arc::new(AtomicUsize::new(0));
+        Self { escape, build_args, vars: global.clone(), global, declared: BTreeSet::new(), spent }
     }
 
     /// Declares the global ARGs before the first `FROM`, in order. Returns
@@ -154,6 +159,7 @@ impl Scope {
             global: self.global.clone(),
             vars,
             declared: BTreeSet::new(),
+            spent: Arc::clone(&self.spent),
         }
     }
 
@@ -206,10 +212,10 @@ impl Scope {
     /// Expands one word (quotes, escapes, variables) in this scope.
     pub fn expand(&self, word: &str) -> Result<Expanded, ShellError> {
         let lookup = |name: &str| self.vars.get(name).cloned();
-        let out = Lexer::new(self.escape).process(word, &lookup)?;
-        if out.value.len() > MAX_EXPANDED {
-            return Err(ShellError(format!("expansion longer than {MAX_EXPANDED} bytes")));
-        }
+        let mut lexer = Lexer::new(self.escape);
+        lexer.split = false;
+        let out = lexer.process(word, &lookup)?;
+        self.spend(&out)?;
         Ok(out)
     }
 
@@ -220,15 +226,31 @@ impl Scope {
         let lookup = |name: &str| self.vars.get(name).cloned();
         let mut lexer = Lexer::new('\\');
         lexer.skip_quotes = true;
+        lexer.split = false;
         let out = lexer.process(body, &lookup)?;
+        self.spend(&out)?;
+        Ok(out)
+    }
+
+    /// Counts an expansion against the bounds of one word and of all words.
+    fn spend(&self, out: &Expanded) -> Result<(), ShellError> {
         if out.value.len() > MAX_EXPANDED {
             return Err(ShellError(format!("expansion longer than {MAX_EXPANDED} bytes")));
         }
-        Ok(out)
+        let total = self.spent.fetch_add(out.value.len(), Ordering::Relaxed) + out.value.len();
+        if total > MAX_EXPANDED_TOTAL {
+            return Err(ShellError(format!(
+                "expansions of this Dockerfile add up to more than {MAX_EXPANDED_TOTAL} bytes"
+            )));
+        }
+        Ok(())
     }
 
     /// Expands one word and splits it into words (EXPOSE).
     pub fn expand_words(&self, word: &str) -> Result<Vec<String>, ShellError> {
-        self.expand(word).map(|e| e.words)
+        let lookup = |name: &str| self.vars.get(name).cloned();
+        let out = Lexer::new(self.escape).process(word, &lookup)?;
+        self.spend(&out)?;
+        Ok(out.words)
     }
 }

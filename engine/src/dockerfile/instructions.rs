@@ -985,7 +985,8 @@ fn copy_or_add(args: &mut Args<'_>) -> Result<Kind, DockerfileError> {
     };
     let mut words = words;
     let dest = words.pop().ok_or_else(|| args.at_least_one())?;
-    if !json && heredoc_of(&dest.text).is_some() {
+    // BuildKit reads markers in the JSON form too (no body follows them there).
+    if heredoc_of(&dest.text).is_some() {
         return Err(args.ctx.error(
             ErrorKind::Heredoc,
             dest.span,
@@ -994,7 +995,7 @@ fn copy_or_add(args: &mut Args<'_>) -> Result<Kind, DockerfileError> {
     }
     let mut sources = Vec::new();
     for word in words {
-        let doc = if json { None } else { heredoc_of(&word.text) };
+        let doc = heredoc_of(&word.text);
         match doc {
             Some((_, chomp, name, expand)) => {
                 let found = args.heredocs.iter().rev().find(|h| h.name == name).cloned();

@@ -26,3 +26,8 @@ pub const MAX_EXPANSION_DEPTH: usize = 64;
 
 /// Longest result of expanding one word, in bytes.
 pub const MAX_EXPANDED: usize = 1 << 20;
+
+/// Most bytes all expansions from one global [`Scope`](super::Scope) (one
+/// build of one Dockerfile) may produce: an ENV that doubles itself twenty
+/// times, used by 100,000 instructions, would otherwise copy 100 GB.
+pub const MAX_EXPANDED_TOTAL: usize = 64 << 20;

@@ -45,7 +45,9 @@ pub use instructions::{
     HealthcheckCmd, Heredoc, INSTRUCTIONS, Instruction, KeyValue, Kind, Mount, MountFlag, MountType, Network, Run,
     Security, Sharing, Source, Word,
 };
-pub use limits::{MAX_EXPANDED, MAX_EXPANSION_DEPTH, MAX_FILE_SIZE, MAX_HEREDOCS, MAX_INSTRUCTIONS, MAX_LINE};
+pub use limits::{
+    MAX_EXPANDED, MAX_EXPANDED_TOTAL, MAX_EXPANSION_DEPTH, MAX_FILE_SIZE, MAX_HEREDOCS, MAX_INSTRUCTIONS, MAX_LINE,
+};
 pub use shell::{Expanded, ShellError, Words, expand_word, expand_words};
 
 use crate::lang::{SourceFile, Src};

@@ -42,7 +42,8 @@ pub struct ShellError(pub String);
 pub struct Expanded {
     /// The word as one string (quotes removed, variables replaced).
     pub value: String,
-    /// The same, split into words at unquoted whitespace.
+    /// The same, split into words at unquoted whitespace (left empty by
+    /// [`Scope::expand`](super::Scope::expand), which only needs the value).
     pub words: Vec<String>,
     /// Variables read that had a value.
     pub used: BTreeSet<String>,
@@ -76,11 +77,14 @@ pub(crate) struct Lexer {
     pub(crate) skip_unset: bool,
     /// Treat quotes as ordinary characters (heredoc bodies).
     pub(crate) skip_quotes: bool,
+    /// Split the result into words too (off when only the value is wanted:
+    /// splitting copies every byte of every value once more).
+    pub(crate) split: bool,
 }
 
 impl Lexer {
     pub(crate) fn new(escape: char) -> Self {
-        Self { escape, raw_quotes: false, raw_escapes: false, skip_unset: false, skip_quotes: false }
+        Self { escape, raw_quotes: false, raw_escapes: false, skip_unset: false, skip_quotes: false, split: true }
     }
 
     pub(crate) fn process(self, word: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Expanded, ShellError> {
@@ -103,15 +107,22 @@ struct State<'a> {
 }
 
 /// Words being split: BuildKit's `wordsStruct`.
-#[derive(Default)]
 struct Splitter {
     buf: String,
     words: Vec<String>,
     in_word: bool,
+    enabled: bool,
 }
 
 impl Splitter {
+    fn new(enabled: bool) -> Self {
+        Self { buf: String::new(), words: Vec::new(), in_word: false, enabled }
+    }
+
     fn add_char(&mut self, ch: char) {
+        if !self.enabled {
+            return;
+        }
         if ch.is_whitespace() && self.in_word {
             if !self.buf.is_empty() {
                 self.words.push(std::mem::take(&mut self.buf));
@@ -123,17 +134,26 @@ impl Splitter {
     }
 
     fn add_raw_char(&mut self, ch: char) {
+        if !self.enabled {
+            return;
+        }
         self.buf.push(ch);
         self.in_word = true;
     }
 
     fn add_string(&mut self, s: &str) {
+        if !self.enabled {
+            return;
+        }
         for ch in s.chars() {
             self.add_char(ch);
         }
     }
 
     fn add_raw_string(&mut self, s: &str) {
+        if !self.enabled {
+            return;
+        }
         self.buf.push_str(s);
         self.in_word = true;
     }
@@ -196,7 +216,7 @@ impl State<'_> {
 
     fn stop_on_inner(&mut self, stop: Option<char>, raw_escapes: bool) -> Result<(String, Vec<String>), ShellError> {
         let mut result = String::new();
-        let mut words = Splitter::default();
+        let mut words = Splitter::new(self.lex.split);
         while let Some(ch) = self.peek() {
             if stop == Some(ch) {
                 self.pos += 1;

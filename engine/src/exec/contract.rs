@@ -58,6 +58,10 @@ pub enum ExecError {
     #[diagnostic(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Emulation(#[from] crate::platform::EmulationError),
+
     /// Something the user wrote cannot be carried out.
     #[error("{message}")]
     #[diagnostic(code(bake::exec::step))]
@@ -88,6 +92,22 @@ pub enum ExecError {
         /// The build's other insecure steps, reported at once.
         #[related]
         others: Vec<ExecError>,
+    },
+
+    /// A base image without the platform a stage is built for, pointed at
+    /// the `from=` that names it.
+    /// (The registry's `no_platform` or `wrong_platform`, with a span.)
+    #[error("{message}")]
+    #[diagnostic(code(bake::exec::base_platform))]
+    BasePlatform {
+        message: String,
+        #[help]
+        help: Option<String>,
+        #[source_code]
+        src: crate::lang::Src,
+        #[label("resolved for {platform}")]
+        at: SourceSpan,
+        platform: String,
     },
 
     #[error("{} changed while the build was copying it", path.display())]
@@ -232,7 +252,9 @@ impl ExecError {
             Self::Layer(e) => e.tier(),
             Self::Image(e) => e.tier(),
             Self::Sandbox(e) => e.tier(),
+            Self::Emulation(e) => e.tier(),
             Self::Step { .. }
+            | Self::BasePlatform { .. }
             | Self::InsecureNotAllowed { .. }
             | Self::SecretNotFile { .. }
             | Self::SecretTooLarge { .. }
@@ -481,6 +503,13 @@ pub enum Event {
         cached: usize,
         /// Since the build started.
         millis: u64,
+    },
+    /// An image built for several platforms was written to the store as
+    /// an index of their manifests.
+    Index {
+        name: String,
+        digest: String,
+        platforms: Vec<String>,
     },
     /// A tag was pushed.
     Pushed {

@@ -108,7 +108,7 @@ impl<'a> Build<'a> {
                     let pull = plan
                         .graph
                         .neighbors_directed(n, petgraph::Direction::Incoming)
-                        .find(|p| matches!(&plan.graph[*p].op, Op::Pull { image } if image == r));
+                        .find(|p| matches!(&plan.graph[*p].op, Op::Pull { image, .. } if image == r));
                     let pull = pull.ok_or_else(|| ExecError::NoPull { image: r.to_string() })?;
                     run::BindSource::Fs(view.result(plan, pull)?, format!("image `{r}`"))
                 }
@@ -135,7 +135,7 @@ impl<'a> Build<'a> {
                         let pull = plan
                             .graph
                             .neighbors_directed(n, petgraph::Direction::Incoming)
-                            .find(|p| matches!(&plan.graph[*p].op, Op::Pull { image } if image == r));
+                            .find(|p| matches!(&plan.graph[*p].op, Op::Pull { image, .. } if image == r));
                         let pull = pull.ok_or_else(|| ExecError::NoPull { image: r.to_string() })?;
                         copy::Source::Fs(view.result(plan, pull)?, format!("image `{r}`"))
                     }
@@ -190,12 +190,30 @@ impl<'a> Build<'a> {
         let mut config = match parent {
             Some(p) => ImageConfig::from_json(&self.engine.store.read_blob(&p.config)?)
                 .map_err(|e| ExecError::BadConfig { digest: p.config.to_string(), message: e.to_string() })?,
-            None => ImageConfig::scratch(),
+            None => ImageConfig::scratch_for(&self.ws.stages[stage].platform),
         };
+        // A stage on scratch or on another stage says its own platform (an
+        // image on a stage shared by every platform is each platform's);
+        // an image's config already says its own, checked when resolved.
+        // Only when it names another OS or architecture: a variant the base
+        // image's config names is kept.
+        let s = &self.ws.stages[stage];
+        let named = config.platform().map(|p| (p.os, p.architecture));
+        if !matches!(s.from, crate::lang::Base::Image(_))
+            && named != Some((s.platform.os.clone(), s.platform.architecture.clone()))
+        {
+            config.set_platform(&s.platform);
+        }
         let start = plan.graph[n]
             .chain
             .and_then(|p| match &plan.graph[p].op {
-                Op::Copy { stage: s, index: i, .. } | Op::Run { stage: s, index: i, .. } if *s == stage => Some(i + 1),
+                // The same stage, or another platform's instance of it whose
+                // first steps this one shares (`graph`'s step sharing).
+                Op::Copy { stage: s, index: i, .. } | Op::Run { stage: s, index: i, .. }
+                    if self.ws.stages[*s].name == self.ws.stages[stage].name =>
+                {
+                    Some(i + 1)
+                }
                 _ => None,
             })
             .unwrap_or(0);

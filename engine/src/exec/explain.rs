@@ -206,14 +206,14 @@ fn diff(home: &Home, plan: &Plan, ws: &Workspace, n: petgraph::graph::NodeIndex,
             let p =
                 plan.graph.neighbors_directed(n, petgraph::Direction::Incoming).find(|p| plan.graph[*p].id == parent);
             if let Some(p) = p
-                && let Op::Pull { image } = &plan.graph[p].op
+                && let Op::Pull { image, platform } = &plan.graph[p].op
                 && let Some(prev) = read_last(home, ws, &plan.graph[p].id)
             {
                 let digest = |inputs: &Inputs| inputs.iter().find(|(k, _)| k == "digest").map(|(_, v)| v.clone());
                 let (before, now) = (digest(&prev.inputs), digest(&plan.graph[p].inputs));
                 if before != now {
                     reasons.push(Reason::BaseChanged {
-                        image: image.to_string(),
+                        image: crate::graph::base_name(image, platform),
                         old: before.unwrap_or_default(),
                         new: now.unwrap_or_default(),
                     });

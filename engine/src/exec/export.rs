@@ -35,6 +35,9 @@ struct Exported {
     /// Its stage's node.
     node: NodeIndex,
     stage: StageId,
+    manifest: crate::image::Manifest,
+    /// Whether its layers are in the store.
+    local: bool,
 }
 
 impl Build<'_> {
@@ -62,6 +65,7 @@ impl Build<'_> {
                 _ => {}
             }
         }
+        tokio::task::block_in_place(|| self.export_indexes(&mut images, report))?;
         for output in &self.options.outputs {
             tokio::task::block_in_place(|| self.write_output(output, &images, &artifacts))?;
             let (what, dest) = match output {
@@ -105,18 +109,33 @@ impl Build<'_> {
         let out = s.image.clone().unwrap_or_default();
         let manifest = crate::image::write_manifest(store, &config, &result.layers, &out.annotations, &self.created)?;
         let tags: Vec<ImageRef> = out.tags.iter().map(|(t, _)| t.clone()).collect();
+        // One platform of an image built for several: recorded under its
+        // name and platform; the name and tags go to the index
+        // (`export_indexes`).
+        let several = s.target.is_some()
+            && match &s.image {
+                Some(image) => image.build_for.len() > 1,
+                // A stage built on its own for every target platform.
+                None => s.instance != s.name,
+            };
+        let name = match (&s.target, several) {
+            (Some(target), true) => format!("{} [{target}]", s.name),
+            _ => s.name.clone(),
+        };
         // An image whose layers stay in the registry is not recorded
         // locally: the store only names complete images.
         if local {
-            store.set_image(&s.name, &manifest.record)?;
-            for t in &tags {
-                store.set_image(&t.to_string(), &manifest.record)?;
+            store.set_image(&name, &manifest.record)?;
+            if !several {
+                for t in &tags {
+                    store.set_image(&t.to_string(), &manifest.record)?;
+                }
             }
         }
         let (executed, cached) = step_counts(plan, state, node);
         let millis = self.millis_since_start();
         self.events.event(Event::Image {
-            name: s.name.clone(),
+            name: name.clone(),
             digest: manifest.digest.to_string(),
             size: manifest.record.size,
             layers: result.layers.len(),
@@ -125,7 +144,7 @@ impl Build<'_> {
             millis,
         });
         report.images.push(BuiltImage {
-            name: s.name.clone(),
+            name: name.clone(),
             digest: manifest.digest.clone(),
             tags: tags.clone(),
             record: manifest.record.clone(),
@@ -135,14 +154,68 @@ impl Build<'_> {
             millis,
         });
         let image = ExportImage {
-            manifest: manifest.digest,
-            media_type: manifest.media_type,
-            config: manifest.config,
+            manifest: manifest.digest.clone(),
+            media_type: manifest.media_type.clone(),
+            config: manifest.config.clone(),
             layers: result.layers.iter().map(|l| l.digest.clone()).collect(),
             tags,
-            name: s.name.clone(),
+            // Only an image's platforms make an index: a stage pinned to
+            // the build platform is the same platform for every target.
+            name: if s.image.is_some() { s.name.clone() } else { name.clone() },
+            platform: (several && s.image.is_some()).then(|| s.platform.clone()),
+            index: None,
         };
-        Ok(Some(Exported { image, result, node, stage }))
+        Ok(Some(Exported { image, result, node, stage, manifest, local }))
+    }
+
+    /// The images built for several platforms, each as an OCI index of its
+    /// platforms' manifests, recorded under the image's name and tags when
+    /// every platform is local.
+    fn export_indexes(&self, images: &mut [Exported], report: &mut BuildReport) -> Result<(), ExecError> {
+        let store = &self.engine.store;
+        let mut names: Vec<String> = Vec::new();
+        for e in images.iter().filter(|e| e.image.platform.is_some()) {
+            if !names.contains(&e.image.name) {
+                names.push(e.image.name.clone());
+            }
+        }
+        for name in names {
+            let mut members: Vec<usize> = (0..images.len()).filter(|&i| images[i].image.name == name).collect();
+            let Some(&first) = members.first() else { continue };
+            // In the order the image names its platforms.
+            let order = self.ws.stages[images[first].stage].image.clone().unwrap_or_default().build_for;
+            members.sort_by_key(|&i| {
+                images[i].image.platform.as_ref().and_then(|p| order.iter().position(|o| o == p)).unwrap_or(usize::MAX)
+            });
+            let platforms: Vec<(&crate::image::Manifest, &crate::platform::Platform)> = members
+                .iter()
+                .filter_map(|&i| Some((&images[i].manifest, images[i].image.platform.as_ref()?)))
+                .collect();
+            let annotations = self.ws.stages[images[first].stage].image.clone().unwrap_or_default().annotations;
+            let (digest, record) = crate::image::write_index(store, &platforms, &annotations, &self.created)?;
+            if members.iter().all(|&i| images[i].local) {
+                store.set_image(&name, &record)?;
+                for t in &images[first].image.tags {
+                    store.set_image(&t.to_string(), &record)?;
+                }
+            }
+            let listed: Vec<String> = platforms.iter().map(|(_, p)| p.to_string()).collect();
+            self.events.event(Event::Index { name: name.clone(), digest: digest.to_string(), platforms: listed });
+            report.images.push(BuiltImage {
+                name: name.clone(),
+                digest: digest.clone(),
+                tags: images[first].image.tags.clone(),
+                record,
+                layers: 0,
+                executed: 0,
+                cached: 0,
+                millis: self.millis_since_start(),
+            });
+            for &i in &members {
+                images[i].image.index = Some(digest.clone());
+            }
+        }
+        Ok(())
     }
 
     /// An artifact written to the host. `None` when its stage has no result.
@@ -177,7 +250,19 @@ impl Build<'_> {
         match output {
             Output::Oci(dest) => crate::image::export::oci_tar(store, &manifests, dest)?,
             Output::OciDir(dest) => crate::image::export::oci_dir(store, &manifests, dest)?,
-            Output::Docker(dest) => crate::image::export::docker_tar(store, &manifests, dest)?,
+            Output::Docker(dest) => {
+                if let Some((e, index)) = images.iter().find_map(|e| Some((e, e.image.index.as_ref()?))) {
+                    let platforms: Vec<String> =
+                        crate::image::index_platforms(store, index).iter().map(|(_, p)| p.to_string()).collect();
+                    return Err(crate::image::ImageError::SeveralPlatforms {
+                        name: e.image.name.clone(),
+                        first: platforms.first().cloned().unwrap_or_default(),
+                        platforms: platforms.join(", "),
+                    }
+                    .into());
+                }
+                crate::image::export::docker_tar(store, &manifests, dest)?;
+            }
             Output::Local { dest, keep_setuid } => {
                 let several = images.len() + artifacts.len() > 1;
                 let host = |name: &str| copy::HostOptions {
@@ -207,15 +292,18 @@ impl Build<'_> {
         images: &[Exported],
         report: &mut BuildReport,
     ) -> Result<(), ExecError> {
-        let pushes: Vec<PushImage> = images
-            .iter()
-            .filter(|e| !e.image.tags.is_empty())
-            .map(|e| PushImage {
-                manifest: e.image.manifest.clone(),
-                media_type: e.image.media_type.clone(),
-                tags: e.image.tags.clone(),
-            })
-            .collect();
+        // An image built for several platforms is pushed as its index (its
+        // platforms' manifests go first, see `Registry::push`), once.
+        let mut pushes: Vec<PushImage> = Vec::new();
+        for e in images.iter().filter(|e| !e.image.tags.is_empty()) {
+            let (manifest, media_type) = match &e.image.index {
+                Some(index) => (index.clone(), crate::oci::media::OCI_INDEX.to_owned()),
+                None => (e.image.manifest.clone(), e.image.media_type.clone()),
+            };
+            if !pushes.iter().any(|p| p.manifest == manifest) {
+                pushes.push(PushImage { manifest, media_type, tags: e.image.tags.clone() });
+            }
+        }
         if !pushes.is_empty() {
             let progress = TransferEvents::new(self.events, "push".to_owned());
             let pushed = match self.engine.registry.push(&pushes, &progress).await {
@@ -234,7 +322,7 @@ impl Build<'_> {
             }
             report.pushed = pushed;
         }
-        for e in images.iter().filter(|e| e.image.tags.is_empty()) {
+        for e in images.iter().filter(|e| e.image.tags.is_empty() && e.image.platform.is_none()) {
             self.events.event(Event::Warning {
                 message: format!("image `{}` has no `tag`, so --push has nothing to push it to", e.image.name),
             });

@@ -16,11 +16,13 @@ use super::execute::{Build, lock, record};
 use super::export::TransferEvents;
 use super::schedule::View;
 use super::{Event, ExecError, FsResult};
-use crate::graph::{Key, Op, Plan};
+use crate::graph::{Key, Op, Plan, base_name};
 use crate::image::{ImageConfig, ImageError};
 use crate::layer::LayerInfo;
 use crate::oci::Digest;
+use crate::platform::Platform;
 use crate::reference::ImageRef;
+use crate::registry::RegistryError;
 use crate::store::{ImageRecord, Store};
 
 /// Where a result's missing layers come from.
@@ -40,11 +42,12 @@ pub(super) struct Origin {
 pub(super) fn stored_image(
     store: &Store,
     image: &ImageRef,
+    name: &str,
     pull: bool,
 ) -> Result<Option<(Digest, FsResult)>, ExecError> {
     let pinned = image.digest.is_some();
     if (pinned || !pull)
-        && let Some(record) = store.image(&image.to_string())?
+        && let Some(record) = store.image(name)?
         && image.digest.as_ref().is_none_or(|d| *d == record.manifest.to_string())
         && let Ok(result) = fs_result(store, &record.manifest)
         && result.layers.iter().all(|l| store.has_blob(&l.digest))
@@ -85,9 +88,10 @@ pub fn local_base_digests(store: &Store, plan: &Plan) -> BTreeMap<String, String
     plan.graph
         .node_indices()
         .filter_map(|n| match &plan.graph[n].op {
-            Op::Pull { image } => {
-                let digest = store.image(&image.to_string()).ok().flatten()?.manifest;
-                Some((image.to_string(), digest.to_string()))
+            Op::Pull { image, platform } => {
+                let name = base_name(image, platform);
+                let digest = store.image(&name).ok().flatten()?.manifest;
+                Some((name, digest.to_string()))
             }
             _ => None,
         })
@@ -122,9 +126,9 @@ impl Build<'_> {
     pub(super) async fn bases(&self, plan: &Plan, view: &mut View) -> Result<BTreeMap<String, String>, ExecError> {
         let mut digests = BTreeMap::new();
         for n in plan.needed() {
-            let Op::Pull { image } = &plan.graph[n].op else { continue };
-            let (digest, result, origin) = self.base(image).await?;
-            digests.insert(image.to_string(), digest.to_string());
+            let Op::Pull { image, platform } = &plan.graph[n].op else { continue };
+            let (digest, result, origin) = self.base(image, platform).await?;
+            digests.insert(base_name(image, platform), digest.to_string());
             if let Some(origin) = origin {
                 view.origins.insert(n, origin);
             }
@@ -135,16 +139,58 @@ impl Build<'_> {
 
     /// A base image from the store, or resolved in its registry (then with
     /// the origin of its layers).
-    async fn base(&self, image: &ImageRef) -> Result<(Digest, FsResult, Option<Origin>), ExecError> {
+    async fn base(
+        &self,
+        image: &ImageRef,
+        platform: &Platform,
+    ) -> Result<(Digest, FsResult, Option<Origin>), ExecError> {
         let store = &self.engine.store;
-        if let Some((digest, result)) = stored_image(store, image, self.options.pull)? {
+        let name = base_name(image, platform);
+        if let Some((digest, result)) = stored_image(store, image, &name, self.options.pull)? {
             return Ok((digest, result, None));
         }
-        let name = image.to_string();
-        let resolved = self.engine.registry.resolve(image).await?;
+        let resolved = match self.engine.registry.resolve_for(image, platform).await {
+            Ok(resolved) => resolved,
+            Err(e @ (RegistryError::NoPlatform { .. } | RegistryError::WrongPlatform { .. })) => {
+                return Err(self.base_platform_error(e, image, platform));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let result = fs_result(store, &resolved.manifest_digest)?;
         let at = ImageRef { tag: None, digest: Some(resolved.manifest_digest.to_string()), ..image.clone() };
         Ok((resolved.manifest_digest, result, Some(Origin { image: at, name, cache_key: None })))
+    }
+
+    /// A base image that lacks `platform`, pointed at the first `from=` (or
+    /// `copy from=`) that asks for it.
+    fn base_platform_error(&self, e: RegistryError, image: &ImageRef, platform: &Platform) -> ExecError {
+        let ws = self.ws;
+        let from = ws.stages.iter().find_map(|s| match &s.from {
+            crate::lang::Base::Image(r) if r == image && s.platform == *platform => Some(s.from_span),
+            _ => None,
+        });
+        let copy = || {
+            ws.stages.iter().find_map(|s| {
+                s.instructions.iter().find_map(|i| match &i.kind {
+                    crate::lang::InstructionKind::Copy(c)
+                        if c.from == crate::lang::CopySource::Image(image.clone()) =>
+                    {
+                        Some(i.span)
+                    }
+                    _ => None,
+                })
+            })
+        };
+        match from.or_else(copy) {
+            Some(at) => ExecError::BasePlatform {
+                message: e.to_string(),
+                help: miette::Diagnostic::help(&e).map(|h| h.to_string()),
+                src: ws.file(at.file).src(),
+                at: at.span,
+                platform: platform.to_string(),
+            },
+            None => e.into(),
+        }
     }
 
     /// Makes every layer of node `n`'s result local, pulling what is missing

@@ -55,6 +55,7 @@ mod secrets;
 mod tests;
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use crate::config::Config;
 use crate::graph::{KeyOptions, Op, Plan};
@@ -146,6 +147,7 @@ impl Engine {
         } else {
             build.cancellable(resolve::lookups(&plan, &local, &cache, &state.view)).await?
         };
+        check_emulation(ws, &plan, &hits, Path::new(crate::platform::BINFMT_DIR))?;
         let failures = tokio::task::block_in_place(|| run_nodes(&build, &plan, &mut state, hits, &local, &cache))?;
         let mut report = BuildReport::default();
         build.cancellable(build.exports(&plan, &mut state, &mut report)).await?;
@@ -196,19 +198,22 @@ impl Engine {
     /// The image `image` names: from the store when it holds it whole (and
     /// `pull` is off, or the reference pins a digest), otherwise pulled and
     /// recorded in the store under its name. Returns its manifest digest and
-    /// filesystem. Used for base images and by `bake run`.
+    /// filesystem. Used for base images and by `bake run`. An image for
+    /// another platform than linux/amd64 is recorded under its reference
+    /// and platform ([`crate::graph::base_name`]).
     pub async fn local_image(
         &self,
         image: &ImageRef,
+        platform: &crate::platform::Platform,
         pull: bool,
         events: &dyn Events,
     ) -> Result<(Digest, FsResult), ExecError> {
-        if let Some(stored) = fetch::stored_image(&self.store, image, pull)? {
+        let name = crate::graph::base_name(image, platform);
+        if let Some(stored) = fetch::stored_image(&self.store, image, &name, pull)? {
             return Ok(stored);
         }
-        let name = image.to_string();
         events.event(Event::Pulling { image: name.clone() });
-        let pulled = self.registry.pull(image, &crate::registry::NoProgress).await?;
+        let pulled = self.registry.pull_for(image, platform, &crate::registry::NoProgress).await?;
         let result = fetch::fs_result(&self.store, &pulled.manifest_digest)?;
         fetch::record_pulled(&self.store, &name, &pulled, &result)?;
         events.event(Event::Pulled { image: name, digest: pulled.manifest_digest.to_string() });
@@ -247,6 +252,30 @@ fn run_nodes(
 
 /// Fails when a step the build needs asks for `security "insecure"`: every
 /// such step is named, before anything runs.
+/// Before any step runs: every `run` step that must run (no resolver has
+/// its result) for a platform this machine does not run natively needs a
+/// binfmt_misc emulator, or the build stops with how to get one. Each
+/// platform is checked once.
+fn check_emulation(
+    ws: &Workspace,
+    plan: &Plan,
+    hits: &HashMap<petgraph::graph::NodeIndex, resolve::Hit>,
+    binfmt: &Path,
+) -> Result<(), ExecError> {
+    let host = crate::platform::Platform::host();
+    let mut checked = Vec::new();
+    for n in plan.needed() {
+        let Op::Run { stage, .. } = &plan.graph[n].op else { continue };
+        let platform = &ws.stages[*stage].platform;
+        if hits.contains_key(&n) || checked.contains(platform) {
+            continue;
+        }
+        crate::platform::emulation(platform, &host, binfmt)?;
+        checked.push(platform.clone());
+    }
+    Ok(())
+}
+
 fn refuse_insecure(ws: &Workspace, plan: &Plan) -> Result<(), ExecError> {
     let mut refused = plan.needed().filter_map(|n| match &plan.graph[n].op {
         Op::Run { run, .. } => match run.security {

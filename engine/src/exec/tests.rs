@@ -508,3 +508,34 @@ fn the_registry_cache_resolver_asks_its_cache_unless_the_node_was_demoted() {
     assert_eq!(fake.requests(), asked, "and its cache is not asked");
     assert!(heard.warnings().is_empty(), "{:?}", heard.warnings());
 }
+
+#[test]
+fn foreign_run_steps_need_an_emulator_before_anything_runs() {
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let w = world(
+        r#"
+stage "native" from="busybox" platform="linux/amd64" { run "true" }
+stage "arm" from="busybox" platform="linux/arm64" { run "uname -m" }
+stage "copied" from="scratch" platform="linux/arm64" { copy "sh" to="/sh" }
+"#,
+        &["native", "arm", "copied"],
+        store_dir.path(),
+    );
+    let binfmt = tempfile::tempdir().expect("tempdir");
+    let none = HashMap::new();
+    // amd64 is native here; the arm64 `run` needs qemu-aarch64 (a `copy`
+    // into an arm64 stage needs nothing).
+    let err = super::check_emulation(&w.ws, &w.plan, &none, binfmt.path()).expect_err("no binfmt_misc");
+    assert!(matches!(err, ExecError::Emulation(_)), "{err:?}");
+    assert_eq!(err.tier(), Tier::Environment);
+    assert!(err.to_string().contains("linux/arm64"), "{err}");
+    std::fs::write(binfmt.path().join("status"), "enabled\n").expect("write");
+    std::fs::write(binfmt.path().join("qemu-aarch64"), "enabled\ninterpreter /q\nflags: PF\n").expect("write");
+    super::check_emulation(&w.ws, &w.plan, &none, binfmt.path()).expect("qemu-aarch64 registered");
+    // A step whose result a resolver has never runs, so needs no emulator.
+    std::fs::remove_file(binfmt.path().join("qemu-aarch64")).expect("remove");
+    let arm = node(&w, "run uname -m");
+    let config = crate::oci::digest_of(b"{}");
+    let hits = HashMap::from([(arm, Hit { result: FsResult { layers: Vec::new(), config }, out: None, origin: None })]);
+    super::check_emulation(&w.ws, &w.plan, &hits, binfmt.path()).expect("cached");
+}

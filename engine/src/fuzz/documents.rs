@@ -6,7 +6,7 @@ use oci_spec::image::{ImageConfiguration, MediaType};
 
 use crate::image::ImageConfig;
 use crate::oci::media;
-use crate::registry::manifest::{Kind, detect, parse_manifest, select_linux_amd64};
+use crate::registry::manifest::{Kind, detect, parse_manifest, select};
 
 /// Decodes `data` as a manifest, an index and an image config. Panics when a
 /// decoder breaks a promise; errors are fine.
@@ -18,7 +18,7 @@ pub fn manifest(data: &[u8]) {
         };
         assert!(expected.contains(&media_type.as_str()), "{media_type} detected as {kind:?}");
     }
-    if let Ok(Ok(chosen)) = select_linux_amd64(data) {
+    if let Ok(Ok(chosen)) = select(data, &crate::platform::Platform::legacy()) {
         let chosen = chosen.media_type().to_string();
         let usable = [media::OCI_MANIFEST, media::DOCKER_MANIFEST, media::OCI_INDEX, media::DOCKER_MANIFEST_LIST];
         assert!(usable.contains(&chosen.as_str()), "the index entry chosen is a {chosen}");

@@ -17,6 +17,17 @@
 //! step -> ... -> stage; another stage or an image -> a `copy from=`;
 //! stage -> image export / artifact.
 //!
+//! # Platforms
+//!
+//! The workspace already holds one instance of a stage per target platform
+//! when it depends on the target (`lang`); each is an ordinary stage here,
+//! with its platform. A `pull` is one per reference and platform. Instances
+//! of one stage share their steps up to the first that differs (the one
+//! that uses a `TARGET*` arg, or reads a stage or base of its own
+//! platform): those steps are one node, run once. Naming a stage selects
+//! all its instances; naming an image, those of the platforms it is built
+//! for.
+//!
 //! # Selection
 //!
 //! [`Plan::build`] marks as *needed* exactly the ancestors of the requested
@@ -32,7 +43,10 @@
 //! files it selects ([`crate::context`]); for a `pull`, the reference and its
 //! manifest digest when known. Nothing machine-specific (paths, mtimes,
 //! inodes, host names) enters a key, so keys agree across machines, and a
-//! change reaches exactly the node that reads it and its descendants.
+//! change reaches exactly the node that reads it and its descendants. A
+//! node built for another platform than linux/amd64 has the platform in its
+//! key; one for linux/amd64 does not, so builds that name no platform keep
+//! the keys they had before platforms.
 //!
 //! A `copy from=STAGE` is keyed here by the source stage's key. The executor
 //! narrows that to the digest of the files it actually copies (early cutoff), so
@@ -58,13 +72,22 @@ use crate::lang::{
     ArtifactId, Base, Copy, CopySource, HealthTest, InstructionKind, Member, Run, Span, StageId, Workspace,
     did_you_mean, list_names,
 };
+use crate::platform::Platform;
 use crate::reference::ImageRef;
+
+/// The name a base image resolved for `platform` is recorded under in the
+/// store, and looked up by in [`KeyOptions::base_digests`]: the reference,
+/// with the platform after it unless it is linux/amd64 (the one platform of
+/// bake's records before it knew platforms).
+pub fn base_name(image: &ImageRef, platform: &Platform) -> String {
+    if *platform == Platform::legacy() { image.to_string() } else { format!("{image} [{platform}]") }
+}
 
 /// What a node does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Fetch an external image.
-    Pull { image: ImageRef },
+    /// Fetch an external image, resolved for a platform.
+    Pull { image: ImageRef, platform: Platform },
     /// Copy files into a stage's filesystem.
     Copy { stage: StageId, index: usize, copy: Copy, state: StepState },
     /// Run a command in a stage's filesystem.
@@ -78,6 +101,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// The stage (instance) a node belongs to, for steps, stages and images.
+    pub fn stage(&self) -> Option<StageId> {
+        match self {
+            Self::Copy { stage, .. } | Self::Run { stage, .. } | Self::Stage { stage, .. } | Self::Image { stage } => {
+                Some(*stage)
+            }
+            Self::Pull { .. } | Self::Artifact { .. } => None,
+        }
+    }
+
     /// The operation's short name.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -222,8 +255,13 @@ impl Plan {
     /// Compiles a workspace and selects what `targets` need. An empty list
     /// means the `default` target, or every image when there is none.
     pub fn build(ws: &Workspace, targets: &[String]) -> Result<Self, PlanError> {
-        let mut b =
-            Builder { ws, graph: DiGraph::new(), pulls: HashMap::new(), stage_nodes: vec![None; ws.stages.len()] };
+        let mut b = Builder {
+            ws,
+            graph: DiGraph::new(),
+            pulls: HashMap::new(),
+            steps: HashMap::new(),
+            stage_nodes: vec![None; ws.stages.len()],
+        };
         // Bases first, so `Builder::stage` never recurses down a long chain.
         for stage in stage_order(ws) {
             b.stage(stage);
@@ -233,7 +271,7 @@ impl Plan {
         let mut image_nodes = HashMap::new();
         for (stage, s) in ws.stages.iter().enumerate() {
             if s.image.is_some() {
-                let n = graph.add_node(node(format!("image:{}", s.name), Op::Image { stage }, Some(s.span)));
+                let n = graph.add_node(node(format!("image:{}", s.instance), Op::Image { stage }, Some(s.span)));
                 graph.add_edge(stage_nodes[stage], n, ());
                 image_nodes.insert(stage, n);
             }
@@ -248,13 +286,19 @@ impl Plan {
         let (requested, members) = select(ws, targets)?;
         let mut roots = Vec::new();
         for m in members {
-            let n = match m {
-                Member::Stage(s) => image_nodes.get(&s).copied().unwrap_or(stage_nodes[s]),
-                Member::Artifact(a) => artifact_nodes[a],
+            let nodes: Vec<NodeIndex> = match m {
+                // Every instance of the stage, and of an image those of
+                // the platforms it is built for.
+                Member::Stage(s) => {
+                    instances(ws, s).map(|i| image_nodes.get(&i).copied().unwrap_or(stage_nodes[i])).collect()
+                }
+                Member::Artifact(a) => vec![artifact_nodes[a]],
                 Member::Target(_) => continue,
             };
-            if !roots.contains(&n) {
-                roots.push(n);
+            for n in nodes {
+                if !roots.contains(&n) {
+                    roots.push(n);
+                }
             }
         }
         // Needed = the roots and all their ancestors.
@@ -274,6 +318,15 @@ impl Plan {
             bind_reads: HashMap::new(),
             key_options: None,
         })
+    }
+
+    /// The platform a node's result is for: a base image's, or its stage
+    /// instance's.
+    pub fn platform_of<'w>(&'w self, ws: &'w Workspace, n: NodeIndex) -> Option<&'w Platform> {
+        match &self.graph[n].op {
+            Op::Pull { platform, .. } => Some(platform),
+            op => op.stage().map(|s| &ws.stages[s].platform),
+        }
     }
 
     /// Node of a stage's result.
@@ -448,10 +501,14 @@ impl Plan {
         let chain_key = node.chain.and_then(key_of);
         let mut k = key::KeyBuilder::new(node.op.kind());
         match &node.op {
-            Op::Pull { image } => {
+            Op::Pull { image, platform } => {
                 k.field("ref", image);
-                let digest = image.digest.clone().or_else(|| options.base_digests.get(&image.to_string()).cloned());
+                let digest = options.base_digests.get(&base_name(image, platform)).cloned();
+                // A pinned index digest names every platform: the digest
+                // resolved for this one is the one that counts.
+                let digest = digest.or_else(|| image.digest.clone());
                 k.field("digest", digest.as_deref().unwrap_or("unresolved"));
+                platform_field(&mut k, platform);
             }
             Op::Copy { stage, index, copy, state } => {
                 k.opt("parent", chain_key);
@@ -482,7 +539,7 @@ impl Plan {
                         k.field("from", format!("image:{r}"));
                         let pull = graph
                             .neighbors_directed(n, Direction::Incoming)
-                            .find(|p| matches!(&graph[*p].op, Op::Pull { image } if image == r));
+                            .find(|p| matches!(&graph[*p].op, Op::Pull { image, .. } if image == r));
                         k.opt("from.key", pull.and_then(key_of));
                     }
                 }
@@ -520,7 +577,7 @@ impl Plan {
                                 CopySource::Image(r) => {
                                     let pull = graph
                                         .neighbors_directed(n, Direction::Incoming)
-                                        .find(|p| matches!(&graph[*p].op, Op::Pull { image } if image == r));
+                                        .find(|p| matches!(&graph[*p].op, Op::Pull { image, .. } if image == r));
                                     let key = pull.and_then(key_of).map(|k| k.to_hex()).unwrap_or_default();
                                     format!("image:{r}={key}")
                                 }
@@ -566,6 +623,9 @@ impl Plan {
         if !matches!(node.op, Op::Pull { .. }) {
             k.field("layers", format!("{:?} epoch={}", options.compression, options.epoch).to_lowercase());
         }
+        if let Some(stage) = node.op.stage() {
+            platform_field(&mut k, &ws.stages[stage].platform);
+        }
         k.finish()
     }
 
@@ -578,6 +638,28 @@ impl Plan {
 /// A context as the keys read it: its folder, and the ignore file read in
 /// place of its `.dockerignore`.
 type ContextId = (PathBuf, Option<PathBuf>);
+
+/// The platform a node's result is for, as a key field: only when it is not
+/// linux/amd64, so that the keys of builds that name no platform on such a
+/// machine are the keys they were before platforms.
+fn platform_field(k: &mut key::KeyBuilder, platform: &Platform) {
+    if *platform != Platform::legacy() {
+        k.field("platform", platform);
+    }
+}
+
+/// The instances of stage `s`'s declaration that a build of it makes: all
+/// of a stage's; an image's for the platforms it is built for.
+fn instances(ws: &Workspace, s: StageId) -> impl Iterator<Item = StageId> + '_ {
+    let name = &ws.stages[s].name;
+    ws.stages.iter().enumerate().filter(move |(_, i)| i.name == *name).filter_map(|(id, i)| {
+        let wanted = match (&i.image, &i.target) {
+            (Some(out), Some(target)) => out.build_for.is_empty() || out.build_for.contains(target),
+            _ => true,
+        };
+        wanted.then_some(id)
+    })
+}
 
 fn node(id: String, op: Op, span: Option<Span>) -> Node {
     Node { id, op, span, chain: None, needed: false, key: None, inputs: Vec::new(), context_files: None }
@@ -735,17 +817,21 @@ fn stage_order(ws: &Workspace) -> Vec<StageId> {
 struct Builder<'w> {
     ws: &'w Workspace,
     graph: DiGraph<Node, ()>,
-    pulls: HashMap<ImageRef, NodeIndex>,
+    pulls: HashMap<(ImageRef, Platform), NodeIndex>,
+    /// Steps of stage instances, by what makes them the same step.
+    steps: HashMap<String, NodeIndex>,
     stage_nodes: Vec<Option<NodeIndex>>,
 }
 
 impl Builder<'_> {
-    fn pull(&mut self, image: &ImageRef) -> NodeIndex {
-        if let Some(n) = self.pulls.get(image) {
+    fn pull(&mut self, image: &ImageRef, platform: &Platform) -> NodeIndex {
+        let at = (image.clone(), platform.clone());
+        if let Some(n) = self.pulls.get(&at) {
             return *n;
         }
-        let n = self.graph.add_node(node(format!("pull:{image}"), Op::Pull { image: image.clone() }, None));
-        self.pulls.insert(image.clone(), n);
+        let id = format!("pull:{}", base_name(image, platform));
+        let n = self.graph.add_node(node(id, Op::Pull { image: image.clone(), platform: platform.clone() }, None));
+        self.pulls.insert(at, n);
         n
     }
 
@@ -759,7 +845,7 @@ impl Builder<'_> {
         let s = &ws.stages[id];
         let (mut prev, mut config) = match &s.from {
             Base::Scratch => (None, Config::default()),
-            Base::Image(r) => (Some(self.pull(r)), Config::default()),
+            Base::Image(r) => (Some(self.pull(r, &s.platform)), Config::default()),
             Base::Stage(p) => {
                 let n = self.stage(*p);
                 let Op::Stage { config, .. } = &self.graph[n].op else { unreachable!("stage node") };
@@ -776,23 +862,52 @@ impl Builder<'_> {
                     continue;
                 }
             };
+            let base = s.target.as_ref().unwrap_or(&s.platform).clone();
             let extra: Vec<NodeIndex> = match &op {
                 Op::Copy { copy: Copy { from: CopySource::Stage(src), .. }, .. } => vec![self.stage(*src)],
-                Op::Copy { copy: Copy { from: CopySource::Image(r), .. }, .. } => vec![self.pull(r)],
+                Op::Copy { copy: Copy { from: CopySource::Image(r), .. }, .. } => vec![self.pull(r, &base)],
                 Op::Run { run, .. } => run
                     .binds
                     .iter()
                     .filter_map(|b| match &b.from {
                         CopySource::Stage(src) => Some(self.stage(*src)),
-                        CopySource::Image(r) => Some(self.pull(r)),
+                        CopySource::Image(r) => Some(self.pull(r, &base)),
                         CopySource::Context => None,
                     })
                     .collect(),
                 _ => Vec::new(),
             };
-            let mut step = node(format!("{}/{index}", s.name), op, Some(ins.span));
+            // Instances of one stage for several targets share their steps
+            // up to the first that differs (one that uses a `TARGET*` arg,
+            // or reads another platform's stage or base): those are the
+            // same step, run once.
+            let shared = s.target.is_some().then(|| {
+                let what = match &op {
+                    Op::Copy { copy, state, .. } => format!("{copy:?} {state:?}"),
+                    Op::Run { run, state, .. } => format!("{run:?} {state:?}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "{} {prev:?} {extra:?} {index} {what} {:?} {} {}",
+                    s.name,
+                    ins.args_used,
+                    s.platform,
+                    s.context.display()
+                )
+            });
+            if let Some(n) = shared.as_ref().and_then(|sig| self.steps.get(sig)) {
+                let n = *n;
+                // Named after the stage, not one of its instances.
+                self.graph[n].id = format!("{}/{index}", s.name);
+                prev = Some(n);
+                continue;
+            }
+            let mut step = node(format!("{}/{index}", s.instance), op, Some(ins.span));
             step.chain = prev;
             let n = self.graph.add_node(step);
+            if let Some(sig) = shared {
+                self.steps.insert(sig, n);
+            }
             if let Some(p) = prev {
                 self.graph.add_edge(p, n, ());
             }
@@ -803,7 +918,7 @@ impl Builder<'_> {
             }
             prev = Some(n);
         }
-        let mut result = node(format!("stage:{}", s.name), Op::Stage { stage: id, config }, Some(s.span));
+        let mut result = node(format!("stage:{}", s.instance), Op::Stage { stage: id, config }, Some(s.span));
         result.chain = prev;
         let n = self.graph.add_node(result);
         if let Some(p) = prev {

@@ -17,9 +17,9 @@ pub enum Format {
 
 /// A one-line description of a node.
 pub fn describe(node: &Node, ws: &Workspace) -> String {
-    let stage_name = |s: usize| ws.stages[s].name.as_str();
+    let stage_name = |s: usize| ws.stages[s].instance.as_str();
     match &node.op {
-        Op::Pull { image } => format!("pull {image}"),
+        Op::Pull { image, platform } => format!("pull {}", super::base_name(image, platform)),
         Op::Copy { stage, copy, state, .. } if copy.mkdir => {
             let dir = state.workdir.as_deref().unwrap_or(".");
             format!("{}: workdir {dir} (make the folder)", stage_name(*stage))
@@ -30,12 +30,12 @@ pub fn describe(node: &Node, ws: &Workspace) -> String {
                 CopySource::Stage(s) => format!(" from {}", stage_name(*s)),
                 CopySource::Image(r) => format!(" from {r}"),
             };
-            format!("{}: copy {}{from} -> {}", stage_name(*stage), copy.sources.join(" "), copy.dest)
+            format!("{}: copy {}{from} -> {}", step_label(node, ws, *stage), copy.sources.join(" "), copy.dest)
         }
         Op::Run { stage, run, .. } => {
-            format!("{}: run {}", stage_name(*stage), short(&run.script, 60))
+            format!("{}: run {}", step_label(node, ws, *stage), short(&run.script, 60))
         }
-        Op::Stage { stage, .. } => format!("stage {}", stage_name(*stage)),
+        Op::Stage { stage, .. } => format!("stage {}", stage_label(ws, *stage)),
         Op::Image { stage } => {
             let tags = ws.stages[*stage]
                 .image
@@ -43,9 +43,9 @@ pub fn describe(node: &Node, ws: &Workspace) -> String {
                 .map(|o| o.tags.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>().join(", "))
                 .unwrap_or_default();
             if tags.is_empty() {
-                format!("image {}", stage_name(*stage))
+                format!("image {}", stage_label(ws, *stage))
             } else {
-                format!("image {} ({tags})", stage_name(*stage))
+                format!("image {} ({tags})", stage_label(ws, *stage))
             }
         }
         Op::Artifact { artifact } => {
@@ -126,6 +126,9 @@ fn json(plan: &Plan, ws: &Workspace) -> String {
             if let Some(files) = node.context_files {
                 v["context_files"] = files.into();
             }
+            if let Some(p) = plan.platform_of(ws, n).filter(|_| shows_platforms(ws)) {
+                v["platform"] = p.to_string().into();
+            }
             v
         })
         .collect();
@@ -137,6 +140,36 @@ fn json(plan: &Plan, ws: &Workspace) -> String {
     let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
     s.push('\n');
     s
+}
+
+/// Whether listings name platforms: when some stage is built for another
+/// one than linux/amd64, the one every listing assumed before platforms.
+pub(super) fn shows_platforms(ws: &Workspace) -> bool {
+    ws.platforms.len() > 1 || ws.stages.iter().any(|s| s.platform != crate::platform::Platform::legacy())
+}
+
+/// A step's stage as listings show it: the stage's own name for a step its
+/// instances share (its id has no platform), else the instance's label.
+fn step_label(node: &Node, ws: &Workspace, s: usize) -> String {
+    let stage = &ws.stages[s];
+    if stage.instance != stage.name && node.id.starts_with(&format!("{}/", stage.name)) {
+        if shows_platforms(ws) {
+            return format!("{} ({})", stage.name, stage.platform);
+        }
+        return stage.name.clone();
+    }
+    stage_label(ws, s)
+}
+
+/// A stage instance as listings show it: its instance name, and the
+/// platform it runs as when that is not the one its name says.
+fn stage_label(ws: &Workspace, s: usize) -> String {
+    let stage = &ws.stages[s];
+    if shows_platforms(ws) && (stage.instance == stage.name || stage.target.as_ref() != Some(&stage.platform)) {
+        format!("{} ({})", stage.instance, stage.platform)
+    } else {
+        stage.instance.clone()
+    }
 }
 
 fn quote(s: &str) -> String {

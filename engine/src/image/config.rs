@@ -20,15 +20,42 @@ pub struct ImageConfig {
 impl ImageConfig {
     /// The config of an empty image for the host's platform.
     pub fn scratch() -> Self {
-        Self {
-            doc: json!({
-                "architecture": host_architecture(),
-                "os": "linux",
-                "config": {},
-                "rootfs": { "type": "layers", "diff_ids": [] },
-                "history": [],
-            }),
+        Self::scratch_for(&crate::platform::Platform::host())
+    }
+
+    /// The config of an empty image for `platform`.
+    pub fn scratch_for(platform: &crate::platform::Platform) -> Self {
+        let mut doc = json!({
+            "architecture": platform.architecture,
+            "os": platform.os,
+            "config": {},
+            "rootfs": { "type": "layers", "diff_ids": [] },
+            "history": [],
+        });
+        if !platform.variant.is_empty() {
+            doc["variant"] = platform.variant.clone().into();
         }
+        Self { doc }
+    }
+
+    /// Makes the config name `platform` (unchanged bytes when it already
+    /// does).
+    pub fn set_platform(&mut self, platform: &crate::platform::Platform) {
+        let doc = object(&mut self.doc);
+        doc.insert("architecture".into(), Value::String(platform.architecture.clone()));
+        doc.insert("os".into(), Value::String(platform.os.clone()));
+        if platform.variant.is_empty() {
+            doc.remove("variant");
+        } else {
+            doc.insert("variant".into(), Value::String(platform.variant.clone()));
+        }
+    }
+
+    /// The platform the config names (`None` without an architecture).
+    pub fn platform(&self) -> Option<crate::platform::Platform> {
+        let text = |k: &str| self.doc.get(k).and_then(Value::as_str).unwrap_or_default();
+        let arch = text("architecture");
+        (!arch.is_empty()).then(|| crate::platform::Platform::new(text("os"), arch, text("variant")))
     }
 
     /// A base image's config.

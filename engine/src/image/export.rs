@@ -28,6 +28,11 @@ pub struct ExportImage {
     pub tags: Vec<ImageRef>,
     /// Used when an image has no tags.
     pub name: String,
+    /// The platform it is for, when its image is built for several.
+    pub platform: Option<crate::platform::Platform>,
+    /// The index in the store that lists it with its other platforms: an
+    /// OCI layout names the index under the tags, not this manifest.
+    pub index: Option<Digest>,
 }
 
 /// Where exported files go.
@@ -157,7 +162,19 @@ fn oci_layout(store: &Store, images: &[ExportImage], sink: &mut dyn Sink) -> Res
                 blob(store, d, sink)?;
             }
         }
-        let size = store.blob_len(&image.manifest).unwrap_or(0);
+        // A platform of an index: the index is named once, after all of
+        // its manifests' blobs are written.
+        let (digest, media_type) = match &image.index {
+            None => (&image.manifest, image.media_type.as_str()),
+            Some(index) => {
+                if !written.insert(index.to_string()) {
+                    continue;
+                }
+                blob(store, index, sink)?;
+                (index, media::OCI_INDEX)
+            }
+        };
+        let size = store.blob_len(digest).unwrap_or(0);
         // As BuildKit writes layouts: the tag in `ref.name` (what skopeo's and
         // umoci's `layout:TAG` look up), the full name beside it.
         let names: Vec<(String, String)> = if image.tags.is_empty() {
@@ -167,8 +184,8 @@ fn oci_layout(store: &Store, images: &[ExportImage], sink: &mut dyn Sink) -> Res
         };
         for (tag, full) in names {
             manifests.push(json!({
-                "mediaType": image.media_type,
-                "digest": image.manifest.to_string(),
+                "mediaType": media_type,
+                "digest": digest.to_string(),
                 "size": size,
                 "annotations": {
                     "org.opencontainers.image.ref.name": tag,

@@ -31,6 +31,13 @@ pub enum ImageError {
     #[diagnostic(code(bake::image::bad_manifest), help("remove the image and pull or build it again"))]
     BadManifest { digest: String },
 
+    #[error("image `{name}` is built for {platforms}, but a `docker load` archive holds one platform")]
+    #[diagnostic(
+        code(bake::image::several_platforms),
+        help("build one platform for this output, e.g. `--platform {first}`, or use `type=oci` for all of them")
+    )]
+    SeveralPlatforms { name: String, platforms: String, first: String },
+
     #[error("cannot write {}", path.display())]
     #[diagnostic(code(bake::image::output))]
     Output {
@@ -110,6 +117,70 @@ pub fn write_manifest(
     })
 }
 
+/// An OCI image index of platform manifests already in the store, written
+/// canonically to the store: the same manifests give the same digest.
+/// Returns its digest and its record (the size counts every blob once).
+pub fn write_index(
+    store: &Store,
+    manifests: &[(&Manifest, &crate::platform::Platform)],
+    annotations: &[(String, String)],
+    created: &str,
+) -> Result<(Digest, ImageRecord), StoreError> {
+    let mut entries = Vec::new();
+    let mut blobs = std::collections::BTreeMap::new();
+    for (m, p) in manifests {
+        let size = store.blob_len(&m.digest).unwrap_or(0);
+        let mut platform = json!({ "os": p.os, "architecture": p.architecture });
+        if !p.variant.is_empty() {
+            platform["variant"] = json!(p.variant);
+        }
+        entries.push(json!({
+            "mediaType": m.media_type, "digest": m.digest.to_string(), "size": size, "platform": platform,
+        }));
+        blobs.insert(m.digest.to_string(), size);
+        blobs.insert(m.config.to_string(), store.blob_len(&m.config).unwrap_or(0));
+        for l in &m.layers {
+            blobs.insert(l.digest.to_string(), l.size);
+        }
+    }
+    let mut index = Map::new();
+    index.insert("schemaVersion".into(), json!(2));
+    index.insert("mediaType".into(), json!(media::OCI_INDEX));
+    index.insert("manifests".into(), Value::Array(entries));
+    if !annotations.is_empty() {
+        let map: Map<String, Value> = annotations.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        index.insert("annotations".into(), Value::Object(map));
+    }
+    let bytes = crate::oci::canonical_json(&Value::Object(index)).unwrap_or_default();
+    let digest = store.put_blob(&bytes)?;
+    let record = ImageRecord {
+        manifest: digest.clone(),
+        media_type: media::OCI_INDEX.to_owned(),
+        size: bytes.len() as u64 + blobs.values().sum::<u64>(),
+        uncompressed_size: manifests.iter().map(|(m, _)| m.record.uncompressed_size).sum(),
+        created: created.to_owned(),
+    };
+    Ok((digest, record))
+}
+
+/// The platforms an index in the store lists, as written.
+pub fn index_platforms(store: &Store, digest: &Digest) -> Vec<(Digest, crate::platform::Platform)> {
+    let doc: Value = store.read_blob(digest).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    doc.get("manifests")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| {
+                    let d = Digest::try_from(m.get("digest")?.as_str()?).ok()?;
+                    let p = m.get("platform")?;
+                    let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+                    Some((d, crate::platform::Platform::new(&text("os"), &text("architecture"), &text("variant"))))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A layer as a manifest lists it: digest, size, media type.
 pub type LayerDescriptor = (Digest, u64, String);
 
@@ -147,6 +218,7 @@ impl ImageError {
     pub fn tier(&self) -> crate::Tier {
         match self {
             Self::Store(e) => e.tier(),
+            Self::SeveralPlatforms { .. } => crate::Tier::Input,
             Self::BadManifest { .. } | Self::Output { .. } => crate::Tier::Environment,
         }
     }

@@ -396,6 +396,13 @@ pub enum LangError {
         help: String,
     },
 
+    #[error("`--set {name}=…` cannot change a predefined arg")]
+    #[diagnostic(
+        code(bake::lang::predefined_set),
+        help("`{name}` comes from the platform: choose the target platforms with `--platform` or a `platforms` node")
+    )]
+    PredefinedSet { name: String },
+
     #[error("{kind} `{name}` is defined twice")]
     #[diagnostic(
         code(bake::lang::duplicate_name),

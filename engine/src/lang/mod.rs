@@ -21,6 +21,10 @@
 //! 5. **Checks** (`lower/checks.rs`): cycles found with Tarjan's algorithm,
 //!    the depth of `from` chains and the env they carry, and the exec-form
 //!    rules for `entrypoint`/`cmd` checked against the stage chain.
+//! 6. **Platforms** (`lower/platforms.rs`): passes 2 to 5 run once per
+//!    target platform, with its `TARGET*` args; a stage that depends on the
+//!    target keeps one instance per platform, the others one in all, each
+//!    with the platform it is built for ([`Stage::platform`]).
 //!
 //! Every host path a file names stays inside the workspace boundary
 //! ([`boundary`]), and every pass is bounded ([`limits`]), so hostile input
@@ -56,7 +60,40 @@ pub(crate) use lower::normalize_absolute as clean_absolute;
 pub use parse::MAX_DEPTH;
 pub(crate) use parse::parse_checked;
 
+use crate::platform::Platform;
 use crate::reference::ImageRef;
+
+/// The args BuildKit defines for every build, usable in `${...}` without
+/// an `arg` node: the target platform's, then the build machine's.
+pub const PREDEFINED_ARGS: [&str; 8] = [
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+];
+
+/// Whether an arg name is one of the target platform's predefined args.
+pub fn is_target_arg(name: &str) -> bool {
+    PREDEFINED_ARGS[..4].contains(&name)
+}
+
+/// The values of [`PREDEFINED_ARGS`] for a target and a build platform.
+pub fn predefined_args(target: &Platform, build: &Platform) -> [(&'static str, String); 8] {
+    [
+        ("TARGETPLATFORM", target.to_string()),
+        ("TARGETOS", target.os.clone()),
+        ("TARGETARCH", target.architecture.clone()),
+        ("TARGETVARIANT", target.variant.clone()),
+        ("BUILDPLATFORM", build.to_string()),
+        ("BUILDOS", build.os.clone()),
+        ("BUILDARCH", build.architecture.clone()),
+        ("BUILDVARIANT", build.variant.clone()),
+    ]
+}
 
 /// Index of a file in [`Workspace::files`].
 pub type FileId = usize;
@@ -113,6 +150,12 @@ pub struct LoadOptions {
     /// When the root file is a Dockerfile: the target stage, tags and
     /// context.
     pub dockerfile: DockerfileOptions,
+    /// `--platform`: the target platforms, over every `platforms` node of
+    /// the files. Empty: the files decide, else the build platform.
+    pub platforms: Vec<Platform>,
+    /// The platform the build runs on (`BUILDPLATFORM`); `None`: this
+    /// machine's ([`Platform::host`]).
+    pub build_platform: Option<Platform>,
 }
 
 /// A fully loaded and resolved workspace.
@@ -130,6 +173,12 @@ pub struct Workspace {
     /// The host paths this workspace's files may name: contexts and their
     /// ignore files are read only inside it.
     pub boundary: Boundary,
+    /// The target platforms of this build: `--platform`, else the
+    /// workspace's `platforms` node, else the build platform. Images with a
+    /// `platforms` node of their own are built for those.
+    pub platforms: Vec<Platform>,
+    /// The platform the build runs on.
+    pub build_platform: Platform,
 }
 
 /// `arg NAME default=...`.
@@ -172,6 +221,22 @@ pub struct Stage {
     pub image: Option<ImageOutput>,
     /// Args whose values this stage's strings used, with those values.
     pub args_used: BTreeMap<String, String>,
+    /// `platform=`: the platform the base is resolved for and the steps run
+    /// as, whatever the target (`platform="${BUILDPLATFORM}"`).
+    pub pin: Option<(Platform, Span)>,
+    /// The platform of this stage's filesystem: its `platform=`, else its
+    /// base stage's, else the target platform it was made for, else the
+    /// build platform. Its base image is resolved for it, its `run` steps
+    /// run as it, and an image's config names it.
+    pub platform: Platform,
+    /// The target platform this instance of the stage was made for: set for
+    /// a stage that depends on the target (it uses a `TARGET*` arg, its base
+    /// image is resolved for the target, it builds on or copies from such a
+    /// stage, or it is an image); `None` for a stage built once for all.
+    pub target: Option<Platform>,
+    /// The name of this instance in node ids and listings: the stage's name,
+    /// with `[PLATFORM]` after it when a build has several target platforms.
+    pub instance: String,
 }
 
 /// Export settings of an `image`.
@@ -179,6 +244,12 @@ pub struct Stage {
 pub struct ImageOutput {
     pub tags: Vec<(ImageRef, Span)>,
     pub annotations: Vec<(String, String)>,
+    /// The image's own `platforms` node, as written.
+    pub platforms: Option<(Vec<Platform>, Span)>,
+    /// The platforms it is built for: `--platform`, else its `platforms`,
+    /// else the workspace's. Its instances for other platforms exist only
+    /// for stages built on it.
+    pub build_for: Vec<Platform>,
 }
 
 /// One instruction of a stage body, in order.

@@ -130,6 +130,7 @@ const IMAGE_BODY: &[&str] = &[
     "shell",
     "tag",
     "annotation",
+    "platforms",
 ];
 const RUN_BODY: &[&str] = &["cache", "secret", "network", "security", "env", "bind", "tmpfs"];
 
@@ -151,7 +152,7 @@ pub(super) const TOP: &[Spec] = &[
         max: Some(1),
         args: &[Str],
         args_doc: "1 name",
-        props: &[required("from", Str), prop("context", Str)],
+        props: &[required("from", Str), prop("context", Str), prop("platform", Str)],
         children: Some(STAGE_BODY),
         example: "stage \"builder\" from=\"golang:1.19\" { ... }",
     },
@@ -161,7 +162,7 @@ pub(super) const TOP: &[Spec] = &[
         max: Some(1),
         args: &[Str],
         args_doc: "1 name",
-        props: &[required("from", Str), prop("context", Str)],
+        props: &[required("from", Str), prop("context", Str), prop("platform", Str)],
         children: Some(IMAGE_BODY),
         example: "image \"app\" from=\"scratch\" { ... }",
     },
@@ -216,6 +217,16 @@ pub(super) const TOP: &[Spec] = &[
         example: "dockerfile \"legacy\" path=\"svc/Dockerfile\" context=\"svc\" { arg \"VERSION\" \"1.2\" }",
     },
     Spec {
+        name: "platforms",
+        min: 1,
+        max: None,
+        args: &[Str],
+        args_doc: "at least 1 platform",
+        props: &[],
+        children: None,
+        example: "platforms \"linux/amd64\" \"linux/arm64\"",
+    },
+    Spec {
         name: "include",
         min: 1,
         max: None,
@@ -241,6 +252,16 @@ pub(super) const DOCKERFILE_BODY: &[Spec] = &[Spec {
 
 /// Nodes inside `stage` and `image`.
 pub(super) const BODY: &[Spec] = &[
+    Spec {
+        name: "platforms",
+        min: 1,
+        max: None,
+        args: &[Str],
+        args_doc: "at least 1 platform",
+        props: &[],
+        children: None,
+        example: "platforms \"linux/amd64\" \"linux/arm64\"",
+    },
     Spec {
         name: "workdir",
         min: 1,

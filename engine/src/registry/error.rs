@@ -63,9 +63,21 @@ pub enum RegistryError {
     #[diagnostic(code(bake::registry::rejected))]
     Rejected { registry: String, what: String, message: String },
 
-    #[error("{reference} has no linux/amd64 image")]
-    #[diagnostic(code(bake::registry::no_platform), help("it has images for: {available}"))]
-    NoPlatform { reference: String, available: String },
+    #[error("{reference} has no {platform} image")]
+    #[diagnostic(
+        code(bake::registry::no_platform),
+        help("it has images for: {available}; build for one of them (`--platform`, `platforms`) or pick another base")
+    )]
+    NoPlatform { reference: String, platform: String, available: String },
+
+    #[error("{reference} is a {actual} image, not {wanted}")]
+    #[diagnostic(
+        code(bake::registry::wrong_platform),
+        help(
+            "this reference names one image, not an index of platforms; use a reference that has {wanted} (or an index), or build for {actual}"
+        )
+    )]
+    WrongPlatform { reference: String, wanted: String, actual: String },
 
     #[error("{reference} is an index nested deeper than {max} levels")]
     #[diagnostic(
@@ -458,7 +470,9 @@ impl RegistryError {
     /// bad bytes is the environment's.
     pub fn tier(&self) -> crate::Tier {
         match self {
-            Self::NotFound { .. } | Self::NoPlatform { .. } | Self::Unsupported { .. } => crate::Tier::Input,
+            Self::NotFound { .. } | Self::NoPlatform { .. } | Self::WrongPlatform { .. } | Self::Unsupported { .. } => {
+                crate::Tier::Input
+            }
             Self::Store(e) => e.tier(),
             Self::Internal(_) => crate::Tier::Bug,
             Self::Unreachable { .. }

@@ -1,5 +1,5 @@
 //! Reading manifests as registries serve them: OCI and Docker v2 media types,
-//! indexes and manifest lists resolved to linux/amd64.
+//! indexes and manifest lists resolved to the platform a build wants.
 //!
 //! Docker's schema-2 manifests, manifest lists and image configs are the same
 //! JSON as their OCI counterparts with other media types, so they deserialize
@@ -8,10 +8,11 @@
 //! on top of it are plain OCI. The raw bytes are never re-serialized: they
 //! are stored as served, under the digest the registry and the user know.
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use serde::Deserialize;
 
 use crate::oci::media;
+use crate::platform::Platform;
 
 /// Docker's uncompressed layer media type (rare; not in [`media`]).
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
@@ -72,46 +73,72 @@ pub(crate) fn detect(raw: &[u8]) -> Result<(String, Kind), Unusable> {
     }
 }
 
-/// Picks the linux/amd64 entry of an index: one without a variant (or `v1`)
-/// first, else any amd64 variant, else a nested index that may hold one. When there is none, the inner error lists
-/// the platforms on offer.
-pub(crate) fn select_linux_amd64(raw: &[u8]) -> Result<Result<Descriptor, String>, Unusable> {
+/// The platform an index entry or an image config names, normalized.
+pub(crate) fn platform_of(p: &oci_spec::image::Platform) -> Platform {
+    Platform::new(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref().unwrap_or(""))
+}
+
+/// Picks the entry of an index for `wanted`: the best match in containerd's
+/// order ([`Platform::candidates`]), the first of equals; else a nested
+/// index that may hold one (without a platform, or a matching one). When
+/// there is none, the inner error lists the platforms on offer.
+pub(crate) fn select(raw: &[u8], wanted: &Platform) -> Result<Result<Descriptor, String>, Unusable> {
     let index: ImageIndex =
         serde_json::from_slice(raw).map_err(|e| Unusable::Invalid(format!("not a valid image index: {e}")))?;
     let is_manifest =
         |d: &&Descriptor| matches!(d.media_type().to_string().as_str(), media::OCI_MANIFEST | media::DOCKER_MANIFEST);
-    let amd64 = |d: &&Descriptor| {
-        d.platform().as_ref().is_some_and(|p| p.os().to_string() == "linux" && p.architecture().to_string() == "amd64")
+    let candidates = wanted.candidates();
+    let rank = |d: &Descriptor| {
+        let offered = platform_of(d.platform().as_ref()?);
+        candidates.iter().position(|c| *c == offered)
     };
-    let plain = |d: &Descriptor| {
-        d.platform().as_ref().is_some_and(|p| p.variant().as_deref().is_none_or(|v| v.is_empty() || v == "v1"))
-    };
-    let candidates: Vec<&Descriptor> = index.manifests().iter().filter(is_manifest).filter(amd64).collect();
-    if let Some(best) = candidates.iter().find(|d| plain(d)).or(candidates.first()) {
-        return Ok(Ok((*best).clone()));
-    }
-    // An index of indexes: follow the first one that may hold linux/amd64
-    // (no platform, or that one); the caller bounds the depth.
-    let is_index =
-        |d: &&Descriptor| matches!(d.media_type().to_string().as_str(), media::OCI_INDEX | media::DOCKER_MANIFEST_LIST);
-    if let Some(nested) = index.manifests().iter().filter(is_index).find(|d| d.platform().is_none() || amd64(d)) {
-        return Ok(Ok(nested.clone()));
-    }
-    let mut available: Vec<String> = index
+    let best = index
         .manifests()
         .iter()
         .filter(is_manifest)
+        .enumerate()
+        .filter_map(|(i, d)| rank(d).map(|r| (r, i, d)))
+        .min_by_key(|(r, i, _)| (*r, *i));
+    if let Some((_, _, best)) = best {
+        return Ok(Ok(best.clone()));
+    }
+    // An index of indexes: follow the first one that may hold the platform;
+    // the caller bounds the depth.
+    let is_index =
+        |d: &&Descriptor| matches!(d.media_type().to_string().as_str(), media::OCI_INDEX | media::DOCKER_MANIFEST_LIST);
+    if let Some(nested) =
+        index.manifests().iter().filter(is_index).find(|d| d.platform().is_none() || rank(d).is_some())
+    {
+        return Ok(Ok(nested.clone()));
+    }
+    Ok(Err(available(&index)))
+}
+
+/// The platforms an index offers, sorted, for an error.
+fn available(index: &ImageIndex) -> String {
+    let mut available: Vec<String> = index
+        .manifests()
+        .iter()
         .filter_map(|d| d.platform().as_ref())
-        .map(|p| match p.variant() {
-            Some(v) if !v.is_empty() => format!("{}/{}/{v}", p.os(), p.architecture()),
-            _ => format!("{}/{}", p.os(), p.architecture()),
-        })
+        .map(|p| platform_of(p).to_string())
         // BuildKit's attestation manifests.
-        .filter(|p| p != "unknown/unknown")
+        .filter(|p| !p.starts_with("unknown/"))
         .collect();
     available.sort();
     available.dedup();
-    Ok(Err(if available.is_empty() { "no platform at all".to_owned() } else { available.join(", ") }))
+    if available.is_empty() { "no platform at all".to_owned() } else { available.join(", ") }
+}
+
+/// Checks that an image config is for `wanted` (a single-platform manifest
+/// says its platform only there). A config that names no architecture is
+/// taken as it is. Returns the platform the config names otherwise.
+pub(crate) fn check_config_platform(config: &ImageConfiguration, wanted: &Platform) -> Result<(), Platform> {
+    let arch = config.architecture().to_string();
+    if arch.is_empty() {
+        return Ok(());
+    }
+    let offered = Platform::new(&config.os().to_string(), &arch, config.variant().as_deref().unwrap_or(""));
+    if wanted.rank(&offered).is_some() { Ok(()) } else { Err(offered) }
 }
 
 /// Parses an image manifest (OCI or Docker schema 2), with its media types
@@ -217,7 +244,8 @@ mod tests {
             entry('c', "linux/amd64"),
             entry('d', "unknown/unknown"),
         );
-        let chosen = select_linux_amd64(list.as_bytes()).expect("valid").expect("has amd64");
+        let amd64 = Platform::legacy();
+        let chosen = select(list.as_bytes(), &amd64).expect("valid").expect("has amd64");
         assert_eq!(chosen.digest().to_string(), format!("sha256:{}", "c".repeat(64)));
 
         let list = format!(
@@ -226,8 +254,45 @@ mod tests {
             entry('b', "windows/amd64"),
             entry('d', "unknown/unknown"),
         );
-        let available = select_linux_amd64(list.as_bytes()).expect("valid").expect_err("no amd64");
-        assert_eq!(available, "linux/arm64/v8, windows/amd64");
+        let available = select(list.as_bytes(), &amd64).expect("valid").expect_err("no amd64");
+        assert_eq!(available, "linux/arm64, windows/amd64");
+        let arm64: Platform = "linux/aarch64".parse().expect("platform");
+        let chosen = select(list.as_bytes(), &arm64).expect("valid").expect("has arm64/v8");
+        assert_eq!(chosen.digest().to_string(), format!("sha256:{}", "a".repeat(64)));
+    }
+
+    #[test]
+    fn falls_back_in_containerd_order() {
+        let list = format!(
+            r#"{{"schemaVersion":2,"manifests":[{},{},{}]}}"#,
+            entry('a', "linux/arm/v5"),
+            entry('b', "linux/arm/v6"),
+            entry('c', "linux/amd64/v2"),
+        );
+        let pick = |p: &str| {
+            let wanted: Platform = p.parse().expect("platform");
+            select(list.as_bytes(), &wanted).expect("valid").map(|d| d.digest().to_string()[7..8].to_owned())
+        };
+        assert_eq!(pick("linux/arm"), Ok("b".to_owned()));
+        assert_eq!(pick("linux/arm64"), Ok("b".to_owned()));
+        assert_eq!(pick("linux/amd64/v3"), Ok("c".to_owned()));
+        assert_eq!(pick("linux/amd64"), Err("linux/amd64/v2, linux/arm/v5, linux/arm/v6".to_owned()));
+    }
+
+    #[test]
+    fn config_platform_is_checked() {
+        let config = |arch: &str| -> ImageConfiguration {
+            serde_json::from_str(&format!(
+                r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+            ))
+            .expect("config")
+        };
+        let amd64 = Platform::legacy();
+        assert_eq!(check_config_platform(&config("amd64"), &amd64), Ok(()));
+        assert_eq!(check_config_platform(&config(""), &amd64), Ok(()));
+        let err = check_config_platform(&config("arm64"), &amd64).expect_err("arm64 is not amd64");
+        assert_eq!(err.to_string(), "linux/arm64");
+        assert_eq!(check_config_platform(&config("aarch64"), &"linux/arm64/v8".parse().expect("p")), Ok(()));
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //!
 //! # Pulling (`pull.rs`)
 //!
-//! [`Registry::resolve`] turns a reference into one linux/amd64 image
-//! manifest. It asks the mirrors configured for the reference's registry
+//! [`Registry::resolve_for`] turns a reference into one image manifest for a
+//! platform ([`Registry::resolve`]: linux/amd64, for bake's own cache
+//! entries). It asks the mirrors configured for the reference's registry
 //! first, in order, then the registry itself; a mirror serves the same
 //! repository paths (`docker.io/library/busybox` is asked of a mirror as
 //! `MIRROR/library/busybox`). The manifest is fetched raw, accepting every
 //! media type bake reads (OCI and Docker v2, images and indexes); an index or
-//! a Docker manifest list is resolved to its linux/amd64 entry, fetched by
-//! digest. Every document is checked against the digest it was asked for,
+//! a Docker manifest list is resolved to its best entry for the platform
+//! (containerd's order, see [`crate::platform`]), fetched by digest; a single
+//! manifest whose config names another platform is refused. Every document is checked against the digest it was asked for,
 //! whichever source served it, so a digest-pinned reference means exactly
 //! that image. Raw bytes go into the store as served, never re-serialized,
 //! so digests hold; the parsed manifest has its Docker media types converted

@@ -1,4 +1,4 @@
-//! Pulling: resolving a reference to its linux/amd64 manifest and config
+//! Pulling: resolving a reference to its manifest and config for a platform
 //! (mirrors first, then the registry; an index followed down to its platform
 //! entry; every document checked against its digest) and fetching the layers
 //! the store lacks. See the module docs of [`super`] for the whole story.
@@ -18,6 +18,7 @@ use super::sink::BlobSink;
 use super::{Direction, Progress, Registry, RegistryError, SkipReason, TransferEvent};
 use crate::config::normalize_registry;
 use crate::oci::{Digest, digest_of, media};
+use crate::platform::Platform;
 use crate::reference::ImageRef;
 
 /// A config blob larger than this is refused rather than held in memory: 4
@@ -30,7 +31,7 @@ const MAX_MANIFEST_SIZE: usize = 4 << 20;
 /// (an index of platform manifests); a few tools nest one more.
 pub const MAX_INDEX_DEPTH: usize = 4;
 
-/// An image manifest resolved for linux/amd64; its manifest and config are
+/// An image manifest resolved for a platform; its manifest and config are
 /// in the store.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -53,24 +54,73 @@ impl Registry {
     /// Manifest digest of `r` for linux/amd64 (an index is resolved to that
     /// platform's manifest), its manifest and config blobs fetched into the
     /// store. Mirrors first for the reference's registry, then the registry.
+    /// A single manifest is taken whatever its config says (bake's own
+    /// registry cache entries are of every platform).
     pub async fn resolve(&self, r: &ImageRef) -> Result<Resolved, RegistryError> {
-        if let Some(resolved) = self.resolve_local(r)? {
-            return Ok(resolved);
+        self.resolve_with(r, &Platform::legacy(), false).await
+    }
+
+    /// [`resolve`](Self::resolve) for `platform`: an index is resolved to
+    /// its best entry for it, and a single manifest whose config names
+    /// another platform is an error.
+    pub async fn resolve_for(&self, r: &ImageRef, platform: &Platform) -> Result<Resolved, RegistryError> {
+        self.resolve_with(r, platform, true).await
+    }
+
+    async fn resolve_with(&self, r: &ImageRef, platform: &Platform, check: bool) -> Result<Resolved, RegistryError> {
+        let resolved = match self.resolve_local(r, platform)? {
+            Some(resolved) => resolved,
+            None => self.resolve_remote(r, platform).await?.0,
+        };
+        if check && let Err(actual) = manifest::check_config_platform(&resolved.config, platform) {
+            return Err(RegistryError::WrongPlatform {
+                reference: r.to_string(),
+                wanted: platform.to_string(),
+                actual: actual.to_string(),
+            });
         }
-        self.resolve_remote(r).await.map(|(resolved, _)| resolved)
+        Ok(resolved)
     }
 
     /// [`resolve`](Self::resolve), then every layer blob the store lacks,
     /// a few at a time, streamed and verified by digest, with retries.
     pub async fn pull(&self, r: &ImageRef, progress: &dyn Progress) -> Result<Pulled, RegistryError> {
+        self.pull_with(r, &Platform::legacy(), false, progress).await
+    }
+
+    /// [`pull`](Self::pull) of the image for `platform`, as
+    /// [`resolve_for`](Self::resolve_for) resolves it.
+    pub async fn pull_for(
+        &self,
+        r: &ImageRef,
+        platform: &Platform,
+        progress: &dyn Progress,
+    ) -> Result<Pulled, RegistryError> {
+        self.pull_with(r, platform, true, progress).await
+    }
+
+    async fn pull_with(
+        &self,
+        r: &ImageRef,
+        platform: &Platform,
+        check: bool,
+        progress: &dyn Progress,
+    ) -> Result<Pulled, RegistryError> {
         let inner = &self.inner;
-        let (resolved, source) = match self.resolve_local(r)? {
+        let (resolved, source) = match self.resolve_local(r, platform)? {
             Some(resolved) => (resolved, None),
             None => {
-                let (resolved, source) = self.resolve_remote(r).await?;
+                let (resolved, source) = self.resolve_remote(r, platform).await?;
                 (resolved, Some(source))
             }
         };
+        if check && let Err(actual) = manifest::check_config_platform(&resolved.config, platform) {
+            return Err(RegistryError::WrongPlatform {
+                reference: r.to_string(),
+                wanted: platform.to_string(),
+                actual: actual.to_string(),
+            });
+        }
         let mut seen = HashSet::new();
         let mut missing = Vec::new();
         for layer in resolved.manifest.layers() {
@@ -103,7 +153,7 @@ impl Registry {
 
     /// Resolves a digest-pinned reference from the store alone, when every
     /// document it needs is there.
-    fn resolve_local(&self, r: &ImageRef) -> Result<Option<Resolved>, RegistryError> {
+    fn resolve_local(&self, r: &ImageRef, platform: &Platform) -> Result<Option<Resolved>, RegistryError> {
         let store = &self.inner.store;
         let Some(pinned) = &r.digest else { return Ok(None) };
         let mut digest = parse_digest(pinned, r)?;
@@ -113,7 +163,7 @@ impl Registry {
         let mut raw = store.read_blob(&digest)?;
         let (mut media_type, kind) = manifest::detect(&raw).map_err(unusable(r, "manifest"))?;
         if kind == Kind::Index {
-            let Ok(entry) = manifest::select_linux_amd64(&raw).map_err(unusable(r, "index"))? else {
+            let Ok(entry) = manifest::select(&raw, platform).map_err(unusable(r, "index"))? else {
                 return Ok(None);
             };
             digest = entry.digest().clone();
@@ -144,14 +194,16 @@ impl Registry {
     }
 
     /// Resolves from the mirrors, then the registry. Returns the host that answered.
-    async fn resolve_remote(&self, r: &ImageRef) -> Result<(Resolved, String), RegistryError> {
+    async fn resolve_remote(&self, r: &ImageRef, platform: &Platform) -> Result<(Resolved, String), RegistryError> {
         let sources = self.inner.endpoints.sources(r);
         let mut errors = Vec::new();
         for host in &sources {
-            match self.resolve_from(host, r).await {
+            match self.resolve_from(host, r, platform).await {
                 Ok(resolved) => return Ok((resolved, host.clone())),
-                // A broken store is no reason to ask elsewhere.
-                Err(e) if e.is_local() => return Err(e),
+                // A broken store is no reason to ask elsewhere; nor is an
+                // image served without the platform: a mirror serves the
+                // same images as its registry.
+                Err(e) if e.is_local() || matches!(e, RegistryError::NoPlatform { .. }) => return Err(e),
                 Err(e) => errors.push(e),
             }
         }
@@ -159,7 +211,7 @@ impl Registry {
     }
 
     /// Resolves `r` from one host.
-    async fn resolve_from(&self, host: &str, r: &ImageRef) -> Result<Resolved, RegistryError> {
+    async fn resolve_from(&self, host: &str, r: &ImageRef, platform: &Platform) -> Result<Resolved, RegistryError> {
         let inner = &self.inner;
         let endpoint = inner.endpoints.get(host).await?;
         // As asked of this host: a mirror shows as itself.
@@ -188,9 +240,9 @@ impl Registry {
             if depth > MAX_INDEX_DEPTH {
                 return Err(RegistryError::IndexTooDeep { reference: r.to_string(), max: MAX_INDEX_DEPTH });
             }
-            let entry = manifest::select_linux_amd64(&raw)
-                .map_err(unusable(r, "index"))?
-                .map_err(|available| RegistryError::NoPlatform { reference: r.to_string(), available })?;
+            let entry = manifest::select(&raw, platform).map_err(unusable(r, "index"))?.map_err(|available| {
+                RegistryError::NoPlatform { reference: r.to_string(), platform: platform.to_string(), available }
+            })?;
             self.store_document(&raw, &digest)?;
             digest = entry.digest().clone();
             let child = endpoint.reference(&r.repository, None, Some(digest.as_ref()));
@@ -199,7 +251,7 @@ impl Registry {
             if actual != digest {
                 return Err(RegistryError::DigestMismatch {
                     registry: host.to_owned(),
-                    what: format!("the linux/amd64 manifest of {what}"),
+                    what: format!("the {platform} manifest of {what}"),
                     expected: digest.to_string(),
                     actual: actual.to_string(),
                 });

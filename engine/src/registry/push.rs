@@ -1,5 +1,5 @@
 //! Pushing: the three phases of [`Registry::push`] (blobs, manifests by
-//! digest, tags), the plan made before any request, and blob upload with
+//! digest (an index's platform manifests before the index), tags), the plan made before any request, and blob upload with
 //! cross-repository mounts. See the module docs of [`super`] for why the
 //! phases are ordered so.
 
@@ -272,34 +272,34 @@ impl Registry {
 
     /// Reads every image to push from the store and lays out the work.
     fn plan_push(&self, images: &[PushImage]) -> Result<PushPlan, RegistryError> {
-        let store = &self.inner.store;
         let mut plan = PushPlan::default();
-        let mut blob_index: HashMap<(String, Digest), usize> = HashMap::new();
-        let mut manifest_index: HashMap<(String, String, Digest), usize> = HashMap::new();
-        let mut repositories = HashSet::new();
+        let mut seen = Seen::default();
         for image in images {
-            if !matches!(image.media_type.as_str(), media::OCI_MANIFEST | media::DOCKER_MANIFEST) {
-                return Err(RegistryError::PushUnsupported {
-                    digest: image.manifest.to_string(),
-                    media_type: image.media_type.clone(),
-                });
+            // An index: its platforms' manifests are pushed before it, by
+            // digest, and only the index gets the tags.
+            let children = match image.media_type.as_str() {
+                media::OCI_MANIFEST | media::DOCKER_MANIFEST => Vec::new(),
+                media::OCI_INDEX => self.index_children(&image.manifest)?,
+                _ => {
+                    return Err(RegistryError::PushUnsupported {
+                        digest: image.manifest.to_string(),
+                        media_type: image.media_type.clone(),
+                    });
+                }
+            };
+            let bytes = self.stored_manifest(&image.manifest)?;
+            let mut parts = Vec::with_capacity(children.len() + 1);
+            for (digest, media_type) in children {
+                let child = self.stored_manifest(&digest)?;
+                let blobs = manifest_blobs(&child, &digest)?;
+                parts.push((digest, media_type, child, blobs));
             }
-            if !store.has_blob(&image.manifest) {
-                return Err(RegistryError::MissingImage { digest: image.manifest.to_string() });
-            }
-            let bytes = Bytes::from(store.read_blob(&image.manifest)?);
-            let parsed = manifest::parse_manifest(&bytes).map_err(|u| RegistryError::Invalid {
-                reference: image.manifest.to_string(),
-                what: "manifest",
-                reason: match u {
-                    Unusable::Invalid(reason) => reason,
-                    Unusable::Unsupported { media_type, .. } => media_type,
-                },
-            })?;
-            let blobs: Vec<(Digest, u64)> = std::iter::once(parsed.config())
-                .chain(parsed.layers())
-                .map(|d| (d.digest().clone(), d.size()))
-                .collect();
+            let blobs = if image.media_type == media::OCI_INDEX {
+                Vec::new()
+            } else {
+                manifest_blobs(&bytes, &image.manifest)?
+            };
+            parts.push((image.manifest.clone(), image.media_type.clone(), bytes, blobs));
             for tag in &image.tags {
                 if let Some(pinned) = &tag.digest
                     && *pinned != image.manifest.to_string()
@@ -312,43 +312,76 @@ impl Registry {
                 }
                 let host = normalize_registry(&tag.registry).to_owned();
                 let repository = tag.repository.clone();
-                if repositories.insert((host.clone(), repository.clone())) {
+                if seen.repositories.insert((host.clone(), repository.clone())) {
                     plan.repositories.push((host.clone(), repository.clone()));
                 }
-                for (digest, size) in &blobs {
-                    let i = *blob_index.entry((host.clone(), digest.clone())).or_insert_with(|| {
-                        plan.blobs.push(BlobPlan {
-                            host: host.clone(),
-                            digest: digest.clone(),
-                            size: *size,
-                            repositories: Vec::new(),
-                            image: image.manifest.to_string(),
+                let last = parts.len() - 1;
+                for (i, (digest, media_type, bytes, blobs)) in parts.iter().enumerate() {
+                    for (blob, size) in blobs {
+                        let b = *seen.blobs.entry((host.clone(), blob.clone())).or_insert_with(|| {
+                            plan.blobs.push(BlobPlan {
+                                host: host.clone(),
+                                digest: blob.clone(),
+                                size: *size,
+                                repositories: Vec::new(),
+                                image: image.manifest.to_string(),
+                            });
+                            plan.blobs.len() - 1
                         });
-                        plan.blobs.len() - 1
-                    });
-                    if !plan.blobs[i].repositories.contains(&repository) {
-                        plan.blobs[i].repositories.push(repository.clone());
+                        if !plan.blobs[b].repositories.contains(&repository) {
+                            plan.blobs[b].repositories.push(repository.clone());
+                        }
                     }
-                }
-                let key = (host.clone(), repository.clone(), image.manifest.clone());
-                let i = *manifest_index.entry(key).or_insert_with(|| {
-                    plan.manifests.push(ManifestPlan {
-                        host: host.clone(),
-                        repository: repository.clone(),
-                        digest: image.manifest.clone(),
-                        media_type: image.media_type.clone(),
-                        bytes: bytes.clone(),
-                        tags: Vec::new(),
+                    let key = (host.clone(), repository.clone(), digest.clone());
+                    let m = *seen.manifests.entry(key).or_insert_with(|| {
+                        plan.manifests.push(ManifestPlan {
+                            host: host.clone(),
+                            repository: repository.clone(),
+                            digest: digest.clone(),
+                            media_type: media_type.clone(),
+                            bytes: bytes.clone(),
+                            tags: Vec::new(),
+                        });
+                        plan.manifests.len() - 1
                     });
-                    plan.manifests.len() - 1
-                });
-                // A reference by digest alone needs no tag: phase 2 pushes it.
-                if tag.tag.is_some() && !plan.manifests[i].tags.contains(tag) {
-                    plan.manifests[i].tags.push(tag.clone());
+                    // A reference by digest alone needs no tag: phase 2 pushes it.
+                    if i == last && tag.tag.is_some() && !plan.manifests[m].tags.contains(tag) {
+                        plan.manifests[m].tags.push(tag.clone());
+                    }
                 }
             }
         }
         Ok(plan)
+    }
+
+    /// A manifest's bytes from the store.
+    fn stored_manifest(&self, digest: &Digest) -> Result<Bytes, RegistryError> {
+        let store = &self.inner.store;
+        if !store.has_blob(digest) {
+            return Err(RegistryError::MissingImage { digest: digest.to_string() });
+        }
+        Ok(Bytes::from(store.read_blob(digest)?))
+    }
+
+    /// The platform manifests an index in the store lists: digests and
+    /// media types. Nested indexes are not pushed.
+    fn index_children(&self, digest: &Digest) -> Result<Vec<(Digest, String)>, RegistryError> {
+        let bytes = self.stored_manifest(digest)?;
+        let invalid = |reason: String| RegistryError::Invalid { reference: digest.to_string(), what: "index", reason };
+        let index: oci_spec::image::ImageIndex =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a valid image index: {e}")))?;
+        index
+            .manifests()
+            .iter()
+            .map(|d| {
+                let media_type = d.media_type().to_string();
+                if matches!(media_type.as_str(), media::OCI_MANIFEST | media::DOCKER_MANIFEST) {
+                    Ok((d.digest().clone(), media_type))
+                } else {
+                    Err(RegistryError::PushUnsupported { digest: d.digest().to_string(), media_type })
+                }
+            })
+            .collect()
     }
 }
 
@@ -380,4 +413,25 @@ struct ManifestPlan {
     media_type: String,
     bytes: Bytes,
     tags: Vec<ImageRef>,
+}
+
+/// What a push plan has already placed, by registry and repository.
+#[derive(Default)]
+struct Seen {
+    repositories: HashSet<(String, String)>,
+    blobs: HashMap<(String, Digest), usize>,
+    manifests: HashMap<(String, String, Digest), usize>,
+}
+
+/// The config and layers of a manifest's bytes, with their sizes.
+fn manifest_blobs(bytes: &[u8], digest: &Digest) -> Result<Vec<(Digest, u64)>, RegistryError> {
+    let parsed = manifest::parse_manifest(bytes).map_err(|u| RegistryError::Invalid {
+        reference: digest.to_string(),
+        what: "manifest",
+        reason: match u {
+            Unusable::Invalid(reason) => reason,
+            Unusable::Unsupported { media_type, .. } => media_type,
+        },
+    })?;
+    Ok(std::iter::once(parsed.config()).chain(parsed.layers()).map(|d| (d.digest().clone(), d.size())).collect())
 }

@@ -12,13 +12,26 @@ use crate::lang::error::{LangError, quoted, suggest};
 use crate::lang::interp::is_name;
 use crate::lang::limits::MAX_ARG_DEPTH;
 use crate::lang::schema::{self};
-use crate::lang::{Arg, FileId, LoadOptions, Span};
+use crate::lang::{Arg, FileId, LoadOptions, PREDEFINED_ARGS, Span};
 
 impl Cx<'_> {
-    pub(super) fn collect_args(&mut self, docs: &[(FileId, KdlDocument)], options: &LoadOptions) -> Vec<Arg> {
+    /// The args, with the predefined ones (`TARGETARCH`, ...) given
+    /// `predefined`'s values: they need no `arg` node, and one that names
+    /// them only says they are used, as `ARG TARGETARCH` does in a
+    /// Dockerfile.
+    pub(super) fn collect_args(
+        &mut self,
+        docs: &[(FileId, KdlDocument)],
+        options: &LoadOptions,
+        predefined: &[(&'static str, String)],
+    ) -> Vec<Arg> {
         let spec = &schema::TOP[0];
         let mut order: Vec<(String, Span, Option<String>)> = Vec::new();
         let mut sites: HashMap<String, Span> = HashMap::new();
+        for (name, value) in predefined {
+            let nowhere = Span { file: 0, span: (0, 0).into() };
+            self.args.insert((*name).to_owned(), (ArgState::Value(value.clone()), nowhere));
+        }
         for (file_id, doc) in docs {
             let file = self.file(*file_id);
             for node in doc.nodes().iter().filter(|n| n.name().value() == "arg") {
@@ -37,6 +50,9 @@ impl Cx<'_> {
                     );
                     continue;
                 }
+                if PREDEFINED_ARGS.contains(&name.as_str()) {
+                    continue;
+                }
                 if let Some(first) = sites.get(&name) {
                     self.duplicate("arg", &name, *first, span);
                     continue;
@@ -51,6 +67,10 @@ impl Cx<'_> {
             }
         }
         for (name, value) in &options.set {
+            if PREDEFINED_ARGS.contains(&name.as_str()) {
+                self.errors.push(LangError::PredefinedSet { name: name.clone() });
+                continue;
+            }
             match self.args.get_mut(name) {
                 Some((state, _)) => *state = ArgState::Value(value.clone()),
                 None => {

@@ -447,6 +447,8 @@ impl Cx<'_> {
                     })
                     .collect(),
                 annotations: Vec::new(),
+                platforms: None,
+                build_for: Vec::new(),
             });
             let mut args_used = used;
             for ins in &instructions {
@@ -454,8 +456,15 @@ impl Cx<'_> {
                 args_used.extend(ins.args_used.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
             let name_span = from.name.as_ref().map_or(from.image.span, |w| w.span);
+            let name = stage_name(prefix, stage);
             stages.push(Stage {
-                name: stage_name(prefix, stage),
+                instance: name.clone(),
+                pin: None,
+                // The machine bake runs on (a `dockerfile` node's stages
+                // are made instances of with the workspace's).
+                platform: crate::platform::Platform::host(),
+                target: None,
+                name,
                 span: at(name_span),
                 from: base,
                 from_span,

@@ -10,7 +10,8 @@ use kdl::KdlEntry;
 use miette::SourceSpan;
 
 use super::{ArgState, Cx, TYPO_BUDGET, scalar};
-use crate::lang::error::{LangError, list_names, quoted, suggest};
+use crate::lang::PREDEFINED_ARGS;
+use crate::lang::error::{LangError, did_you_mean, list_names, quoted, suggest};
 use crate::lang::interp::{Piece, pieces};
 use crate::lang::{FileId, Span};
 
@@ -65,11 +66,17 @@ impl Cx<'_> {
                         let names = self.sorted_arg_names();
                         let src = self.files[span.file].src();
                         self.errors.push_with(|| {
-                            let known: Vec<&str> = names.iter().map(String::as_str).collect();
-                            let mut help = if close {
-                                suggest(name, "args", &known)
-                            } else {
-                                format!("args: {}", list_names(&known))
+                            // The predefined args are suggested, not listed.
+                            let known: Vec<&str> =
+                                names.iter().map(String::as_str).filter(|n| !PREDEFINED_ARGS.contains(n)).collect();
+                            let declared = did_you_mean(name, known.iter().copied()).filter(|_| close);
+                            let predefined = did_you_mean(name, PREDEFINED_ARGS.iter().copied()).filter(|_| close);
+                            let mut help = match (declared, predefined) {
+                                (None, Some(p)) => {
+                                    format!("did you mean `{p}`? It is predefined: {}", PREDEFINED_ARGS.join(", "))
+                                }
+                                _ if close => suggest(name, "args", &known),
+                                _ => format!("args: {}", list_names(&known)),
                             };
                             let _ = write!(help, ". A shell variable is written $${{{name}}} or ${name}");
                             LangError::UnknownArg { name: quoted(name), src, at, help }

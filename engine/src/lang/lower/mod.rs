@@ -12,6 +12,11 @@
 //! - pass 5, [`checks`]: cycles, depth and the other whole-graph checks, made
 //!   only when pass 4 lowered everything.
 //!
+//! Passes 2 to 5 run once per target platform, each with that platform's
+//! predefined args (`TARGETARCH`, ...); [`platforms`] then keeps one
+//! instance of each stage that does not depend on the target and one per
+//! platform of each that does.
+//!
 //! [`Cx`] carries the state of one load; each pass adds its methods to it in its
 //! own file. Scalar value parsing lives in [`values`].
 
@@ -20,6 +25,7 @@ mod checks;
 mod dockerfile;
 mod interpolate;
 mod names;
+mod platforms;
 mod refs;
 mod stages;
 mod steps;
@@ -39,6 +45,7 @@ use super::error::{Errors, LangError, LoadError, Note};
 use super::interp::{Piece, pieces};
 use super::limits::Limits;
 use super::{Artifact, FileId, LoadOptions, SourceFile, Span, Stage, StageId, Target, Workspace};
+use crate::platform::Platform;
 use crate::reference::ImageRef;
 
 pub(super) fn load(path: &Path, options: &LoadOptions) -> Result<Workspace, LoadError> {
@@ -96,6 +103,16 @@ pub(super) fn load_dockerfile(
         arg_names: None,
         dockerfiles: HashMap::new(),
     };
+    // Until Dockerfiles are built per platform, only this machine's.
+    let build = options.build_platform.clone().unwrap_or_else(Platform::host);
+    if let Some(other) = options.platforms.iter().find(|p| **p != build) {
+        cx.invalid(
+            Span { file: 0, span: (0, 0).into() },
+            format!("a Dockerfile is built for {build}, the machine bake runs on, not for --platform {other} yet"),
+            "building this Dockerfile",
+            Some("leave --platform out, or write the build in build.kdl, which builds for several platforms"),
+        );
+    }
     if !context.is_dir() {
         cx.invalid(
             Span { file: 0, span: (0, 0).into() },
@@ -132,6 +149,8 @@ pub(super) fn load_dockerfile(
             cache_from: Vec::new(),
             cache_to: Vec::new(),
             boundary,
+            platforms: vec![build.clone()],
+            build_platform: build,
         })
     } else {
         Err(fail(errors.into_reported()))
@@ -148,24 +167,107 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
     let boundary = Boundary::new(&workspace, &options.allow_paths);
     let docs = super::parse::parse_workspace(root, root_text, &boundary, &options.limits, &mut files, &mut errors);
     let dockerfiles = dockerfile::read_nodes(&docs, &boundary, &mut files, &mut errors);
+    let failed = |errors: Errors| LoadError { root: root.to_path_buf(), errors: errors.into_reported() };
+
+    // The files are lowered once per target platform, each time with the
+    // predefined args of that platform; `platforms.rs` then keeps one
+    // instance of each stage that does not depend on the target and one per
+    // platform of each that does.
+    let build = options.build_platform.clone().unwrap_or_else(Platform::host);
+    let first_target = options.platforms.first().cloned().unwrap_or_else(|| build.clone());
+    let first =
+        lower_pass(&files, &dockerfiles, &docs, &boundary, options, &first_target, &build, errors).map_err(failed)?;
+    let targets = platforms::targets(options, &first, &build);
+    if targets.all.len() > platforms::MAX_PLATFORMS {
+        let mut errors = Errors::default();
+        errors.push(LangError::Limit {
+            what: "too many target platforms".to_owned(),
+            limit: platforms::MAX_PLATFORMS,
+            unit: "platforms",
+            src: None,
+            at: None,
+            label: String::new(),
+            help: format!(
+                "the files and --platform name {} platforms; each one lowers the files again",
+                targets.all.len()
+            ),
+        });
+        return Err(failed(errors));
+    }
+    let mut passes = Vec::with_capacity(targets.all.len());
+    let mut first = Some(first);
+    for target in &targets.all {
+        let pass = match first.take_if(|f| f.target == *target) {
+            Some(pass) => pass,
+            None => lower_pass(&files, &dockerfiles, &docs, &boundary, options, target, &build, Errors::default())
+                .map_err(failed)?,
+        };
+        passes.push(pass);
+    }
+    let mut errors = Errors::default();
+    let merged = platforms::instantiate(passes, &targets, &build, &files, &mut errors);
+    match merged {
+        Some(m) if errors.is_empty() => Ok(Workspace {
+            files,
+            args: m.args,
+            stages: m.stages,
+            artifacts: m.artifacts,
+            targets: m.targets,
+            cache_from: m.cache_from,
+            cache_to: m.cache_to,
+            boundary,
+            platforms: targets.default,
+            build_platform: build,
+        }),
+        _ => Err(failed(errors)),
+    }
+}
+
+/// The Dockerfiles of `dockerfile` nodes, parsed once for every pass.
+type DockerfileAsts = HashMap<(FileId, usize), (FileId, crate::dockerfile::Dockerfile)>;
+
+/// One lowering of every file for one target platform.
+struct Pass {
+    target: Platform,
+    args: Vec<super::Arg>,
+    stages: Vec<Stage>,
+    artifacts: Vec<Artifact>,
+    targets: Vec<Target>,
+    cache_from: Spanned,
+    cache_to: Spanned,
+    /// The workspace's `platforms` node.
+    platforms: Option<(Vec<Platform>, Span)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lower_pass(
+    files: &[SourceFile],
+    dockerfiles: &DockerfileAsts,
+    docs: &[(FileId, kdl::KdlDocument)],
+    boundary: &Boundary,
+    options: &LoadOptions,
+    target: &Platform,
+    build: &Platform,
+    errors: Errors,
+) -> Result<Pass, Errors> {
     let mut cx = Cx {
-        files: &files,
+        files,
         errors,
         args: HashMap::new(),
         used: BTreeMap::new(),
         failed: HashSet::new(),
-        boundary: &boundary,
+        boundary,
         limits: options.limits,
         expanded: 0,
         args_too_deep: false,
         typos: HashMap::new(),
         compared: 0,
         arg_names: None,
-        dockerfiles,
+        dockerfiles: dockerfiles.clone(),
     };
 
-    let args = cx.collect_args(&docs, options);
-    let decls = cx.collect_names(&docs);
+    let args = cx.collect_args(docs, options, &super::predefined_args(target, build));
+    let decls = cx.collect_names(docs);
     let names = Names::new(&decls);
     let mut stages = Vec::new();
     let mut artifacts = Vec::new();
@@ -180,7 +282,8 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
             DeclKind::Target => targets.push(cx.lower_target(decl, &names)),
         }
     }
-    let (cache_from, cache_to) = cx.lower_caches(&docs);
+    let (cache_from, cache_to) = cx.lower_caches(docs);
+    let platforms = cx.lower_workspace_platforms(docs);
     let stages: Vec<Stage> = stages.into_iter().flatten().collect();
     let artifacts: Vec<Artifact> = artifacts.into_iter().flatten().collect();
     let targets: Vec<Target> = targets.into_iter().flatten().collect();
@@ -206,9 +309,9 @@ fn load_inner(root: &Path, root_text: Option<(String, String)>, options: &LoadOp
     }
     let Cx { errors, .. } = cx;
     if errors.is_empty() {
-        Ok(Workspace { files, args, stages, artifacts, targets, cache_from, cache_to, boundary })
+        Ok(Pass { target: target.clone(), args, stages, artifacts, targets, cache_from, cache_to, platforms })
     } else {
-        Err(LoadError { root: root.to_path_buf(), errors: errors.into_reported() })
+        Err(errors)
     }
 }
 
@@ -344,7 +447,7 @@ struct Cx<'f> {
     /// [`Cx::sorted_arg_names`], once computed.
     arg_names: Option<std::sync::Arc<Vec<String>>>,
     /// The Dockerfiles of `dockerfile` nodes, parsed, by the node's place.
-    dockerfiles: HashMap<(FileId, usize), (FileId, crate::dockerfile::Dockerfile)>,
+    dockerfiles: DockerfileAsts,
 }
 
 /// Longest message or label of an invalid-value diagnostic, in bytes.

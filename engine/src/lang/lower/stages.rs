@@ -15,6 +15,7 @@ use crate::lang::schema::{self, Checked, Spec};
 use crate::lang::{
     Artifact, Base, FileId, ImageOutput, Instruction, InstructionKind, Member, Port, Span, Stage, Target,
 };
+use crate::platform::Platform;
 use crate::reference::ImageRef;
 use crate::sandbox::normalize_signal;
 
@@ -71,6 +72,11 @@ impl Cx<'_> {
         };
 
         let context = self.lower_context(checked.prop("context"), file_id);
+        let pin = checked.prop("platform").and_then(|entry| {
+            let at = Span { file: file_id, span: entry.span() };
+            let raw = self.string(file_id, entry);
+            self.platform(&raw, at).map(|p| (p, at))
+        });
 
         let allowed: &[&str] = spec.children.unwrap_or(&[]);
         let mut instructions = Vec::new();
@@ -87,6 +93,10 @@ impl Cx<'_> {
             let span = Span { file: file_id, span: node.span() };
             match (body_spec.name, image.as_mut()) {
                 ("tag", Some(out)) => self.lower_tags(&checked, file_id, &mut out.tags),
+                ("platforms", Some(out)) => {
+                    let list = self.lower_platforms(&checked, file_id);
+                    out.platforms = Some((list, span));
+                }
                 ("annotation", Some(out)) => {
                     let key = self.string(file_id, checked.args[0]);
                     let value = self.string(file_id, checked.args[1]);
@@ -107,6 +117,7 @@ impl Cx<'_> {
             args_used.extend(ins.args_used.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         Some(Stage {
+            instance: name.clone(),
             name,
             span: decl.span,
             from: from?,
@@ -116,6 +127,10 @@ impl Cx<'_> {
             instructions,
             image,
             args_used,
+            pin,
+            // Set when the workspace's instances are made (`platforms.rs`).
+            platform: Platform::legacy(),
+            target: None,
         })
     }
 
