@@ -387,6 +387,10 @@ fn config_instructions_and_arg_scopes_match_buildkit() {
     // app.Dockerfile.dockerignore, not .dockerignore, decided what the context holds.
     let snap = snapshot(&ours);
     assert!(snap.files.contains_key("ctx/kept.md") && !snap.files.contains_key("ctx/dropped.txt"));
+    // ADD unpacked the gzip tar, with the archive's owners and modes.
+    let secret = &snap.files["opt/pkg/secret.txt"];
+    assert_eq!((secret.uid, secret.gid, secret.mode), (1234, 5678, 0o600), "{secret:?}");
+    assert_eq!(snap.files["opt/pkg/link"].link.as_deref(), Some("readme"));
     // WORKDIR after USER made its folder for that user, as BuildKit does.
     assert_eq!(snap.files["srv/data"].uid, 1000, "{:?}", snap.files["srv/data"]);
 }

@@ -86,6 +86,10 @@ impl Copier<'_, '_> {
             .map_err(|e| self.error(format!("bad exclude pattern `{}`: {}", e.pattern, e.reason), "here", None))?;
 
         let mut items: BTreeMap<String, Item> = BTreeMap::new();
+        // ADD: archives unpacked (kept until the layer is written), and the
+        // entries that came from them, which keep the archive's owners.
+        let mut unpacked: Vec<tempfile::TempDir> = Vec::new();
+        let mut extracted: std::collections::HashSet<String> = std::collections::HashSet::new();
         if copy.mkdir {
             // A Dockerfile's WORKDIR: the folder and its missing parents,
             // owned by the user in force (`uid`, `gid` below), as BuildKit
@@ -114,6 +118,21 @@ impl Copier<'_, '_> {
                 };
                 let into_dir = named_dir || existing_dir || copy.sources.len() > 1 || roots.len() > 1;
                 for e in &sel.entries {
+                    // ADD: a tar named as a source is unpacked into the destination.
+                    if copy.extract
+                        && e.kind == CtxKind::File
+                        && e.path == e.root
+                        && let Some(dir) = self.unpack(&read.root.join(&e.path), &mut unpacked)?
+                    {
+                        let mut all = Vec::new();
+                        walk_host(&dir, "", &mut all)?;
+                        for (rel, meta, real) in all {
+                            let target = join(&dest, &rel);
+                            add_host(&mut items, &target, &meta, &real);
+                            extracted.insert(target);
+                        }
+                        continue;
+                    }
                     let target = place(&dest, &e.root, &e.path, root_is_dir(&e.root), into_dir);
                     let (kind, content) = match &e.kind {
                         CtxKind::File => (
@@ -170,8 +189,9 @@ impl Copier<'_, '_> {
         }
         // A Dockerfile's `COPY --from` without `--chown` keeps the source's owners.
         let keep = copy.keep_owners && copy.chown.is_none() && !matches!(source, Source::Context(_));
-        for item in items.values_mut() {
-            if !keep {
+        for (path, item) in &mut items {
+            let from_archive = copy.chown.is_none() && extracted.contains(path);
+            if !keep && !from_archive {
                 item.entry.uid = uid;
                 item.entry.gid = gid;
             }
@@ -184,6 +204,41 @@ impl Copier<'_, '_> {
         }
         Self::add_parents(&mut items, &parent)?;
         write_layer(self.build, items.into_values().collect())
+    }
+
+    /// Unpacks a context file into a fresh folder when it is a tar archive
+    /// (plain or gzip, told by its bytes as BuildKit tells them); `None`
+    /// for any other file, which is copied as it is.
+    fn unpack(&self, file: &Path, keep: &mut Vec<tempfile::TempDir>) -> Result<Option<PathBuf>, ExecError> {
+        let io = |source| ExecError::Io { path: file.to_path_buf(), source };
+        let mut head = [0u8; 512];
+        let mut f = std::fs::File::open(file).map_err(io)?;
+        let n = read_full(&mut f, &mut head).map_err(io)?;
+        let gzip = n >= 2 && head[..2] == [0x1f, 0x8b];
+        let tar = n >= 262 && &head[257..262] == b"ustar";
+        if !gzip && !tar {
+            return Ok(None);
+        }
+        let f = std::fs::File::open(file).map_err(io)?;
+        let reader: Box<dyn Read> = if gzip { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
+        let tmp = self.build.engine.home.tmp_dir();
+        std::fs::create_dir_all(&tmp).map_err(|source| ExecError::Io { path: tmp.clone(), source })?;
+        let dir = tempfile::Builder::new()
+            .prefix(&crate::scratch::prefix("add-"))
+            .tempdir_in(&tmp)
+            .map_err(|source| ExecError::Io { path: tmp.clone(), source })?;
+        let mut archive = tar::Archive::new(reader);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_ownerships(true);
+        archive.set_unpack_xattrs(false);
+        // `unpack` keeps every entry inside the folder (no `..`, no
+        // absolute paths, no writing through links).
+        archive
+            .unpack(dir.path())
+            .map_err(|e| self.error(format!("cannot unpack {}: {e}", file.display()), "this archive", None))?;
+        let path = dir.path().to_path_buf();
+        keep.push(dir);
+        Ok(Some(path))
     }
 
     /// What a `from=` source path names: itself (links followed), or the
@@ -427,6 +482,64 @@ fn add_found(items: &mut BTreeMap<String, Item>, path: &str, f: &Found) {
         && let Some(item) = items.get_mut(path)
     {
         item.entry.xattrs.insert("security.capability".to_owned(), cap);
+    }
+}
+
+/// Reads until `buf` is full or the file ends; the bytes read.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            m => n += m,
+        }
+    }
+    Ok(n)
+}
+
+/// Every entry under a host folder, parents first: path relative to it,
+/// metadata (links not followed) and host path.
+fn walk_host(root: &Path, rel: &str, out: &mut Vec<(String, std::fs::Metadata, PathBuf)>) -> Result<(), ExecError> {
+    let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ExecError::Io { path, source }
+    };
+    let mut names: Vec<_> = std::fs::read_dir(&dir).map_err(io(&dir))?.collect::<Result<_, _>>().map_err(io(&dir))?;
+    names.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in names {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let real = root.join(&path);
+        let meta = std::fs::symlink_metadata(&real).map_err(io(&real))?;
+        let is_dir = meta.is_dir();
+        out.push((path.clone(), meta, real));
+        if is_dir {
+            walk_host(root, &path, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// An unpacked entry as an item, with its owner.
+fn add_host(items: &mut BTreeMap<String, Item>, path: &str, meta: &std::fs::Metadata, real: &Path) {
+    let ft = meta.file_type();
+    let mode = meta.mode() & 0o7777;
+    let (kind, content) = if ft.is_dir() {
+        (EntryKind::Dir, Content::None)
+    } else if ft.is_file() {
+        (EntryKind::File { size: meta.len() }, Content::Snapshot(real.to_path_buf()))
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(real).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        (EntryKind::Symlink { target }, Content::None)
+    } else {
+        return; // devices and fifos in an ADD archive are left out
+    };
+    let link = (ft.is_file() && meta.nlink() > 1).then_some((meta.dev(), meta.ino()));
+    insert(items, path.to_owned(), kind, mode, content, link);
+    if let Some(item) = items.get_mut(path) {
+        item.entry.uid = meta.uid();
+        item.entry.gid = meta.gid();
     }
 }
 

@@ -526,6 +526,9 @@ impl Plan {
                 if copy.mkdir {
                     k.field("mkdir", true);
                 }
+                if copy.extract {
+                    k.field("extract", true);
+                }
                 match &copy.from {
                     CopySource::Context => {
                         let digest = self.reads.get(&n).map_or([0; 32], |r| r.selection.digest);

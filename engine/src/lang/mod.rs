@@ -323,6 +323,10 @@ pub struct Copy {
     /// missing parents are made (0755, owned by `chown`: the `USER` in
     /// force), as BuildKit makes the working folder.
     pub mkdir: bool,
+    /// A Dockerfile's `ADD`: a context file that is a tar archive (plain
+    /// or gzip) is unpacked into the destination folder instead of copied,
+    /// keeping the archive's owners unless `chown` is given.
+    pub extract: bool,
 }
 
 /// `run "script" { cache ...; secret ...; network ...; security ...; env ... }`.

@@ -23,6 +23,7 @@ COPY --chmod=640 --chown=12:34 src/a.txt /data/copy-of-a.txt
 FROM base
 COPY --from=1 /data /data
 COPY . /ctx/
+ADD src/pkg.tar.gz /opt/
 USER 1000
 WORKDIR /srv/data
 MAINTAINER bake tests <tests@example.com>

@@ -90,6 +90,7 @@ impl Cx<'_> {
             keep_owners: false,
             optional,
             mkdir: false,
+            extract: false,
         })
     }
 
