@@ -673,6 +673,12 @@ impl<'a> Writer<'a> {
         let to = self.expand(st, dest, Mode::Plain, indent);
         let _ = write!(line, " to={}", bake_string(&to));
         if let Some(f) = from {
+            if chown.is_none() {
+                self.note(
+                    indent,
+                    "COPY --from keeps the files' owners; bake's copy makes them root's (give chown= if they matter)",
+                );
+            }
             let raw = strip_markers(&self.expand(st, f, Mode::Plain, indent));
             let stage = raw
                 .parse::<usize>()
@@ -917,4 +923,81 @@ fn go_duration(d: Duration) -> String {
         let _ = write!(out, "{s}s");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{bake_string, escape_interp, import, kdl_string, script_string};
+    use crate::lang::{InstructionKind, LoadOptions, Workspace, load_dockerfile_str, load_str};
+
+    /// What each stage does, without spans: the thing an import must keep.
+    fn steps(ws: &Workspace) -> Vec<(String, Vec<InstructionKind>)> {
+        ws.stages
+            .iter()
+            .map(|s| {
+                let kinds = s.instructions.iter().map(|i| match &i.kind {
+                    // Spans differ, and owners are the one thing build.kdl
+                    // cannot say (the import notes it).
+                    InstructionKind::Copy(c) => {
+                        let mut c = c.clone();
+                        c.source_spans.clear();
+                        c.keep_owners = false;
+                        InstructionKind::Copy(c)
+                    }
+                    k => k.clone(),
+                });
+                (format!("{:?}", s.image.is_some()), kinds.collect())
+            })
+            .collect()
+    }
+
+    /// Loads `dockerfile` both ways: as itself, and imported as a build.kdl.
+    fn both(dockerfile: &str) -> (Workspace, Workspace, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = LoadOptions::default();
+        options.dockerfile.context = Some(dir.path().to_path_buf());
+        let direct = load_dockerfile_str(&dir.path().join("Dockerfile"), dockerfile, &options)
+            .unwrap_or_else(|e| panic!("the Dockerfile loads: {e:?}"));
+        let df = super::super::parse_str("Dockerfile", Arc::new(dockerfile.to_owned())).expect("parses");
+        let kdl = import(&df, "Dockerfile").text;
+        let imported = load_str("build.kdl", dir.path(), &kdl, &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("the import loads:\n{kdl}\n{:?}", e.errors));
+        (direct, imported, kdl)
+    }
+
+    #[test]
+    fn strings_survive_kdl_and_interpolation_exactly() {
+        let hard =
+            ["plain", "a \"quoted\" word", "back\\slash\\", "two\nlines\n", "tab\there", "${HOME} $$ $x $", "\u{7f}\r"];
+        for text in hard {
+            let kdl = format!("env \"X\" {}\n", bake_string(text));
+            let doc: kdl::KdlDocument = kdl.parse().unwrap_or_else(|e| panic!("{kdl}: {e:?}"));
+            let value = doc.nodes()[0].entries()[1].value().as_string().expect("a string").to_owned();
+            assert_eq!(value, escape_interp(text), "{kdl}");
+            let doc: kdl::KdlDocument = format!("n {}", kdl_string(text)).parse().expect("parses");
+            assert_eq!(doc.nodes()[0].entries()[0].value().as_string(), Some(text));
+        }
+        for script in ["set -e\necho \"a\\b\"\n\ttabbed\n", "one\n\nthree", "x\n  \ny"] {
+            let kdl = format!("run {}\n", script_string(script, ""));
+            let doc: kdl::KdlDocument = kdl.parse().unwrap_or_else(|e| panic!("{kdl}: {e:?}"));
+            assert_eq!(doc.nodes()[0].entries()[0].value().as_string(), Some(script), "{kdl}");
+        }
+    }
+
+    #[test]
+    fn an_import_means_what_the_dockerfile_means() {
+        let (direct, imported, kdl) = both(
+            "ARG BASE=busybox:1.36\nFROM $BASE AS build\nARG V=1\nENV P=/x:$PATH W=\"$V two\"\nWORKDIR /src/$V\n\
+             COPY a b ./\nRUN --mount=type=cache,target=/c,sharing=locked echo ${V} '$$' \\\n  && echo \"${HOME}\"\n\
+             RUN [\"/bin/echo\", \"${V}\"]\n\
+             FROM scratch\nCOPY --from=0 --chmod=644 /src /s\nCOPY --from=build /src /t\nEXPOSE 80 53/udp\n\
+             LABEL a=b \"c d\"=e\nUSER 1:2\nVOLUME /v\nSTOPSIGNAL SIGINT\nSHELL [\"/bin/bash\", \"-c\"]\n\
+             HEALTHCHECK --interval=1m30s --retries=3 CMD true\nCMD echo hi\nENTRYPOINT [\"/e\"]\n",
+        );
+        assert_eq!(steps(&imported), steps(&direct), "{kdl}");
+        assert!(!kdl.contains("stage \"0\"") && !kdl.contains("stage0"), "{kdl}");
+        assert_eq!(kdl.matches("// bake import: COPY --from keeps the files' owners").count(), 2, "{kdl}");
+    }
 }
