@@ -907,8 +907,8 @@ fn script_string(text: &str, indent: &str) -> String {
 /// A duration as Go writes it (`1m30s`, `500ms`).
 fn go_duration(d: Duration) -> String {
     let ns = d.as_nanos();
-    if ns % 1_000_000_000 != 0 {
-        return if ns % 1_000_000 == 0 { format!("{}ms", ns / 1_000_000) } else { format!("{ns}ns") };
+    if !ns.is_multiple_of(1_000_000_000) {
+        return if ns.is_multiple_of(1_000_000) { format!("{}ms", ns / 1_000_000) } else { format!("{ns}ns") };
     }
     let secs = d.as_secs();
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
