@@ -84,6 +84,10 @@ pub(crate) struct ImportArgs {
     /// Write the build.kdl to FILE instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// A tag for the image (repeatable), written as a `tag` node.
+    #[arg(short = 't', long = "tag", value_name = "NAME:TAG")]
+    pub tag: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -314,9 +314,17 @@ fn rule_help(rule: &str) -> &'static str {
 /// `bake import`: the Dockerfile written as a build.kdl.
 fn import(args: &ImportArgs) -> Result<(), Failure> {
     let df = parse_dockerfile(&args.dockerfile)?;
-    let origin =
-        args.dockerfile.file_name().map_or_else(|| "a Dockerfile".to_owned(), |n| n.to_string_lossy().into_owned());
-    let imported = dockerfile::import::import(&df, &origin);
+    let name = args.dockerfile.file_name().map(|n| n.to_string_lossy().into_owned());
+    // BuildKit reads `NAME.dockerignore` beside the Dockerfile in place of
+    // the context's `.dockerignore`; a build.kdl does not.
+    let own_ignore =
+        name.as_ref().map(|n| format!("{n}.dockerignore")).filter(|i| args.dockerfile.with_file_name(i).is_file());
+    let options = dockerfile::import::ImportOptions {
+        origin: name.unwrap_or_else(|| "a Dockerfile".to_owned()),
+        tags: args.tag.clone(),
+        own_ignore,
+    };
+    let imported = dockerfile::import::import(&df, &options);
     match &args.output {
         None => print(&imported.text),
         Some(path) => std::fs::write(path, &imported.text)

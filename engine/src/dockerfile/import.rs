@@ -52,10 +52,23 @@ pub struct Imported {
     pub image: String,
 }
 
-/// Writes `df` as a build.kdl. `origin` is what the header calls the file.
-pub fn import(df: &Dockerfile, origin: &str) -> Imported {
+/// What an import needs besides the Dockerfile.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// What the header calls the Dockerfile (`Dockerfile`).
+    pub origin: String,
+    /// Tags for the image (`tag` nodes).
+    pub tags: Vec<String>,
+    /// The Dockerfile's own ignore file (`app.Dockerfile.dockerignore`),
+    /// which BuildKit reads in place of `.dockerignore` and a build.kdl
+    /// does not.
+    pub own_ignore: Option<String>,
+}
+
+/// Writes `df` as a build.kdl.
+pub fn import(df: &Dockerfile, options: &ImportOptions) -> Imported {
     let mut w = Writer::new(df);
-    w.file(origin);
+    w.file(options);
     let notes = w.notes;
     Imported { text: w.out, notes, image: w.image_name }
 }
@@ -127,8 +140,14 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn file(&mut self, origin: &str) {
-        let _ = writeln!(self.out, "// Imported from {origin} by `bake import`.");
+    fn file(&mut self, options: &ImportOptions) {
+        let _ = writeln!(self.out, "// Imported from {} by `bake import`.", options.origin);
+        if let Some(ignore) = &options.own_ignore {
+            let text = format!(
+                "{ignore} replaces .dockerignore for the Dockerfile only; a build.kdl reads .dockerignore, then .bakeignore: move its rules there so the context is the same"
+            );
+            self.note("", &text);
+        }
         if let Some(d) = &self.df.directives.syntax {
             let text = format!("`# syntax={}` dropped: bake reads Dockerfiles itself", d.value);
             self.note("", &text);
@@ -222,7 +241,12 @@ impl<'a> Writer<'a> {
             for ins in &stage.instructions {
                 self.instruction(&mut st, ins, "    ");
             }
-            let inner = std::mem::replace(&mut self.out, before);
+            let mut inner = std::mem::replace(&mut self.out, before);
+            if i == last {
+                for t in &options.tags {
+                    let _ = writeln!(inner, "    tag {}", kdl_string(&escape_interp(t)));
+                }
+            }
             let _ = write!(self.out, "{node} {name} from={from_value}");
             if inner.is_empty() {
                 self.out.push('\n');
@@ -961,7 +985,8 @@ mod tests {
         let direct = load_dockerfile_str(&dir.path().join("Dockerfile"), dockerfile, &options)
             .unwrap_or_else(|e| panic!("the Dockerfile loads: {e:?}"));
         let df = super::super::parse_str("Dockerfile", Arc::new(dockerfile.to_owned())).expect("parses");
-        let kdl = import(&df, "Dockerfile").text;
+        let options = super::ImportOptions { origin: "Dockerfile".to_owned(), ..super::ImportOptions::default() };
+        let kdl = import(&df, &options).text;
         let imported = load_str("build.kdl", dir.path(), &kdl, &LoadOptions::default())
             .unwrap_or_else(|e| panic!("the import loads:\n{kdl}\n{:?}", e.errors));
         (direct, imported, kdl)
