@@ -29,7 +29,7 @@ impl Command {
             Self::Build(args) => Some((&mut args.targets, &mut args.load)),
             Self::Explain(args) => Some((&mut args.targets, &mut args.load)),
             Self::Watch(args) => Some((&mut args.targets, &mut args.load)),
-            Self::Check(_) | Self::Run(_) | Self::Images | Self::Cache(_) => None,
+            Self::Check(_) | Self::Import(_) | Self::Run(_) | Self::Images | Self::Cache(_) => None,
         }
     }
 
@@ -41,15 +41,18 @@ impl Command {
             Self::Build(args) => Some(&mut args.load),
             Self::Explain(args) => Some(&mut args.load),
             Self::Watch(args) => Some(&mut args.load),
-            Self::Run(_) | Self::Images | Self::Cache(_) => None,
+            Self::Import(_) | Self::Run(_) | Self::Images | Self::Cache(_) => None,
         }
     }
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Parse, resolve and lint the workspace; build nothing.
+    /// Parse, resolve and lint the workspace; build nothing. With a
+    /// Dockerfile (`-f Dockerfile`), also run BuildKit's check rules on it.
     Check(LoadArgs),
+    /// Write a Dockerfile as a build.kdl (to stdout, or to the file -o names).
+    Import(ImportArgs),
     /// Print the build graph.
     Graph(GraphArgs),
     /// Build targets: images into the local store, artifacts to the host.
@@ -70,6 +73,21 @@ pub(crate) enum Command {
     /// Inspect or clean the local store.
     #[command(subcommand)]
     Cache(CacheCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The Dockerfile to translate.
+    #[arg(value_name = "DOCKERFILE")]
+    pub dockerfile: PathBuf,
+
+    /// Write the build.kdl to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// A tag for the image (repeatable), written as a `tag` node.
+    #[arg(short = 't', long = "tag", value_name = "NAME:TAG")]
+    pub tag: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

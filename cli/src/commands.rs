@@ -2,11 +2,13 @@
 //! render the result.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use bake_engine::Tier;
 use bake_engine::config::Config;
 use bake_engine::context::ContextError;
+use bake_engine::dockerfile;
 use bake_engine::exec::{BuildOptions, Engine, Event, ExecError};
 use bake_engine::graph::{Format, KeyOptions, Plan, PlanError, describe};
 use bake_engine::home::Home;
@@ -18,7 +20,7 @@ use miette::{Diagnostic, Report};
 
 use crate::args::{
     BuildArgs, CacheCommand, Cli, Command, CompressionArg, ExplainArgs, ExplainFormat, GraphArgs, GraphFormat,
-    LoadArgs, PruneArgs, RunArgs,
+    ImportArgs, LoadArgs, PruneArgs, RunArgs,
 };
 
 /// Exit code: the build failed (a step the user wrote failed).
@@ -118,6 +120,26 @@ pub(crate) enum CliError {
         help("name the stage to build as an argument (`bake build NAME`) and its tags with `tag` in the image node")
     )]
     DockerfileOnly { file: PathBuf },
+    #[error("cannot read {}", file.display())]
+    #[diagnostic(code(bake::cli::read))]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", file.display())]
+    #[diagnostic(code(bake::cli::write))]
+    Write {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} of the Dockerfile's checks failed, and `# check=error=true` makes them errors", count(*findings, "rule"))]
+    #[diagnostic(
+        code(bake::cli::check_failed),
+        help("fix the warnings above, or skip a rule with `# check=skip=RULE`")
+    )]
+    ChecksFailed { findings: usize },
     #[error("no home folder for bake's store: set BAKE_HOME or HOME")]
     #[diagnostic(code(bake::cli::no_home))]
     NoHome,
@@ -150,6 +172,7 @@ pub(crate) fn run(mut cli: Cli) -> Result<(), Failure> {
     }
     match cli.command {
         Command::Check(load) => check(&cli.file, &load),
+        Command::Import(args) => import(&args),
         Command::Graph(args) => graph(&cli.file, &args),
         Command::Build(args) => build(&cli.file, &args),
         Command::Explain(args) => explain(&cli.file, &args),
@@ -204,7 +227,117 @@ fn print(text: &str) -> Result<(), Failure> {
     crate::out(text).map_err(|e| Failure::Usage(Report::new(CliError::Output(e))))
 }
 
+/// A BuildKit check rule that fired, rendered as a warning at its line,
+/// with the rule's name as its code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct CheckWarning {
+    message: String,
+    rule: &'static str,
+    src: lang::Src,
+    at: miette::SourceSpan,
+}
+
+impl Diagnostic for CheckWarning {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(self.rule))
+    }
+
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(miette::Severity::Warning)
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(rule_help(self.rule)))
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.src)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        Some(Box::new(std::iter::once(miette::LabeledSpan::new_with_span(Some(self.rule.to_owned()), self.at))))
+    }
+}
+
+/// Reads and parses a Dockerfile.
+fn parse_dockerfile(file: &Path) -> Result<dockerfile::Dockerfile, Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|source| Failure::Usage(Report::new(CliError::Read { file: file.to_path_buf(), source })))?;
+    let name = file.display().to_string();
+    dockerfile::parse_str(&name, std::sync::Arc::new(text)).map_err(|e| Failure::Usage(Report::new(e)))
+}
+
+/// BuildKit's check rules on a Dockerfile: each finding printed as a
+/// warning; an error (exit 1) when `# check=error=true` and any fired.
+fn check_dockerfile(file: &Path) -> Result<(), Failure> {
+    let df = parse_dockerfile(file)?;
+    // UndefinedVar needs the base's environment: known (empty) for scratch
+    // only, as a check reads no image.
+    let findings = dockerfile::lint::check_with(&df, &|stage| {
+        stage.from().image.text.eq_ignore_ascii_case("scratch").then(Vec::new)
+    });
+    let mut err = std::io::stderr().lock();
+    for f in &findings {
+        let warning = CheckWarning { message: f.message.clone(), rule: f.rule, src: df.src.clone(), at: f.span };
+        let _ = writeln!(err, "{:?}", Report::new(warning));
+    }
+    drop(err);
+    if !findings.is_empty() && df.directives.check.as_ref().is_some_and(|c| c.error) {
+        return Err(Failure::Build(Report::new(CliError::ChecksFailed { findings: findings.len() })));
+    }
+    Ok(())
+}
+
+/// What to do about a rule's finding (BuildKit's rule descriptions, in
+/// short and without links).
+fn rule_help(rule: &str) -> &'static str {
+    match rule {
+        "StageNameCasing" => "write stage names in lower case",
+        "FromAsCasing" => "write `AS` in the same case as `FROM`",
+        "ConsistentInstructionCasing" => "write all instructions in the same case (upper case is usual)",
+        "DuplicateStageName" => "give every stage its own name",
+        "ReservedStageName" => "`scratch` and `context` are reserved; choose another stage name",
+        "JSONArgsRecommended" => {
+            "write CMD and ENTRYPOINT as a JSON array, so the program gets signals directly rather than through a shell"
+        }
+        "MaintainerDeprecated" => "use `LABEL org.opencontainers.image.authors=...` instead of MAINTAINER",
+        "UndefinedArgInFrom" => "declare the ARG before the first FROM, or give it a default",
+        "UndefinedVar" => "set the variable with ARG or ENV before this line, or check its spelling",
+        "WorkdirRelativePath" => "use an absolute WORKDIR, so the result does not depend on the base image's",
+        "MultipleInstructionsDisallowed" => "only the last of these instructions in a stage takes effect; keep one",
+        "LegacyKeyValueFormat" => "write `KEY=VALUE` rather than `KEY VALUE`",
+        "NoEmptyContinuation" => "remove the empty line inside the continued instruction",
+        "ExposeProtoCasing" => "write the protocol in lower case (`/tcp`, `/udp`)",
+        _ => "see the rule's description in the book's Dockerfile page",
+    }
+}
+
+/// `bake import`: the Dockerfile written as a build.kdl.
+fn import(args: &ImportArgs) -> Result<(), Failure> {
+    let df = parse_dockerfile(&args.dockerfile)?;
+    let name = args.dockerfile.file_name().map(|n| n.to_string_lossy().into_owned());
+    // BuildKit reads `NAME.dockerignore` beside the Dockerfile in place of
+    // the context's `.dockerignore`; a build.kdl does not.
+    let own_ignore =
+        name.as_ref().map(|n| format!("{n}.dockerignore")).filter(|i| args.dockerfile.with_file_name(i).is_file());
+    let options = dockerfile::import::ImportOptions {
+        origin: name.unwrap_or_else(|| "a Dockerfile".to_owned()),
+        tags: args.tag.clone(),
+        own_ignore,
+    };
+    let imported = dockerfile::import::import(&df, &options);
+    match &args.output {
+        None => print(&imported.text),
+        Some(path) => std::fs::write(path, &imported.text)
+            .map_err(|source| Failure::Usage(Report::new(CliError::Write { file: path.clone(), source }))),
+    }
+}
+
 fn check(file: &Path, args: &LoadArgs) -> Result<(), Failure> {
+    if lang::is_dockerfile(file) && file.exists() {
+        check_dockerfile(file)?;
+    }
     let ws = load(file, args)?;
     // Planning every target also checks that target selection resolves.
     Plan::build(&ws, &[])?;

@@ -13,6 +13,7 @@ mod fake_registry;
 mod harness;
 mod hostile;
 mod images;
+mod import;
 mod lang;
 mod plan;
 mod platform;

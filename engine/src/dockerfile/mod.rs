@@ -28,6 +28,7 @@
 mod args;
 pub mod dump;
 mod error;
+pub mod import;
 mod instructions;
 mod limits;
 pub mod lint;
