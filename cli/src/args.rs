@@ -33,6 +33,19 @@ impl Command {
             Self::Run(_) | Self::Images | Self::Cache(_) => None,
         }
     }
+
+    /// Whether bake, started by a user that is not root, works in its own
+    /// user namespace for this command: every command that reads or writes
+    /// the store.
+    pub(crate) fn enters_user_namespace(&self) -> bool {
+        true
+    }
+
+    /// Whether the command may run `run` steps or containers (and so warns
+    /// about a user namespace that cannot run them well).
+    pub(crate) fn runs_steps(&self) -> bool {
+        matches!(self, Self::Build(_) | Self::Run(_) | Self::Watch(_))
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -490,7 +490,7 @@ pub fn is_whiteout(meta: &Metadata) -> bool {
 
 /// An overlay opaque directory.
 pub fn is_opaque(path: &Path) -> bool {
-    matches!(xattr::get(path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
+    matches!(xattr::get(path, crate::sandbox::opaque_xattr()), Ok(Some(v)) if v == b"y")
 }
 
 fn components(path: &str) -> Vec<String> {

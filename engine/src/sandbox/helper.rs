@@ -36,8 +36,11 @@ pub(crate) const CONTAINER_SCRATCH: &str = "container-";
 
 /// The options every overlay mount gets: renamed folders are copied instead
 /// of recorded as redirects, and there are no metadata-only copy-ups or
-/// index entries, so the upper folder is a plain diff the layer code reads.
-pub(crate) const OVERLAY_FEATURES: &str = "redirect_dir=off,index=off,metacopy=off";
+/// index entries, so the upper folder is a plain diff the layer code reads
+/// (in a user namespace, with `userxattr`: see `userns.rs`).
+fn overlay_features() -> &'static str {
+    super::userns::overlay_features()
+}
 
 /// A page: the longest option string `mount(2)` takes.
 const MAX_OPTIONS: usize = 4000;
@@ -122,7 +125,7 @@ fn try_overlay(dir: &Path) -> Result<(), String> {
     }
     std::fs::write(lower.join("gone"), "x").map_err(io)?;
     let options =
-        format!("lowerdir={},upperdir={},workdir={},{OVERLAY_FEATURES}", escape(&lower), escape(&upper), escape(&work));
+        format!("lowerdir={},upperdir={},workdir={},{}", escape(&lower), escape(&upper), escape(&work), overlay_features());
     nix::mount::mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
         .map_err(|e| format!("overlayfs cannot use {} for upper folders: {}", dir.display(), e.desc()))?;
     let checked = (|| {
@@ -381,10 +384,11 @@ fn overlay_options(spec: &WireSpec, skel: &Path, scratch: &Path) -> Result<RootF
     lowers.extend(spec.lowers.iter().rev().cloned());
     let build = |names: &[String]| {
         format!(
-            "lowerdir={},upperdir={},workdir={},{OVERLAY_FEATURES}",
+            "lowerdir={},upperdir={},workdir={},{}",
             names.join(":"),
             escape(&spec.upper),
-            escape(&spec.work)
+            escape(&spec.work),
+            overlay_features()
         )
     };
     let options = build(&lowers.iter().map(|l| escape(l)).collect::<Vec<_>>());
@@ -557,7 +561,7 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Out
     // A new PID namespace applies to the children of the caller only: the
     // helper itself stays where it is, its next child is PID 1.
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|e| Failure::kernel("unshare the PID namespace", e))?;
-    if let Some(ns) = &netns {
+    if let Some(ns) = netns.as_ref().filter(|ns| !ns.entered_by_pid1()) {
         ns.enter()?;
     }
     #[allow(unsafe_code)]
@@ -571,7 +575,8 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Out
             // A forked child of the sandbox helper (a process of its own, not
             // the engine): it cannot return to the caller's stack, so it exits.
             #[allow(clippy::exit)]
-            std::process::exit(pid1(plan, exec, report_w, gate_r, mode.console.as_ref()));
+            let join = netns.as_ref().filter(|ns| ns.entered_by_pid1());
+            std::process::exit(pid1(plan, exec, report_w, gate_r, join, mode.console.as_ref()));
         }
         ForkResult::Parent { child } => child,
     };
@@ -654,6 +659,7 @@ fn pid1(
     exec: &Exec,
     mut report: std::io::PipeWriter,
     gate: Option<std::io::PipeReader>,
+    netns: Option<&super::nat::Namespace>,
     console: Option<&Console>,
 ) -> i32 {
     let mut waited = set_of(&FORWARDED);
@@ -670,6 +676,10 @@ fn pid1(
         let _ = serde_json::to_writer(&mut report, failure);
         1
     };
+    // Rootless, PID 1 enters its private network itself (see `nat.rs`).
+    if let Some(Err(f)) = netns.map(super::nat::Namespace::enter) {
+        return fail(report, &f);
+    }
     if let Err(f) = init::enter(&LinuxSys, plan) {
         return fail(report, &f);
     }

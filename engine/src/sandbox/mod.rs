@@ -151,6 +151,7 @@ mod signal;
 mod sys;
 mod tty;
 mod user;
+mod userns;
 mod wire;
 
 pub use container::{ContainerIo, ContainerSpec, Control, FORWARDED_SIGNALS, run_container};
@@ -158,6 +159,7 @@ pub(crate) use helper::{CONTAINER_SCRATCH, PROBE_SCRATCH};
 pub(crate) use signal::normalize as normalize_signal;
 pub use signal::stop_signal;
 pub use tty::size as terminal_size;
+pub use userns::{Entered, IdRange, SubRange, enter as enter_user_namespace, entered, nested, opaque_xattr, rootless, sub_ranges};
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
