@@ -363,6 +363,7 @@ fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
         masked,
         readonly,
         sys_readonly: !spec.insecure,
+        sys_bind: spec.network == Network::Host && super::userns::nested(),
         binds,
         hostname: spec.hostname.clone(),
         network: spec.network,
@@ -381,7 +382,15 @@ fn overlay_options(spec: &WireSpec, skel: &Path, scratch: &Path) -> Result<RootF
     if skel_used || spec.lowers.is_empty() {
         lowers.push(skel.to_path_buf());
     }
-    lowers.extend(spec.lowers.iter().rev().cloned());
+    // Top first. A snapshot may come twice (two steps that changed nothing
+    // share the empty layer's): overlayfs refuses a lower given twice
+    // ("conflicting lowerdir path"), and the topmost occurrence alone makes
+    // the same view, since it hides everything the lower one does.
+    for lower in spec.lowers.iter().rev() {
+        if !lowers.contains(lower) {
+            lowers.push(lower.clone());
+        }
+    }
     let build = |names: &[String]| {
         format!(
             "lowerdir={},upperdir={},workdir={},{}",

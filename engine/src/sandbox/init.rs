@@ -71,6 +71,9 @@ pub(crate) struct Plan {
     pub(crate) readonly: Vec<PathBuf>,
     /// `/sys` read-only (not for `security "insecure"`).
     pub(crate) sys_readonly: bool,
+    /// Bind the host's `/sys` rather than mount a sysfs: rootless with the
+    /// host's network, whose namespace is not bake's to mount sysfs for.
+    pub(crate) sys_bind: bool,
     /// `/etc/hosts`, `/etc/resolv.conf`, caches and secrets, in order.
     pub(crate) binds: Vec<Bind>,
     pub(crate) hostname: String,
@@ -190,7 +193,13 @@ pub(crate) fn enter(sys: &dyn Sys, plan: &Plan) -> Result<(), Failure> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(sys, Some(Path::new("proc")), &proc, Some("proc"), hardened, None)?;
     let sysfs = if plan.sys_readonly { hardened | MsFlags::MS_RDONLY } else { hardened };
-    mount(sys, Some(Path::new("sysfs")), &root.join(&plan.sys), Some("sysfs"), sysfs, None)?;
+    if plan.sys_bind {
+        let target = root.join(&plan.sys);
+        mount(sys, Some(Path::new("/sys")), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        mount(sys, None, &target, None, sysfs | MsFlags::MS_BIND | MsFlags::MS_REMOUNT, None)?;
+    } else {
+        mount(sys, Some(Path::new("sysfs")), &root.join(&plan.sys), Some("sysfs"), sysfs, None)?;
+    }
     for path in &plan.readonly {
         read_only(sys, &root.join(path))?;
     }
@@ -369,6 +378,7 @@ mod tests {
             masked,
             readonly,
             sys_readonly: true,
+            sys_bind: false,
             binds: vec![
                 Bind { source: "/t/hosts".into(), target: "etc/hosts".into(), readonly: true },
                 Bind { source: "/cache".into(), target: "root/.cache".into(), readonly: false },
@@ -480,6 +490,22 @@ mod tests {
         let kcore = lines.iter().position(|l| l.starts_with("mount /dev/null /t/merged/proc/kcore ")).expect("kcore");
         assert!(lines[kcore + 1].starts_with("mount /dev/null"), "{lines:?}");
         assert!(!lines.iter().any(|l| l.starts_with("mount - /t/merged/proc/bus ")), "{lines:?}");
+    }
+
+    #[test]
+    fn rootless_host_network_binds_the_hosts_sys_read_only() {
+        let mut p = plan(RootFs::Overlay { options: "o".into(), chdir: None }, Network::Host);
+        p.sys_bind = true;
+        let sys = Recorder::default();
+        enter(&sys, &p).expect("enter");
+        let lines = sys.lines();
+        let at = lines.iter().position(|l| l == "mount /sys /t/merged/sys - MsFlags(MS_BIND | MS_REC) -");
+        let at = at.unwrap_or_else(|| panic!("{lines:?}"));
+        assert_eq!(
+            lines[at + 1],
+            "mount - /t/merged/sys - MsFlags(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_REMOUNT | MS_BIND) -"
+        );
+        assert!(!lines.iter().any(|l| l.starts_with("mount sysfs")), "{lines:?}");
     }
 
     #[test]
