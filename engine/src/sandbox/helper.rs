@@ -42,6 +42,9 @@ fn overlay_features() -> &'static str {
     super::userns::overlay_features()
 }
 
+/// The `tty` group, which owns the container's terminals.
+const TTY_GID: u32 = 5;
+
 /// A page: the longest option string `mount(2)` takes.
 const MAX_OPTIONS: usize = 4000;
 
@@ -364,6 +367,7 @@ fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
         readonly,
         sys_readonly: !spec.insecure,
         sys_bind: spec.network == Network::Host && super::userns::nested(),
+        tty_group: super::userns::gid_mapped(TTY_GID),
         binds,
         hostname: spec.hostname.clone(),
         network: spec.network,
@@ -448,7 +452,8 @@ fn exec_of(spec: &WireSpec, user: super::user::ExecUser) -> Result<Exec, Failure
             .map_err(|message| Failure::Io { what: "prepare the seccomp filter".into(), message })?;
         (init::CAPABILITIES.to_vec(), filters)
     };
-    Ok(Exec { user, program: program.clone(), path, args, env, console: None, capabilities, seccomp })
+    let set_groups = !super::userns::setgroups_denied();
+    Ok(Exec { user, program: program.clone(), path, args, env, console: None, capabilities, seccomp, set_groups })
 }
 
 /// The highest capability number this kernel knows.

@@ -131,6 +131,21 @@ pub fn nested() -> bool {
     })
 }
 
+/// Whether `gid` has a mapping in this process's user namespace.
+pub(crate) fn gid_mapped(gid: u32) -> bool {
+    let Ok(map) = std::fs::read_to_string("/proc/self/gid_map") else { return true };
+    map.lines().any(|line| {
+        let f: Vec<u64> = line.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        matches!(f.as_slice(), [inside, _, count] if u64::from(gid) >= *inside && u64::from(gid) - inside < *count)
+    })
+}
+
+/// Whether `setgroups` is denied here (a user namespace whose gid map an
+/// unprivileged process wrote).
+pub(crate) fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
 /// The xattr that marks an overlay directory opaque here.
 pub fn opaque_xattr() -> &'static str {
     if nested() { USER_OPAQUE } else { TRUSTED_OPAQUE }
