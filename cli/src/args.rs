@@ -30,15 +30,8 @@ impl Command {
             Self::Build(args) => Some(&mut args.load),
             Self::Explain(args) => Some(&mut args.load),
             Self::Watch(args) => Some(&mut args.load),
-            Self::Run(_) | Self::Images | Self::Cache(_) => None,
+            Self::Run(_) | Self::Images | Self::Cache(_) | Self::Doctor => None,
         }
-    }
-
-    /// Whether bake, started by a user that is not root, works in its own
-    /// user namespace for this command: every command that reads or writes
-    /// the store.
-    pub(crate) fn enters_user_namespace(&self) -> bool {
-        true
     }
 
     /// Whether the command may run `run` steps or containers (and so warns
@@ -72,6 +65,11 @@ pub(crate) enum Command {
     /// Inspect or clean the local store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Check what bake needs from this machine (namespaces, subordinate
+    /// ids, overlayfs, slirp4netns, ...) and say how to fix what is missing.
+    ///
+    /// Exits with 0 when every needed part is present, 3 otherwise.
+    Doctor,
 }
 
 #[derive(Debug, Subcommand)]

@@ -127,8 +127,13 @@ fn try_overlay(dir: &Path) -> Result<(), String> {
         std::fs::create_dir(d).map_err(io)?;
     }
     std::fs::write(lower.join("gone"), "x").map_err(io)?;
-    let options =
-        format!("lowerdir={},upperdir={},workdir={},{}", escape(&lower), escape(&upper), escape(&work), overlay_features());
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},{}",
+        escape(&lower),
+        escape(&upper),
+        escape(&work),
+        overlay_features()
+    );
     nix::mount::mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
         .map_err(|e| format!("overlayfs cannot use {} for upper folders: {}", dir.display(), e.desc()))?;
     let checked = (|| {

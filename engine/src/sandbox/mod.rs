@@ -142,6 +142,7 @@
 
 mod container;
 mod copy;
+pub mod doctor;
 mod helper;
 mod init;
 mod nat;
@@ -159,7 +160,9 @@ pub(crate) use helper::{CONTAINER_SCRATCH, PROBE_SCRATCH};
 pub(crate) use signal::normalize as normalize_signal;
 pub use signal::stop_signal;
 pub use tty::size as terminal_size;
-pub use userns::{Entered, IdRange, SubRange, enter as enter_user_namespace, entered, nested, opaque_xattr, rootless, sub_ranges};
+pub use userns::{
+    Entered, IdRange, SubRange, enter as enter_user_namespace, entered, nested, opaque_xattr, rootless, sub_ranges,
+};
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
