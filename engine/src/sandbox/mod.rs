@@ -282,7 +282,7 @@ pub enum SandboxError {
     #[diagnostic(
         code(bake::sandbox::unavailable),
         help(
-            "the sandbox needs Linux namespaces and mounts, that is root (CAP_SYS_ADMIN); run bake as root, or in a container started with --privileged"
+            "the sandbox needs Linux namespaces and mounts: root, or a user namespace (`bake doctor` says what is missing); or run bake in a container started with --privileged"
         )
     )]
     Unavailable { reason: String },
@@ -331,7 +331,7 @@ pub enum SandboxError {
     #[error("the step's private network could not be started: {message}")]
     #[diagnostic(
         code(bake::sandbox::nat),
-        help("slirp4netns failed; `network \"host\"` or `network \"none\"` avoids it")
+        help("slirp4netns failed (`bake doctor` checks what it needs); `network \"host\"` or `network \"none\"` avoids it")
     )]
     Nat { message: String },
 
@@ -350,6 +350,10 @@ impl From<Failure> for SandboxError {
             Failure::Kernel { what, errno } => {
                 let errno = Errno::from_raw(errno);
                 let help = match errno {
+                    Errno::EPERM if userns::rootless() => Some(
+                        "bake runs rootless, in a user namespace of its own, and the kernel refused this there; `bake doctor` says what is missing"
+                            .to_owned(),
+                    ),
                     Errno::EPERM => Some(
                         "creating namespaces and mounts needs root (CAP_SYS_ADMIN); run bake as root, or in a container started with --privileged"
                             .to_owned(),

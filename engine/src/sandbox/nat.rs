@@ -226,7 +226,14 @@ impl Starting {
     pub(crate) fn ready(mut self) -> Result<Nat, Failure> {
         let failed = |what: String| {
             let said = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let said = said.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+            // Its last words, and what it could not open (rootless: the tun
+            // device is often root's alone); not its warnings.
+            let words: Vec<&str> = said.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let mut picked: Vec<&str> = words.iter().copied().filter(|l| l.starts_with("open(")).collect();
+            if let Some(last) = words.last().filter(|l| !picked.contains(l)) {
+                picked.push(last);
+            }
+            let said = picked.join("; ");
             Failure::Nat { missing: false, message: if said.is_empty() { what } else { format!("{what}: {said}") } }
         };
         let mut fds = [PollFd::new(self.ready.as_fd(), PollFlags::POLLIN)];
