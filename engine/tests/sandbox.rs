@@ -882,7 +882,10 @@ fn private_network_reaches_out_not_the_host_loopback() {
 
 /// The Debian fixture's root filesystem (it has perl, to open a packet socket).
 fn debian_rootfs() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fixtures.sh");
+    // BAKE_TEST_ROOT: the checkout's copy of scripts/test-rootless.sh.
+    let root = std::env::var_os("BAKE_TEST_ROOT")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), PathBuf::from);
+    let script = root.join("scripts/fixtures.sh");
     let out = std::process::Command::new(script).args(["path", "debian"]).output().unwrap();
     assert!(out.status.success(), "the Debian fixture is missing: run scripts/fixtures.sh");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("rootfs")
