@@ -16,6 +16,7 @@ mod lang;
 mod plan;
 #[path = "../../engine/tests/common/registry.rs"]
 mod registry;
+mod rootless;
 mod run;
 mod schedule;
 mod scratch;

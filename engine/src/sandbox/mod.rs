@@ -331,7 +331,9 @@ pub enum SandboxError {
     #[error("the step's private network could not be started: {message}")]
     #[diagnostic(
         code(bake::sandbox::nat),
-        help("slirp4netns failed (`bake doctor` checks what it needs); `network \"host\"` or `network \"none\"` avoids it")
+        help(
+            "slirp4netns failed (`bake doctor` checks what it needs); `network \"host\"` or `network \"none\"` avoids it"
+        )
     )]
     Nat { message: String },
 
