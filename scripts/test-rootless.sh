@@ -3,7 +3,13 @@
 # not root: bake rootless (book/src/rootless.md). scripts/test.sh calls it
 # after the root run, with the test binaries that run built.
 #
-# Usage: scripts/test-rootless.sh [TEST-FILTER...]
+# Usage: scripts/test-rootless.sh setup
+#          only the setup below (scripts/test.sh runs it before the root run:
+#          the tests named as_root_* build as the test user too)
+#        scripts/test-rootless.sh [TEST-ARGS...]
+#          the setup, then the tests as the user; TEST-ARGS go to the CLI
+#          test binary (filters, --skip NAME); the as_root_* tests are left
+#          out (they need root)
 #
 # As root, and idempotent (a second run changes nothing):
 #   - installs `uidmap` (newuidmap, newgidmap);
@@ -52,6 +58,8 @@ getent group docker >/dev/null && usermod --append --groups docker "$user"
 [[ -c /dev/net/tun ]] || modprobe tun 2>/dev/null || true
 [[ -c /dev/net/tun ]] && chmod 0666 /dev/net/tun
 
+[[ ${1:-} == setup ]] && exit 0
+
 home=$(getent passwd "$user" | cut -d: -f6)
 work=$home/rootless-tests
 mkdir -p "$work/bin" "$work/fixtures"
@@ -91,4 +99,4 @@ as_user() {
 echo "test-rootless: sandbox tests as $user"
 as_user "'$work/bin/sandbox-tests'"
 echo "test-rootless: CLI tests as $user"
-as_user "'$work/bin/cli-tests' $*"
+as_user "'$work/bin/cli-tests' --skip as_root_ $*"

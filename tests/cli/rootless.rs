@@ -64,8 +64,8 @@ fn digest_of(stderr: &str, image: &str) -> String {
 const CHANGES: &str = r#"
 image "mixed" from="REGISTRY/library/busybox:latest" {
     run "mkdir -p /srv/a /srv/b && echo a > /srv/a/f && chown -R 1234:55 /srv/a && chown 65534:65534 /srv/b"
-    run "rm -rf /etc/init.d /etc/group && mkdir -p /usr/share && rm -rf /usr/share && mkdir /usr/share && echo n > /usr/share/n"
-    run "ln -s /srv/a/f /srv/link && ln /srv/a/f /srv/hard && mkfifo /srv/fifo && cp /bin/busybox /srv/su && chmod 4755 /srv/su"
+    run "rm -rf /etc/init.d /etc/group /srv/a && mkdir /srv/a && echo n > /srv/a/n"
+    run "echo f > /srv/b/f && ln -s /srv/b/f /srv/link && ln /srv/b/f /srv/hard && mkfifo /srv/fifo && cp /bin/busybox /srv/su && chmod 4755 /srv/su"
     run "chown 2000:3000 /srv/su && chmod 6711 /srv/su && ls -ln /srv"
     cmd "cat" "/proc/self/uid_map"
     tag "bake-test/rootless:mixed"
