@@ -59,10 +59,16 @@ fn digest_of(stderr: &str, image: &str) -> String {
     line.split_whitespace().nth(1).expect("digest").to_owned()
 }
 
-/// Steps that change owners, delete (whiteouts) and replace folders (opaque),
-/// make links, a FIFO and setuid files.
+/// A base with device nodes (root pushes it), and steps on it that change
+/// owners, delete (whiteouts) and replace folders (opaque), make links, a
+/// FIFO and setuid files.
 const CHANGES: &str = r#"
-image "mixed" from="REGISTRY/library/busybox:latest" {
+image "devices" from="REGISTRY/library/busybox:latest" {
+    run "mkdir /devs && mknod /devs/null c 1 3 && mknod /devs/disk b 8 0"
+    tag "REGISTRY/bake-test/devices:1"
+}
+
+image "mixed" from="REGISTRY/bake-test/devices:1" {
     run "mkdir -p /srv/a /srv/b && echo a > /srv/a/f && chown -R 1234:55 /srv/a && chown 65534:65534 /srv/b"
     run "rm -rf /etc/init.d /etc/group /srv/a && mkdir /srv/a && echo n > /srv/a/n"
     run "echo f > /srv/b/f && ln -s /srv/b/f /srv/link && ln /srv/b/f /srv/hard && mkfifo /srv/fifo && cp /bin/busybox /srv/su && chmod 4755 /srv/su"
@@ -90,14 +96,21 @@ fn as_root_a_rootless_build_gives_the_digest_of_a_root_build() {
     let project = owned_by(&user);
     std::fs::write(project.path().join("build.kdl"), CHANGES.replace("REGISTRY", &addr)).expect("write");
     std::fs::set_permissions(project.path().join("build.kdl"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // The base has device nodes, which root makes.
+    let devices = bake(project.path(), publisher.path(), &["build", "--push", "devices"]);
+    assert_eq!(devices.code, 0, "{}", devices.render());
     let root_home = tempfile::tempdir().expect("tempdir");
-    let as_root = bake(project.path(), root_home.path(), &["build"]);
+    let as_root = bake(project.path(), root_home.path(), &["build", "mixed"]);
     assert_eq!(as_root.code, 0, "{}", as_root.render());
+    assert!(!as_root.stderr.contains("warning"), "{}", as_root.stderr);
 
     let user_home = owned_by(&user);
-    let rootless = bake_as(&user, project.path(), user_home.path(), &["build"]);
+    let rootless = bake_as(&user, project.path(), user_home.path(), &["build", "mixed"]);
     assert_eq!(rootless.code, 0, "{}", rootless.render());
-    assert!(!rootless.stderr.contains("warning"), "{}", rootless.stderr);
+    // The one warning: the base layer's devices could not be made.
+    let warnings: Vec<&str> = rootless.stderr.lines().filter(|l| l.starts_with("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{}", rootless.stderr);
+    assert!(warnings[0].contains(": 2 device nodes not made (making devices needs root of the host)"), "{warnings:?}");
     // What the step saw: the container's ids, not the host's.
     assert!(rootless.stderr.contains("2000     3000"), "{}", rootless.stderr);
     assert_eq!(digest_of(&rootless.stderr, "mixed"), digest_of(&as_root.stderr, "mixed"));
