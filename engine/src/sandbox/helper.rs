@@ -591,10 +591,10 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Out
     let pid1 = match forked {
         ForkResult::Child => {
             drop((report_r, gate_w));
+            let join = netns.as_ref().filter(|ns| ns.entered_by_pid1());
             // A forked child of the sandbox helper (a process of its own, not
             // the engine): it cannot return to the caller's stack, so it exits.
             #[allow(clippy::exit)]
-            let join = netns.as_ref().filter(|ns| ns.entered_by_pid1());
             std::process::exit(pid1(plan, exec, report_w, gate_r, join, mode.console.as_ref()));
         }
         ForkResult::Parent { child } => child,

@@ -131,6 +131,17 @@
 //! the process, a throwaway upper folder that the helper removes; see
 //! `container.rs`.
 //!
+//! # Rootless
+//!
+//! Started by a user that is not root, bake is already in a user namespace
+//! of its own when it calls the helper (see `userns.rs`): everything above
+//! happens there, owned by that namespace, with three differences. overlayfs
+//! gets `userxattr` (its opaque folders are `user.overlay.opaque`); a
+//! private network is entered by PID 1 itself, since the helper could not
+//! return to the host's; and with the host's network, `/sys` is the host's,
+//! bound read-only. With a single-id map, `setgroups` is skipped (denied) and
+//! devpts has no `tty` group. `doctor.rs` checks what this needs.
+//!
 //! # Backends
 //!
 //! [`probe`] mounts a tiny overlay in a private mount namespace (in a helper)
