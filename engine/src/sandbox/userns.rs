@@ -40,6 +40,7 @@
 //! made rootless are not interchangeable, and are kept apart by default
 //! (see `home.rs`).
 
+use std::ffi::CString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -262,86 +263,100 @@ fn unshare_single(uid: u32, gid: u32) -> Result<(), String> {
 }
 
 /// Maps 0 to the user's own ids, as any user may (setgroups must then be
-/// denied).
+/// denied); a map that newuidmap or newgidmap already wrote is kept.
 fn write_single(uid: u32, gid: u32) -> std::io::Result<()> {
-    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1\n"))?;
-    std::fs::write("/proc/self/setgroups", "deny")?;
-    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1\n"))
+    let unwritten = |path: &str| std::fs::read_to_string(path).map(|m| m.trim().is_empty());
+    if unwritten("/proc/self/uid_map")? {
+        std::fs::write("/proc/self/uid_map", format!("0 {uid} 1\n"))?;
+    }
+    if unwritten("/proc/self/gid_map")? {
+        std::fs::write("/proc/self/setgroups", "deny")?;
+        std::fs::write("/proc/self/gid_map", format!("0 {gid} 1\n"))?;
+    }
+    Ok(())
 }
 
 fn unshare_mapped(uids: &[IdRange], gids: &[IdRange], newuidmap: &Path, newgidmap: &Path) -> Result<(), Mapping> {
     let pipes = std::io::pipe().and_then(|go| std::io::pipe().map(|done| (go, done)));
-    let ((mut go_r, mut go_w), (mut done_r, done_w)) =
+    let ((go_r, mut go_w), (mut done_r, done_w)) =
         pipes.map_err(|e| Mapping::NoNamespace(format!("cannot create a pipe: {e}")))?;
     let me = nix::unistd::getpid().as_raw().to_string();
-    let args = |map: &[IdRange]| {
-        let mut args = vec![me.clone()];
+    // Everything the mappers need, made before they are forked.
+    let command = |program: &Path, map: &[IdRange]| -> Option<Vec<CString>> {
+        let mut args = vec![program.as_os_str().to_str()?.to_owned(), me.clone()];
         for r in map {
             args.extend([r.inside.to_string(), r.outside.to_string(), r.count.to_string()]);
         }
-        args
+        args.into_iter().map(|a| CString::new(a).ok()).collect()
     };
-    let (uid_args, gid_args) = (args(uids), args(gids));
-    #[allow(unsafe_code)]
-    // SAFETY: the caller is single-threaded (see `enter`), so the child starts
-    // with consistent locks and heap.
-    let forked =
-        unsafe { nix::unistd::fork() }.map_err(|e| Mapping::NoNamespace(format!("cannot fork: {}", e.desc())))?;
-    let child = match forked {
-        ForkResult::Child => {
-            drop((go_w, done_r));
-            let code = mapper(&mut go_r, done_w, [(newuidmap, &uid_args), (newgidmap, &gid_args)]);
-            // The forked mapper, a process of its own: it cannot return.
-            #[allow(clippy::exit)]
-            std::process::exit(code);
+    let (Some(uid_command), Some(gid_command)) = (command(newuidmap, uids), command(newgidmap, gids)) else {
+        return Err(Mapping::NoNamespace("the path of newuidmap or newgidmap is not UTF-8".to_owned()));
+    };
+    let mut mappers = Vec::with_capacity(2);
+    for command in [&uid_command, &gid_command] {
+        #[allow(unsafe_code)]
+        // SAFETY: the caller is single-threaded (see `enter`), so the child
+        // starts with consistent locks and heap; it only reads, dup2s and
+        // execs.
+        let forked = unsafe { nix::unistd::fork() };
+        match forked {
+            Ok(ForkResult::Child) => {
+                let code = mapper(&go_r, &done_w, command);
+                // The forked mapper, a process of its own: it cannot return.
+                #[allow(clippy::exit)]
+                std::process::exit(code);
+            }
+            Ok(ForkResult::Parent { child }) => mappers.push(child),
+            Err(e) => {
+                // Those already forked see end of file and exit.
+                drop(go_w);
+                for child in mappers {
+                    let _ = waitpid(child, None);
+                }
+                return Err(Mapping::NoNamespace(format!("cannot fork: {}", e.desc())));
+            }
         }
-        ForkResult::Parent { child } => child,
-    };
+    }
     drop((go_r, done_w));
     let unshared = nix::sched::unshare(CloneFlags::CLONE_NEWUSER);
     if let Err(e) = unshared {
-        // The mapper sees end of file and exits.
         drop(go_w);
-        let _ = waitpid(child, None);
+        for child in mappers {
+            let _ = waitpid(child, None);
+        }
         return Err(Mapping::NoNamespace(format!("unshare(CLONE_NEWUSER): {}", e.desc())));
     }
     ENTERED.store(true, Ordering::Relaxed);
-    let told = go_w.write_all(b"\n");
+    // One byte for each mapper: bake is in the namespace, map it.
+    let told = go_w.write_all(b"go");
     drop(go_w);
     let mut said = String::new();
     let _ = done_r.read_to_string(&mut said);
-    let status = waitpid(child, None);
-    match (told, status) {
-        (Ok(()), Ok(WaitStatus::Exited(_, 0))) => Ok(()),
-        _ => Err(Mapping::NoMap(if said.trim().is_empty() {
-            "newuidmap or newgidmap failed".to_owned()
-        } else {
-            said.trim().to_owned()
-        })),
+    let mapped = mappers
+        .into_iter()
+        .fold(told.is_ok(), |ok, child| matches!(waitpid(child, None), Ok(WaitStatus::Exited(_, 0))) && ok);
+    if mapped {
+        Ok(())
+    } else {
+        let said = said.trim();
+        Err(Mapping::NoMap(if said.is_empty() { "newuidmap or newgidmap failed".to_owned() } else { said.to_owned() }))
     }
 }
 
-/// The mapper: waits until bake has unshared, then maps it.
-fn mapper(go: &mut std::io::PipeReader, mut done: std::io::PipeWriter, programs: [(&Path, &Vec<String>); 2]) -> i32 {
+/// A mapper: waits until bake has unshared, then becomes newuidmap (or
+/// newgidmap) with its messages going to `done`.
+fn mapper(go: &std::io::PipeReader, done: &std::io::PipeWriter, command: &[CString]) -> i32 {
     let mut byte = [0u8; 1];
-    if !matches!(go.read(&mut byte), Ok(1)) {
+    if !matches!((&*go).read(&mut byte), Ok(1)) {
         return 1;
     }
-    for (program, args) in programs {
-        match std::process::Command::new(program).args(args).stdin(std::process::Stdio::null()).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                let said = String::from_utf8_lossy(&out.stderr);
-                let _ = write!(done, "{} failed: {}", program.display(), said.trim());
-                return 1;
-            }
-            Err(e) => {
-                let _ = write!(done, "cannot run {}: {e}", program.display());
-                return 1;
-            }
-        }
+    if nix::unistd::dup2_stderr(done).is_err() {
+        return 1;
     }
-    0
+    let Some(program) = command.first() else { return 1 };
+    let Err(e) = nix::unistd::execv(program, command);
+    let _ = write!(&*done, "cannot run {}: {}", program.to_string_lossy(), e.desc());
+    1
 }
 
 #[cfg(test)]
