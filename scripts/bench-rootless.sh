@@ -9,7 +9,7 @@
 #
 # The user is scripts/test-rootless.sh's (bake-tester, with subordinate ids);
 # its commands start through `setpriv` (one exec, no PAM), with a clean
-# environment. The base images are the offline fixtures, pushed to a
+# environment, and root's the same way. The base images are the offline fixtures, pushed to a
 # throwaway local registry: bake (root and user) pulls them from it (a
 # mirror of docker.io for hello-c), buildah and Podman pull them once
 # before the runs (they share the user's containers-storage).
@@ -61,7 +61,8 @@ chmod -R a+rX "$work"
 mkdir -p "$work/root-home" "$work/user-home"
 chown "$user:" "$work/user-home"
 as_user="setpriv --reuid=$uid --regid=$gid --init-groups env -i HOME=$user_home USER=$user PATH=/usr/local/bin:/usr/bin:/bin"
-as_root="env BAKE_HOME=$work/root-home BAKE_CONFIG=$work/config.kdl"
+# Root's commands go through the same setpriv and env as the user's.
+as_root="setpriv --reuid=0 --regid=0 --init-groups env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin BAKE_HOME=$work/root-home BAKE_CONFIG=$work/config.kdl"
 user_bake="$as_user BAKE_HOME=$work/user-home BAKE_CONFIG=$work/config.kdl $bake"
 for image in busybox:latest gcc:12 debian:bookworm-slim; do
   $as_user buildah pull --tls-verify=false -q "$REGISTRY/library/$image" >/dev/null

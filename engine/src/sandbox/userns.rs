@@ -15,16 +15,22 @@
 //! ```
 //!
 //! written by the setuid programs `newuidmap` and `newgidmap` (Debian's
-//! `uidmap`): only they may map ids other than one's own. The order is
-//! synchronised: bake forks a mapper, unshares, tells the mapper (a pipe),
-//! which runs both programs on bake's PID from outside the namespace and
-//! exits; bake waits for it before it goes on.
+//! `uidmap`): only they may map ids other than one's own, and only from
+//! outside the namespace. The order is synchronised: bake forks two mappers,
+//! which wait on a pipe; bake unshares and writes one byte for each; each
+//! mapper then becomes `newuidmap` or `newgidmap` on bake's PID (its
+//! messages on a second pipe); bake waits for both before it goes on. (It
+//! costs two execs of small setuid programs, a few milliseconds, per bake
+//! command.)
 //!
 //! Files then carry the container's ids as seen from inside, and shifted ids
 //! on the disk (container uid 100 is host uid `start + 99`): a layer written
 //! from inside records container ids, so a rootless build makes the same
 //! digests as a root build. The store is the user's to read only through
 //! bake (`bake cache prune` removes what a plain `rm -r` cannot).
+//!
+//! When one of the programs fails, the map the other wrote is kept and the
+//! missing one is the user's own id alone (see below).
 //!
 //! Without subordinate ranges (or without `newuidmap`), bake maps only the
 //! user's own id to 0. Everything owned by root works; a chown to another id
