@@ -62,7 +62,7 @@ getent group docker >/dev/null && usermod --append --groups docker "$user"
 
 home=$(getent passwd "$user" | cut -d: -f6)
 work=$home/rootless-tests
-mkdir -p "$work/bin" "$work/fixtures"
+mkdir -p "$work/bin" "$work/fixtures" "$work/run"
 
 # The test binaries of the root run (cargo prints where they are).
 executables=$(cargo test --locked --no-run --message-format=json -p bake-cli --test cli -p bake-engine --test sandbox 2>/dev/null |
@@ -89,11 +89,13 @@ for link in "$fixtures"/*; do
 done
 # Not the store: its files belong to the user's subordinate ids already.
 chown -R "$user:" "$work/bin" "$work/checkout" "$work"/fixtures/*-*
-chown "$user:" "$work" "$work/fixtures"
+chown "$user:" "$work" "$work/fixtures" "$work/run"
+chmod 0700 "$work/run"
 
 as_user() {
-  # -l: the user's own environment (HOME, PATH, no root's XDG folders).
-  su -l "$user" -c "cd '$work/checkout' && env BAKE_FIXTURES='$work/fixtures' BAKE_TEST_ROOT='$work/checkout' \
+  # -l: the user's own environment (HOME, PATH, no root's XDG folders);
+  # XDG_RUNTIME_DIR as a login session would give it (skopeo looks there).
+  su -l "$user" -c "cd '$work/checkout' && env XDG_RUNTIME_DIR='$work/run' BAKE_FIXTURES='$work/fixtures' BAKE_TEST_ROOT='$work/checkout' \
     BAKE_TEST_BIN='$work/bin/bake' INSTA_WORKSPACE_ROOT='$work/checkout' CI=true $*"
 }
 echo "test-rootless: sandbox tests as $user"
