@@ -13,11 +13,16 @@ fi
 export BAKE_FIXTURES=${BAKE_FIXTURES:-/var/cache/bake-fixtures}
 ./scripts/install-deps.sh
 ./scripts/fixtures.sh
+# The unprivileged test user (with subordinate ids) some tests build as.
+./scripts/test-rootless.sh setup
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Benches are compiled by clippy above and run by scripts/bench.sh, not here.
 cargo test --workspace --locked
+# bake rootless: the sandbox and CLI tests again, as that user (Docker's
+# tests too: the user is in the `docker` group).
+./scripts/test-rootless.sh
 # bake's own image (the root build.kdl), built by bake from the debug binary
 # the tests just built, and `bake --version` run in it by Docker.
 ./scripts/release-image.sh debug

@@ -29,7 +29,7 @@ impl Command {
             Self::Build(args) => Some((&mut args.targets, &mut args.load)),
             Self::Explain(args) => Some((&mut args.targets, &mut args.load)),
             Self::Watch(args) => Some((&mut args.targets, &mut args.load)),
-            Self::Check(_) | Self::Import(_) | Self::Run(_) | Self::Images | Self::Cache(_) => None,
+            Self::Check(_) | Self::Import(_) | Self::Run(_) | Self::Images | Self::Cache(_) | Self::Doctor => None,
         }
     }
 
@@ -41,8 +41,14 @@ impl Command {
             Self::Build(args) => Some(&mut args.load),
             Self::Explain(args) => Some(&mut args.load),
             Self::Watch(args) => Some(&mut args.load),
-            Self::Import(_) | Self::Run(_) | Self::Images | Self::Cache(_) => None,
+            Self::Import(_) | Self::Run(_) | Self::Images | Self::Cache(_) | Self::Doctor => None,
         }
+    }
+
+    /// Whether the command may run `run` steps or containers (and so warns
+    /// about a user namespace that cannot run them well).
+    pub(crate) fn runs_steps(&self) -> bool {
+        matches!(self, Self::Build(_) | Self::Run(_) | Self::Watch(_))
     }
 }
 
@@ -73,6 +79,11 @@ pub(crate) enum Command {
     /// Inspect or clean the local store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Check what bake needs from this machine (namespaces, subordinate
+    /// ids, overlayfs, slirp4netns, ...) and say how to fix what is missing.
+    ///
+    /// Exits with 0 when every needed part is present, 3 otherwise.
+    Doctor,
 }
 
 #[derive(Debug, Args)]

@@ -151,7 +151,7 @@ pub(crate) enum CliError {
     Stdio(#[source] std::io::Error),
 }
 
-pub(crate) fn run(mut cli: Cli) -> Result<(), Failure> {
+pub(crate) fn run(mut cli: Cli, entered: &bake_engine::sandbox::Entered) -> Result<(), Failure> {
     if let Some(dir) = &cli.directory {
         std::env::set_current_dir(dir)
             .map_err(|source| Failure::Usage(Report::new(CliError::Directory { dir: dir.clone(), source })))?;
@@ -181,6 +181,7 @@ pub(crate) fn run(mut cli: Cli) -> Result<(), Failure> {
         Command::Images => images(),
         Command::Cache(CacheCommand::Du) => cache_du(),
         Command::Cache(CacheCommand::Prune(args)) => cache_prune(&args),
+        Command::Doctor => crate::doctor::doctor(entered),
     }
 }
 

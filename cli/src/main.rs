@@ -8,6 +8,7 @@
 
 mod args;
 mod commands;
+mod doctor;
 mod render;
 mod terminal;
 mod watch;
@@ -25,8 +26,14 @@ fn main() -> ExitCode {
         std::process::exit(bake_engine::sandbox::helper_main());
     }
     let cli = args::Cli::parse();
+    // Not root: everything happens in a user namespace of bake's own (see
+    // the engine's `sandbox::userns`), entered while bake has one thread.
+    let entered = bake_engine::sandbox::enter_user_namespace();
+    if let Some(warning) = entered.warning().filter(|_| cli.command.runs_steps()) {
+        let _ = writeln!(std::io::stderr(), "warning: {warning}");
+    }
     install_report_handler();
-    match commands::run(cli) {
+    match commands::run(cli, &entered) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             let code = failure.exit_code();

@@ -195,6 +195,9 @@ impl Engine {
             .await
             .map_err(|_| ExecError::Panicked { node: "unpacking the image's layers".to_owned() })?
             .map_err(ExecError::from)?;
+        for message in self.snapshots.take_notes() {
+            events.event(crate::exec::Event::Warning { message });
+        }
         let hostname =
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "bake".to_owned());
         let spec = ContainerSpec {

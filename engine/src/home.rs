@@ -1,5 +1,13 @@
-//! Where bake keeps its state: `BAKE_HOME`, else `$XDG_CACHE_HOME/bake`, else
-//! `~/.cache/bake`.
+//! Where bake keeps its state: `BAKE_HOME`; else, for root,
+//! `$XDG_CACHE_HOME/bake`, else `~/.cache/bake`; for any other user (bake
+//! rootless, see `sandbox/userns.rs`), `$XDG_DATA_HOME/bake`, else
+//! `~/.local/share/bake`.
+//!
+//! A rootless store is not a cache a user may delete with `rm -r`: its files
+//! belong to the user's subordinate ids, it records overlay whiteouts with
+//! `user.overlay.*` xattrs where root's has `trusted.overlay.*`, and only
+//! bake (in its user namespace) can prune it; so it lives with the user's
+//! data, apart from root's.
 //!
 //! ```text
 //! $BAKE_HOME/
@@ -89,7 +97,7 @@ const PRIVATE: u32 = 0o700;
 #[diagnostic(
     code(bake::home::prepare),
     help(
-        "bake keeps its state in BAKE_HOME (else $XDG_CACHE_HOME/bake, else ~/.cache/bake): it must be a folder you own"
+        "bake keeps its state in BAKE_HOME (else, for root, $XDG_CACHE_HOME/bake or ~/.cache/bake; for other users, $XDG_DATA_HOME/bake or ~/.local/share/bake): it must be a folder you own"
     )
 )]
 pub struct HomeError {
@@ -111,14 +119,21 @@ impl Home {
     }
 
     /// The home named by the environment, as described in the module docs.
-    /// Returns `None` when neither `BAKE_HOME`, `XDG_CACHE_HOME` nor `HOME` is set.
+    /// Returns `None` when neither `BAKE_HOME`, the XDG folder nor `HOME` is
+    /// set.
     pub fn from_env() -> Option<Self> {
-        Self::from_vars(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+        Self::from_vars(crate::sandbox::rootless(), |name| std::env::var_os(name).filter(|v| !v.is_empty()))
     }
 
-    fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<Self> {
+    fn from_vars(rootless: bool, var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<Self> {
         if let Some(home) = var(BAKE_HOME) {
             return Some(Self::new(home));
+        }
+        if rootless {
+            if let Some(data) = var("XDG_DATA_HOME") {
+                return Some(Self::new(PathBuf::from(data).join("bake")));
+            }
+            return var("HOME").map(|home| Self::new(PathBuf::from(home).join(".local/share/bake")));
         }
         if let Some(cache) = var("XDG_CACHE_HOME") {
             return Some(Self::new(PathBuf::from(cache).join("bake")));
@@ -229,16 +244,29 @@ mod tests {
     use super::*;
     use std::ffi::OsString;
 
-    fn home(vars: &[(&str, &str)]) -> Option<PathBuf> {
+    fn home_of(rootless: bool, vars: &[(&str, &str)]) -> Option<PathBuf> {
         let vars: Vec<(String, OsString)> = vars.iter().map(|(k, v)| ((*k).to_owned(), OsString::from(v))).collect();
-        Home::from_vars(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())).map(|h| h.root)
+        Home::from_vars(rootless, |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())).map(|h| h.root)
+    }
+
+    fn home(vars: &[(&str, &str)]) -> Option<PathBuf> {
+        home_of(false, vars)
     }
 
     #[test]
     fn precedence() {
         assert_eq!(home(&[("BAKE_HOME", "/b"), ("HOME", "/h")]), Some("/b".into()));
-        assert_eq!(home(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]), Some("/x/bake".into()));
+        assert_eq!(home(&[("XDG_CACHE_HOME", "/x"), ("XDG_DATA_HOME", "/d"), ("HOME", "/h")]), Some("/x/bake".into()));
         assert_eq!(home(&[("HOME", "/h")]), Some("/h/.cache/bake".into()));
+        assert_eq!(home(&[]), None);
+    }
+
+    #[test]
+    fn rootless_precedence() {
+        let home = |vars: &[(&str, &str)]| home_of(true, vars);
+        assert_eq!(home(&[("BAKE_HOME", "/b"), ("XDG_DATA_HOME", "/d"), ("HOME", "/h")]), Some("/b".into()));
+        assert_eq!(home(&[("XDG_CACHE_HOME", "/x"), ("XDG_DATA_HOME", "/d"), ("HOME", "/h")]), Some("/d/bake".into()));
+        assert_eq!(home(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]), Some("/h/.local/share/bake".into()));
         assert_eq!(home(&[]), None);
     }
 

@@ -125,11 +125,20 @@ pub struct Snapshots {
     dir: PathBuf,
     store: Store,
     limits: UnpackLimits,
+    /// What unpacking left out, said once per layer (see [`Self::take_notes`]).
+    notes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Snapshots {
     pub fn new(dir: PathBuf, store: Store) -> Self {
-        Self { dir, store, limits: UnpackLimits::default() }
+        Self { dir, store, limits: UnpackLimits::default(), notes: std::sync::Arc::default() }
+    }
+
+    /// Notes on the layers unpacked since the last call: device nodes that
+    /// could not be made (bake rootless, or without CAP_MKNOD), which the
+    /// image then lacks in its runs (its layers keep them).
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// The same snapshots, unpacking within `limits`.
@@ -213,6 +222,15 @@ impl Snapshots {
                 e => e,
             },
         )?;
+        if stats.devices_skipped > 0 {
+            let n = stats.devices_skipped;
+            let nodes = if n == 1 { "device node" } else { "device nodes" };
+            self.notes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(format!(
+                "layer {}: {n} {nodes} not made (making devices needs root of the host); steps and containers of \
+                 this image run without them, its layers keep them",
+                layer.digest
+            ));
+        }
         // Which blob this snapshot came from, so a prune can tell when it is
         // no longer needed, and its size, for the image limit.
         let marker = self.dir.join(format!("{}.layer", layer.diff_id.digest()));
@@ -490,7 +508,7 @@ pub fn is_whiteout(meta: &Metadata) -> bool {
 
 /// An overlay opaque directory.
 pub fn is_opaque(path: &Path) -> bool {
-    matches!(xattr::get(path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
+    matches!(xattr::get(path, crate::sandbox::opaque_xattr()), Ok(Some(v)) if v == b"y")
 }
 
 fn components(path: &str) -> Vec<String> {

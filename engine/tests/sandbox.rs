@@ -4,8 +4,9 @@
 //! The sandbox re-executes its own binary (`/proc/self/exe __bake-sandbox`),
 //! so this test binary has its own `main` (`harness = false`) that answers
 //! that first, then runs the tests in order. Arguments that do not start
-//! with `-` filter tests by name, as with libtest. It needs root (as CI has);
-//! without it the run fails, saying so.
+//! with `-` filter tests by name, as with libtest. It runs as root, or as a
+//! user with subordinate ids (rootless: it enters a user namespace first, as
+//! bake does); without either the run fails, saying so.
 //!
 //! The root filesystem is made from the host's static `/bin/busybox`.
 
@@ -76,10 +77,16 @@ fn main() -> ExitCode {
     let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
     let selected: Vec<_> =
         tests.iter().filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str()))).collect();
-    if !nix::unistd::geteuid().is_root() {
-        // Never a silent pass: a CI without root must say so, not go green.
-        eprintln!("the sandbox tests need root (namespaces and mounts); run them as root");
-        return ExitCode::FAILURE;
+    // Not root: the tests run rootless, in a user namespace as bake makes
+    // it (entered here, before any thread); one that cannot be made fails
+    // the run, never a silent pass.
+    match sandbox::enter_user_namespace() {
+        sandbox::Entered::Root => {}
+        sandbox::Entered::Mapped { .. } => println!("\nrootless: in a user namespace mapped with subordinate ids"),
+        other => {
+            eprintln!("the sandbox tests need root or a user namespace with subordinate ids: {other:?}");
+            return ExitCode::FAILURE;
+        }
     }
     println!("\nrunning {} sandbox tests", selected.len());
     let mut failed = Vec::new();
@@ -208,7 +215,7 @@ fn listing(upper: &Path) -> Vec<String> {
             let line = if meta.file_type().is_char_device() && meta.rdev() == 0 {
                 "whiteout".to_owned()
             } else if meta.is_dir() {
-                let opaque = xattr::get(&path, "trusted.overlay.opaque").unwrap().is_some_and(|v| v == b"y");
+                let opaque = xattr::get(&path, sandbox::opaque_xattr()).unwrap().is_some_and(|v| v == b"y");
                 walk(root, &path, out);
                 format!("dir {owner}{}", if opaque { " opaque" } else { "" })
             } else if meta.file_type().is_symlink() {
@@ -651,7 +658,12 @@ impl Drop for Loop {
 
 /// A block device made with mknod (CAP_MKNOD stays, as in Docker) opens
 /// nothing: not in the root filesystem, not in /dev, not in a cache.
+/// Rootless, it cannot even be made (CAP_MKNOD of a user namespace makes no
+/// device): the host's disk is tried.
 fn block_devices_do_not_open() {
+    if sandbox::rootless() {
+        return block_devices_cannot_be_made_rootless();
+    }
     let image = image();
     let marker = format!("BAKE-LOOP-MARKER-{}", std::process::id());
     let mut contents = marker.clone().into_bytes();
@@ -683,6 +695,26 @@ fn block_devices_do_not_open() {
     std::io::Read::read_exact(&mut std::fs::File::open(&attached.device).unwrap(), &mut head).unwrap();
     assert_eq!(String::from_utf8_lossy(&head), marker, "the device was written");
     // The bound devices still work.
+    assert_eq!(ok(&spec(&image, "head -c 3 /dev/zero | wc -c; echo x > /dev/null && echo null")), "3\nnull\n");
+}
+
+fn block_devices_cannot_be_made_rootless() {
+    let image = image();
+    let disk = std::fs::read_dir("/sys/dev/block").unwrap().next().unwrap().unwrap().file_name();
+    let (major, minor) = disk.to_str().unwrap().split_once(':').unwrap();
+    let mut script = String::new();
+    for dir in ["/", "/dev/", "/dev/shm/", "/cache/"] {
+        let _ = write!(script, "mknod {dir}blk b {major} {minor} && echo made; head -c 64 {dir}blk && echo READ-OK; ");
+    }
+    script += "true";
+    let mut s = spec(&image, &script);
+    let cache = image.dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    s.mounts = vec![Mount { source: cache, target: "/cache".into(), readonly: false }];
+    let ran = run(&s);
+    assert_eq!(ran.code.as_ref().ok(), Some(&0), "{:?} {}", ran.code, ran.err);
+    assert!(!ran.out.contains("made") && !ran.out.contains("READ-OK"), "{}\n{}", ran.out, ran.err);
+    assert_eq!(ran.err.matches("Operation not permitted").count(), 4, "{}", ran.err);
     assert_eq!(ok(&spec(&image, "head -c 3 /dev/zero | wc -c; echo x > /dev/null && echo null")), "3\nnull\n");
 }
 
@@ -787,7 +819,10 @@ fn insecure_lifts_the_confinement() {
     s.insecure = true;
     s.network = Network::None;
     let out = ok(&s);
-    assert_eq!(out, format!("CapEff:\t{all}\nSeccomp:\t0\nnested\n16\n0\n"));
+    // Rootless, every capability is the user namespace's: a file only the
+    // host's root may read stays closed.
+    let timer_list = if sandbox::rootless() { 0 } else { 16 };
+    assert_eq!(out, format!("CapEff:\t{all}\nSeccomp:\t0\nnested\n{timer_list}\n0\n"));
 }
 
 // ---------------------------------------------------------------------------
@@ -847,7 +882,10 @@ fn private_network_reaches_out_not_the_host_loopback() {
 
 /// The Debian fixture's root filesystem (it has perl, to open a packet socket).
 fn debian_rootfs() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fixtures.sh");
+    // BAKE_TEST_ROOT: the checkout's copy of scripts/test-rootless.sh.
+    let root = std::env::var_os("BAKE_TEST_ROOT")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), PathBuf::from);
+    let script = root.join("scripts/fixtures.sh");
     let out = std::process::Command::new(script).args(["path", "debian"]).output().unwrap();
     assert!(out.status.success(), "the Debian fixture is missing: run scripts/fixtures.sh");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("rootfs")
@@ -855,7 +893,8 @@ fn debian_rootfs() -> PathBuf {
 
 /// A step holding CAP_NET_RAW opens a packet socket and listens while the
 /// host talks to itself on loopback: it hears nothing in its own namespace
-/// (and everything with `network "host"`, which proves the listener works).
+/// (and everything with `network "host"`, which proves the listener works;
+/// rootless, none opens there).
 fn packet_socket_sees_no_host_traffic() {
     let rootfs = debian_rootfs();
     let image = image();
@@ -894,7 +933,10 @@ fn packet_socket_sees_no_host_traffic() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     talker.join().unwrap();
-    assert_eq!(results, ["opened\nunseen\n", "opened\nseen\n"]);
+    // Rootless, the host's network is not the user namespace's: no packet
+    // socket opens there at all.
+    let host = if sandbox::rootless() { "cannot-open\n" } else { "opened\nseen\n" };
+    assert_eq!(results, ["opened\nunseen\n", host]);
 }
 
 /// slirp4netns ends with the step: when it exits and when it is cancelled

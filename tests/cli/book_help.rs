@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::harness::root;
 
 fn help(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_bake")).args(args).env("COLUMNS", "80").output().expect("run bake");
+    let out = Command::new(crate::harness::bake_bin()).args(args).env("COLUMNS", "80").output().expect("run bake");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

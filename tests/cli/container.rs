@@ -14,7 +14,7 @@ use crate::run::{home_with_busybox, mounts_under, processes_with};
 
 /// Runs `bake ARGS` with `stdin` as its input.
 fn bake_with_input(home: &Path, args: &[&str], stdin: &[u8], extra_env: &[(&str, &str)]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bake"))
+    let mut child = Command::new(crate::harness::bake_bin())
         .args(args)
         .env("BAKE_HOME", home)
         .env("NO_COLOR", "1")
@@ -164,7 +164,7 @@ fn missing_images_are_pulled_and_unknown_ones_are_usage_errors() {
 
 /// Spawns `bake run ...` with stdout read line by line on a thread.
 fn spawn_run(home: &Path, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bake"))
+    let mut child = Command::new(crate::harness::bake_bin())
         .arg("run")
         .args(args)
         .env("BAKE_HOME", home)
@@ -227,7 +227,8 @@ fn killing_bake_leaves_no_process_mount_or_folder() {
 fn a_terminal_is_made_in_the_container() {
     let home = home_with_busybox();
     let h = home.path();
-    let bake_bin = env!("CARGO_BIN_EXE_bake");
+    let bake_bin = crate::harness::bake_bin();
+    let bake_bin = bake_bin.display();
     // `script` gives bake a terminal of its own, 40x100.
     let out = Command::new("script")
         .args(["-qec", &format!("stty rows 40 cols 100; {bake_bin} run -t busybox sh -c 'tty; stty size; exit 3'")])

@@ -50,7 +50,7 @@ impl Example {
                 .arg("publish")
                 .arg(&registry.addr)
                 .args(images)
-                .env("BAKE", env!("CARGO_BIN_EXE_bake"))
+                .env("BAKE", crate::harness::bake_bin())
                 .env_remove("BAKE_CONFIG"));
         }
         let home = tempfile::tempdir().expect("tempdir");
@@ -66,7 +66,7 @@ impl Example {
 
     /// `bake ARGS` in the example's folder.
     fn bake(&self, args: &[&str]) -> Run {
-        let out = self.command(env!("CARGO_BIN_EXE_bake")).args(args).output().expect("run bake");
+        let out = self.command(crate::harness::bake_bin()).args(args).output().expect("run bake");
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -337,7 +337,7 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     let addr = ex.registry.addr.clone();
     let pipeline = |version: &str| {
         ex.command(ex.dir.path().join("release.sh"))
-            .env("BAKE", env!("CARGO_BIN_EXE_bake"))
+            .env("BAKE", crate::harness::bake_bin())
             .env("REGISTRY", &addr)
             .env("VERSION", version)
             .output()
@@ -368,7 +368,7 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     std::fs::copy(ex.home.path().join("config.kdl"), other.path().join("config.kdl")).expect("config");
     let again = ex
         .command(ex.dir.path().join("release.sh"))
-        .env("BAKE", env!("CARGO_BIN_EXE_bake"))
+        .env("BAKE", crate::harness::bake_bin())
         .env("REGISTRY", &addr)
         .env("VERSION", "1.2.3")
         .env("BAKE_HOME", other.path())
@@ -462,7 +462,7 @@ fn watch_rebuilds_and_restarts_the_devloop_server() {
     let log = ex.dir.path().join("watch.log");
     let out = std::fs::File::create(&log).expect("log");
     let child = ex
-        .command(env!("CARGO_BIN_EXE_bake"))
+        .command(crate::harness::bake_bin())
         .args(["watch", "--run", "devloop", "--stop-timeout", "5", "--", "-port", &port.to_string()])
         .stdout(out.try_clone().expect("dup"))
         .stderr(out)

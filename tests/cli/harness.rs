@@ -4,9 +4,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// The repository root.
+/// The repository root: `BAKE_TEST_ROOT` when set (a copy of the checkout
+/// that the test user of scripts/test-rootless.sh can read).
 pub(crate) fn root() -> PathBuf {
+    if let Some(root) = std::env::var_os("BAKE_TEST_ROOT") {
+        return PathBuf::from(root);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The `bake` binary under test: `BAKE_TEST_BIN` when set (a copy the test
+/// user can run), else the one cargo built.
+pub(crate) fn bake_bin() -> PathBuf {
+    std::env::var_os("BAKE_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bake")), PathBuf::from)
 }
 
 /// Output of one run: exit code, stdout, stderr.
@@ -26,7 +36,7 @@ impl Run {
 /// `bake` in `dir` with a private BAKE_HOME, no colour, 80 columns: the
 /// command, for a test to add arguments, env or pipes to before it runs.
 pub(crate) fn bake_cmd(dir: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
+    let mut cmd = Command::new(bake_bin());
     cmd.current_dir(dir).env("BAKE_HOME", home).env("NO_COLOR", "1").env("COLUMNS", "80").env_remove("CLICOLOR_FORCE");
     cmd
 }

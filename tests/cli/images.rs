@@ -89,8 +89,10 @@ fn scratch_image_runs_under_docker_and_is_valid_oci() {
     assert_eq!(doc["Digest"].as_str(), Some(format!("sha256:{}", digest_of(&run_bake.stderr, "hello")).as_str()));
     assert_eq!(doc["Layers"].as_array().map(Vec::len), Some(2));
     let bundle = out.join("bundle");
+    // As a user (scripts/test-rootless.sh), umoci cannot chown: --rootless.
+    let rootless = (!nix::unistd::geteuid().is_root()).then_some("--rootless");
     run(Command::new("umoci")
-        .args(["unpack", "--image"])
+        .args(["unpack"].into_iter().chain(rootless).chain(["--image"]))
         .arg(format!("{}:e2e", out.join("layout").display()))
         .arg(&bundle));
     assert!(bundle.join("rootfs/bin/busybox").is_file());

@@ -19,6 +19,7 @@ mod plan;
 mod platform;
 #[path = "../../engine/tests/common/registry.rs"]
 mod registry;
+mod rootless;
 mod run;
 mod schedule;
 mod scratch;

@@ -109,6 +109,8 @@ struct StageVars {
     image_base: bool,
     /// CMD given in this stage (kept after an ENTRYPOINT, as BuildKit does).
     cmd: Option<Vec<String>>,
+    /// The USER in force, when this stage set one.
+    user: Option<String>,
 }
 
 impl<'a> Writer<'a> {
@@ -371,10 +373,19 @@ impl<'a> Writer<'a> {
             }
             Kind::Workdir(w) => {
                 let value = self.config_value(st, w, indent);
+                if let Some(user) =
+                    st.user.clone().filter(|u| !matches!(u.as_str(), "root" | "0" | "0:0" | "root:root"))
+                {
+                    let text = format!(
+                        "WORKDIR makes its folder owned by USER {user} in Docker; build.kdl's workdir makes it root's"
+                    );
+                    self.note(indent, &text);
+                }
                 let _ = writeln!(self.out, "{indent}workdir {}", bake_string(&value));
             }
             Kind::User(w) => {
                 let value = self.expand(st, w, Mode::Plain, indent);
+                st.user = Some(value.clone());
                 let _ = writeln!(self.out, "{indent}user {}", bake_string(&value));
             }
             Kind::Expose(words) => {

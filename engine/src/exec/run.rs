@@ -71,6 +71,9 @@ impl Step<'_, '_> {
         let engine = self.build.engine;
         self.check_layer_count()?;
         let lowers = engine.snapshots.unpacked_all(self.parent_layers)?;
+        for message in engine.snapshots.take_notes() {
+            self.build.events.event(Event::Warning { message });
+        }
         // The upper must be on the snapshots' filesystem (overlayfs needs
         // upper and work on one filesystem; the copy fallback renames).
         let tmp = engine.home.tmp_dir();

@@ -151,7 +151,8 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// The prefix of aufs metadata entries, which are skipped.
 pub const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
-/// The xattr that marks an overlayfs directory opaque.
+/// The xattr that marks an overlayfs directory opaque (in the initial user
+/// namespace; [`crate::sandbox::opaque_xattr`] names the one in use).
 pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// The longest path or link target an entry may have: Linux's `PATH_MAX`.
@@ -438,8 +439,9 @@ pub enum LayerError {
     #[diagnostic(
         code(bake::layer::needs_root),
         help(
-            "whiteouts become overlayfs character devices 0:0 and `trusted.overlay.opaque` xattrs, which need \
-             root (CAP_MKNOD and CAP_SYS_ADMIN) and a file system with trusted xattrs"
+            "whiteouts become overlayfs character devices 0:0 and `trusted.overlay.opaque` xattrs (in a user \
+             namespace, `user.overlay.opaque`), which need root (CAP_MKNOD and CAP_SYS_ADMIN, or a user \
+             namespace) and a file system with trusted (or user) xattrs"
         )
     )]
     NeedsRoot {

@@ -20,7 +20,7 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, 
 use xattr::FileExt;
 
 use super::read::{Item, read_layer};
-use super::{Entry, EntryKind, LayerError, Limits, OVERLAY_OPAQUE_XATTR, split_last};
+use super::{Entry, EntryKind, LayerError, Limits, split_last};
 use crate::oci::{Compression, Digest};
 
 /// Symlinks followed while resolving one path, as the kernel's limit.
@@ -191,7 +191,7 @@ impl Unpacker {
         self.counts.entries += 1;
         if entry.kind == EntryKind::Opaque {
             let dir = File::from(self.resolve_dir(&entry.path, true)?);
-            dir.set_xattr(OVERLAY_OPAQUE_XATTR, b"y").map_err(Failure::NeedsRoot)?;
+            dir.set_xattr(crate::sandbox::opaque_xattr(), b"y").map_err(Failure::NeedsRoot)?;
             self.counts.whiteouts += 1;
             return Ok(());
         }

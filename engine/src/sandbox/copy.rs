@@ -41,7 +41,10 @@ fn join(rel: &str, name: &str) -> String {
 fn xattrs(path: &Path) -> Vec<(OsString, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else { return Vec::new() };
     let mut out: Vec<(OsString, Vec<u8>)> = names
-        .filter(|n| !n.to_string_lossy().starts_with("trusted.overlay."))
+        .filter(|n| {
+            let n = n.to_string_lossy();
+            !n.starts_with("trusted.overlay.") && !n.starts_with("user.overlay.")
+        })
         .filter_map(|n| xattr::get(path, &n).ok().flatten().map(|v| (n, v)))
         .collect();
     out.sort();
@@ -269,7 +272,7 @@ impl Differ<'_> {
         if meta.is_dir() {
             self.ensure_dir(rel)?;
             if opaque {
-                xattr::set(self.upper.join(rel), "trusted.overlay.opaque", b"y")?;
+                xattr::set(self.upper.join(rel), super::userns::opaque_xattr(), b"y")?;
             }
             let mut names: Vec<OsString> =
                 std::fs::read_dir(&src)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;

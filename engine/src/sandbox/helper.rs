@@ -36,8 +36,14 @@ pub(crate) const CONTAINER_SCRATCH: &str = "container-";
 
 /// The options every overlay mount gets: renamed folders are copied instead
 /// of recorded as redirects, and there are no metadata-only copy-ups or
-/// index entries, so the upper folder is a plain diff the layer code reads.
-pub(crate) const OVERLAY_FEATURES: &str = "redirect_dir=off,index=off,metacopy=off";
+/// index entries, so the upper folder is a plain diff the layer code reads
+/// (in a user namespace, with `userxattr`: see `userns.rs`).
+fn overlay_features() -> &'static str {
+    super::userns::overlay_features()
+}
+
+/// The `tty` group, which owns the container's terminals.
+const TTY_GID: u32 = 5;
 
 /// A page: the longest option string `mount(2)` takes.
 const MAX_OPTIONS: usize = 4000;
@@ -121,8 +127,13 @@ fn try_overlay(dir: &Path) -> Result<(), String> {
         std::fs::create_dir(d).map_err(io)?;
     }
     std::fs::write(lower.join("gone"), "x").map_err(io)?;
-    let options =
-        format!("lowerdir={},upperdir={},workdir={},{OVERLAY_FEATURES}", escape(&lower), escape(&upper), escape(&work));
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},{}",
+        escape(&lower),
+        escape(&upper),
+        escape(&work),
+        overlay_features()
+    );
     nix::mount::mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
         .map_err(|e| format!("overlayfs cannot use {} for upper folders: {}", dir.display(), e.desc()))?;
     let checked = (|| {
@@ -360,6 +371,8 @@ fn prepare(spec: &WireSpec) -> Result<Prepared, Failure> {
         masked,
         readonly,
         sys_readonly: !spec.insecure,
+        sys_bind: spec.network == Network::Host && super::userns::nested(),
+        tty_group: super::userns::gid_mapped(TTY_GID),
         binds,
         hostname: spec.hostname.clone(),
         network: spec.network,
@@ -378,13 +391,22 @@ fn overlay_options(spec: &WireSpec, skel: &Path, scratch: &Path) -> Result<RootF
     if skel_used || spec.lowers.is_empty() {
         lowers.push(skel.to_path_buf());
     }
-    lowers.extend(spec.lowers.iter().rev().cloned());
+    // Top first. A snapshot may come twice (two steps that changed nothing
+    // share the empty layer's): overlayfs refuses a lower given twice
+    // ("conflicting lowerdir path"), and the topmost occurrence alone makes
+    // the same view, since it hides everything the lower one does.
+    for lower in spec.lowers.iter().rev() {
+        if !lowers.contains(lower) {
+            lowers.push(lower.clone());
+        }
+    }
     let build = |names: &[String]| {
         format!(
-            "lowerdir={},upperdir={},workdir={},{OVERLAY_FEATURES}",
+            "lowerdir={},upperdir={},workdir={},{}",
             names.join(":"),
             escape(&spec.upper),
-            escape(&spec.work)
+            escape(&spec.work),
+            overlay_features()
         )
     };
     let options = build(&lowers.iter().map(|l| escape(l)).collect::<Vec<_>>());
@@ -435,7 +457,8 @@ fn exec_of(spec: &WireSpec, user: super::user::ExecUser) -> Result<Exec, Failure
             .map_err(|message| Failure::Io { what: "prepare the seccomp filter".into(), message })?;
         (init::CAPABILITIES.to_vec(), filters)
     };
-    Ok(Exec { user, program: program.clone(), path, args, env, console: None, capabilities, seccomp })
+    let set_groups = !super::userns::setgroups_denied();
+    Ok(Exec { user, program: program.clone(), path, args, env, console: None, capabilities, seccomp, set_groups })
 }
 
 /// The highest capability number this kernel knows.
@@ -557,7 +580,7 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Out
     // A new PID namespace applies to the children of the caller only: the
     // helper itself stays where it is, its next child is PID 1.
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|e| Failure::kernel("unshare the PID namespace", e))?;
-    if let Some(ns) = &netns {
+    if let Some(ns) = netns.as_ref().filter(|ns| !ns.entered_by_pid1()) {
         ns.enter()?;
     }
     #[allow(unsafe_code)]
@@ -568,10 +591,11 @@ fn supervise(plan: &Plan, exec: &Exec, mode: Mode, scratch: &Path) -> Result<Out
     let pid1 = match forked {
         ForkResult::Child => {
             drop((report_r, gate_w));
+            let join = netns.as_ref().filter(|ns| ns.entered_by_pid1());
             // A forked child of the sandbox helper (a process of its own, not
             // the engine): it cannot return to the caller's stack, so it exits.
             #[allow(clippy::exit)]
-            std::process::exit(pid1(plan, exec, report_w, gate_r, mode.console.as_ref()));
+            std::process::exit(pid1(plan, exec, report_w, gate_r, join, mode.console.as_ref()));
         }
         ForkResult::Parent { child } => child,
     };
@@ -654,6 +678,7 @@ fn pid1(
     exec: &Exec,
     mut report: std::io::PipeWriter,
     gate: Option<std::io::PipeReader>,
+    netns: Option<&super::nat::Namespace>,
     console: Option<&Console>,
 ) -> i32 {
     let mut waited = set_of(&FORWARDED);
@@ -670,6 +695,10 @@ fn pid1(
         let _ = serde_json::to_writer(&mut report, failure);
         1
     };
+    // Rootless, PID 1 enters its private network itself (see `nat.rs`).
+    if let Some(Err(f)) = netns.map(super::nat::Namespace::enter) {
+        return fail(report, &f);
+    }
     if let Err(f) = init::enter(&LinuxSys, plan) {
         return fail(report, &f);
     }

@@ -69,8 +69,14 @@ pub(crate) struct Plan {
     /// [`READONLY`]); both empty for `security "insecure"`.
     pub(crate) masked: Vec<PathBuf>,
     pub(crate) readonly: Vec<PathBuf>,
+    /// devpts gives its terminals the `tty` group (gid 5): not where gid 5
+    /// has no mapping (rootless with a single-id map).
+    pub(crate) tty_group: bool,
     /// `/sys` read-only (not for `security "insecure"`).
     pub(crate) sys_readonly: bool,
+    /// Bind the host's `/sys` rather than mount a sysfs: rootless with the
+    /// host's network, whose namespace is not bake's to mount sysfs for.
+    pub(crate) sys_bind: bool,
     /// `/etc/hosts`, `/etc/resolv.conf`, caches and secrets, in order.
     pub(crate) binds: Vec<Bind>,
     pub(crate) hostname: String,
@@ -117,6 +123,10 @@ pub(crate) struct Exec {
     /// Seccomp filters to load after `no_new_privs`, just before `execve`;
     /// none (and no `no_new_privs`) for `security "insecure"`.
     pub(crate) seccomp: Vec<seccompiler::BpfProgram>,
+    /// Call `setgroups`: false where the user namespace denies it (rootless
+    /// with a single-id map, see `userns.rs`); the step then keeps the
+    /// supplementary groups bake had.
+    pub(crate) set_groups: bool,
 }
 
 impl Exec {
@@ -185,12 +195,18 @@ pub(crate) fn enter(sys: &dyn Sys, plan: &Plan) -> Result<(), Failure> {
             mount(sys, None, root, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV, None)?;
         }
     }
-    dev(sys, &root.join(&plan.dev))?;
+    dev(sys, &root.join(&plan.dev), plan.tty_group)?;
     let proc = root.join(&plan.proc);
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(sys, Some(Path::new("proc")), &proc, Some("proc"), hardened, None)?;
     let sysfs = if plan.sys_readonly { hardened | MsFlags::MS_RDONLY } else { hardened };
-    mount(sys, Some(Path::new("sysfs")), &root.join(&plan.sys), Some("sysfs"), sysfs, None)?;
+    if plan.sys_bind {
+        let target = root.join(&plan.sys);
+        mount(sys, Some(Path::new("/sys")), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        mount(sys, None, &target, None, sysfs | MsFlags::MS_BIND | MsFlags::MS_REMOUNT, None)?;
+    } else {
+        mount(sys, Some(Path::new("sysfs")), &root.join(&plan.sys), Some("sysfs"), sysfs, None)?;
+    }
     for path in &plan.readonly {
         read_only(sys, &root.join(path))?;
     }
@@ -260,7 +276,7 @@ fn mask(sys: &dyn Sys, path: &Path) -> Result<(), Failure> {
 
 /// A small `/dev` on a tmpfs: the host's harmless devices bound in, a private
 /// devpts, a shm tmpfs and the usual links.
-fn dev(sys: &dyn Sys, dev: &Path) -> Result<(), Failure> {
+fn dev(sys: &dyn Sys, dev: &Path, tty_group: bool) -> Result<(), Failure> {
     let tmpfs = Some("tmpfs");
     // nodev: the bound devices below are mounts of their own (with the host
     // devtmpfs's flags) and keep working; a node made here opens nothing.
@@ -273,7 +289,11 @@ fn dev(sys: &dyn Sys, dev: &Path) -> Result<(), Failure> {
     }
     let pts = dev.join("pts");
     sys.mkdir(&pts, 0o755).map_err(call(format!("mkdir {}", pts.display())))?;
-    let data = Some("newinstance,ptmxmode=0666,mode=0620,gid=5");
+    let data = Some(if tty_group {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620"
+    });
     mount(sys, Some(Path::new("devpts")), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, data)?;
     let shm = dev.join("shm");
     sys.mkdir(&shm, 0o1777).map_err(call(format!("mkdir {}", shm.display())))?;
@@ -311,7 +331,9 @@ pub(crate) fn exec(sys: &dyn Sys, exec: &Exec) -> Failure {
         return Failure::kernel(format!("make {} the controlling terminal", console.display()), e);
     }
     let groups: Vec<Gid> = user.groups.iter().copied().map(Gid::from_raw).collect();
-    if let Err(e) = sys.setgroups(&groups) {
+    if exec.set_groups
+        && let Err(e) = sys.setgroups(&groups)
+    {
         return Failure::kernel("setgroups", e);
     }
     if let Err(e) = sys.setgid(Gid::from_raw(user.gid)) {
@@ -369,6 +391,8 @@ mod tests {
             masked,
             readonly,
             sys_readonly: true,
+            sys_bind: false,
+            tty_group: true,
             binds: vec![
                 Bind { source: "/t/hosts".into(), target: "etc/hosts".into(), readonly: true },
                 Bind { source: "/cache".into(), target: "root/.cache".into(), readonly: false },
@@ -483,6 +507,22 @@ mod tests {
     }
 
     #[test]
+    fn rootless_host_network_binds_the_hosts_sys_read_only() {
+        let mut p = plan(RootFs::Overlay { options: "o".into(), chdir: None }, Network::Host);
+        p.sys_bind = true;
+        let sys = Recorder::default();
+        enter(&sys, &p).expect("enter");
+        let lines = sys.lines();
+        let at = lines.iter().position(|l| l == "mount /sys /t/merged/sys - MsFlags(MS_BIND | MS_REC) -");
+        let at = at.unwrap_or_else(|| panic!("{lines:?}"));
+        assert_eq!(
+            lines[at + 1],
+            "mount - /t/merged/sys - MsFlags(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_REMOUNT | MS_BIND) -"
+        );
+        assert!(!lines.iter().any(|l| l.starts_with("mount sysfs")), "{lines:?}");
+    }
+
+    #[test]
     fn insecure_plans_mount_sysfs_writable_and_mask_nothing() {
         let sys = Recorder::default();
         let mut insecure = plan(RootFs::Bind, Network::None);
@@ -519,6 +559,7 @@ mod tests {
             console: None,
             capabilities: CAPABILITIES.to_vec(),
             seccomp: vec![vec![seccompiler::sock_filter { code: 6, jt: 0, jf: 0, k: 0 }; 3]],
+            set_groups: true,
         }
     }
 

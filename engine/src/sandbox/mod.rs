@@ -131,6 +131,17 @@
 //! the process, a throwaway upper folder that the helper removes; see
 //! `container.rs`.
 //!
+//! # Rootless
+//!
+//! Started by a user that is not root, bake is already in a user namespace
+//! of its own when it calls the helper (see `userns.rs`): everything above
+//! happens there, owned by that namespace, with three differences. overlayfs
+//! gets `userxattr` (its opaque folders are `user.overlay.opaque`); a
+//! private network is entered by PID 1 itself, since the helper could not
+//! return to the host's; and with the host's network, `/sys` is the host's,
+//! bound read-only. With a single-id map, `setgroups` is skipped (denied) and
+//! devpts has no `tty` group. `doctor.rs` checks what this needs.
+//!
 //! # Backends
 //!
 //! [`probe`] mounts a tiny overlay in a private mount namespace (in a helper)
@@ -142,6 +153,7 @@
 
 mod container;
 mod copy;
+pub mod doctor;
 mod helper;
 mod init;
 mod nat;
@@ -151,6 +163,7 @@ mod signal;
 mod sys;
 mod tty;
 mod user;
+mod userns;
 mod wire;
 
 pub use container::{ContainerIo, ContainerSpec, Control, FORWARDED_SIGNALS, run_container};
@@ -158,6 +171,9 @@ pub(crate) use helper::{CONTAINER_SCRATCH, PROBE_SCRATCH};
 pub(crate) use signal::normalize as normalize_signal;
 pub use signal::stop_signal;
 pub use tty::size as terminal_size;
+pub use userns::{
+    Entered, IdRange, SubRange, enter as enter_user_namespace, entered, nested, opaque_xattr, rootless, sub_ranges,
+};
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -277,7 +293,7 @@ pub enum SandboxError {
     #[diagnostic(
         code(bake::sandbox::unavailable),
         help(
-            "the sandbox needs Linux namespaces and mounts, that is root (CAP_SYS_ADMIN); run bake as root, or in a container started with --privileged"
+            "the sandbox needs Linux namespaces and mounts: root, or a user namespace (`bake doctor` says what is missing); or run bake in a container started with --privileged"
         )
     )]
     Unavailable { reason: String },
@@ -326,7 +342,9 @@ pub enum SandboxError {
     #[error("the step's private network could not be started: {message}")]
     #[diagnostic(
         code(bake::sandbox::nat),
-        help("slirp4netns failed; `network \"host\"` or `network \"none\"` avoids it")
+        help(
+            "slirp4netns failed (`bake doctor` checks what it needs); `network \"host\"` or `network \"none\"` avoids it"
+        )
     )]
     Nat { message: String },
 
@@ -345,6 +363,10 @@ impl From<Failure> for SandboxError {
             Failure::Kernel { what, errno } => {
                 let errno = Errno::from_raw(errno);
                 let help = match errno {
+                    Errno::EPERM if userns::rootless() => Some(
+                        "bake runs rootless, in a user namespace of its own, and the kernel refused this there; `bake doctor` says what is missing"
+                            .to_owned(),
+                    ),
                     Errno::EPERM => Some(
                         "creating namespaces and mounts needs root (CAP_SYS_ADMIN); run bake as root, or in a container started with --privileged"
                             .to_owned(),

@@ -43,7 +43,7 @@
 //! that address cannot be told from the namespace's.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -70,14 +70,23 @@ const READY_BOUND: Duration = Duration::from_secs(30);
 
 /// The network namespace the helper made for PID 1, and the way back to
 /// the host's.
+///
+/// Rootless (see `userns.rs`), the host's namespace belongs to the initial
+/// user namespace, and nothing in bake's may enter it again: the helper
+/// never leaves it. A short-lived child unshares the namespace instead, the
+/// helper keeps a handle on it, and PID 1 enters it itself
+/// ([`Namespace::entered_by_pid1`]).
 pub(crate) struct Namespace {
-    host: File,
+    host: Option<File>,
     step: File,
 }
 
 /// Makes a new network namespace, the helper staying in the host's; PID 1
 /// is forked between [`Namespace::enter`] and [`Namespace::leave`].
 pub(crate) fn create() -> Result<Namespace, Failure> {
+    if super::userns::nested() {
+        return create_in_child();
+    }
     let host = File::open("/proc/self/ns/net").map_err(|e| Failure::io("open the host's network namespace", &e))?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Failure::kernel("unshare the network namespace", e))?;
     let step = File::open("/proc/self/ns/net");
@@ -85,18 +94,68 @@ pub(crate) fn create() -> Result<Namespace, Failure> {
     nix::sched::setns(host.as_fd(), CloneFlags::CLONE_NEWNET)
         .map_err(|e| Failure::kernel("return to the host's network namespace", e))?;
     let step = step.map_err(|e| Failure::io("open the step's network namespace", &e))?;
-    Ok(Namespace { host, step })
+    Ok(Namespace { host: Some(host), step })
+}
+
+/// A child unshares a network namespace and waits until the helper holds
+/// it open.
+fn create_in_child() -> Result<Namespace, Failure> {
+    let pipe = |()| std::io::pipe().map_err(|e| Failure::io("create a pipe", &e));
+    let ((mut made_r, mut made_w), (mut held_r, held_w)) = (pipe(())?, pipe(())?);
+    #[allow(unsafe_code)]
+    // SAFETY: the helper is single-threaded (it runs no runtime and spawns no
+    // threads), so the child starts with consistent locks and heap.
+    let forked = unsafe { nix::unistd::fork() }.map_err(|e| Failure::kernel("fork", e))?;
+    let child = match forked {
+        nix::unistd::ForkResult::Child => {
+            drop((made_r, held_w));
+            let code = match nix::sched::unshare(CloneFlags::CLONE_NEWNET) {
+                Ok(()) if made_w.write_all(b"\n").is_ok() => {
+                    // Until the helper has opened the namespace (or died).
+                    let _ = held_r.read(&mut [0u8; 1]);
+                    0
+                }
+                _ => 1,
+            };
+            // A forked child of the helper: it cannot return to its stack.
+            #[allow(clippy::exit)]
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop((made_w, held_r));
+    let made = matches!(made_r.read(&mut [0u8; 1]), Ok(1));
+    let step = made.then(|| File::open(format!("/proc/{child}/ns/net")));
+    drop(held_w);
+    let _ = nix::sys::wait::waitpid(child, None);
+    match step {
+        Some(Ok(step)) => Ok(Namespace { host: None, step }),
+        Some(Err(e)) => Err(Failure::io("open the step's network namespace", &e)),
+        None => Err(Failure::Io {
+            what: "unshare the network namespace".into(),
+            message: "the child that makes it failed".into(),
+        }),
+    }
 }
 
 impl Namespace {
+    /// Whether PID 1 enters the namespace itself (rootless), rather than
+    /// being forked inside it.
+    pub(crate) fn entered_by_pid1(&self) -> bool {
+        self.host.is_none()
+    }
+
     pub(crate) fn enter(&self) -> Result<(), Failure> {
         nix::sched::setns(self.step.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(|e| Failure::kernel("enter the step's network namespace", e))
     }
 
     pub(crate) fn leave(&self) -> Result<(), Failure> {
-        nix::sched::setns(self.host.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|e| Failure::kernel("return to the host's network namespace", e))
+        match &self.host {
+            Some(host) => nix::sched::setns(host.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Failure::kernel("return to the host's network namespace", e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -167,7 +226,14 @@ impl Starting {
     pub(crate) fn ready(mut self) -> Result<Nat, Failure> {
         let failed = |what: String| {
             let said = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let said = said.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+            // Its last words, and what it could not open (rootless: the tun
+            // device is often root's alone); not its warnings.
+            let words: Vec<&str> = said.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let mut picked: Vec<&str> = words.iter().copied().filter(|l| l.starts_with("open(")).collect();
+            if let Some(last) = words.last().filter(|l| !picked.contains(l)) {
+                picked.push(last);
+            }
+            let said = picked.join("; ");
             Failure::Nat { missing: false, message: if said.is_empty() { what } else { format!("{what}: {said}") } }
         };
         let mut fds = [PollFd::new(self.ready.as_fd(), PollFlags::POLLIN)];
