@@ -13,6 +13,13 @@ fi
 export BAKE_FIXTURES=${BAKE_FIXTURES:-/var/cache/bake-fixtures}
 ./scripts/install-deps.sh
 ./scripts/fixtures.sh
+# spdx-tools (PyPI) in a venv beside the fixtures, outside the clone: the SBOM
+# tests validate what bake attaches with its pyspdxtools (tests/cli/attest.rs).
+spdx=$BAKE_FIXTURES/spdx-tools
+if [[ ! -x $spdx/bin/pyspdxtools ]]; then
+  python3 -m venv "$spdx"
+  "$spdx/bin/pip" install --quiet 'spdx-tools==0.8.*'
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -139,6 +139,17 @@ pub(crate) struct BuildArgs {
     #[arg(long)]
     pub push: bool,
 
+    /// With --push, attach SLSA provenance to every pushed image (on unless
+    /// `--provenance=false`).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = true, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub provenance: bool,
+
+    /// With --push, attach an SPDX SBOM to every pushed image.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub sbom: bool,
+
     /// Also write the images elsewhere: type=oci,dest=FILE.tar |
     /// type=oci-dir,dest=DIR | type=docker,dest=FILE.tar |
     /// type=local,dest=DIR[,keep-setuid=true] (repeatable).

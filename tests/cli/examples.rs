@@ -350,7 +350,9 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     assert!(log.contains("--- PASS: TestGreeting"), "{log}");
     let mut tags = ex.registry.tags("acme/app");
     tags.sort();
-    assert_eq!(tags, ["1.2.3", "latest"]);
+    // The image's provenance is attached by default: its referrers tag.
+    let digest = ex.registry.skopeo_digest("acme/app:1.2.3").expect("the pushed image");
+    assert_eq!(tags, ["1.2.3", "latest", &digest.replace(':', "-")]);
     assert_eq!(ex.registry.skopeo_digest("acme/app:1.2.3"), ex.registry.skopeo_digest("acme/app:latest"));
 
     // Docker pulls what was pushed and runs it.
@@ -390,7 +392,7 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     assert!(String::from_utf8_lossy(&failed.stderr).contains("--- FAIL: TestGreeting"));
     let mut tags = ex.registry.tags("acme/app");
     tags.sort();
-    assert_eq!(tags, ["1.2.3", "latest"], "a failed release pushed something");
+    assert_eq!(tags, ["1.2.3", "latest", &digest.replace(':', "-")], "a failed release pushed something");
 }
 
 /// The examples this file tests, so that a new one cannot be forgotten; and

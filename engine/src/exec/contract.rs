@@ -40,6 +40,10 @@ pub enum ExecError {
 
     #[error(transparent)]
     #[diagnostic(transparent)]
+    Attest(#[from] crate::attest::AttestError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
     Registry(#[from] RegistryError),
 
     #[error(transparent)]
@@ -247,6 +251,7 @@ impl ExecError {
             Self::Plan(e) => e.tier(),
             Self::Home(e) => e.tier(),
             Self::Store(e) => e.tier(),
+            Self::Attest(e) => e.tier(),
             Self::Registry(e) => e.tier(),
             Self::Snapshot(e) => e.tier(),
             Self::Layer(e) => e.tier(),
@@ -363,6 +368,8 @@ pub struct BuildOptions {
     /// `--allow security.insecure`: `run` steps may ask for
     /// `security "insecure"`.
     pub allow_insecure: bool,
+    /// What `push` attaches to every image it pushes (`crate::attest`).
+    pub attest: crate::attest::Attest,
 }
 
 impl BuildOptions {
