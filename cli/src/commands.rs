@@ -229,6 +229,7 @@ fn build_options(args: &BuildArgs) -> BuildOptions {
         cache_to: args.cache_to.clone(),
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
         attest: bake_engine::attest::Attest { provenance: args.provenance, sbom: args.sbom },
+        sign: args.sign.clone(),
     }
 }
 

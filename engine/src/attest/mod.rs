@@ -12,6 +12,7 @@ pub mod gobuildinfo;
 pub mod provenance;
 pub mod referrers;
 pub mod sbom;
+pub mod sign;
 
 use std::collections::BTreeMap;
 

@@ -44,6 +44,10 @@ pub enum ExecError {
 
     #[error(transparent)]
     #[diagnostic(transparent)]
+    Sign(#[from] crate::attest::sign::SignError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
     Registry(#[from] RegistryError),
 
     #[error(transparent)]
@@ -252,6 +256,7 @@ impl ExecError {
             Self::Home(e) => e.tier(),
             Self::Store(e) => e.tier(),
             Self::Attest(e) => e.tier(),
+            Self::Sign(e) => e.tier(),
             Self::Registry(e) => e.tier(),
             Self::Snapshot(e) => e.tier(),
             Self::Layer(e) => e.tier(),
@@ -370,6 +375,9 @@ pub struct BuildOptions {
     pub allow_insecure: bool,
     /// What `push` attaches to every image it pushes (`crate::attest`).
     pub attest: crate::attest::Attest,
+    /// `--sign key=PATH`: the private key `push` signs every pushed
+    /// manifest and index with (`crate::attest::sign`).
+    pub sign: Option<PathBuf>,
 }
 
 impl BuildOptions {

@@ -19,6 +19,7 @@ use petgraph::graph::NodeIndex;
 use super::execute::{Build, lock, record};
 use super::schedule::{State, StepOutcome};
 use super::{BuildReport, BuiltImage, Direction, Event, Events, ExecError, FsResult, Output, copy};
+use crate::attest::sign::{self, SigningKey};
 use crate::attest::{AttestError, Subject, attestations, provenance, referrers};
 use crate::graph::{Key, Op, Plan};
 use crate::image::{ImageConfig, export::ExportImage};
@@ -306,6 +307,8 @@ impl Build<'_> {
             }
         }
         if !pushes.is_empty() {
+            // A key that cannot sign fails the push before anything is published.
+            let key = self.options.sign.as_deref().map(SigningKey::load).transpose()?;
             let progress = TransferEvents::new(self.events, "push".to_owned());
             let pushed = match self.engine.registry.push(&pushes, &progress).await {
                 // A layer from a registry cache on another registry
@@ -323,6 +326,9 @@ impl Build<'_> {
             }
             report.pushed = pushed;
             self.attach(plan, state, images).await?;
+            if let Some(key) = &key {
+                self.sign(key, &pushes).await?;
+            }
         }
         for e in images.iter().filter(|e| e.image.tags.is_empty() && e.image.platform.is_none()) {
             self.events.event(Event::Warning {
@@ -395,6 +401,51 @@ impl Build<'_> {
                     .map_err(|source| AttestError::Json { what: "referrers index", source })?;
                 let digest = registry.put_manifest(&tag, crate::oci::media::OCI_INDEX, bytes.into()).await?;
                 self.events.event(Event::Pushed { tag: tag.to_string(), digest: digest.to_string() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs every pushed manifest (an index and each of its platforms'
+    /// manifests) in each repository it was pushed to, as the reference of
+    /// its first tag there: the signature goes under the `sha256-<hex>.sig`
+    /// tag, after the signatures it already held.
+    async fn sign(&self, key: &SigningKey, pushes: &[PushImage]) -> Result<(), ExecError> {
+        let store = &self.engine.store;
+        let registry = &self.engine.registry;
+        let progress = TransferEvents::new(self.events, "sign".to_owned());
+        for p in pushes {
+            let mut manifests = vec![p.manifest.clone()];
+            if p.media_type == crate::oci::media::OCI_INDEX {
+                manifests.extend(crate::image::index_platforms(store, &p.manifest).into_iter().map(|(d, _)| d));
+            }
+            let mut firsts: Vec<&ImageRef> = Vec::new();
+            for t in &p.tags {
+                if !firsts.iter().any(|f| f.registry == t.registry && f.repository == t.repository) {
+                    firsts.push(t);
+                }
+            }
+            for tag in firsts {
+                let reference = ImageRef { digest: None, ..tag.clone() }.to_string();
+                for manifest in &manifests {
+                    let payload = sign::payload(&reference, manifest);
+                    let signature = key.sign(&payload)?;
+                    let at = ImageRef { tag: Some(sign::signature_tag(manifest)), digest: None, ..tag.clone() };
+                    let existing = registry.manifest_bytes(&at).await?;
+                    let mut layers = sign::existing_layers(existing.as_deref());
+                    layers.push(sign::signature_layer(&payload, &signature));
+                    let (config, doc) = sign::signature_manifest(&layers);
+                    let bytes = crate::oci::canonical_json(&doc)
+                        .map_err(|source| AttestError::Json { what: "signature manifest", source })?;
+                    store.put_blob(&payload)?;
+                    store.put_blob(&config)?;
+                    let digest = store.put_blob(&bytes)?;
+                    let media_type = crate::oci::media::OCI_MANIFEST.to_owned();
+                    registry
+                        .push(&[PushImage { manifest: digest.clone(), media_type, tags: vec![at.clone()] }], &progress)
+                        .await?;
+                    self.events.event(Event::Pushed { tag: at.to_string(), digest: digest.to_string() });
+                }
             }
         }
         Ok(())
