@@ -25,9 +25,10 @@ image "app" from="debian:bookworm-slim" {
 }
 "#;
 
-/// A registry serving `library/debian` as a two-platform index, and a
-/// config file that makes it docker.io's mirror.
-fn mirror() -> (TestRegistry, tempfile::NamedTempFile) {
+/// A registry serving the fixture images `images` (`debian-platforms`:
+/// `library/debian` as a two-platform index), and a config file that makes
+/// it docker.io's mirror.
+fn mirror(images: &[&str]) -> (TestRegistry, tempfile::NamedTempFile) {
     let cache = std::env::var_os("BAKE_FIXTURES").map_or_else(|| "/var/cache/bake-fixtures".into(), PathBuf::from);
     let script = root().join("scripts/fixtures.sh");
     run(Command::new(&script).args(["build", "debian", "debian-arm64"]).env("BAKE_FIXTURES", &cache));
@@ -37,7 +38,7 @@ fn mirror() -> (TestRegistry, tempfile::NamedTempFile) {
         run(Command::new(&script)
             .arg("publish")
             .arg(&registry.addr)
-            .arg("debian-platforms")
+            .args(images)
             .env("BAKE_FIXTURES", &cache)
             .env("BAKE", env!("CARGO_BIN_EXE_bake"))
             .env_remove("BAKE_CONFIG"));
@@ -96,7 +97,7 @@ fn build(registry: &TestRegistry, config: &tempfile::NamedTempFile, dir: &std::p
 
 #[test]
 fn provenance_and_sbom_attached_to_each_platform_and_reproducible() {
-    let (registry, config) = mirror();
+    let (registry, config) = mirror(&["debian-platforms"]);
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("build.kdl"), BUILD).expect("write");
     std::fs::write(dir.path().join("greeting.txt"), "hello\n").expect("write");
@@ -269,4 +270,82 @@ fn a_key_that_cannot_sign_fails_the_push_before_anything_is_published() {
     assert_eq!(out.code, 1, "{}", out.render());
     assert!(out.stderr.contains("bake::sign::key") && out.stderr.contains("`PUBLIC KEY`"), "{}", out.render());
     assert!(registry.tags("bake-test/signed").is_empty());
+}
+
+/// A Go service with a dependency on a module of its own (a local
+/// replacement: the tests have no module proxy).
+const GO: &str = r#"
+arg "REGISTRY"
+
+stage "build" from="golang:1.19" {
+    workdir "/src"
+    copy "." to="./"
+    env "CGO_ENABLED" "0"
+    run "go build -o /out/hello ."
+}
+
+image "hello" from="scratch" {
+    copy "/out/hello" to="/hello" from="build"
+    entrypoint "/hello"
+    tag "${REGISTRY}/bake-test/attest:go"
+}
+"#;
+
+#[test]
+fn the_sbom_of_a_go_binary_lists_its_modules() {
+    let (registry, config) = mirror(&["golang"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    std::fs::write(p.join("build.kdl"), GO).expect("write");
+    std::fs::write(
+        p.join("go.mod"),
+        "module example.com/hello\n\ngo 1.19\n\nrequire example.com/greet v0.3.0\n\nreplace example.com/greet => ./greet\n",
+    )
+    .expect("write");
+    std::fs::write(
+        p.join("main.go"),
+        "package main\n\nimport \"example.com/greet\"\n\nfunc main() { println(greet.Hello()) }\n",
+    )
+    .expect("write");
+    std::fs::create_dir(p.join("greet")).expect("mkdir");
+    std::fs::write(p.join("greet/go.mod"), "module example.com/greet\n\ngo 1.19\n").expect("write");
+    std::fs::write(p.join("greet/greet.go"), "package greet\n\nfunc Hello() string { return \"hello\" }\n")
+        .expect("write");
+    let built = build(&registry, &config, p);
+    assert_eq!(built.code, 0, "{}", built.render());
+
+    let digest = registry.skopeo_digest("bake-test/attest:go").expect("the image");
+    let index = referrers(&registry, &digest);
+    let sbom = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|d| d["artifactType"] == "application/spdx+json")
+        .unwrap_or_else(|| panic!("no SBOM: {index}"));
+    let manifest = json(
+        &registry.skopeo_raw(&format!("bake-test/attest@{}", sbom["digest"].as_str().unwrap_or(""))).expect("manifest"),
+    );
+    let doc = blob(&registry, manifest["layers"][0]["digest"].as_str().unwrap_or_default());
+    let mut modules: Vec<(String, String)> = doc["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter_map(|p| {
+            let purl = p["externalRefs"][0]["referenceLocator"].as_str()?;
+            purl.starts_with("pkg:golang/")
+                .then(|| (purl.to_owned(), p["sourceInfo"].as_str().unwrap_or("").to_owned()))
+        })
+        .collect();
+    modules.sort();
+    assert_eq!(
+        modules,
+        [
+            ("pkg:golang/example.com/greet@v0.3.0".to_owned(), "found in /hello".to_owned()),
+            ("pkg:golang/example.com/hello@%28devel%29".to_owned(), "found in /hello".to_owned()),
+        ],
+        "{doc}"
+    );
+    let file = p.join("sbom.json");
+    std::fs::write(&file, doc.to_string()).expect("write");
+    run(Command::new(pyspdxtools()).arg("-i").arg(&file));
 }

@@ -101,11 +101,18 @@ pub fn parse(modinfo: &str) -> BuildInfo {
             Some(&"path") => info.path = fields.get(1).map_or_else(String::new, |p| (*p).to_owned()),
             Some(&"mod") => info.modules.extend(module(true)),
             Some(&"dep") => info.modules.extend(module(false)),
+            // A replacement by another module version counts as that
+            // module; one by a local folder (`./greet`, version `(devel)`)
+            // keeps the name and version the build asked for, with no sum.
             Some(&"=>") => {
                 if let (Some(last), Some(replaced)) = (info.modules.last_mut(), module(false)) {
-                    last.path = replaced.path;
-                    last.version = replaced.version;
-                    last.sum = replaced.sum;
+                    if replaced.path.starts_with(['.', '/']) {
+                        last.sum = None;
+                    } else {
+                        last.path = replaced.path;
+                        last.version = replaced.version;
+                        last.sum = replaced.sum;
+                    }
                 }
             }
             _ => {}
@@ -149,6 +156,7 @@ mod tests {
         let modinfo = "path\texample.com/svc\nmod\texample.com/svc\t(devel)\t\n\
                        dep\tgolang.org/x/text\tv0.3.7\th1:olpwvP2KacW1ZWvsR7uQhoyTYvKAupfQrRGBFM352Gk=\n\
                        dep\texample.com/old\tv1.0.0\n=>\texample.com/new\tv1.2.0\th1:abc=\n\
+                       dep\texample.com/local\tv0.0.0\th1:x=\n=>\t./local\t(devel)\t\n\
                        build\t-compiler=gc";
         let info = read(&binary("go1.19.13", modinfo)).unwrap_or_default();
         assert_eq!(info.go_version, "go1.19.13");
@@ -160,11 +168,13 @@ mod tests {
             [
                 ("example.com/svc", "(devel)", true),
                 ("golang.org/x/text", "v0.3.7", false),
-                ("example.com/new", "v1.2.0", false)
+                ("example.com/new", "v1.2.0", false),
+                ("example.com/local", "v0.0.0", false)
             ]
         );
         assert_eq!(info.modules[1].sum.as_deref(), Some("h1:olpwvP2KacW1ZWvsR7uQhoyTYvKAupfQrRGBFM352Gk="));
         assert_eq!(info.modules[0].sum, None);
+        assert_eq!(info.modules[3].sum, None);
     }
 
     #[test]
