@@ -16,6 +16,9 @@
 #                         (scripts/dockerd.sh)
 #   slirp4netns           the userspace NAT of a `run` step's private network (the
 #                         default `network "private"`); bake itself needs it too
+#   python3-venv          the venv scripts/test.sh installs spdx-tools into (the
+#                         SBOM tests validate with its pyspdxtools)
+#   openssl               makes the ECDSA P-256 keys the signing tests sign with
 #
 # Needs root (or sudo) only when something is missing. `apt-get update` runs
 # only when a missing package has no install candidate, or when installing
@@ -25,7 +28,7 @@ set -euo pipefail
 
 packages=(
   docker-registry skopeo umoci busybox-static debootstrap
-  debian-archive-keyring ca-certificates docker.io slirp4netns
+  debian-archive-keyring ca-certificates docker.io slirp4netns python3-venv openssl
 )
 for arg in "$@"; do
   case $arg in

@@ -15,6 +15,13 @@ export BAKE_FIXTURES=${BAKE_FIXTURES:-/var/cache/bake-fixtures}
 ./scripts/fixtures.sh
 # The unprivileged test user (with subordinate ids) some tests build as.
 ./scripts/test-rootless.sh setup
+# spdx-tools (PyPI) in a venv beside the fixtures, outside the clone: the SBOM
+# tests validate what bake attaches with its pyspdxtools (tests/cli/attest.rs).
+spdx=$BAKE_FIXTURES/spdx-tools
+if [[ ! -x $spdx/bin/pyspdxtools ]]; then
+  python3 -m venv "$spdx"
+  "$spdx/bin/pip" install --quiet 'spdx-tools==0.8.*'
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -194,6 +194,22 @@ pub(crate) struct BuildArgs {
     #[arg(long)]
     pub push: bool,
 
+    /// With --push, attach SLSA provenance to every pushed image (on unless
+    /// `--provenance=false`).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = true, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub provenance: bool,
+
+    /// With --push, sign every pushed manifest and index with the PEM ECDSA
+    /// P-256 private key at PATH (sigstore format, as skopeo verifies it).
+    #[arg(long, value_name = "key=PATH", value_parser = parse_sign)]
+    pub sign: Option<PathBuf>,
+
+    /// With --push, attach an SPDX SBOM to every pushed image.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub sbom: bool,
+
     /// Also write the images elsewhere: type=oci,dest=FILE.tar |
     /// type=oci-dir,dest=DIR | type=docker,dest=FILE.tar |
     /// type=local,dest=DIR[,keep-setuid=true] (repeatable).
@@ -458,6 +474,15 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
         _ => Err(format!("expected NAME=VALUE, got `{s}`")),
+    }
+}
+
+/// `--sign key=PATH`: the key's path. The password of an encrypted key
+/// would come from the environment, never from a flag.
+fn parse_sign(s: &str) -> Result<PathBuf, String> {
+    match s.split_once('=') {
+        Some(("key", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(format!("`{s}` is not `key=PATH`")),
     }
 }
 

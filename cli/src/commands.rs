@@ -384,6 +384,8 @@ fn build_options(args: &BuildArgs) -> BuildOptions {
         cache_from: args.cache_from.clone(),
         cache_to: args.cache_to.clone(),
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        attest: bake_engine::attest::Attest { provenance: args.provenance, sbom: args.sbom },
+        sign: args.sign.clone(),
     }
 }
 

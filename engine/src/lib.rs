@@ -52,6 +52,7 @@
 // the engine's integration tests and benches are other crates and may print.
 #![deny(clippy::print_stdout, clippy::print_stderr, clippy::exit, clippy::dbg_macro)]
 
+pub mod attest;
 pub mod config;
 pub mod container;
 pub mod context;

@@ -18,6 +18,8 @@
 #   CACHE     the remote cache reference (default REGISTRY/acme/app-cache:build);
 #             set it empty to build with the local cache only
 #   BAKE      the bake binary (default: bake on PATH)
+#   SIGN_KEY  a PEM ECDSA P-256 private key: sign the pushed image with it
+#             (sigstore format, under the image's sha256-<hex>.sig tag)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -31,6 +33,10 @@ cache=()
 if [[ -n $cache_ref ]]; then
   cache=(--cache-from "$cache_ref" --cache-to "$cache_ref")
 fi
+sign=()
+if [[ -n ${SIGN_KEY:-} ]]; then
+  sign=(--sign "key=$SIGN_KEY")
+fi
 
 echo "--- check"
 "$bake" check "${args[@]}"
@@ -40,4 +46,4 @@ echo "--- test"
 cat dist/test-report.txt
 
 echo "--- release $VERSION"
-"$bake" build app --push "${args[@]}" "${cache[@]}"
+"$bake" build app --push "${args[@]}" "${cache[@]}" "${sign[@]}"

@@ -335,8 +335,14 @@ fn monorepo_builds_ten_services_from_one_shared_builder() {
 fn release_pipeline_tests_then_pushes_version_and_latest() {
     let ex = Example::new("release", &["golang"]);
     let addr = ex.registry.addr.clone();
+    // The release is signed with a key of its own.
+    let key = ex.dir.path().join("release-key.pem");
+    run(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .arg(&key));
     let pipeline = |version: &str| {
         ex.command(ex.dir.path().join("release.sh"))
+            .env("SIGN_KEY", &key)
             .env("BAKE", crate::harness::bake_bin())
             .env("REGISTRY", &addr)
             .env("VERSION", version)
@@ -350,7 +356,11 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     assert!(log.contains("--- PASS: TestGreeting"), "{log}");
     let mut tags = ex.registry.tags("acme/app");
     tags.sort();
-    assert_eq!(tags, ["1.2.3", "latest"]);
+    // The image's provenance is attached by default (its referrers tag), and
+    // the image is signed (its signature tag).
+    let digest = ex.registry.skopeo_digest("acme/app:1.2.3").expect("the pushed image");
+    let attached = [digest.replace(':', "-"), format!("{}.sig", digest.replace(':', "-"))];
+    assert_eq!(tags, ["1.2.3", "latest", &attached[0], &attached[1]]);
     assert_eq!(ex.registry.skopeo_digest("acme/app:1.2.3"), ex.registry.skopeo_digest("acme/app:latest"));
 
     // Docker pulls what was pushed and runs it.
@@ -390,7 +400,7 @@ fn release_pipeline_tests_then_pushes_version_and_latest() {
     assert!(String::from_utf8_lossy(&failed.stderr).contains("--- FAIL: TestGreeting"));
     let mut tags = ex.registry.tags("acme/app");
     tags.sort();
-    assert_eq!(tags, ["1.2.3", "latest"], "a failed release pushed something");
+    assert_eq!(tags, ["1.2.3", "latest", &attached[0], &attached[1]], "a failed release pushed something");
 }
 
 /// The examples this file tests, so that a new one cannot be forgotten; and

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `bake` binary: real process, real files, inline
 //! and file snapshots of everything it prints, with the exit code.
 
+mod attest;
 mod book_help;
 mod container;
 mod docker;

@@ -244,7 +244,10 @@ fn a_registry_cache_rebuilds_nothing_in_a_fresh_store_and_a_dead_one_is_a_warnin
     assert_eq!(run.code, 0, "{}", run.render());
     assert!(nodes(&events, "started").is_empty(), "{events:#?}");
     assert!(of(&events, "transfer").iter().all(|e| e["direction"] == "push"), "{events:#?}");
-    assert_eq!(of(&events, "pushed").len(), 1, "{events:#?}");
+    // The image's tag, and its referrers tag (provenance is on by default).
+    let pushed: Vec<&str> = of(&events, "pushed").iter().filter_map(|e| e["tag"].as_str()).collect();
+    assert_eq!(pushed.len(), 2, "{events:#?}");
+    assert!(pushed[1].contains(":sha256-"), "{pushed:?}");
 
     // The cache registry dies: a warning, and a local build.
     cache.kill();

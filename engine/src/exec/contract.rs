@@ -40,6 +40,14 @@ pub enum ExecError {
 
     #[error(transparent)]
     #[diagnostic(transparent)]
+    Attest(#[from] crate::attest::AttestError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Sign(#[from] crate::attest::sign::SignError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
     Registry(#[from] RegistryError),
 
     #[error(transparent)]
@@ -247,6 +255,8 @@ impl ExecError {
             Self::Plan(e) => e.tier(),
             Self::Home(e) => e.tier(),
             Self::Store(e) => e.tier(),
+            Self::Attest(e) => e.tier(),
+            Self::Sign(e) => e.tier(),
             Self::Registry(e) => e.tier(),
             Self::Snapshot(e) => e.tier(),
             Self::Layer(e) => e.tier(),
@@ -363,6 +373,11 @@ pub struct BuildOptions {
     /// `--allow security.insecure`: `run` steps may ask for
     /// `security "insecure"`.
     pub allow_insecure: bool,
+    /// What `push` attaches to every image it pushes (`crate::attest`).
+    pub attest: crate::attest::Attest,
+    /// `--sign key=PATH`: the private key `push` signs every pushed
+    /// manifest and index with (`crate::attest::sign`).
+    pub sign: Option<PathBuf>,
 }
 
 impl BuildOptions {

@@ -19,6 +19,8 @@ use petgraph::graph::NodeIndex;
 use super::execute::{Build, lock, record};
 use super::schedule::{State, StepOutcome};
 use super::{BuildReport, BuiltImage, Direction, Event, Events, ExecError, FsResult, Output, copy};
+use crate::attest::sign::{self, SigningKey};
+use crate::attest::{AttestError, Subject, attestations, provenance, referrers};
 use crate::graph::{Key, Op, Plan};
 use crate::image::{ImageConfig, export::ExportImage};
 use crate::lang::{Artifact, StageId};
@@ -305,6 +307,8 @@ impl Build<'_> {
             }
         }
         if !pushes.is_empty() {
+            // A key that cannot sign fails the push before anything is published.
+            let key = self.options.sign.as_deref().map(SigningKey::load).transpose()?;
             let progress = TransferEvents::new(self.events, "push".to_owned());
             let pushed = match self.engine.registry.push(&pushes, &progress).await {
                 // A layer from a registry cache on another registry
@@ -321,6 +325,10 @@ impl Build<'_> {
                 self.events.event(Event::Pushed { tag: p.tag.to_string(), digest: p.digest.to_string() });
             }
             report.pushed = pushed;
+            self.attach(plan, state, images).await?;
+            if let Some(key) = &key {
+                self.sign(key, &pushes).await?;
+            }
         }
         for e in images.iter().filter(|e| e.image.tags.is_empty() && e.image.platform.is_none()) {
             self.events.event(Event::Warning {
@@ -328,6 +336,155 @@ impl Build<'_> {
             });
         }
         Ok(())
+    }
+
+    /// Attaches what `options.attest` asks for to every pushed image (each
+    /// platform of an index): the artifact manifests are pushed by digest
+    /// into each repository the image went to, then its referrers tag
+    /// (`sha256-<hex>`) is updated with them, merged with what it held.
+    async fn attach(&self, plan: &Plan, state: &State, images: &[Exported]) -> Result<(), ExecError> {
+        let attest = self.options.attest;
+        if !attest.any() {
+            return Ok(());
+        }
+        let store = &self.engine.store;
+        let registry = &self.engine.registry;
+        let progress = TransferEvents::new(self.events, "attest".to_owned());
+        let mut done: Vec<&Digest> = Vec::new();
+        for e in images.iter().filter(|e| !e.image.tags.is_empty()) {
+            if done.contains(&&e.image.manifest) {
+                continue;
+            }
+            done.push(&e.image.manifest);
+            // The SBOM reads the layers: those left in a registry cache come first.
+            if attest.sbom && !e.local {
+                tokio::task::block_in_place(|| self.materialize(&state.view, plan, e.node))?;
+            }
+            let inputs = self.provenance_inputs(plan, e.node);
+            let subject = Subject {
+                name: &e.image.name,
+                platform: e.image.platform.as_ref().map(ToString::to_string),
+                manifest: e.image.manifest.clone(),
+                media_type: &e.image.media_type,
+                layers: e.result.layers.iter().map(|l| (l.digest.clone(), l.media_type.clone())).collect(),
+            };
+            let attached =
+                tokio::task::block_in_place(|| attestations(store, &subject, attest, &inputs, &self.created))?;
+            let mut repositories: Vec<(&str, &str)> = Vec::new();
+            for t in &e.image.tags {
+                if !repositories.contains(&(&t.registry, &t.repository)) {
+                    repositories.push((&t.registry, &t.repository));
+                }
+            }
+            for (host, repository) in repositories {
+                let at = |tag: Option<String>, digest: Option<String>| ImageRef {
+                    registry: host.to_owned(),
+                    repository: repository.to_owned(),
+                    tag,
+                    digest,
+                };
+                let pushes: Vec<PushImage> = attached
+                    .iter()
+                    .map(|a| PushImage {
+                        manifest: a.manifest.clone(),
+                        media_type: crate::oci::media::OCI_MANIFEST.to_owned(),
+                        tags: vec![at(None, Some(a.manifest.to_string()))],
+                    })
+                    .collect();
+                registry.push(&pushes, &progress).await?;
+                let tag = at(Some(referrers::fallback_tag(&e.image.manifest)), None);
+                let existing = registry.manifest_bytes(&tag).await?;
+                let added: Vec<serde_json::Value> = attached.iter().map(|a| a.descriptor.clone()).collect();
+                let index = referrers::merge_index(existing.as_deref(), &added)
+                    .ok_or_else(|| AttestError::BadReferrers { reference: tag.to_string() })?;
+                let bytes = crate::oci::canonical_json(&index)
+                    .map_err(|source| AttestError::Json { what: "referrers index", source })?;
+                let digest = registry.put_manifest(&tag, crate::oci::media::OCI_INDEX, bytes.into()).await?;
+                self.events.event(Event::Pushed { tag: tag.to_string(), digest: digest.to_string() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs every pushed manifest (an index and each of its platforms'
+    /// manifests) in each repository it was pushed to, as the reference of
+    /// its first tag there: the signature goes under the `sha256-<hex>.sig`
+    /// tag, after the signatures it already held.
+    async fn sign(&self, key: &SigningKey, pushes: &[PushImage]) -> Result<(), ExecError> {
+        let store = &self.engine.store;
+        let registry = &self.engine.registry;
+        let progress = TransferEvents::new(self.events, "sign".to_owned());
+        for p in pushes {
+            let mut manifests = vec![p.manifest.clone()];
+            if p.media_type == crate::oci::media::OCI_INDEX {
+                manifests.extend(crate::image::index_platforms(store, &p.manifest).into_iter().map(|(d, _)| d));
+            }
+            let mut firsts: Vec<&ImageRef> = Vec::new();
+            for t in &p.tags {
+                if !firsts.iter().any(|f| f.registry == t.registry && f.repository == t.repository) {
+                    firsts.push(t);
+                }
+            }
+            for tag in firsts {
+                let reference = ImageRef { digest: None, ..tag.clone() }.to_string();
+                for manifest in &manifests {
+                    let payload = sign::payload(&reference, manifest);
+                    let signature = key.sign(&payload)?;
+                    let at = ImageRef { tag: Some(sign::signature_tag(manifest)), digest: None, ..tag.clone() };
+                    let existing = registry.manifest_bytes(&at).await?;
+                    let mut layers = sign::existing_layers(existing.as_deref());
+                    layers.push(sign::signature_layer(&payload, &signature));
+                    let (config, doc) = sign::signature_manifest(&layers);
+                    let bytes = crate::oci::canonical_json(&doc)
+                        .map_err(|source| AttestError::Json { what: "signature manifest", source })?;
+                    store.put_blob(&payload)?;
+                    store.put_blob(&config)?;
+                    let digest = store.put_blob(&bytes)?;
+                    let media_type = crate::oci::media::OCI_MANIFEST.to_owned();
+                    registry
+                        .push(&[PushImage { manifest: digest.clone(), media_type, tags: vec![at.clone()] }], &progress)
+                        .await?;
+                    self.events.event(Event::Pushed { tag: at.to_string(), digest: digest.to_string() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the provenance of the image at node `n` records: the build
+    /// files, the args, the targets, and the base images and contexts among
+    /// `n`'s ancestors.
+    fn provenance_inputs(&self, plan: &Plan, n: NodeIndex) -> provenance::Inputs {
+        let mut inputs = provenance::Inputs {
+            build_files: self.ws.files.iter().map(|f| (f.name.clone(), f.text.to_string())).collect(),
+            args: self.ws.args.iter().filter_map(|a| Some((a.name.clone(), a.value.clone()?))).collect(),
+            targets: plan.requested.clone(),
+            epoch: (self.options.epoch != 0).then(|| self.created.clone()),
+            ..provenance::Inputs::default()
+        };
+        let home = self.ws.files.first().map(|f| f.dir.clone()).unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![n];
+        while let Some(m) = stack.pop() {
+            if !seen.insert(m) {
+                continue;
+            }
+            let node = &plan.graph[m];
+            if let Op::Pull { image, .. } = &node.op {
+                let digest = node.inputs.iter().find(|(k, _)| k == "digest").map(|(_, v)| v.clone());
+                if let Some(digest) = digest.filter(|d| d.starts_with("sha256:")) {
+                    let reference = ImageRef { digest: None, ..image.clone() };
+                    inputs.bases.insert(reference.to_string(), digest);
+                }
+            }
+            if let Some(read) = plan.reads.get(&m) {
+                let folder = read.root.strip_prefix(&home).unwrap_or(&read.root).display().to_string();
+                let folder = if folder.is_empty() { ".".to_owned() } else { folder };
+                inputs.contexts.insert(format!("{folder}#{}", node.id), crate::oci::hex(&read.selection.digest));
+            }
+            stack.extend(plan.graph.neighbors_directed(m, petgraph::Direction::Incoming));
+        }
+        inputs
     }
 
     /// Gives node `n`'s result compressed layers for export. Steps write

@@ -97,6 +97,64 @@ impl Registry {
         Ok(pushed)
     }
 
+    /// The manifest at `reference` (a tag) as its bytes, or `None` when the
+    /// repository has nothing there. For the referrers tag of attestations.
+    pub async fn manifest_bytes(&self, reference: &ImageRef) -> Result<Option<Vec<u8>>, RegistryError> {
+        let (endpoint, target) = self.push_target(reference).await?;
+        let what = format!("manifest {reference}");
+        let got = self
+            .inner
+            .retry
+            .run(|| async {
+                let ctx = endpoint.ctx(&what, false);
+                answered(&endpoint.timeouts, ctx, async {
+                    endpoint
+                        .client
+                        .pull_manifest_raw(&target, &endpoint.auth, &media::MANIFESTS)
+                        .await
+                        .map_err(|e| classify(e, ctx))
+                })
+                .await
+            })
+            .await;
+        match got {
+            Ok((raw, _)) => Ok(Some(raw.to_vec())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts `bytes` as a manifest at `reference` (a tag or a digest), with
+    /// nothing else: its blobs must already be in the repository.
+    pub async fn put_manifest(
+        &self,
+        reference: &ImageRef,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<Digest, RegistryError> {
+        let (endpoint, target) = self.push_target(reference).await?;
+        let plan = ManifestPlan {
+            host: endpoint.host.clone(),
+            repository: reference.repository.clone(),
+            digest: crate::oci::digest_of(&bytes),
+            media_type: media_type.to_owned(),
+            bytes,
+            tags: Vec::new(),
+        };
+        self.push_manifest(&endpoint, &target, &plan).await?;
+        Ok(plan.digest)
+    }
+
+    /// The endpoint of `reference`'s registry, authorized to push, and the
+    /// reference in oci-client's terms.
+    async fn push_target(&self, reference: &ImageRef) -> Result<(Endpoint, oci_client::Reference), RegistryError> {
+        let host = normalize_registry(&reference.registry).to_owned();
+        let endpoint = self.inner.endpoints.get(&host).await?;
+        endpoint.authorize(&endpoint.reference(&reference.repository, None, None), true, &self.inner.retry).await?;
+        let target = endpoint.reference(&reference.repository, reference.tag.as_deref(), reference.digest.as_deref());
+        Ok((endpoint, target))
+    }
+
     /// One blob into one repository: present, mounted or uploaded.
     async fn push_blob(
         &self,
