@@ -25,11 +25,11 @@ use crate::images::run;
 use crate::registry::TestRegistry;
 
 /// One example, built against a registry that stands in for docker.io.
-struct Example {
+pub(crate) struct Example {
     /// A copy of `examples/NAME`.
     dir: tempfile::TempDir,
     /// The fresh `BAKE_HOME`, with `config.kdl` in it.
-    home: tempfile::TempDir,
+    pub(crate) home: tempfile::TempDir,
     /// Serves `library/*` as docker.io's mirror; the tests may push to it too.
     registry: TestRegistry,
 }
@@ -42,7 +42,7 @@ impl Example {
     /// Starts a registry holding the base `images` (names from
     /// `scripts/fixtures.sh publish`: busybox, debian, gcc, golang) and copies
     /// `examples/NAME` to a temporary folder.
-    fn new(name: &str, images: &[&str]) -> Self {
+    pub(crate) fn new(name: &str, images: &[&str]) -> Self {
         let registry = TestRegistry::start();
         {
             let _one = PUBLISH.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -75,7 +75,7 @@ impl Example {
     }
 
     /// `bake ARGS`, which must succeed.
-    fn bake_ok(&self, args: &[&str]) -> Run {
+    pub(crate) fn bake_ok(&self, args: &[&str]) -> Run {
         let r = self.bake(args);
         assert_eq!(r.code, 0, "bake {}:\n{}", args.join(" "), r.render());
         r
@@ -144,7 +144,7 @@ impl Example {
 }
 
 /// Copies a folder's files (not its `target` or build outputs) recursively.
-fn copy_tree(from: &Path, to: &Path) {
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
         let entry = entry.expect("entry");
         let dest = to.join(entry.file_name());

@@ -7,12 +7,14 @@
 //! run bake as a user without subordinate ids: they need root, fail without
 //! it, and the user's run leaves them out by name.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{Run, bake, bake_bin, finish};
-use crate::images::busybox_fixture;
+use crate::examples::{Example, copy_tree};
+use crate::harness::{Run, bake, bake_bin, finish, root};
+use crate::images::{busybox_fixture, run};
 use crate::registry::TestRegistry;
 
 /// The user scripts/test-rootless.sh makes.
@@ -123,6 +125,71 @@ fn as_root_a_rootless_build_gives_the_digest_of_a_root_build() {
     let first: Vec<&str> = ran.stdout.lines().next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(first, ["0", &uid.to_string(), "1"], "{}", ran.stdout);
     assert_eq!(ran.stdout.lines().count(), 2, "{}", ran.stdout);
+}
+
+/// Every image of bake's summary (`NAME sha256:HEX SIZE in ...` lines on
+/// stderr), by name.
+fn digests(stderr: &str) -> BTreeMap<String, String> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let (name, digest) = (words.next()?, words.next()?);
+            digest.starts_with("sha256:").then(|| (name.to_owned(), digest.to_owned()))
+        })
+        .collect()
+}
+
+/// The examples with `run` steps (a C compiler, Go), each built as root and
+/// as the test user, each in a fresh store of its own with the same mirror of
+/// docker.io: every image has one digest. The images are those examples.rs
+/// builds, and hello-c's `compiler` stage, so that the layer of a `run` step
+/// is compared, not only files copied out of one.
+///
+/// The Go examples' builder stages are left out: Go writes the time into its
+/// build cache (each entry of `/root/.cache/go-build` records when it was
+/// made), so two builds of such a stage as root, in two stores, give two
+/// digests already (hello-go's `builder` was seen as `sha256:9403…` and
+/// `sha256:4482…`); the binaries copied out of them are the same each time.
+#[test]
+fn as_root_the_examples_build_to_the_same_digests_rootless() {
+    let user = test_user();
+    let services: Vec<String> = std::fs::read_dir(root().join("examples/monorepo/services"))
+        .expect("services")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(services.len() >= 10, "{services:?}");
+    let examples: [(&str, &[&str], Vec<String>); 4] = [
+        ("hello-c", &["debian", "gcc"], vec!["compiler".into(), "hello".into()]),
+        ("hello-go", &["busybox", "golang"], vec!["hello-busybox".into(), "hello-scratch".into()]),
+        ("whoami", &["golang"], vec!["whoami".into()]),
+        ("monorepo", &["golang"], services),
+    ];
+    for (name, bases, images) in examples {
+        let ex = Example::new(name, bases);
+        let mut args = vec!["build"];
+        args.extend(images.iter().map(String::as_str));
+        let as_root = digests(&ex.bake_ok(&args).stderr);
+        let mut wanted: Vec<&String> = images.iter().collect();
+        wanted.sort();
+        assert_eq!(as_root.keys().collect::<Vec<_>>(), wanted, "{name}: the images built as root");
+
+        // The user's copy of the example and its own store, with the same
+        // mirror in the config file of its home (bake_as sets HOME there).
+        let project = owned_by(&user);
+        copy_tree(&root().join("examples").join(name), project.path());
+        let home = owned_by(&user);
+        let config = home.path().join(".config/bake");
+        std::fs::create_dir_all(&config).expect("mkdir");
+        std::fs::copy(ex.home.path().join("config.kdl"), config.join("config.kdl")).expect("config");
+        for dir in [project.path(), home.path()] {
+            run(Command::new("chown").args(["-R", &format!("{user}:"), &dir.display().to_string()]));
+        }
+        let rootless = bake_as(&user, project.path(), home.path(), &args);
+        assert_eq!(rootless.code, 0, "{name} as {user}:\n{}", rootless.render());
+        eprintln!("{name}: {as_root:#?}");
+        assert_eq!(digests(&rootless.stderr), as_root, "{name}: the digests as {user} and as root");
+    }
 }
 
 /// The parts `bake doctor` checks, in order.
