@@ -80,12 +80,22 @@ rm -rf "$work/checkout" && mkdir "$work/checkout"
 tar -C . --exclude=./target --exclude=./.git --exclude=./fuzz/target -cf - . | tar -C "$work/checkout" -xf -
 # The root filesystems, as made (modes and times kept); the store is the
 # user's own and stays between runs.
+# Only the folders: a name like busybox-arm64 is a link to its folder, made
+# again as a link below (copied through it, it would become a folder that
+# fixtures.sh cannot point at another build).
 for tree in "$fixtures"/*-*/; do
+  tree=${tree%/}
+  [[ -L $tree ]] && continue
   name=$(basename "$tree")
   [[ -d $work/fixtures/$name ]] || cp -a "$tree" "$work/fixtures/$name"
 done
 for link in "$fixtures"/*; do
-  if [[ -L $link ]]; then ln -sfn "$(readlink "$link")" "$work/fixtures/$(basename "$link")"; fi
+  if [[ -L $link ]]; then
+    dest=$work/fixtures/$(basename "$link")
+    # A folder left where a link belongs (by an earlier version of this script).
+    [[ -d $dest && ! -L $dest ]] && rm -rf "$dest"
+    ln -sfn "$(readlink "$link")" "$dest"
+  fi
 done
 # Not the store: its files belong to the user's subordinate ids already.
 chown -R "$user:" "$work/bin" "$work/checkout" "$work"/fixtures/*-*

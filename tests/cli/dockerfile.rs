@@ -295,6 +295,15 @@ impl Case {
         (ours, theirs)
     }
 
+    /// A secret's file, outside the build context (in the case's own
+    /// BAKE_HOME: never a shared folder such as /tmp, where another user's
+    /// run of the same test left its own).
+    pub(crate) fn secret_file(&self, text: &str) -> PathBuf {
+        let path = self.home.path().join("token");
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
     /// A file in the case's folder (created folders included).
     pub(crate) fn write(&self, rel: &str, text: &str) -> PathBuf {
         let path = self.dir.path().join(rel);
@@ -330,7 +339,7 @@ fn copy_tree(from: &Path, to: &Path) {
 #[test]
 fn c_multistage_gives_the_image_buildkit_gives() {
     let case = Case::new("c-multistage", &["busybox", "gcc"], &["busybox:1.35", "gcc:12"]);
-    let token = case.write("../token", "s3cr3t-value");
+    let token = case.secret_file("s3cr3t-value");
     let secret = format!("id=token,src={}", token.display());
     let (ours, _) = case.assert_same(&["--secret", &secret, "--build-arg", "VERSION=1.2.3", "--build-arg", "OPT=-O1"]);
     // The build args reached the steps and the image as Docker makes them.
@@ -416,7 +425,7 @@ fn a_dockerfile_node_in_build_kdl_gives_what_one_whole_dockerfile_gives() {
 #[test]
 fn a_secret_reaches_a_step_as_an_environment_variable_and_nowhere_else() {
     let case = Case::new("secret-env", &["busybox"], &["busybox:1.35"]);
-    let token = case.write("../token", "s3cr3t-value");
+    let token = case.secret_file("s3cr3t-value");
     let secret = format!("id=token,src={}", token.display());
     let ours = case.build_with_bake("Dockerfile", &["--secret", &secret]);
     assert_eq!(docker::run(&["--entrypoint", "cat", &ours, "/checked.txt"]), "length 12\n");

@@ -138,7 +138,7 @@ pub(crate) fn import_round_trip(case: &Case, dockerfile: &str, args: &[&str]) ->
 #[test]
 fn an_imported_c_multistage_dockerfile_builds_the_same_image() {
     let case = Case::new("c-multistage", &["busybox", "gcc"], &["busybox:1.35", "gcc:12"]);
-    let token = case.write("../token", "s3cr3t-value");
+    let token = case.secret_file("s3cr3t-value");
     let secret = format!("id=token,src={}", token.display());
     let diff =
         import_round_trip(&case, "Dockerfile", &["--secret", &secret, "--set", "VERSION=1.2.3", "--set", "OPT=-O1"]);
