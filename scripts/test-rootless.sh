@@ -54,6 +54,9 @@ id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
 touch /etc/subuid /etc/subgid
 grep -q "^$user:" /etc/subuid || usermod --add-subuids "$(free_start /etc/subuid)-$(($(free_start /etc/subuid) + 65535))" "$user"
 grep -q "^$user:" /etc/subgid || usermod --add-subgids "$(free_start /etc/subgid)-$(($(free_start /etc/subgid) + 65535))" "$user"
+# Foreign-architecture steps (the platform tests) need qemu registered,
+# which only root can do; the user's fixtures.sh only checks it.
+./scripts/fixtures.sh emulation
 getent group docker >/dev/null && usermod --append --groups docker "$user"
 [[ -c /dev/net/tun ]] || modprobe tun 2>/dev/null || true
 [[ -c /dev/net/tun ]] && chmod 0666 /dev/net/tun
@@ -87,6 +90,12 @@ for tree in "$fixtures"/*-*/; do
   tree=${tree%/}
   [[ -L $tree ]] && continue
   name=$(basename "$tree")
+  # A venv holds absolute paths: the user runs root's (world-readable) one.
+  if [[ $name == spdx-tools ]]; then
+    [[ -d $work/fixtures/$name && ! -L $work/fixtures/$name ]] && rm -rf "$work/fixtures/$name"
+    ln -sfn "$tree" "$work/fixtures/$name"
+    continue
+  fi
   [[ -d $work/fixtures/$name ]] || cp -a "$tree" "$work/fixtures/$name"
 done
 for link in "$fixtures"/*; do

@@ -17,9 +17,12 @@ export BAKE_FIXTURES=${BAKE_FIXTURES:-/var/cache/bake-fixtures}
 ./scripts/test-rootless.sh setup
 # spdx-tools (PyPI) in a venv beside the fixtures, outside the clone: the SBOM
 # tests validate what bake attaches with its pyspdxtools (tests/cli/attest.rs).
+# Debian's python3, not whatever is first on PATH: the rootless run executes
+# it as the test user, who cannot reach an interpreter under /root.
 spdx=$BAKE_FIXTURES/spdx-tools
-if [[ ! -x $spdx/bin/pyspdxtools ]]; then
-  python3 -m venv "$spdx"
+if [[ ! -x $spdx/bin/pyspdxtools || $(readlink -f "$spdx/bin/python3") != /usr/bin/* ]]; then
+  rm -rf "$spdx"
+  /usr/bin/python3 -m venv "$spdx"
   "$spdx/bin/pip" install --quiet 'spdx-tools==0.8.*'
 fi
 
