@@ -526,3 +526,33 @@ fn every_dockerfile_in_the_book_parses() {
         assert!(!df.stages.is_empty(), "{block}");
     }
 }
+
+/// The script each RUN of `text`'s first stage gives its shell.
+fn scripts(text: &str) -> Vec<Option<String>> {
+    parse(text).stages[0]
+        .instructions
+        .iter()
+        .filter_map(|i| match &i.kind {
+            dockerfile::Kind::Run(r) => Some(r.shell_script()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_gives_its_shell_the_heredocs_it_names() {
+    let got = scripts(
+        "FROM scratch\nRUN <<EOF\necho one\nEOF\nRUN cat <<A >/a && cat <<-B\nx\nA\n\ty\n\tB\nRUN [\"/bin/true\"]\n",
+    );
+    assert_eq!(
+        got,
+        [
+            // Only a heredoc: its body is the script.
+            Some("echo one\n".to_owned()),
+            // A command that reads them: the shell reads the bodies and
+            // closing words after the line (`<<-` bodies without their tabs).
+            Some("cat <<A >/a && cat <<-B\nx\nA\ny\nB".to_owned()),
+            None,
+        ]
+    );
+}

@@ -535,20 +535,8 @@ impl<'a> Writer<'a> {
     fn run(&mut self, st: &StageVars, r: &super::Run, indent: &str) {
         let head = match &r.command {
             CommandLine::Exec { args, .. } => format!("run {} exec=#true", literal_list(args)),
-            CommandLine::Shell(w) => {
-                let mut text = w.text.clone();
-                let bare = r.heredocs.len() == 1
-                    && text.trim().trim_start_matches(|c: char| c.is_ascii_digit()).starts_with("<<")
-                    && !text.trim().contains(char::is_whitespace);
-                if bare {
-                    text = r.heredocs[0].text();
-                } else {
-                    for h in &r.heredocs {
-                        text.push('\n');
-                        text.push_str(&h.text());
-                        text.push_str(&h.name);
-                    }
-                }
+            CommandLine::Shell(_) => {
+                let text = r.shell_script().unwrap_or_default();
                 format!("run {}", script_string(&escape_interp(&text), indent))
             }
         };

@@ -252,6 +252,32 @@ pub struct Run {
     pub heredocs: Vec<Heredoc>,
 }
 
+impl Run {
+    /// The script a shell-form RUN gives its SHELL, heredocs included: a
+    /// RUN that is only `<<EOF` runs the heredoc's body as the script;
+    /// otherwise the shell reads the heredocs itself, so their bodies and
+    /// closing words follow the command line. `None` for the exec form.
+    pub fn shell_script(&self) -> Option<String> {
+        let CommandLine::Shell(w) = &self.command else {
+            return None;
+        };
+        let text = w.text.trim();
+        let bare = self.heredocs.len() == 1
+            && text.trim_start_matches(|c: char| c.is_ascii_digit()).starts_with("<<")
+            && !text.contains(char::is_whitespace);
+        if bare {
+            return Some(self.heredocs[0].text());
+        }
+        let mut script = w.text.clone();
+        for h in &self.heredocs {
+            script.push('\n');
+            script.push_str(&h.text());
+            script.push_str(&h.name);
+        }
+        Some(script)
+    }
+}
+
 /// `--network=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Network {

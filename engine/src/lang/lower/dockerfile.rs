@@ -845,23 +845,7 @@ impl Cx<'_> {
     ) -> Run {
         let (script, exec) = match &r.command {
             CommandLine::Exec { args, .. } => (args.join(" "), Some(args.clone())),
-            CommandLine::Shell(w) => {
-                let mut text = w.text.clone();
-                let bare = r.heredocs.len() == 1
-                    && text.trim().trim_start_matches(|c: char| c.is_ascii_digit()).starts_with("<<")
-                    && !text.trim().contains(char::is_whitespace);
-                if bare {
-                    text = r.heredocs[0].text();
-                } else {
-                    // The shell reads heredocs itself: give it the bodies back.
-                    for h in &r.heredocs {
-                        text.push('\n');
-                        text.push_str(&h.text());
-                        text.push_str(&h.name);
-                    }
-                }
-                (text, None)
-            }
+            CommandLine::Shell(_) => (r.shell_script().unwrap_or_default(), None),
         };
         let mut run = Run {
             script,
